@@ -1,0 +1,36 @@
+//! `bench`: measurements reported as ratios against a baseline taken in the
+//! same run. Each subcommand prints a Markdown table and writes JSON and a PNG
+//! chart into `--out`.
+
+mod load;
+mod overhead;
+mod report;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "Gateway benchmarks")]
+struct Cli {
+    /// Where JSON and PNG results go.
+    #[arg(long, global = true, default_value = "out/bench")]
+    out: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Small requests straight to a worker and through the gateway, interleaved.
+    Overhead(overhead::Args),
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    std::fs::create_dir_all(&cli.out)?;
+    match cli.command {
+        Command::Overhead(args) => overhead::run(args, &cli.out).await,
+    }
+}

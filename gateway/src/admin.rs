@@ -1,0 +1,76 @@
+//! The admin listener: Prometheus metrics, liveness, readiness (503 while
+//! draining or with no routable worker) and a JSON status of every pool.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::Response;
+use hyper::body::Incoming;
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde_json::json;
+
+use crate::api::Gateway;
+use crate::body::{self, Body};
+
+pub struct Admin {
+    pub gateway: Arc<Gateway>,
+    pub draining: Arc<AtomicBool>,
+    pub prometheus: PrometheusHandle,
+}
+
+pub async fn handle(admin: Arc<Admin>, req: http::Request<Incoming>) -> Response<Body> {
+    match req.uri().path() {
+        "/metrics" => Response::builder()
+            .header(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")
+            .body(body::full(admin.prometheus.render()))
+            .expect("static response parts are valid"),
+        "/live" => body::json(200, r#"{"status":"live"}"#),
+        "/ready" => {
+            let (status, reason) = if admin.draining.load(Ordering::Relaxed) {
+                (503, "draining")
+            } else if !admin.gateway.registry.any_routable() {
+                (503, "no_healthy_worker")
+            } else {
+                (200, "ready")
+            };
+            body::json(status, json!({ "status": reason }).to_string())
+        }
+        "/status" => body::json(200, status(&admin).to_string()),
+        _ => body::json(404, r#"{"error":"not found"}"#),
+    }
+}
+
+fn status(admin: &Admin) -> serde_json::Value {
+    let gw = &admin.gateway;
+    let now = Instant::now();
+    let pools: Vec<_> = gw
+        .registry
+        .pools()
+        .iter()
+        .map(|pool| {
+            let workers: Vec<_> = pool
+                .workers
+                .iter()
+                .map(|w| {
+                    json!({
+                        "id": w.id,
+                        "url": w.url.to_string(),
+                        "zone": w.zone,
+                        "labels": w.labels,
+                        "health": w.probe.lock().unwrap().name(),
+                        "breaker": w.breaker.lock().unwrap().name(now),
+                        "in_flight": w.in_flight(),
+                        "load": *w.last_load.lock().unwrap(),
+                    })
+                })
+                .collect();
+            json!({ "name": pool.name, "models": pool.models, "policy": "builtin", "workers": workers })
+        })
+        .collect();
+    json!({
+        "zone": gw.config.zone,
+        "draining": admin.draining.load(Ordering::Relaxed),
+        "pools": pools,
+    })
+}

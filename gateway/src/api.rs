@@ -1,0 +1,142 @@
+//! The OpenAI API. One function, `complete`, assembles the request path:
+//! admit → parse → candidates → policy → upstream with failover → relay.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::{Method, Response};
+use hyper::body::Incoming;
+use protocol::openai::ModelList;
+use protocol::{ApiError, ErrorKind};
+
+use crate::admit::Admit;
+use crate::body::{self, Body};
+use crate::config::Config;
+use crate::failover::{self, UpstreamRequest};
+use crate::parse::{self, Endpoint};
+use crate::pools::Registry;
+use crate::stream::{Labels, Relay};
+use crate::upstream::Upstream;
+use crate::{candidates, error, metrics, policy};
+
+/// Everything the request path reads; shared by all connections.
+pub struct Gateway {
+    pub config: Config,
+    pub registry: Arc<Registry>,
+    pub upstream: Upstream,
+    pub admit: Admit,
+}
+
+pub async fn handle(gw: Arc<Gateway>, req: http::Request<Incoming>) -> Response<Body> {
+    let path = req.uri().path();
+    let endpoint = match path {
+        "/v1/chat/completions" => Some(Endpoint::Chat),
+        "/v1/completions" => Some(Endpoint::Completion),
+        _ => None,
+    };
+    match (req.method(), endpoint, path) {
+        (&Method::POST, Some(endpoint), _) => {
+            let mut labels = Labels::default();
+            let response = complete(&gw, req, endpoint, &mut labels)
+                .await
+                .unwrap_or_else(|e| error::response(&e));
+            metrics::request_done(&labels.model, &labels.pool, response.status().as_u16());
+            response
+        }
+        (&Method::GET, None, "/v1/models") => body::json(
+            200,
+            serde_json::to_vec(&ModelList::new(gw.registry.models(), "llmgw")).expect("serializes"),
+        ),
+        (_, Some(_), _) | (_, None, "/v1/models") => error::response(&ApiError::new(
+            ErrorKind::MethodNotAllowed,
+            format!("{} is not allowed on {path}", req.method()),
+        )),
+        _ => error::response(&ApiError::new(
+            ErrorKind::NotFound,
+            format!("no route for {path}"),
+        )),
+    }
+}
+
+async fn complete(
+    gw: &Gateway,
+    req: http::Request<Incoming>,
+    endpoint: Endpoint,
+    labels: &mut Labels,
+) -> Result<Response<Body>, ApiError> {
+    let started = Instant::now();
+    let permit = gw.admit.try_admit()?;
+
+    let (head, body) = req.into_parts();
+    let declared_len = head
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse().ok());
+    let bytes = parse::read_body(body, declared_len, gw.config.listeners.max_body_bytes).await?;
+    let parsed = parse::parse(endpoint, &bytes)?;
+    let pool = gw
+        .registry
+        .pool_for(&parsed.model)
+        .ok_or_else(|| ApiError::model_not_found(&parsed.model))?;
+    labels.model = parsed.model.clone();
+    labels.pool = pool.name.clone();
+
+    let candidates = candidates::gather(pool, &gw.config.zone, Instant::now());
+    let order = policy::order(
+        candidates,
+        gw.config.routing.spill_in_flight,
+        &mut rand::rng(),
+    );
+
+    // Set by the request-id layer before this handler runs.
+    let request_id = head
+        .headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let upstream_req = UpstreamRequest {
+        path: endpoint.path(),
+        body: bytes,
+        request_id,
+        stream: parsed.stream,
+    };
+    let served = failover::send(&gw.upstream, &gw.config.retry, order, &upstream_req).await?;
+
+    let worker = served.in_flight.worker().clone();
+    tracing::info!(worker = %worker.id, pool = %pool.name, attempts = served.attempts,
+        status = served.response.status().as_u16(), "routed");
+    let (mut parts, upstream_body) = served.response.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    if gw.config.listeners.worker_id_header {
+        if let Ok(id) = http::HeaderValue::from_str(&worker.id) {
+            parts.headers.insert("x-worker-id", id);
+        }
+    }
+    let relay = Relay::new(
+        upstream_body,
+        served.first,
+        labels,
+        parsed.stream,
+        started,
+        (served.in_flight, permit),
+    );
+    Ok(Response::from_parts(
+        parts,
+        http_body_util::BodyExt::boxed(relay),
+    ))
+}
+
+/// Headers that describe one connection, not the message; hyper sets its own.
+fn strip_hop_by_hop(headers: &mut http::HeaderMap) {
+    for name in [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "transfer-encoding",
+        "te",
+        "trailer",
+        "upgrade",
+    ] {
+        headers.remove(name);
+    }
+}

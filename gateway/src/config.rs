@@ -1,0 +1,498 @@
+//! Gateway config: a raw serde shape read from TOML (`deny_unknown_fields`),
+//! checked whole into `Config`, every problem reported at once with its key.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::Uri;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config: {0}")]
+    Parse(#[from] toml::de::Error),
+    #[error("invalid config:\n  {}", .0.join("\n  "))]
+    Invalid(Vec<String>),
+}
+
+/// The whole gateway config.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// This gateway's own zone; workers in it are preferred. Default `"default"`.
+    #[serde(default = "default_zone")]
+    pub zone: String,
+    #[serde(default)]
+    pub listeners: Listeners,
+    #[serde(default)]
+    pub health: HealthConfig,
+    #[serde(default)]
+    pub breaker: BreakerConfig,
+    #[serde(default)]
+    pub retry: RetryConfig,
+    #[serde(default)]
+    pub routing: RoutingConfig,
+    #[serde(default)]
+    pub upstream: UpstreamConfig,
+    #[serde(default)]
+    pub pools: Vec<PoolConfig>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listeners {
+    /// The OpenAI API. Default `127.0.0.1:8080`.
+    #[serde(default = "default_api")]
+    pub api: SocketAddr,
+    /// Metrics, probes and status; a separate socket so it can stay private. Default `127.0.0.1:9090`.
+    #[serde(default = "default_admin")]
+    pub admin: SocketAddr,
+    /// TLS on the API listener; plain HTTP (HTTP/1.1 and h2c) when absent.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    /// Close a client connection idle this long; keep above the load balancer's idle timeout. Default 75000.
+    #[serde(default = "default_idle_timeout_ms")]
+    pub idle_timeout_ms: u64,
+    /// Largest request body accepted; larger ones get 413. Default 4 MiB.
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: usize,
+    /// Requests served at once; more are shed with 503. Default 4096.
+    #[serde(default = "default_max_concurrent_requests")]
+    pub max_concurrent_requests: usize,
+    /// Time allowed to in-flight requests after SIGTERM. Default 30000.
+    #[serde(default = "default_drain_grace_ms")]
+    pub drain_grace_ms: u64,
+    /// Add `x-worker-id` to responses, naming the worker that served them. Default true.
+    #[serde(default = "default_true")]
+    pub worker_id_header: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain.
+    pub cert_path: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_path: PathBuf,
+}
+
+/// Active probes of each worker's `/health`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthConfig {
+    /// Default 1000.
+    #[serde(default = "default_probe_interval_ms")]
+    pub interval_ms: u64,
+    /// A probe slower than this fails. Default 1000.
+    #[serde(default = "default_probe_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Consecutive failed probes that mark a worker unhealthy. Default 2.
+    #[serde(default = "default_two")]
+    pub unhealthy_threshold: u32,
+    /// Consecutive good probes that mark it healthy again. Default 2.
+    #[serde(default = "default_two")]
+    pub healthy_threshold: u32,
+}
+
+/// Passive ejection: a circuit breaker per worker fed by real requests.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BreakerConfig {
+    /// Consecutive failures (connect errors, timeouts, 5xx) that eject a worker. Default 3.
+    #[serde(default = "default_three")]
+    pub failure_threshold: u32,
+    /// First ejection; each further one in a row doubles it. Default 1000.
+    #[serde(default = "default_base_ejection_ms")]
+    pub base_ejection_ms: u64,
+    /// Longest ejection. Default 30000.
+    #[serde(default = "default_max_ejection_ms")]
+    pub max_ejection_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryConfig {
+    /// Workers tried per request, the first included. Default 3.
+    #[serde(default = "default_three")]
+    pub max_attempts: u32,
+    /// Time one attempt has to produce response headers (for streams: the first event). Default 30000.
+    #[serde(default = "default_per_try_timeout_ms")]
+    pub per_try_timeout_ms: u64,
+    /// Time all attempts together have to produce a response. Default 60000.
+    #[serde(default = "default_total_timeout_ms")]
+    pub total_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoutingConfig {
+    /// A worker with this many requests in flight counts as saturated, and
+    /// traffic spills to other zones. Default 32.
+    #[serde(default = "default_spill_in_flight")]
+    pub spill_in_flight: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// Extra PEM CA certificates trusted for `https://` workers, besides the system's.
+    #[serde(default)]
+    pub ca_path: Option<PathBuf>,
+    /// Time to open a connection to a worker. Default 2000.
+    #[serde(default = "default_connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+    /// Close pooled worker connections idle this long. Default 90000.
+    #[serde(default = "default_pool_idle_timeout_ms")]
+    pub pool_idle_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolConfig {
+    pub name: String,
+    /// Model names this pool serves, as clients send them.
+    pub models: Vec<String>,
+    #[serde(default)]
+    pub workers: Vec<WorkerConfig>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerConfig {
+    pub id: String,
+    /// `http://` or `https://` base URL.
+    pub url: String,
+    #[serde(default = "default_zone")]
+    pub zone: String,
+    /// Free-form labels (version, colour, …) for policies.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+impl Config {
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::from_toml(&text)
+    }
+
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Every problem at once, each naming its key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut errors = Vec::new();
+        let mut positive = |key: &str, value: u64| {
+            if value == 0 {
+                errors.push(format!("{key}: must be greater than 0"));
+            }
+        };
+        positive("listeners.idle_timeout_ms", self.listeners.idle_timeout_ms);
+        positive(
+            "listeners.max_body_bytes",
+            self.listeners.max_body_bytes as u64,
+        );
+        positive(
+            "listeners.max_concurrent_requests",
+            self.listeners.max_concurrent_requests as u64,
+        );
+        positive("health.interval_ms", self.health.interval_ms);
+        positive("health.timeout_ms", self.health.timeout_ms);
+        positive(
+            "health.unhealthy_threshold",
+            self.health.unhealthy_threshold.into(),
+        );
+        positive(
+            "health.healthy_threshold",
+            self.health.healthy_threshold.into(),
+        );
+        positive(
+            "breaker.failure_threshold",
+            self.breaker.failure_threshold.into(),
+        );
+        positive("breaker.base_ejection_ms", self.breaker.base_ejection_ms);
+        positive("retry.max_attempts", self.retry.max_attempts.into());
+        positive("retry.per_try_timeout_ms", self.retry.per_try_timeout_ms);
+        positive("retry.total_timeout_ms", self.retry.total_timeout_ms);
+        positive(
+            "routing.spill_in_flight",
+            self.routing.spill_in_flight.into(),
+        );
+        positive(
+            "upstream.connect_timeout_ms",
+            self.upstream.connect_timeout_ms,
+        );
+        if self.breaker.max_ejection_ms < self.breaker.base_ejection_ms {
+            errors.push(
+                "breaker.max_ejection_ms: must be at least breaker.base_ejection_ms".to_string(),
+            );
+        }
+        if self.listeners.api == self.listeners.admin && self.listeners.api.port() != 0 {
+            errors.push("listeners.admin: must differ from listeners.api".to_string());
+        }
+        if self.pools.is_empty() {
+            errors.push("pools: at least one pool is required".to_string());
+        }
+        let (mut pool_names, mut models, mut worker_ids) =
+            (HashSet::new(), HashSet::new(), HashSet::new());
+        for (p, pool) in self.pools.iter().enumerate() {
+            let key = format!("pools[{p}]");
+            if pool.name.is_empty() {
+                errors.push(format!("{key}.name: must not be empty"));
+            } else if !pool_names.insert(&pool.name) {
+                errors.push(format!("{key}.name: duplicate pool `{}`", pool.name));
+            }
+            if pool.models.is_empty() {
+                errors.push(format!("{key}.models: at least one model is required"));
+            }
+            for model in &pool.models {
+                if !models.insert(model) {
+                    errors.push(format!(
+                        "{key}.models: model `{model}` is served by another pool too"
+                    ));
+                }
+            }
+            for (w, worker) in pool.workers.iter().enumerate() {
+                let key = format!("{key}.workers[{w}]");
+                if worker.id.is_empty() {
+                    errors.push(format!("{key}.id: must not be empty"));
+                } else if !worker_ids.insert(&worker.id) {
+                    errors.push(format!("{key}.id: duplicate worker id `{}`", worker.id));
+                }
+                if let Err(reason) = check_worker_url(&worker.url) {
+                    errors.push(format!("{key}.url: {reason}"));
+                }
+            }
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(errors))
+        }
+    }
+}
+
+fn check_worker_url(url: &str) -> Result<(), String> {
+    let uri: Uri = url
+        .parse()
+        .map_err(|e| format!("`{url}` is not a URL: {e}"))?;
+    match uri.scheme_str() {
+        Some("http" | "https") => {}
+        _ => return Err(format!("`{url}` must start with http:// or https://")),
+    }
+    if uri.host().is_none() {
+        return Err(format!("`{url}` has no host"));
+    }
+    if uri
+        .path_and_query()
+        .is_some_and(|p| p.as_str() != "/" && !p.as_str().is_empty())
+    {
+        return Err(format!("`{url}` must be a base URL without a path"));
+    }
+    Ok(())
+}
+
+impl Listeners {
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.idle_timeout_ms)
+    }
+    pub fn drain_grace(&self) -> Duration {
+        Duration::from_millis(self.drain_grace_ms)
+    }
+}
+
+impl Default for Listeners {
+    fn default() -> Self {
+        Listeners {
+            api: default_api(),
+            admin: default_admin(),
+            tls: None,
+            idle_timeout_ms: default_idle_timeout_ms(),
+            max_body_bytes: default_max_body_bytes(),
+            max_concurrent_requests: default_max_concurrent_requests(),
+            drain_grace_ms: default_drain_grace_ms(),
+            worker_id_header: true,
+        }
+    }
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig {
+            interval_ms: default_probe_interval_ms(),
+            timeout_ms: default_probe_timeout_ms(),
+            unhealthy_threshold: 2,
+            healthy_threshold: 2,
+        }
+    }
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        BreakerConfig {
+            failure_threshold: 3,
+            base_ejection_ms: default_base_ejection_ms(),
+            max_ejection_ms: default_max_ejection_ms(),
+        }
+    }
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        RetryConfig {
+            max_attempts: 3,
+            per_try_timeout_ms: default_per_try_timeout_ms(),
+            total_timeout_ms: default_total_timeout_ms(),
+        }
+    }
+}
+
+impl Default for RoutingConfig {
+    fn default() -> Self {
+        RoutingConfig {
+            spill_in_flight: default_spill_in_flight(),
+        }
+    }
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        UpstreamConfig {
+            ca_path: None,
+            connect_timeout_ms: default_connect_timeout_ms(),
+            pool_idle_timeout_ms: default_pool_idle_timeout_ms(),
+        }
+    }
+}
+
+fn default_zone() -> String {
+    "default".to_string()
+}
+fn default_api() -> SocketAddr {
+    ([127, 0, 0, 1], 8080).into()
+}
+fn default_admin() -> SocketAddr {
+    ([127, 0, 0, 1], 9090).into()
+}
+fn default_true() -> bool {
+    true
+}
+fn default_two() -> u32 {
+    2
+}
+fn default_three() -> u32 {
+    3
+}
+fn default_idle_timeout_ms() -> u64 {
+    75_000
+}
+fn default_max_body_bytes() -> usize {
+    4 << 20
+}
+fn default_max_concurrent_requests() -> usize {
+    4096
+}
+fn default_drain_grace_ms() -> u64 {
+    30_000
+}
+fn default_probe_interval_ms() -> u64 {
+    1000
+}
+fn default_probe_timeout_ms() -> u64 {
+    1000
+}
+fn default_base_ejection_ms() -> u64 {
+    1000
+}
+fn default_max_ejection_ms() -> u64 {
+    30_000
+}
+fn default_per_try_timeout_ms() -> u64 {
+    30_000
+}
+fn default_total_timeout_ms() -> u64 {
+    60_000
+}
+fn default_spill_in_flight() -> u32 {
+    32
+}
+fn default_connect_timeout_ms() -> u64 {
+    2000
+}
+fn default_pool_idle_timeout_ms() -> u64 {
+    90_000
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+        [[pools]]
+        name = "p"
+        models = ["m"]
+        [[pools.workers]]
+        id = "w1"
+        url = "http://127.0.0.1:8001"
+    "#;
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = Config::from_toml(MINIMAL).unwrap();
+        assert_eq!(c.listeners.api.port(), 8080);
+        assert_eq!(c.retry.max_attempts, 3);
+        assert_eq!(c.pools[0].workers[0].zone, "default");
+    }
+
+    #[test]
+    fn example_config_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/gateway.toml");
+        Config::from_file(&path).unwrap();
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = Config::from_toml(&format!("{MINIMAL}\nbogus = 1"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("bogus"), "{err}");
+    }
+
+    #[test]
+    fn every_problem_is_reported() {
+        let text = r#"
+            [retry]
+            max_attempts = 0
+            [[pools]]
+            name = "p"
+            models = ["m"]
+            [[pools.workers]]
+            id = "w"
+            url = "ftp://x"
+            [[pools.workers]]
+            id = "w"
+            url = "http://h:1/v1"
+        "#;
+        let err = Config::from_toml(text).unwrap_err().to_string();
+        for needle in [
+            "retry.max_attempts",
+            "pools[0].workers[0].url",
+            "pools[0].workers[1].id",
+            "pools[0].workers[1].url",
+        ] {
+            assert!(err.contains(needle), "missing {needle} in {err}");
+        }
+    }
+}

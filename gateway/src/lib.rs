@@ -1,0 +1,39 @@
+//! The gateway: an OpenAI-compatible proxy that routes each request to a
+//! worker of the model's pool by health, zone and load, with failover.
+//!
+//! A request flows through the modules in this order: `server` (listeners,
+//! tower layers) → `api` → `admit` → `parse` → `candidates` → `policy` →
+//! `failover` (over `upstream`) → `stream` (relay back). `health` keeps the
+//! worker states in `pools` current; `admin` reports them.
+
+pub mod admin;
+pub mod admit;
+pub mod api;
+pub mod body;
+pub mod candidates;
+pub mod config;
+pub mod demo;
+pub mod error;
+pub mod failover;
+pub mod health;
+pub mod metrics;
+pub mod parse;
+pub mod policy;
+pub mod pools;
+pub mod server;
+pub mod stream;
+pub mod tls;
+pub mod upstream;
+
+pub use config::Config;
+pub use server::{start, Handle, StartError};
+
+/// Resolves on SIGTERM or SIGINT (Ctrl-C).
+pub async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing a SIGTERM handler cannot fail on Unix");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

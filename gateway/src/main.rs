@@ -1,0 +1,62 @@
+//! `gateway`: run the gateway from a config file, check a config, or start the embedded demo.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use gateway::Config;
+
+#[derive(Parser)]
+#[command(version, about = "OpenAI-compatible inference gateway")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// Gateway config (TOML).
+    #[arg(long, default_value = "config/gateway.toml")]
+    config: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// A gateway and three sim workers in one process, no external service.
+    Demo {
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        api: SocketAddr,
+        #[arg(long, default_value = "127.0.0.1:9090")]
+        admin: SocketAddr,
+    },
+    /// Validate the config and exit.
+    Check,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Demo { api, admin }) => gateway::demo::run(api, admin).await,
+        Some(Command::Check) => {
+            Config::from_file(&cli.config)?;
+            println!("{}: ok", cli.config.display());
+            Ok(())
+        }
+        None => {
+            // Checked before any port is bound.
+            let config = Config::from_file(&cli.config)?;
+            let handle = gateway::start(config)
+                .await
+                .context("starting the gateway")?;
+            println!("api listening on http://{}", handle.api_addr());
+            println!("admin listening on http://{}", handle.admin_addr());
+            gateway::shutdown_signal().await;
+            handle.shutdown().await;
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,84 @@
+//! Every metric the gateway exports, named in one place (prefix `llmgw_`,
+//! unit suffixes), with labels from a small fixed set: model, pool, worker,
+//! status, reason. Never request or user ids.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use metrics::{counter, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+pub const REQUESTS: &str = "llmgw_requests_total";
+pub const REQUEST_DURATION: &str = "llmgw_request_duration_seconds";
+pub const TTFT: &str = "llmgw_time_to_first_token_seconds";
+pub const ITL: &str = "llmgw_inter_token_latency_seconds";
+pub const WORKER_IN_FLIGHT: &str = "llmgw_worker_in_flight_requests";
+pub const WORKER_HEALTHY: &str = "llmgw_worker_healthy";
+pub const FAILOVERS: &str = "llmgw_failovers_total";
+pub const EJECTIONS: &str = "llmgw_worker_ejections_total";
+pub const SHED: &str = "llmgw_requests_shed_total";
+
+/// The process-wide Prometheus recorder; installed once, however many gateways a process runs.
+pub fn install() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let latency = [
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+                60.0,
+            ];
+            let itl = [
+                0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28,
+            ];
+            let recorder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Full(REQUEST_DURATION.into()), &latency)
+                .and_then(|b| b.set_buckets_for_metric(Matcher::Full(TTFT.into()), &latency))
+                .and_then(|b| b.set_buckets_for_metric(Matcher::Full(ITL.into()), &itl))
+                .expect("static buckets are valid")
+                .build_recorder();
+            let handle = recorder.handle();
+            // Another recorder may exist in a test binary; then ours only renders nothing.
+            let _ = metrics::set_global_recorder(recorder);
+            handle
+        })
+        .clone()
+}
+
+pub fn request_done(model: &str, pool: &str, status: u16) {
+    counter!(REQUESTS, "model" => model.to_string(), "pool" => pool.to_string(), "status" => status.to_string())
+        .increment(1);
+}
+
+pub fn request_duration(model: &str, pool: &str, elapsed: Duration) {
+    histogram!(REQUEST_DURATION, "model" => model.to_string(), "pool" => pool.to_string())
+        .record(elapsed);
+}
+
+pub fn ttft(model: &str, pool: &str, elapsed: Duration) {
+    histogram!(TTFT, "model" => model.to_string(), "pool" => pool.to_string()).record(elapsed);
+}
+
+pub fn inter_token(model: &str, pool: &str, elapsed: Duration) {
+    histogram!(ITL, "model" => model.to_string(), "pool" => pool.to_string()).record(elapsed);
+}
+
+pub fn worker_in_flight(pool: &str, worker: &str, n: u32) {
+    gauge!(WORKER_IN_FLIGHT, "pool" => pool.to_string(), "worker" => worker.to_string()).set(n);
+}
+
+pub fn worker_healthy(pool: &str, worker: &str, healthy: bool) {
+    gauge!(WORKER_HEALTHY, "pool" => pool.to_string(), "worker" => worker.to_string())
+        .set(u8::from(healthy));
+}
+
+pub fn failover(pool: &str, reason: &'static str) {
+    counter!(FAILOVERS, "pool" => pool.to_string(), "reason" => reason).increment(1);
+}
+
+pub fn ejection(pool: &str, worker: &str) {
+    counter!(EJECTIONS, "pool" => pool.to_string(), "worker" => worker.to_string()).increment(1);
+}
+
+pub fn shed() {
+    counter!(SHED).increment(1);
+}

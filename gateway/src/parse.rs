@@ -1,0 +1,101 @@
+//! Parse: read the body within its size limit and check it is a valid OpenAI
+//! request, learning the model and whether to stream. The bytes themselves are
+//! forwarded unchanged, so fields we do not model pass through to workers.
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use hyper::body::Incoming;
+use protocol::openai::{ChatCompletionRequest, CompletionRequest};
+use protocol::{ApiError, ErrorKind};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    Chat,
+    Completion,
+}
+
+impl Endpoint {
+    pub fn path(self) -> &'static str {
+        match self {
+            Endpoint::Chat => "/v1/chat/completions",
+            Endpoint::Completion => "/v1/completions",
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Parsed {
+    pub model: String,
+    pub stream: bool,
+}
+
+pub async fn read_body(
+    body: Incoming,
+    declared_len: Option<u64>,
+    max_bytes: usize,
+) -> Result<Bytes, ApiError> {
+    let too_large = || {
+        ApiError::new(
+            ErrorKind::PayloadTooLarge,
+            format!("request body exceeds {max_bytes} bytes"),
+        )
+    };
+    if declared_len.is_some_and(|n| n > max_bytes as u64) {
+        return Err(too_large());
+    }
+    match Limited::new(body, max_bytes).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<LengthLimitError>() => Err(too_large()),
+        Err(e) => Err(ApiError::invalid(
+            "body",
+            format!("could not read the request body: {e}"),
+        )),
+    }
+}
+
+pub fn parse(endpoint: Endpoint, body: &[u8]) -> Result<Parsed, ApiError> {
+    let invalid =
+        |e: serde_json::Error| ApiError::invalid("body", format!("invalid JSON body: {e}"));
+    match endpoint {
+        Endpoint::Chat => {
+            let req: ChatCompletionRequest = serde_json::from_slice(body).map_err(invalid)?;
+            req.validate()?;
+            Ok(Parsed {
+                stream: req.sampling.is_stream(),
+                model: req.model,
+            })
+        }
+        Endpoint::Completion => {
+            let req: CompletionRequest = serde_json::from_slice(body).map_err(invalid)?;
+            req.validate()?;
+            Ok(Parsed {
+                stream: req.sampling.is_stream(),
+                model: req.model,
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn malformed_json_is_a_400() {
+        let e = parse(Endpoint::Chat, b"{not json").unwrap_err();
+        assert_eq!(e.status(), 400);
+        let e = parse(Endpoint::Completion, br#"{"model":"m"}"#).unwrap_err();
+        assert!(e.message.contains("prompt"), "{}", e.message);
+    }
+
+    #[test]
+    fn learns_model_and_stream() {
+        let p = parse(
+            Endpoint::Chat,
+            br#"{"model":"m","messages":[{"role":"user","content":"x"}],"stream":true}"#,
+        )
+        .unwrap();
+        assert_eq!(p.model, "m");
+        assert!(p.stream);
+    }
+}

@@ -1,0 +1,148 @@
+//! The worker registry: pools by model, and each worker's live state (in-flight
+//! count, probe health, circuit breaker) shared by routing, probes and status.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+
+use http::Uri;
+use protocol::LoadReport;
+
+use crate::config::{BreakerConfig, Config};
+use crate::health::{Breaker, ProbeState};
+use crate::metrics;
+
+pub struct Registry {
+    pools: Vec<Arc<Pool>>,
+    by_model: HashMap<String, Arc<Pool>>,
+}
+
+pub struct Pool {
+    pub name: String,
+    pub models: Vec<String>,
+    pub workers: Vec<Arc<Worker>>,
+}
+
+pub struct Worker {
+    pub id: String,
+    pub pool: String,
+    /// Base URL, no path.
+    pub url: Uri,
+    pub zone: String,
+    pub labels: BTreeMap<String, String>,
+    in_flight: AtomicU32,
+    pub probe: Mutex<ProbeState>,
+    pub breaker: Mutex<Breaker>,
+    /// Load as of the last good probe, for `/status`.
+    pub last_load: Mutex<Option<LoadReport>>,
+}
+
+impl Registry {
+    pub fn from_config(config: &Config) -> Registry {
+        let pools: Vec<Arc<Pool>> = config
+            .pools
+            .iter()
+            .map(|p| {
+                Arc::new(Pool {
+                    name: p.name.clone(),
+                    models: p.models.clone(),
+                    workers: p
+                        .workers
+                        .iter()
+                        .map(|w| {
+                            Arc::new(Worker::new(
+                                w.id.clone(),
+                                p.name.clone(),
+                                // Validated in config.
+                                w.url.parse().expect("worker url validated"),
+                                w.zone.clone(),
+                                w.labels.clone(),
+                                &config.breaker,
+                            ))
+                        })
+                        .collect(),
+                })
+            })
+            .collect();
+        let by_model = pools
+            .iter()
+            .flat_map(|p| p.models.iter().map(move |m| (m.clone(), p.clone())))
+            .collect();
+        Registry { pools, by_model }
+    }
+
+    pub fn pool_for(&self, model: &str) -> Option<&Arc<Pool>> {
+        self.by_model.get(model)
+    }
+
+    pub fn pools(&self) -> &[Arc<Pool>] {
+        &self.pools
+    }
+
+    pub fn workers(&self) -> impl Iterator<Item = &Arc<Worker>> {
+        self.pools.iter().flat_map(|p| p.workers.iter())
+    }
+
+    /// Model ids served, in config order.
+    pub fn models(&self) -> Vec<String> {
+        self.pools
+            .iter()
+            .flat_map(|p| p.models.iter().cloned())
+            .collect()
+    }
+
+    /// True when some pool has a worker that may take traffic.
+    pub fn any_routable(&self) -> bool {
+        self.workers().any(|w| w.probe.lock().unwrap().routable())
+    }
+}
+
+impl Worker {
+    pub fn new(
+        id: String,
+        pool: String,
+        url: Uri,
+        zone: String,
+        labels: BTreeMap<String, String>,
+        breaker: &BreakerConfig,
+    ) -> Worker {
+        Worker {
+            id,
+            pool,
+            url,
+            zone,
+            labels,
+            in_flight: AtomicU32::new(0),
+            probe: Mutex::new(ProbeState::default()),
+            breaker: Mutex::new(Breaker::new(breaker)),
+            last_load: Mutex::new(None),
+        }
+    }
+
+    pub fn in_flight(&self) -> u32 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Counts a request against this worker until the guard drops.
+    pub fn start_request(self: &Arc<Self>) -> InFlight {
+        let n = self.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+        metrics::worker_in_flight(&self.pool, &self.id, n);
+        InFlight(self.clone())
+    }
+}
+
+/// One request in flight on a worker; dropping it ends the count.
+pub struct InFlight(Arc<Worker>);
+
+impl InFlight {
+    pub fn worker(&self) -> &Arc<Worker> {
+        &self.0
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let n = self.0.in_flight.fetch_sub(1, Ordering::Relaxed) - 1;
+        metrics::worker_in_flight(&self.0.pool, &self.0.id, n);
+    }
+}

@@ -1,0 +1,310 @@
+//! Listeners and connections: the API socket (HTTP/1.1 and h2c, or TLS with
+//! ALPN) behind the tower layers every request crosses, the admin socket, the
+//! health probes, and graceful drain.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
+use tower::{Service, ServiceBuilder, ServiceExt};
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+use tracing::Span;
+
+use crate::admin::{self, Admin};
+use crate::admit::Admit;
+use crate::api::{self, Gateway};
+use crate::body::{Body, BoxError};
+use crate::config::Config;
+use crate::pools::Registry;
+use crate::tls::{self, TlsError};
+use crate::upstream::Upstream;
+use crate::{error, health, metrics};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// A running gateway.
+pub struct Handle {
+    api_addr: SocketAddr,
+    admin_addr: SocketAddr,
+    draining: Arc<AtomicBool>,
+    stop: watch::Sender<bool>,
+    grace: Duration,
+    api: JoinHandle<()>,
+    background: Vec<JoinHandle<()>>,
+}
+
+/// The peer of a connection, for logs when no `X-Forwarded-For` names the client.
+#[derive(Clone, Copy)]
+struct Peer(SocketAddr);
+
+pub async fn start(config: Config) -> Result<Handle, StartError> {
+    let prometheus = metrics::install();
+    let tls = config
+        .listeners
+        .tls
+        .as_ref()
+        .map(tls::server_config)
+        .transpose()?
+        .map(TlsAcceptor::from);
+    let upstream = Upstream::new(&config.upstream)?;
+    let api_listener = bind(config.listeners.api).await?;
+    let admin_listener = bind(config.listeners.admin).await?;
+    let api_addr = api_listener
+        .local_addr()
+        .map_err(|source| StartError::Bind {
+            addr: config.listeners.api,
+            source,
+        })?;
+    let admin_addr = admin_listener
+        .local_addr()
+        .map_err(|source| StartError::Bind {
+            addr: config.listeners.admin,
+            source,
+        })?;
+
+    let registry = Arc::new(Registry::from_config(&config));
+    let grace = config.listeners.drain_grace();
+    let health_config = config.health.clone();
+    let gateway = Arc::new(Gateway {
+        admit: Admit::new(config.listeners.max_concurrent_requests),
+        config,
+        registry: registry.clone(),
+        upstream: upstream.clone(),
+    });
+    let draining = Arc::new(AtomicBool::new(false));
+    let admin = Arc::new(Admin {
+        gateway: gateway.clone(),
+        draining: draining.clone(),
+        prometheus: prometheus.clone(),
+    });
+    let (stop, stop_rx) = watch::channel(false);
+
+    let background = vec![
+        tokio::spawn(health::run_probes(registry, upstream, health_config)),
+        tokio::spawn(serve_admin(admin_listener, admin)),
+        tokio::spawn(async move {
+            // Histograms keep raw samples until upkeep folds them.
+            loop {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                prometheus.run_upkeep();
+            }
+        }),
+    ];
+    let api = tokio::spawn(serve_api(api_listener, gateway, tls, stop_rx));
+    tracing::info!(api = %api_addr, admin = %admin_addr, "gateway started");
+    Ok(Handle {
+        api_addr,
+        admin_addr,
+        draining,
+        stop,
+        grace,
+        api,
+        background,
+    })
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { addr, source })
+}
+
+impl Handle {
+    pub fn api_addr(&self) -> SocketAddr {
+        self.api_addr
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    /// Drains: `/ready` turns 503, new connections are refused, requests in
+    /// flight get the grace period to finish; then everything stops.
+    pub async fn shutdown(self) {
+        self.draining.store(true, Ordering::Relaxed);
+        let _ = self.stop.send(true);
+        tracing::info!(grace_ms = self.grace.as_millis() as u64, "draining");
+        let mut api = self.api;
+        if tokio::time::timeout(self.grace, &mut api).await.is_err() {
+            tracing::warn!("drain grace period over; closing remaining connections");
+            api.abort();
+        }
+        for task in self.background {
+            task.abort();
+        }
+        tracing::info!("gateway stopped");
+    }
+}
+
+async fn serve_api(
+    listener: TcpListener,
+    gateway: Arc<Gateway>,
+    tls: Option<TlsAcceptor>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let builder = connection_builder(gateway.config.listeners.idle_timeout());
+    let graceful = GracefulShutdown::new();
+    let service = api_service(gateway);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors and the like: pause rather than spin.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stop.changed() => break,
+        };
+        let _ = tcp.set_nodelay(true);
+        let service = service.clone();
+        let hyper_service = hyper::service::service_fn(move |mut req: http::Request<Incoming>| {
+            req.extensions_mut().insert(Peer(peer));
+            service.clone().oneshot(req)
+        });
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
+        let tls = tls.clone();
+        tokio::spawn(async move {
+            let served = match tls {
+                Some(tls) => match tokio::time::timeout(Duration::from_secs(10), tls.accept(tcp))
+                    .await
+                {
+                    Ok(Ok(stream)) => {
+                        watcher
+                            .watch(builder.serve_connection(TokioIo::new(stream), hyper_service))
+                            .await
+                    }
+                    Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                    Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
+                },
+                None => {
+                    watcher
+                        .watch(builder.serve_connection(TokioIo::new(tcp), hyper_service))
+                        .await
+                }
+            };
+            if let Err(e) = served {
+                tracing::debug!(%peer, error = %e, "connection closed with error");
+            }
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+}
+
+/// The tower layers every API request crosses, outermost first: request id
+/// (kept from the client or made), its echo on the response, a tracing span,
+/// the mapping of layer errors to OpenAI errors, and a backstop timeout.
+fn api_service(
+    gateway: Arc<Gateway>,
+) -> impl Service<
+    http::Request<Incoming>,
+    Response = http::Response<
+        impl http_body::Body<Data = bytes::Bytes, Error = BoxError> + Send + 'static,
+    >,
+    Error = BoxError,
+    Future = impl Send,
+> + Clone
+       + Send
+       + 'static {
+    // The failover loop owns the real deadline; this one only catches a
+    // handler stuck past it (a client trickling its body, say).
+    let backstop = Duration::from_millis(gateway.config.retry.total_timeout_ms + 1000);
+    ServiceBuilder::new()
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(request_span)
+                .on_request(())
+                .on_response(())
+                .on_failure(()),
+        )
+        .map_result(|result: Result<http::Response<Body>, BoxError>| {
+            // Always Ok: the error type stays BoxError only because tower's
+            // `map_result` needs `From` for errors of `poll_ready`, which never fails here.
+            Ok::<_, BoxError>(result.unwrap_or_else(|e| error::response(&error::from_layer(e))))
+        })
+        .timeout(backstop)
+        .service_fn(move |req| {
+            let gateway = gateway.clone();
+            async move { Ok::<_, Infallible>(api::handle(gateway, req).await) }
+        })
+}
+
+fn request_span(req: &http::Request<Incoming>) -> Span {
+    let request_id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    // Behind a load balancer the peer is the balancer; the first forwarded address is the client.
+    let forwarded = req
+        .headers()
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(',').next())
+        .map(|s| s.trim().to_string());
+    let client = forwarded
+        .or_else(|| req.extensions().get::<Peer>().map(|p| p.0.ip().to_string()))
+        .unwrap_or_default();
+    tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id, client)
+}
+
+fn connection_builder(idle_timeout: Duration) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // hyper closes an HTTP/1 connection that sends no request head within this
+    // time, which also bounds keep-alive idleness.
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(idle_timeout);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(idle_timeout / 2))
+        .keep_alive_timeout(Duration::from_secs(20));
+    builder
+}
+
+async fn serve_admin(listener: TcpListener, admin: Arc<Admin>) {
+    let builder = connection_builder(Duration::from_secs(60));
+    loop {
+        let Ok((tcp, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let admin = admin.clone();
+        let builder = builder.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let admin = admin.clone();
+                async move { Ok::<_, Infallible>(admin::handle(admin, req).await) }
+            });
+            let _ = builder.serve_connection(TokioIo::new(tcp), service).await;
+        });
+    }
+}

@@ -1,0 +1,495 @@
+//! The OpenAI wire format: chat and text completion requests, their responses
+//! and stream chunks, usage, and the model list. Unknown request fields are
+//! ignored, as OpenAI-compatible servers do, so any client's extras pass.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::ApiError;
+
+/// The most stop sequences a request may carry (OpenAI's limit).
+pub const MAX_STOP_SEQUENCES: usize = 4;
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct StreamOptions {
+    #[serde(default)]
+    pub include_usage: bool,
+}
+
+/// `stop`: one string or a list of them.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Stop {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl Stop {
+    pub fn to_vec(&self) -> Vec<String> {
+        match self {
+            Stop::One(s) => vec![s.clone()],
+            Stop::Many(v) => v.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ChatCompletionRequest {
+    pub model: String,
+    pub messages: Vec<ChatMessage>,
+    #[serde(flatten)]
+    pub sampling: SamplingFields,
+    /// The newer name of `max_tokens`; wins when both are set.
+    #[serde(default)]
+    pub max_completion_tokens: Option<u32>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CompletionRequest {
+    pub model: String,
+    pub prompt: Prompt,
+    #[serde(flatten)]
+    pub sampling: SamplingFields,
+}
+
+/// Fields chat and text completions share.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SamplingFields {
+    #[serde(default)]
+    pub stream: Option<bool>,
+    #[serde(default)]
+    pub stream_options: Option<StreamOptions>,
+    #[serde(default)]
+    pub max_tokens: Option<u32>,
+    #[serde(default)]
+    pub temperature: Option<f32>,
+    #[serde(default)]
+    pub top_p: Option<f32>,
+    /// Not in OpenAI's API, but vLLM's and SGLang's; clients of those send it.
+    #[serde(default)]
+    pub top_k: Option<u32>,
+    #[serde(default)]
+    pub n: Option<u32>,
+    #[serde(default)]
+    pub stop: Option<Stop>,
+    #[serde(default)]
+    pub seed: Option<u64>,
+    #[serde(default)]
+    pub user: Option<String>,
+}
+
+impl SamplingFields {
+    pub fn is_stream(&self) -> bool {
+        self.stream.unwrap_or(false)
+    }
+
+    pub fn include_usage(&self) -> bool {
+        self.is_stream()
+            && self
+                .stream_options
+                .as_ref()
+                .is_some_and(|o| o.include_usage)
+    }
+
+    fn validate(&self) -> Result<(), ApiError> {
+        if let Some(t) = self.temperature {
+            if !(0.0..=2.0).contains(&t) {
+                return Err(ApiError::invalid(
+                    "temperature",
+                    format!("temperature must be between 0 and 2, got {t}"),
+                ));
+            }
+        }
+        if let Some(p) = self.top_p {
+            if !(p > 0.0 && p <= 1.0) {
+                return Err(ApiError::invalid(
+                    "top_p",
+                    format!("top_p must be in (0, 1], got {p}"),
+                ));
+            }
+        }
+        if let Some(n) = self.n {
+            if n != 1 {
+                return Err(ApiError::invalid(
+                    "n",
+                    format!("only n=1 is supported, got {n}"),
+                ));
+            }
+        }
+        if self.max_tokens == Some(0) {
+            return Err(ApiError::invalid(
+                "max_tokens",
+                "max_tokens must be at least 1",
+            ));
+        }
+        if let Some(stop) = &self.stop {
+            let stops = stop.to_vec();
+            if stops.len() > MAX_STOP_SEQUENCES {
+                return Err(ApiError::invalid(
+                    "stop",
+                    format!("at most {MAX_STOP_SEQUENCES} stop sequences are allowed"),
+                ));
+            }
+            if stops.iter().any(String::is_empty) {
+                return Err(ApiError::invalid(
+                    "stop",
+                    "stop sequences must not be empty",
+                ));
+            }
+        }
+        if self.stream_options.is_some() && !self.is_stream() {
+            return Err(ApiError::invalid(
+                "stream_options",
+                "stream_options is only allowed when stream is true",
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ChatMessage {
+    pub role: String,
+    #[serde(default)]
+    pub content: Option<MessageContent>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+/// A message's content: a string, or a list of typed parts of which we read the text ones.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum MessageContent {
+    Text(String),
+    Parts(Vec<ContentPart>),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ContentPart {
+    pub r#type: String,
+    #[serde(default)]
+    pub text: Option<String>,
+}
+
+impl ChatMessage {
+    /// The message's text, parts joined; `None` if a part is not text.
+    pub fn text(&self) -> Option<String> {
+        match &self.content {
+            None => Some(String::new()),
+            Some(MessageContent::Text(s)) => Some(s.clone()),
+            Some(MessageContent::Parts(parts)) => parts
+                .iter()
+                .map(|p| (p.r#type == "text").then(|| p.text.clone().unwrap_or_default()))
+                .collect::<Option<Vec<_>>>()
+                .map(|v| v.concat()),
+        }
+    }
+}
+
+const ROLES: [&str; 5] = ["system", "developer", "user", "assistant", "tool"];
+
+impl ChatCompletionRequest {
+    pub fn validate(&self) -> Result<(), ApiError> {
+        validate_model(&self.model)?;
+        if self.messages.is_empty() {
+            return Err(ApiError::invalid("messages", "messages must not be empty"));
+        }
+        for (i, m) in self.messages.iter().enumerate() {
+            if !ROLES.contains(&m.role.as_str()) {
+                return Err(ApiError::invalid(
+                    &format!("messages[{i}].role"),
+                    format!(
+                        "unknown role `{}`; expected one of {}",
+                        m.role,
+                        ROLES.join(", ")
+                    ),
+                ));
+            }
+            if m.text().is_none() {
+                return Err(ApiError::invalid(
+                    &format!("messages[{i}].content"),
+                    "only text content parts are supported",
+                ));
+            }
+        }
+        if self.max_completion_tokens == Some(0) {
+            return Err(ApiError::invalid(
+                "max_completion_tokens",
+                "max_completion_tokens must be at least 1",
+            ));
+        }
+        self.sampling.validate()
+    }
+
+    pub fn max_tokens(&self) -> Option<u32> {
+        self.max_completion_tokens.or(self.sampling.max_tokens)
+    }
+}
+
+/// `prompt`: a string, a one-string list, or token ids.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Prompt {
+    Text(String),
+    Texts(Vec<String>),
+    Tokens(Vec<u32>),
+    TokenLists(Vec<Vec<u32>>),
+}
+
+/// A single prompt, as text or as token ids.
+pub enum PromptInput<'a> {
+    Text(&'a str),
+    Tokens(&'a [u32]),
+}
+
+impl CompletionRequest {
+    pub fn validate(&self) -> Result<(), ApiError> {
+        validate_model(&self.model)?;
+        self.prompt()?;
+        self.sampling.validate()
+    }
+
+    /// The one prompt of the request; batched prompts are refused.
+    pub fn prompt(&self) -> Result<PromptInput<'_>, ApiError> {
+        let batched = || {
+            ApiError::invalid(
+                "prompt",
+                "batched prompts are not supported; send one prompt per request",
+            )
+        };
+        match &self.prompt {
+            Prompt::Text(s) => Ok(PromptInput::Text(s)),
+            Prompt::Texts(v) if v.len() == 1 => Ok(PromptInput::Text(&v[0])),
+            Prompt::Tokens(t) if !t.is_empty() => Ok(PromptInput::Tokens(t)),
+            Prompt::TokenLists(v) if v.len() == 1 && !v[0].is_empty() => {
+                Ok(PromptInput::Tokens(&v[0]))
+            }
+            Prompt::Tokens(_) => Err(ApiError::invalid("prompt", "prompt must not be empty")),
+            _ => Err(batched()),
+        }
+    }
+}
+
+fn validate_model(model: &str) -> Result<(), ApiError> {
+    if model.trim().is_empty() {
+        return Err(ApiError::invalid("model", "model must not be empty"));
+    }
+    Ok(())
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    pub prompt_tokens: u32,
+    pub completion_tokens: u32,
+    pub total_tokens: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt_tokens_details: Option<PromptTokensDetails>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PromptTokensDetails {
+    pub cached_tokens: u32,
+}
+
+impl Usage {
+    pub fn new(prompt_tokens: u32, completion_tokens: u32, cached_tokens: u32) -> Self {
+        Usage {
+            prompt_tokens,
+            completion_tokens,
+            total_tokens: prompt_tokens + completion_tokens,
+            prompt_tokens_details: Some(PromptTokensDetails { cached_tokens }),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ChatCompletion {
+    pub id: String,
+    pub object: String,
+    pub created: u64,
+    pub model: String,
+    pub choices: Vec<ChatChoice>,
+    pub usage: Usage,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ChatChoice {
+    pub index: u32,
+    pub message: AssistantMessage,
+    pub finish_reason: Option<String>,
+    pub logprobs: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AssistantMessage {
+    pub role: String,
+    pub content: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ChatCompletionChunk {
+    pub id: String,
+    pub object: String,
+    pub created: u64,
+    pub model: String,
+    pub choices: Vec<ChunkChoice>,
+    /// `null` on every chunk but the last when usage was asked for; absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Option<Usage>>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ChunkChoice {
+    pub index: u32,
+    pub delta: Delta,
+    pub finish_reason: Option<String>,
+    pub logprobs: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Delta {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Completion {
+    pub id: String,
+    pub object: String,
+    pub created: u64,
+    pub model: String,
+    pub choices: Vec<CompletionChoice>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Option<Usage>>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CompletionChoice {
+    pub index: u32,
+    pub text: String,
+    pub finish_reason: Option<String>,
+    pub logprobs: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ModelList {
+    pub object: String,
+    pub data: Vec<ModelCard>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ModelCard {
+    pub id: String,
+    pub object: String,
+    pub created: u64,
+    pub owned_by: String,
+}
+
+impl ModelList {
+    pub fn new(ids: impl IntoIterator<Item = String>, owned_by: &str) -> Self {
+        ModelList {
+            object: "list".to_string(),
+            data: ids
+                .into_iter()
+                .map(|id| ModelCard {
+                    id,
+                    object: "model".to_string(),
+                    created: 0,
+                    owned_by: owned_by.to_string(),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// The SSE line that ends an OpenAI stream.
+pub const SSE_DONE: &str = "data: [DONE]\n\n";
+
+/// One SSE event carrying `value` as JSON.
+pub fn sse_event<T: Serialize>(value: &T) -> String {
+    format!(
+        "data: {}\n\n",
+        serde_json::to_string(value).expect("wire types serialize")
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chat(json: &str) -> Result<ChatCompletionRequest, ApiError> {
+        let r: ChatCompletionRequest =
+            serde_json::from_str(json).map_err(|e| ApiError::invalid("body", e.to_string()))?;
+        r.validate()?;
+        Ok(r)
+    }
+
+    #[test]
+    fn accepts_openai_sdk_extras() {
+        let r = chat(r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"frequency_penalty":0,"logit_bias":{}}"#).unwrap();
+        assert_eq!(r.messages[0].text().unwrap(), "hi");
+    }
+
+    #[test]
+    fn text_parts_are_joined() {
+        let r = chat(r#"{"model":"m","messages":[{"role":"user","content":[{"type":"text","text":"a"},{"type":"text","text":"b"}]}]}"#).unwrap();
+        assert_eq!(r.messages[0].text().unwrap(), "ab");
+    }
+
+    #[test]
+    fn rejects_bad_fields() {
+        for (body, param) in [
+            (r#"{"model":"m","messages":[]}"#, "messages"),
+            (
+                r#"{"model":"m","messages":[{"role":"wizard","content":"x"}]}"#,
+                "messages[0].role",
+            ),
+            (
+                r#"{"model":"m","messages":[{"role":"user","content":"x"}],"temperature":3}"#,
+                "temperature",
+            ),
+            (
+                r#"{"model":"m","messages":[{"role":"user","content":"x"}],"n":2}"#,
+                "n",
+            ),
+            (
+                r#"{"model":"m","messages":[{"role":"user","content":"x"}],"stop":["a","b","c","d","e"]}"#,
+                "stop",
+            ),
+            (
+                r#"{"model":"","messages":[{"role":"user","content":"x"}]}"#,
+                "model",
+            ),
+        ] {
+            assert_eq!(
+                chat(body).unwrap_err().param.as_deref(),
+                Some(param),
+                "{body}"
+            );
+        }
+        assert!(chat(r#"{"messages":[]}"#).is_err());
+    }
+
+    #[test]
+    fn completion_prompt_forms() {
+        let ok = |p: &str| {
+            let r: CompletionRequest =
+                serde_json::from_str(&format!(r#"{{"model":"m","prompt":{p}}}"#)).unwrap();
+            r.validate()
+        };
+        assert!(ok(r#""hello""#).is_ok());
+        assert!(ok(r#"["hello"]"#).is_ok());
+        assert!(ok(r#"[1,2,3]"#).is_ok());
+        assert!(ok(r#"["a","b"]"#).is_err());
+        assert!(ok(r#"[]"#).is_err());
+    }
+
+    #[test]
+    fn usage_totals() {
+        let u = Usage::new(10, 5, 8);
+        assert_eq!(u.total_tokens, 15);
+        let v = serde_json::to_value(u).unwrap();
+        assert_eq!(v["prompt_tokens_details"]["cached_tokens"], 8);
+    }
+}

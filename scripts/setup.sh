@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# One-time setup on a fresh machine; every step is skipped when already done.
+# Installs: etcd and nats-server (Debian packages, for the control-plane and
+# bus tests), DejaVu fonts (bench charts), the `openai` Python client (its
+# end-to-end test) and the wasm32-wasip2 Rust target (plugins).
+set -euo pipefail
+
+need_apt=()
+command -v etcd >/dev/null || need_apt+=(etcd-server)
+command -v nats-server >/dev/null || need_apt+=(nats-server)
+[ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || need_apt+=(fonts-dejavu-core)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "setup: installing ${need_apt[*]}"
+  sudo_cmd=""
+  [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
+  $sudo_cmd apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+fi
+
+if ! python3 -c "import openai" 2>/dev/null; then
+  echo "setup: installing the openai Python client"
+  python3 -m pip install --quiet --disable-pip-version-check openai
+fi
+
+if ! rustup target list --installed | grep -qx wasm32-wasip2; then
+  echo "setup: adding the wasm32-wasip2 Rust target"
+  rustup target add wasm32-wasip2
+fi

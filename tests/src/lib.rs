@@ -1,0 +1,280 @@
+//! Harness for the end-to-end tests: starts the real `worker` and `gateway`
+//! binaries on free loopback ports with config files of their own, talks to
+//! them over HTTP, and stops them (with SIGTERM or SIGKILL) when asked or dropped.
+
+pub mod fake;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+pub const MODEL: &str = "sim-llama";
+
+/// A binary of this workspace, built next to the test executable.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> → target/<profile>/<name>
+    let path = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .join(name);
+    assert!(
+        path.exists(),
+        "{} is not built: run `cargo build --workspace --bins` first (scripts/test.sh does)",
+        path.display()
+    );
+    path
+}
+
+/// A fresh directory for one test's files.
+pub fn temp_dir() -> PathBuf {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "llmgw-e2e-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&dir).expect("create temp dir");
+    dir
+}
+
+/// A child process, killed when dropped.
+pub struct Proc {
+    child: Child,
+}
+
+impl Proc {
+    /// Starts `cmd` and reads its stdout until a line starting with each of
+    /// `prefixes` appeared, returning the rest of those lines in order.
+    async fn spawn(mut cmd: Command, prefixes: &[&str]) -> (Proc, Vec<String>) {
+        cmd.stdout(Stdio::piped()).kill_on_drop(true);
+        if std::env::var_os("E2E_LOG").is_none() {
+            cmd.stderr(Stdio::null());
+        }
+        let mut child = cmd.spawn().expect("spawn binary");
+        let mut lines = BufReader::new(child.stdout.take().expect("stdout piped")).lines();
+        let mut found = Vec::new();
+        for prefix in prefixes {
+            let line = tokio::time::timeout(Duration::from_secs(60), async {
+                loop {
+                    match lines.next_line().await.expect("read stdout") {
+                        Some(line) if line.starts_with(prefix) => {
+                            return line[prefix.len()..].trim().to_string()
+                        }
+                        Some(_) => continue,
+                        None => panic!("process exited before printing `{prefix}`"),
+                    }
+                }
+            })
+            .await
+            .expect("process did not start in time");
+            found.push(line);
+        }
+        // Keep draining stdout so the child never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        (Proc { child }, found)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("process running")
+    }
+
+    pub fn sigterm(&self) {
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status();
+        assert!(status.expect("run kill").success());
+    }
+
+    pub async fn sigkill(&mut self) {
+        self.child.kill().await.expect("kill");
+    }
+
+    pub async fn wait(&mut self) -> ExitStatus {
+        self.child.wait().await.expect("wait")
+    }
+}
+
+/// Knobs of a test worker; the sim's timing is in microseconds.
+#[derive(Clone)]
+pub struct WorkerOpts {
+    pub listen: SocketAddr,
+    pub decode_step_us: u64,
+    pub prefill_us_per_token: u64,
+}
+
+impl Default for WorkerOpts {
+    fn default() -> Self {
+        WorkerOpts {
+            listen: ([127, 0, 0, 1], 0).into(),
+            decode_step_us: 500,
+            prefill_us_per_token: 5,
+        }
+    }
+}
+
+pub struct WorkerProc {
+    pub proc: Proc,
+    pub id: String,
+    pub zone: String,
+    pub url: String,
+}
+
+pub async fn spawn_worker(id: &str, zone: &str, opts: WorkerOpts) -> WorkerProc {
+    let dir = temp_dir();
+    let config = dir.join("worker.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "id = \"{id}\"\nlisten = \"{}\"\nmodel = \"{MODEL}\"\nzone = \"{zone}\"\ndrain_grace_ms = 5000\n\
+             [engine]\nkind = \"sim\"\n[engine.sim]\nprefill_us_per_token = {}\ndecode_step_us = {}\ndecode_us_per_seq = 10\n",
+            opts.listen, opts.prefill_us_per_token, opts.decode_step_us
+        ),
+    )
+    .unwrap();
+    let mut cmd = Command::new(bin("worker"));
+    cmd.arg("--config").arg(&config);
+    let (proc, found) = Proc::spawn(cmd, &["listening on "]).await;
+    WorkerProc {
+        proc,
+        id: id.to_string(),
+        zone: zone.to_string(),
+        url: found[0].clone(),
+    }
+}
+
+pub struct GatewayProc {
+    pub proc: Proc,
+    pub api: String,
+    pub admin: String,
+    pub config_path: PathBuf,
+}
+
+/// Starts a gateway in zone `zone` over `workers`, with `extra` TOML sections
+/// (fast probes unless overridden).
+pub async fn spawn_gateway(zone: &str, workers: &[&WorkerProc], extra: &str) -> GatewayProc {
+    spawn_gateway_from(&gateway_toml(zone, workers, extra)).await
+}
+
+/// Starts a gateway from a whole config text.
+pub async fn spawn_gateway_from(text: &str) -> GatewayProc {
+    let config_path = temp_dir().join("gateway.toml");
+    std::fs::write(&config_path, text).unwrap();
+    let mut cmd = Command::new(bin("gateway"));
+    cmd.arg("--config").arg(&config_path);
+    let (proc, found) = Proc::spawn(cmd, &["api listening on ", "admin listening on "]).await;
+    GatewayProc {
+        proc,
+        api: found[0].clone(),
+        admin: found[1].clone(),
+        config_path,
+    }
+}
+
+pub fn gateway_toml(zone: &str, workers: &[&WorkerProc], extra: &str) -> String {
+    let mut text = format!("zone = \"{zone}\"\n");
+    if !extra.contains("[listeners]") {
+        text.push_str(
+            "[listeners]\napi = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\ndrain_grace_ms = 10000\n",
+        );
+    }
+    if !extra.contains("[health]") {
+        text.push_str("[health]\ninterval_ms = 100\ntimeout_ms = 500\nunhealthy_threshold = 1\nhealthy_threshold = 1\n");
+    }
+    text.push_str(extra);
+    text.push_str(&format!(
+        "\n[[pools]]\nname = \"sim\"\nmodels = [\"{MODEL}\"]\n"
+    ));
+    for w in workers {
+        text.push_str(&format!(
+            "[[pools.workers]]\nid = \"{}\"\nurl = \"{}\"\nzone = \"{}\"\n",
+            w.id, w.url, w.zone
+        ));
+    }
+    text
+}
+
+pub fn client() -> reqwest::Client {
+    install_crypto();
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .expect("client")
+}
+
+/// rustls needs one process-wide provider; ring is the one this project builds.
+pub fn install_crypto() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+pub fn chat(content: &str, stream: bool, max_tokens: u32) -> Value {
+    json!({
+        "model": MODEL,
+        "messages": [{"role": "system", "content": "You are terse."}, {"role": "user", "content": content}],
+        "stream": stream,
+        "max_tokens": max_tokens,
+    })
+}
+
+/// The JSON events of an SSE body, and whether it ended with `[DONE]`.
+pub fn sse_events(body: &str) -> (Vec<Value>, bool) {
+    let mut events = Vec::new();
+    let mut done = false;
+    for data in body.lines().filter_map(|l| l.strip_prefix("data: ")) {
+        if data == "[DONE]" {
+            done = true;
+        } else {
+            events.push(
+                serde_json::from_str(data).unwrap_or_else(|e| panic!("bad SSE event {data}: {e}")),
+            );
+        }
+    }
+    (events, done)
+}
+
+/// Polls `check` every 50 ms until it holds, failing after `limit`.
+pub async fn eventually<F, Fut>(limit: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The gateway's `/status`.
+pub async fn status(gw: &GatewayProc) -> Value {
+    client()
+        .get(format!("{}/status", gw.admin))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// A worker's entry in `/status`.
+pub async fn worker_status(gw: &GatewayProc, id: &str) -> Value {
+    let s = status(gw).await;
+    s["pools"][0]["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["id"] == id)
+        .cloned()
+        .expect("worker listed")
+}

@@ -1,0 +1,264 @@
+//! The worker's configuration: a TOML file (or the same struct built in code),
+//! checked as a whole before any port is bound.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Everything a worker needs to start. Missing fields take the documented defaults.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WorkerConfig {
+    /// This worker's id within its pool, reported by `/health`. Default: `"worker"`.
+    pub id: String,
+    /// Address to serve HTTP on; port 0 picks a free port. Default: `127.0.0.1:8001`.
+    pub listen: SocketAddr,
+    /// The model name clients must ask for. Default: `"sim-llama"`.
+    pub model: String,
+    /// The failure domain this worker runs in. Default: `"default"`.
+    pub zone: String,
+    /// How long a drain waits for in-flight requests before cutting them off. Default: 30000.
+    pub drain_grace_ms: u64,
+    /// Largest request body accepted; bigger ones get 413. Default: 4 MiB.
+    pub max_body_bytes: usize,
+    pub engine: EngineConfig,
+}
+
+/// The inference engine: batching limits, KV cache geometry, and the tokenizer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EngineConfig {
+    /// Which engine computes tokens. Default: `sim`.
+    pub kind: EngineKind,
+    /// Tokens per KV cache block (and per hashed prefix block). Default: 16.
+    pub block_size: usize,
+    /// KV cache capacity in blocks. Default: 8192.
+    pub num_blocks: usize,
+    /// Most sequences decoding at once. Default: 64.
+    pub max_running: usize,
+    /// Prompt tokens computed per engine step; longer prompts prefill in chunks. Default: 2048.
+    pub max_prefill_tokens_per_step: usize,
+    /// Longest sequence, prompt plus completion, in tokens. Default: 4096.
+    pub max_model_len: usize,
+    /// Completion length when a request sets none (capped to fit `max_model_len`). Default: 256.
+    pub default_max_tokens: usize,
+    /// A `tokenizer.json` to use. Default: none, meaning the built-in tokenizer.
+    pub tokenizer_path: Option<PathBuf>,
+    pub sim: SimConfig,
+}
+
+/// The engines a worker can run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EngineKind {
+    /// Real scheduling and KV cache, simulated compute: sleeps per a timing model.
+    #[default]
+    Sim,
+}
+
+/// The sim engine's timing model: one step sleeps
+/// `prefill_us_per_token * prefill tokens + decode_step_us + decode_us_per_seq * decoding sequences`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SimConfig {
+    /// Cost of each prompt token prefilled. Default: 50.
+    pub prefill_us_per_token: u64,
+    /// Fixed cost of every step. Default: 8000.
+    pub decode_step_us: u64,
+    /// Cost of each sequence decoded in a step. Default: 150.
+    pub decode_us_per_seq: u64,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        WorkerConfig {
+            id: "worker".to_string(),
+            listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 8001)),
+            model: "sim-llama".to_string(),
+            zone: "default".to_string(),
+            drain_grace_ms: 30_000,
+            max_body_bytes: 4 * 1024 * 1024,
+            engine: EngineConfig::default(),
+        }
+    }
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            kind: EngineKind::Sim,
+            block_size: 16,
+            num_blocks: 8192,
+            max_running: 64,
+            max_prefill_tokens_per_step: 2048,
+            max_model_len: 4096,
+            default_max_tokens: 256,
+            tokenizer_path: None,
+            sim: SimConfig::default(),
+        }
+    }
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        SimConfig {
+            prefill_us_per_token: 50,
+            decode_step_us: 8000,
+            decode_us_per_seq: 150,
+        }
+    }
+}
+
+/// Why a configuration could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot parse config file {path}")]
+    Parse {
+        path: PathBuf,
+        source: Box<toml::de::Error>,
+    },
+    #[error("invalid config: {}", problems.join("; "))]
+    Invalid { problems: Vec<String> },
+}
+
+impl WorkerConfig {
+    /// A sim worker with default engine settings, for the embedded demo and tests.
+    pub fn sim(id: &str, listen: SocketAddr, model: &str, zone: &str) -> Self {
+        WorkerConfig {
+            id: id.to_string(),
+            listen,
+            model: model.to_string(),
+            zone: zone.to_string(),
+            ..WorkerConfig::default()
+        }
+    }
+
+    /// Reads a TOML file; the result still needs [`WorkerConfig::validate`].
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_path_buf(),
+            source: Box::new(source),
+        })
+    }
+
+    /// Checks every field, reporting all problems at once, each naming its key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut problems = Vec::new();
+        let mut check = |ok: bool, problem: &str| {
+            if !ok {
+                problems.push(problem.to_string());
+            }
+        };
+        check(!self.id.trim().is_empty(), "id: must not be empty");
+        check(!self.model.trim().is_empty(), "model: must not be empty");
+        check(!self.zone.trim().is_empty(), "zone: must not be empty");
+        check(self.max_body_bytes > 0, "max_body_bytes: must be > 0");
+        let e = &self.engine;
+        check(e.block_size > 0, "engine.block_size: must be > 0");
+        check(e.num_blocks > 0, "engine.num_blocks: must be > 0");
+        // Block ids are 32-bit.
+        check(
+            u32::try_from(e.num_blocks).is_ok(),
+            "engine.num_blocks: must be < 2^32",
+        );
+        check(e.max_running > 0, "engine.max_running: must be > 0");
+        check(
+            e.max_prefill_tokens_per_step > 0,
+            "engine.max_prefill_tokens_per_step: must be > 0",
+        );
+        // One prompt token and one completion token at least.
+        check(e.max_model_len >= 2, "engine.max_model_len: must be >= 2");
+        check(
+            e.default_max_tokens > 0,
+            "engine.default_max_tokens: must be > 0",
+        );
+        // A sequence that can never fit would wait forever; refuse the config instead.
+        if e.block_size > 0 && e.num_blocks.saturating_mul(e.block_size) < e.max_model_len {
+            problems.push(format!(
+                "engine.num_blocks: {} blocks of {} tokens cannot hold one sequence of \
+                 engine.max_model_len = {} tokens",
+                e.num_blocks, e.block_size, e.max_model_len
+            ));
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid { problems })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        WorkerConfig::default().validate().unwrap();
+        let parsed: WorkerConfig = toml::from_str("").unwrap();
+        assert_eq!(parsed, WorkerConfig::default());
+    }
+
+    #[test]
+    fn parses_nested_tables() {
+        let c: WorkerConfig = toml::from_str(
+            r#"
+            id = "w1"
+            listen = "0.0.0.0:9000"
+            [engine]
+            kind = "sim"
+            block_size = 32
+            [engine.sim]
+            decode_step_us = 0
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.id, "w1");
+        assert_eq!(c.engine.block_size, 32);
+        assert_eq!(c.engine.sim.decode_step_us, 0);
+        assert_eq!(c.engine.sim.prefill_us_per_token, 50);
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        assert!(toml::from_str::<WorkerConfig>("colour = \"blue\"").is_err());
+        assert!(toml::from_str::<WorkerConfig>("[engine]\nblocks = 3").is_err());
+        assert!(toml::from_str::<WorkerConfig>("[engine]\nkind = \"cuda\"").is_err());
+    }
+
+    #[test]
+    fn every_problem_is_reported() {
+        let mut c = WorkerConfig::sim("", "127.0.0.1:0".parse().unwrap(), "m", "z");
+        c.engine.block_size = 0;
+        c.engine.max_running = 0;
+        let ConfigError::Invalid { problems } = c.validate().unwrap_err() else {
+            panic!("expected Invalid");
+        };
+        assert_eq!(
+            problems,
+            [
+                "id: must not be empty",
+                "engine.block_size: must be > 0",
+                "engine.max_running: must be > 0"
+            ]
+        );
+    }
+
+    #[test]
+    fn cache_must_hold_one_sequence() {
+        let mut c = WorkerConfig::default();
+        c.engine.num_blocks = 2;
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("engine.num_blocks"), "{err}");
+    }
+}

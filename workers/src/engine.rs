@@ -1,0 +1,351 @@
+//! The engine the server talks to: requests in, token events out. One OS
+//! thread owns the scheduler and the compute, so a step never waits on the
+//! async runtime and the runtime never waits on a step.
+
+use std::collections::HashMap;
+use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
+
+use protocol::blocks::next_block_hash;
+use protocol::LoadReport;
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
+
+use crate::config::{EngineConfig, EngineKind};
+use crate::kv_cache::{KvCache, SeqId};
+use crate::scheduler::{
+    Compute, FinishReason, NewSequence, Output, Scheduler, SchedulerConfig, TokenUsage,
+};
+use crate::sim::SimCompute;
+use crate::tokenizer::{Tokenizer, TokenizerError};
+
+/// A generation request, already tokenized and checked against the engine's limits.
+#[derive(Debug, Clone)]
+pub struct GenerateRequest {
+    pub prompt: Vec<u32>,
+    pub max_tokens: usize,
+    /// Sampling seed; the prompt's hash when the client gives none.
+    pub seed: Option<u64>,
+}
+
+/// What the engine reports about one request, in order: `Admitted`, `Token`s, `Finished`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GenerateEvent {
+    /// The request started running; `cached_tokens` of its prompt came from the prefix cache.
+    Admitted {
+        cached_tokens: usize,
+    },
+    Token {
+        id: u32,
+    },
+    Finished {
+        reason: FinishReason,
+        usage: TokenUsage,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EngineInfo {
+    /// Reported in `/health`, e.g. `sim`.
+    pub name: String,
+    pub block_size: usize,
+}
+
+/// An inference engine as the HTTP server sees it.
+pub trait Engine: Send + Sync + 'static {
+    /// Starts a request. Dropping the receiver cancels it and frees its KV blocks.
+    fn submit(&self, request: GenerateRequest) -> UnboundedReceiver<GenerateEvent>;
+    fn load(&self) -> LoadReport;
+    fn info(&self) -> EngineInfo;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("cannot prepare the engine's tokens")]
+    Tokenizer(#[from] TokenizerError),
+    #[error("cannot start the engine thread")]
+    Thread(#[source] std::io::Error),
+}
+
+struct Submission {
+    request: GenerateRequest,
+    events: UnboundedSender<GenerateEvent>,
+}
+
+/// A continuous-batching engine on its own thread. Dropping it lets the thread
+/// finish the sequences still listened to, then joins it.
+pub struct BatchEngine {
+    submissions: Option<Sender<Submission>>,
+    load: Arc<Mutex<LoadReport>>,
+    info: EngineInfo,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl BatchEngine {
+    /// Builds the configured engine kind and starts its thread.
+    pub fn start(config: &EngineConfig, tokenizer: &Tokenizer) -> Result<Self, EngineError> {
+        let scheduler = Scheduler::new(
+            SchedulerConfig {
+                max_running: config.max_running,
+                max_prefill_tokens_per_step: config.max_prefill_tokens_per_step,
+                max_model_len: config.max_model_len,
+                eos_token: tokenizer.eos_token(),
+            },
+            KvCache::new(config.num_blocks, config.block_size),
+        );
+        let (name, compute): (&str, Box<dyn Compute + Send>) = match config.kind {
+            EngineKind::Sim => (
+                "sim",
+                Box::new(SimCompute::new(config.sim.clone(), tokenizer)?),
+            ),
+        };
+        let info = EngineInfo {
+            name: name.to_string(),
+            block_size: config.block_size,
+        };
+        BatchEngine::spawn(info, scheduler, compute)
+    }
+
+    fn spawn(
+        info: EngineInfo,
+        scheduler: Scheduler,
+        compute: Box<dyn Compute + Send>,
+    ) -> Result<Self, EngineError> {
+        let (tx, rx) = mpsc::channel();
+        let load = Arc::new(Mutex::new(scheduler.load()));
+        let engine_loop = EngineLoop {
+            scheduler,
+            compute,
+            streams: HashMap::new(),
+            next_id: 0,
+            load: Arc::clone(&load),
+        };
+        let thread = std::thread::Builder::new()
+            .name(format!("engine-{}", info.name))
+            .spawn(move || engine_loop.run(rx))
+            .map_err(EngineError::Thread)?;
+        Ok(BatchEngine {
+            submissions: Some(tx),
+            load,
+            info,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Engine for BatchEngine {
+    fn submit(&self, request: GenerateRequest) -> UnboundedReceiver<GenerateEvent> {
+        let (events, rx) = unbounded_channel();
+        if let Some(submissions) = &self.submissions {
+            // If the thread is gone the submission, and with it `events`, is dropped:
+            // the caller sees its stream end without `Finished`.
+            let _ = submissions.send(Submission { request, events });
+        }
+        rx
+    }
+
+    fn load(&self) -> LoadReport {
+        *self.load.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn info(&self) -> EngineInfo {
+        self.info.clone()
+    }
+}
+
+impl Drop for BatchEngine {
+    fn drop(&mut self) {
+        // Closing the channel is the thread's signal to stop.
+        self.submissions.take();
+        if let Some(thread) = self.thread.take() {
+            if thread.join().is_err() {
+                tracing::error!("engine thread panicked");
+            }
+        }
+    }
+}
+
+/// The engine thread's state.
+struct EngineLoop {
+    scheduler: Scheduler,
+    compute: Box<dyn Compute + Send>,
+    /// Where each running or waiting sequence's events go.
+    streams: HashMap<SeqId, UnboundedSender<GenerateEvent>>,
+    next_id: u64,
+    load: Arc<Mutex<LoadReport>>,
+}
+
+impl EngineLoop {
+    /// Sleeps while idle; otherwise takes new requests, drops abandoned ones,
+    /// runs one step, and delivers its tokens. Ends once the handle is gone and
+    /// no sequence is left.
+    fn run(mut self, submissions: Receiver<Submission>) {
+        let mut open = true;
+        loop {
+            if self.scheduler.is_idle() {
+                if !open {
+                    return;
+                }
+                match submissions.recv() {
+                    Ok(s) => self.add(s),
+                    Err(_) => return,
+                }
+            }
+            while open {
+                match submissions.try_recv() {
+                    Ok(s) => self.add(s),
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => open = false,
+                }
+            }
+            self.drop_abandoned();
+            let outputs = self.scheduler.step(self.compute.as_mut());
+            // Before delivering, so a client that saw a token sees its effect on the load.
+            *self.load.lock().unwrap_or_else(PoisonError::into_inner) = self.scheduler.load();
+            self.deliver(outputs);
+            // Nobody publishes KV events yet (the gateway's KV-aware routing will);
+            // draining them keeps the buffer bounded meanwhile.
+            let kv_events = self.scheduler.drain_kv_events();
+            tracing::trace!(count = kv_events.len(), "kv events");
+        }
+    }
+
+    fn add(&mut self, submission: Submission) {
+        let Submission { request, events } = submission;
+        let id = SeqId(self.next_id);
+        self.next_id += 1;
+        let seed = request
+            .seed
+            .unwrap_or_else(|| next_block_hash(None, &request.prompt).0);
+        self.scheduler.add(NewSequence {
+            id,
+            prompt: request.prompt,
+            max_tokens: request.max_tokens,
+            seed,
+        });
+        self.streams.insert(id, events);
+    }
+
+    /// A closed stream means the client left or has all it wants: free its blocks now.
+    fn drop_abandoned(&mut self) {
+        let scheduler = &mut self.scheduler;
+        self.streams.retain(|&id, events| {
+            let listening = !events.is_closed();
+            if !listening {
+                scheduler.cancel(id);
+            }
+            listening
+        });
+    }
+
+    fn deliver(&mut self, outputs: Vec<Output>) {
+        for output in outputs {
+            let (seq, event) = match output {
+                Output::Admitted { seq, cached_tokens } => {
+                    (seq, GenerateEvent::Admitted { cached_tokens })
+                }
+                Output::Token { seq, id } => (seq, GenerateEvent::Token { id }),
+                Output::Finished { seq, reason, usage } => {
+                    (seq, GenerateEvent::Finished { reason, usage })
+                }
+            };
+            let finished = matches!(event, GenerateEvent::Finished { .. });
+            if let Some(events) = self.streams.get(&seq) {
+                // A failed send is a stream closed since `drop_abandoned`; the next step cancels it.
+                let _ = events.send(event);
+            }
+            if finished {
+                self.streams.remove(&seq);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::SimConfig;
+
+    fn engine(num_blocks: usize) -> BatchEngine {
+        let config = EngineConfig {
+            num_blocks,
+            block_size: 4,
+            max_model_len: num_blocks * 4,
+            sim: SimConfig {
+                prefill_us_per_token: 0,
+                decode_step_us: 200,
+                decode_us_per_seq: 0,
+            },
+            ..EngineConfig::default()
+        };
+        BatchEngine::start(&config, &Tokenizer::builtin().unwrap()).unwrap()
+    }
+
+    async fn collect(mut rx: UnboundedReceiver<GenerateEvent>) -> Vec<GenerateEvent> {
+        let mut events = Vec::new();
+        while let Some(e) = rx.recv().await {
+            events.push(e);
+        }
+        events
+    }
+
+    #[tokio::test]
+    async fn generates_deterministically_and_reuses_the_prefix() {
+        let engine = engine(64);
+        let request = GenerateRequest {
+            prompt: (1..=10).collect(),
+            max_tokens: 5,
+            seed: None,
+        };
+        let first = collect(engine.submit(request.clone())).await;
+        let second = collect(engine.submit(request)).await;
+        assert_eq!(first.len(), 1 + 5 + 1);
+        assert_eq!(first[0], GenerateEvent::Admitted { cached_tokens: 0 });
+        assert_eq!(second[0], GenerateEvent::Admitted { cached_tokens: 8 });
+        assert_eq!(first[1..6], second[1..6]);
+        let GenerateEvent::Finished { reason, usage } = &second[6] else {
+            panic!("{second:?}")
+        };
+        assert_eq!(*reason, FinishReason::Length);
+        assert_eq!(
+            *usage,
+            TokenUsage {
+                prompt_tokens: 10,
+                completion_tokens: 5,
+                cached_tokens: 8
+            }
+        );
+        let seeded = collect(engine.submit(GenerateRequest {
+            prompt: vec![1],
+            max_tokens: 5,
+            seed: Some(3),
+        }))
+        .await;
+        assert_ne!(seeded[1..6], first[1..6]);
+    }
+
+    #[tokio::test]
+    async fn dropping_the_receiver_frees_the_sequence() {
+        let engine = engine(64);
+        let mut rx = engine.submit(GenerateRequest {
+            prompt: vec![1; 30],
+            max_tokens: 200,
+            seed: None,
+        });
+        assert!(matches!(
+            rx.recv().await,
+            Some(GenerateEvent::Admitted { .. })
+        ));
+        assert!(matches!(rx.recv().await, Some(GenerateEvent::Token { .. })));
+        assert!(engine.load().kv_blocks_used > 0);
+        drop(rx);
+        // Bounded only so a regression fails instead of hanging.
+        for _ in 0..2000 {
+            if engine.load().running == 0 && engine.load().kv_blocks_used == 0 {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        panic!("sequence not freed: {:?}", engine.load());
+    }
+}

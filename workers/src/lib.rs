@@ -1,0 +1,121 @@
+//! An inference worker: an OpenAI-compatible HTTP server over a
+//! continuous-batching engine with a paged, prefix-cached KV cache.
+//!
+//! A request goes: `server` (accept, route, drain) → `api` (parse, check,
+//! `prompt` to tokens) → `engine` (its thread runs the `scheduler` over the
+//! `kv_cache` and a compute backend such as `sim`) → `output` (detokenize,
+//! stop strings) → `stream` or a JSON body, shaped by `respond`.
+
+mod api;
+pub mod config;
+pub mod detokenize;
+pub mod engine;
+pub mod kv_cache;
+mod output;
+pub mod prompt;
+mod respond;
+pub mod scheduler;
+mod server;
+pub mod sim;
+mod stop;
+mod stream;
+pub mod tokenizer;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub use config::{ConfigError, EngineConfig, EngineKind, SimConfig, WorkerConfig};
+
+use api::App;
+use engine::{BatchEngine, EngineError};
+use tokenizer::{Tokenizer, TokenizerError};
+
+/// Why a worker could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Tokenizer(#[from] TokenizerError),
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error("cannot listen on {addr}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// A running worker.
+pub struct WorkerHandle {
+    local_addr: SocketAddr,
+    draining: Arc<AtomicBool>,
+    shutdown: oneshot::Sender<Duration>,
+    serving: JoinHandle<()>,
+}
+
+/// Checks `config`, loads the tokenizer, starts the engine, binds, and returns
+/// at once with the server running. Dropping the handle stops the server without grace.
+pub async fn start(config: WorkerConfig) -> Result<WorkerHandle, WorkerError> {
+    config.validate()?;
+    let tokenizer = match &config.engine.tokenizer_path {
+        Some(path) => Tokenizer::from_file(path)?,
+        None => Tokenizer::builtin()?,
+    };
+    let engine = BatchEngine::start(&config.engine, &tokenizer)?;
+    // Bound last, so a worker that cannot serve never accepts a connection.
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| WorkerError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    let local_addr = listener.local_addr().map_err(|source| WorkerError::Bind {
+        addr: config.listen,
+        source,
+    })?;
+    tracing::info!(id = %config.id, model = %config.model, zone = %config.zone, addr = %local_addr, "worker listening");
+    let draining = Arc::new(AtomicBool::new(false));
+    let app = Arc::new(App {
+        config,
+        engine: Box::new(engine),
+        tokenizer: Arc::new(tokenizer),
+        draining: Arc::clone(&draining),
+    });
+    let (shutdown, signal) = oneshot::channel();
+    let serving = tokio::spawn(server::serve(listener, app, signal));
+    Ok(WorkerHandle {
+        local_addr,
+        draining,
+        shutdown,
+        serving,
+    })
+}
+
+impl WorkerHandle {
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// `http://ADDR`, for clients.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.local_addr)
+    }
+
+    /// Drain: `/health` turns 503 "draining", stop accepting, finish in-flight
+    /// requests within `grace`, then stop.
+    pub async fn shutdown(self, grace: Duration) {
+        self.draining.store(true, Ordering::SeqCst);
+        // A send error means serving already ended; there is nothing to drain.
+        let _ = self.shutdown.send(grace);
+        if let Err(e) = self.serving.await {
+            tracing::error!(error = %e, "server task failed");
+        }
+    }
+}

@@ -1,0 +1,91 @@
+//! Request prompts to token ids. Chat messages are rendered with the sim's
+//! fixed template; a real model's engine will render the model's own Jinja
+//! chat template instead.
+
+use protocol::openai::{ChatMessage, PromptInput};
+use protocol::{ApiError, ErrorKind};
+
+use crate::tokenizer::Tokenizer;
+
+/// The sim's chat template: `<|role|>\ncontent\n` per message, then
+/// `<|assistant|>\n` to cue the reply. The gateway renders prompts with the
+/// same function so its block hashes match the worker's.
+pub fn render_chat(messages: &[ChatMessage]) -> String {
+    let mut text = String::new();
+    for m in messages {
+        text.push_str("<|");
+        text.push_str(&m.role);
+        text.push_str("|>\n");
+        text.push_str(&m.text().unwrap_or_default());
+        text.push('\n');
+    }
+    text.push_str("<|assistant|>\n");
+    text
+}
+
+/// Token ids of a chat request's prompt.
+pub fn chat_tokens(messages: &[ChatMessage], tokenizer: &Tokenizer) -> Result<Vec<u32>, ApiError> {
+    encode(tokenizer, &render_chat(messages))
+}
+
+/// Token ids of a text completion's prompt: text is tokenized, ids are taken as
+/// they are once checked against the vocabulary.
+pub fn completion_tokens(
+    prompt: PromptInput<'_>,
+    tokenizer: &Tokenizer,
+) -> Result<Vec<u32>, ApiError> {
+    match prompt {
+        PromptInput::Text(text) => encode(tokenizer, text),
+        PromptInput::Tokens(ids) => {
+            let vocab = tokenizer.vocab_size();
+            match ids.iter().find(|&&id| id as usize >= vocab) {
+                Some(id) => Err(ApiError::invalid(
+                    "prompt",
+                    format!("token id {id} is out of range; the vocabulary has {vocab} tokens"),
+                )),
+                None => Ok(ids.to_vec()),
+            }
+        }
+    }
+}
+
+fn encode(tokenizer: &Tokenizer, text: &str) -> Result<Vec<u32>, ApiError> {
+    let ids = tokenizer
+        .encode(text)
+        .map_err(|e| ApiError::new(ErrorKind::Internal, e.to_string()))?;
+    if ids.is_empty() {
+        return Err(ApiError::invalid("prompt", "prompt must not be empty"));
+    }
+    Ok(ids)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(role: &str, content: &str) -> ChatMessage {
+        serde_json::from_value(serde_json::json!({"role": role, "content": content})).unwrap()
+    }
+
+    #[test]
+    fn chat_template() {
+        let text = render_chat(&[message("system", "be brief"), message("user", "hi")]);
+        assert_eq!(text, "<|system|>\nbe brief\n<|user|>\nhi\n<|assistant|>\n");
+    }
+
+    #[test]
+    fn token_prompts_are_checked_against_the_vocabulary() {
+        let tok = Tokenizer::builtin().unwrap();
+        assert_eq!(
+            completion_tokens(PromptInput::Tokens(&[1, 2]), &tok).unwrap(),
+            [1, 2]
+        );
+        let too_big = tok.vocab_size() as u32;
+        let err = completion_tokens(PromptInput::Tokens(&[1, too_big]), &tok).unwrap_err();
+        assert_eq!(err.status(), 400);
+        assert!(completion_tokens(PromptInput::Text(""), &tok).is_err());
+        assert!(!completion_tokens(PromptInput::Text("rain"), &tok)
+            .unwrap()
+            .is_empty());
+    }
+}

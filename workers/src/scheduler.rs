@@ -1,0 +1,580 @@
+//! Continuous batching: which sequences run each engine step and how many
+//! tokens each computes. Pure: the scheduler decides, a [`Compute`] does the
+//! arithmetic, so the sim and a real model share every scheduling decision.
+
+use std::collections::VecDeque;
+
+use protocol::LoadReport;
+
+use crate::kv_cache::{KvCache, KvEvent, SeqId};
+
+/// Limits the scheduler enforces.
+#[derive(Debug, Clone)]
+pub struct SchedulerConfig {
+    pub max_running: usize,
+    /// Prompt tokens computed per step, across all sequences.
+    pub max_prefill_tokens_per_step: usize,
+    pub max_model_len: usize,
+    /// Generating this token ends a sequence.
+    pub eos_token: Option<u32>,
+}
+
+/// A request as the scheduler sees it.
+#[derive(Debug, Clone)]
+pub struct NewSequence {
+    pub id: SeqId,
+    pub prompt: Vec<u32>,
+    pub max_tokens: usize,
+    /// Seeds the sequence's sampling, so a repeated request repeats its output.
+    pub seed: u64,
+}
+
+/// Work of one step: each item computes `tokens` of one sequence.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StepPlan {
+    pub items: Vec<PlanItem>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlanItem {
+    pub seq: SeqId,
+    pub phase: Phase,
+    /// Position of `tokens[0]` in the sequence.
+    pub start: usize,
+    pub tokens: Vec<u32>,
+    /// Whether this item ends at the sequence's last token, so the next token is sampled.
+    pub sample: bool,
+    pub seed: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Prompt tokens (or, after preemption, prompt and generated tokens) being computed.
+    Prefill,
+    /// The one token generated last step.
+    Decode,
+}
+
+/// The arithmetic of a step.
+pub trait Compute {
+    /// Runs `plan`, returning one sampled token for each item with `sample` set, in order.
+    fn step(&mut self, plan: &StepPlan) -> Vec<u32>;
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinishReason {
+    /// The model produced its end-of-sequence token (or the server hit a stop string).
+    Stop,
+    /// `max_tokens` or `max_model_len` was reached.
+    Length,
+}
+
+impl FinishReason {
+    /// OpenAI's `finish_reason`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FinishReason::Stop => "stop",
+            FinishReason::Length => "length",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TokenUsage {
+    pub prompt_tokens: usize,
+    pub completion_tokens: usize,
+    /// Prompt tokens found in the prefix cache at first admission.
+    pub cached_tokens: usize,
+}
+
+/// What happened to a sequence during a step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    /// First admission; later readmissions after preemption are not reported.
+    Admitted { seq: SeqId, cached_tokens: usize },
+    /// A generated token (the end-of-sequence token is not reported).
+    Token { seq: SeqId, id: u32 },
+    Finished {
+        seq: SeqId,
+        reason: FinishReason,
+        usage: TokenUsage,
+    },
+}
+
+#[derive(Debug)]
+struct Sequence {
+    id: SeqId,
+    prompt_len: usize,
+    /// Prompt then generated tokens.
+    tokens: Vec<u32>,
+    max_tokens: usize,
+    seed: u64,
+    /// Tokens with a KV cache slot; the last generated token has none until its decode step.
+    slots: usize,
+    /// Tokens whose KV is computed.
+    computed: usize,
+    /// Set at first admission.
+    cached_tokens: Option<usize>,
+}
+
+#[derive(Debug)]
+pub struct Scheduler {
+    config: SchedulerConfig,
+    cache: KvCache,
+    waiting: VecDeque<Sequence>,
+    /// In admission order: the last is the first to be preempted.
+    running: Vec<Sequence>,
+}
+
+impl Scheduler {
+    pub fn new(config: SchedulerConfig, cache: KvCache) -> Self {
+        Scheduler {
+            config,
+            cache,
+            waiting: VecDeque::new(),
+            running: Vec::new(),
+        }
+    }
+
+    /// Queues a sequence. The caller guarantees `prompt.len() + max_tokens <=
+    /// max_model_len` and a cache that can hold `max_model_len` tokens, so
+    /// every sequence fits once it runs alone.
+    pub fn add(&mut self, seq: NewSequence) {
+        debug_assert!(!seq.prompt.is_empty() && seq.max_tokens > 0);
+        self.waiting.push_back(Sequence {
+            id: seq.id,
+            prompt_len: seq.prompt.len(),
+            tokens: seq.prompt,
+            max_tokens: seq.max_tokens,
+            seed: seq.seed,
+            slots: 0,
+            computed: 0,
+            cached_tokens: None,
+        });
+    }
+
+    /// Drops a sequence wherever it is, freeing its blocks at once.
+    pub fn cancel(&mut self, id: SeqId) {
+        self.waiting.retain(|s| s.id != id);
+        if let Some(i) = self.running.iter().position(|s| s.id == id) {
+            self.running.remove(i);
+            self.cache.free(id);
+        }
+    }
+
+    pub fn is_idle(&self) -> bool {
+        self.waiting.is_empty() && self.running.is_empty()
+    }
+
+    pub fn load(&self) -> LoadReport {
+        LoadReport {
+            running: self.running.len(),
+            waiting: self.waiting.len(),
+            kv_blocks_used: self.cache.used_blocks(),
+            kv_blocks_total: self.cache.total_blocks(),
+        }
+    }
+
+    pub fn drain_kv_events(&mut self) -> Vec<KvEvent> {
+        self.cache.drain_events()
+    }
+
+    /// Plans a step, runs it on `compute`, and applies the sampled tokens.
+    pub fn step(&mut self, compute: &mut dyn Compute) -> Vec<Output> {
+        let mut out = Vec::new();
+        let plan = self.schedule(&mut out);
+        if !plan.items.is_empty() {
+            let sampled = compute.step(&plan);
+            self.apply(&plan, sampled, &mut out);
+        }
+        out
+    }
+
+    fn schedule(&mut self, out: &mut Vec<Output>) -> StepPlan {
+        let mut plan = StepPlan::default();
+        // Decodes first: sequences already generating keep going while prompts prefill.
+        let preempted = self.schedule_decodes(&mut plan);
+        let mut budget = self.config.max_prefill_tokens_per_step;
+        for seq in &self.running {
+            if budget > 0 && seq.computed < seq.slots {
+                plan.items.push(prefill_chunk(seq, &mut budget));
+            }
+        }
+        // Admitting right after preempting would only preempt again.
+        while !preempted && budget > 0 && self.running.len() < self.config.max_running {
+            let Some(seq) = self.waiting.front() else {
+                break;
+            };
+            // First come, first served: a big prompt at the head is not overtaken.
+            if !self.cache.can_allocate(&seq.tokens) {
+                break;
+            }
+            let mut seq = self.waiting.pop_front().expect("front exists");
+            let cached = self
+                .cache
+                .allocate(seq.id, &seq.tokens)
+                .expect("checked can_allocate");
+            seq.slots = seq.tokens.len();
+            seq.computed = cached;
+            if seq.cached_tokens.is_none() {
+                seq.cached_tokens = Some(cached);
+                out.push(Output::Admitted {
+                    seq: seq.id,
+                    cached_tokens: cached,
+                });
+            }
+            plan.items.push(prefill_chunk(&seq, &mut budget));
+            self.running.push(seq);
+        }
+        plan
+    }
+
+    /// Gives every generating sequence a slot for its newest token, preempting
+    /// the most recently admitted sequences while blocks run short. Returns whether
+    /// any sequence was preempted.
+    fn schedule_decodes(&mut self, plan: &mut StepPlan) -> bool {
+        let mut preempted = false;
+        let mut i = 0;
+        while i < self.running.len() {
+            let seq = &self.running[i];
+            if seq.computed < seq.slots || seq.slots == seq.tokens.len() {
+                i += 1;
+                continue;
+            }
+            let token = seq.tokens[seq.slots];
+            if self.cache.append_token(seq.id, token).is_err() {
+                // Victims come from the back, after `i`, so none has a planned item yet.
+                self.preempt_last();
+                preempted = true;
+                continue; // retry `i`, unless it was the victim
+            }
+            // `slots` catches up when the step is applied, so the prefill pass below
+            // does not mistake this sequence for one with prompt left to compute.
+            plan.items.push(PlanItem {
+                seq: seq.id,
+                phase: Phase::Decode,
+                start: seq.computed,
+                tokens: vec![token],
+                sample: true,
+                seed: seq.seed,
+            });
+            i += 1;
+        }
+        preempted
+    }
+
+    /// Frees the most recently admitted sequence and queues it first, to
+    /// recompute its prompt and generated tokens once blocks free up.
+    fn preempt_last(&mut self) {
+        let mut victim = self
+            .running
+            .pop()
+            .expect("a sequence needing a block is running");
+        self.cache.free(victim.id);
+        victim.slots = 0;
+        victim.computed = 0;
+        self.waiting.push_front(victim);
+    }
+
+    fn apply(&mut self, plan: &StepPlan, sampled: Vec<u32>, out: &mut Vec<Output>) {
+        let mut sampled = sampled.into_iter();
+        for item in &plan.items {
+            let i = self
+                .running
+                .iter()
+                .position(|s| s.id == item.seq)
+                .expect("planned sequences run");
+            let seq = &mut self.running[i];
+            seq.computed = item.start + item.tokens.len();
+            seq.slots = seq.slots.max(seq.computed);
+            self.cache.mark_computed(seq.id, seq.computed);
+            if !item.sample {
+                continue;
+            }
+            let token = sampled
+                .next()
+                .expect("compute samples one token per sampling item");
+            seq.tokens.push(token);
+            let completion_tokens = seq.tokens.len() - seq.prompt_len;
+            let reason = if Some(token) == self.config.eos_token {
+                Some(FinishReason::Stop)
+            } else {
+                out.push(Output::Token {
+                    seq: seq.id,
+                    id: token,
+                });
+                (completion_tokens >= seq.max_tokens
+                    || seq.tokens.len() >= self.config.max_model_len)
+                    .then_some(FinishReason::Length)
+            };
+            if let Some(reason) = reason {
+                let usage = TokenUsage {
+                    prompt_tokens: seq.prompt_len,
+                    completion_tokens,
+                    cached_tokens: seq.cached_tokens.unwrap_or(0),
+                };
+                out.push(Output::Finished {
+                    seq: seq.id,
+                    reason,
+                    usage,
+                });
+                let id = seq.id;
+                self.running.remove(i);
+                self.cache.free(id);
+            }
+        }
+    }
+}
+
+/// The next prefill chunk of `seq`, as much as `budget` allows.
+fn prefill_chunk(seq: &Sequence, budget: &mut usize) -> PlanItem {
+    let n = (seq.slots - seq.computed).min(*budget);
+    *budget -= n;
+    let end = seq.computed + n;
+    PlanItem {
+        seq: seq.id,
+        phase: Phase::Prefill,
+        start: seq.computed,
+        tokens: seq.tokens[seq.computed..end].to_vec(),
+        sample: end == seq.tokens.len(),
+        seed: seq.seed,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Samples `1000 + position`, records every plan, and ends sequences on demand.
+    #[derive(Default)]
+    struct Recorder {
+        plans: Vec<StepPlan>,
+    }
+
+    impl Compute for Recorder {
+        fn step(&mut self, plan: &StepPlan) -> Vec<u32> {
+            self.plans.push(plan.clone());
+            plan.items
+                .iter()
+                .filter(|i| i.sample)
+                .map(|i| 1000 + (i.start + i.tokens.len()) as u32)
+                .collect()
+        }
+    }
+
+    const BS: usize = 4;
+
+    fn scheduler(num_blocks: usize, max_running: usize, prefill_budget: usize) -> Scheduler {
+        Scheduler::new(
+            SchedulerConfig {
+                max_running,
+                max_prefill_tokens_per_step: prefill_budget,
+                max_model_len: 64,
+                eos_token: Some(7),
+            },
+            KvCache::new(num_blocks, BS),
+        )
+    }
+
+    /// A sequence whose prompt shares no block with another id's.
+    fn seq(id: u64, prompt_len: u32, max_tokens: usize) -> NewSequence {
+        let first = id as u32 * 100;
+        NewSequence {
+            id: SeqId(id),
+            prompt: (first..first + prompt_len).collect(),
+            max_tokens,
+            seed: id,
+        }
+    }
+
+    fn summary(plan: &StepPlan) -> Vec<(u64, Phase, usize)> {
+        plan.items
+            .iter()
+            .map(|i| (i.seq.0, i.phase, i.tokens.len()))
+            .collect()
+    }
+
+    fn run_to_idle(s: &mut Scheduler, c: &mut Recorder) -> Vec<Output> {
+        let mut out = Vec::new();
+        for _ in 0..1000 {
+            if s.is_idle() {
+                return out;
+            }
+            out.extend(s.step(c));
+        }
+        panic!("scheduler did not finish");
+    }
+
+    fn tokens_of(out: &[Output], id: u64) -> Vec<u32> {
+        out.iter()
+            .filter_map(|o| match o {
+                Output::Token { seq, id: t } if seq.0 == id => Some(*t),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn long_prompts_prefill_in_chunks_while_others_decode() {
+        let mut s = scheduler(64, 8, 8);
+        let mut c = Recorder::default();
+        s.add(seq(1, 4, 10));
+        s.step(&mut c);
+        s.add(seq(2, 20, 1));
+        for _ in 0..4 {
+            s.step(&mut c);
+        }
+        let plans: Vec<_> = c.plans.iter().map(summary).collect();
+        assert_eq!(plans[0], [(1, Phase::Prefill, 4)]);
+        // Sequence 1 decodes every step; sequence 2's 20 tokens go 8 + 8 + 4.
+        assert_eq!(plans[1], [(1, Phase::Decode, 1), (2, Phase::Prefill, 8)]);
+        assert_eq!(plans[2], [(1, Phase::Decode, 1), (2, Phase::Prefill, 8)]);
+        assert_eq!(plans[3], [(1, Phase::Decode, 1), (2, Phase::Prefill, 4)]);
+        assert!(c.plans[3].items[1].sample && !c.plans[2].items[1].sample);
+        // Sequence 2 wanted one token and is done; sequence 1 goes on alone.
+        assert_eq!(plans[4], [(1, Phase::Decode, 1)]);
+    }
+
+    #[test]
+    fn sequences_join_and_leave_a_running_batch() {
+        let mut s = scheduler(64, 2, 100);
+        let mut c = Recorder::default();
+        s.add(seq(1, 4, 3));
+        s.add(seq(2, 4, 1));
+        s.add(seq(3, 4, 2));
+        let out = run_to_idle(&mut s, &mut c);
+        let plans: Vec<_> = c.plans.iter().map(summary).collect();
+        // max_running = 2: sequence 3 joins once sequence 2 leaves.
+        assert_eq!(plans[0], [(1, Phase::Prefill, 4), (2, Phase::Prefill, 4)]);
+        assert_eq!(plans[1], [(1, Phase::Decode, 1), (3, Phase::Prefill, 4)]);
+        assert_eq!(plans[2], [(1, Phase::Decode, 1), (3, Phase::Decode, 1)]);
+        assert_eq!(tokens_of(&out, 1), [1004, 1005, 1006]);
+        let finished: Vec<_> = out
+            .iter()
+            .filter_map(|o| match o {
+                Output::Finished { seq, reason, usage } => {
+                    Some((seq.0, *reason, usage.completion_tokens))
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            finished,
+            [
+                (2, FinishReason::Length, 1),
+                (1, FinishReason::Length, 3),
+                (3, FinishReason::Length, 2)
+            ]
+        );
+        assert_eq!(s.load().kv_blocks_used, 0);
+    }
+
+    #[test]
+    fn out_of_blocks_preempts_the_newest_which_recomputes_later() {
+        // 4 blocks of 4: two sequences of 7 prompt tokens fill them at the 9th token.
+        let mut s = scheduler(4, 8, 100);
+        let mut c = Recorder::default();
+        s.add(seq(1, 7, 4));
+        s.add(seq(2, 7, 4));
+        let out = run_to_idle(&mut s, &mut c);
+        let plans: Vec<_> = c.plans.iter().map(summary).collect();
+        assert_eq!(plans[0], [(1, Phase::Prefill, 7), (2, Phase::Prefill, 7)]);
+        assert_eq!(plans[1], [(1, Phase::Decode, 1), (2, Phase::Decode, 1)]);
+        // Both need a third block; only sequence 1, admitted first, keeps going.
+        assert_eq!(plans[2], [(1, Phase::Decode, 1)]);
+        assert_eq!(plans[3], [(1, Phase::Decode, 1)]);
+        // Sequence 1 is done; sequence 2 recomputes its 7 + 2 tokens but for the first
+        // block, which stayed in the prefix cache.
+        assert_eq!(plans[4], [(2, Phase::Prefill, 5)]);
+        assert_eq!(plans[5], [(2, Phase::Decode, 1)]);
+        // Recompute is invisible in the output: same tokens as if never preempted.
+        assert_eq!(tokens_of(&out, 1), [1007, 1008, 1009, 1010]);
+        assert_eq!(tokens_of(&out, 2), [1007, 1008, 1009, 1010]);
+        let admitted = out
+            .iter()
+            .filter(|o| matches!(o, Output::Admitted { .. }))
+            .count();
+        assert_eq!(admitted, 2);
+        assert_eq!(s.load().kv_blocks_used, 0);
+    }
+
+    #[test]
+    fn repeated_prompts_report_cached_tokens() {
+        let mut s = scheduler(64, 8, 100);
+        let mut c = Recorder::default();
+        s.add(seq(1, 10, 1));
+        run_to_idle(&mut s, &mut c);
+        s.add(NewSequence {
+            id: SeqId(2),
+            ..seq(1, 10, 1)
+        });
+        let out = run_to_idle(&mut s, &mut c);
+        assert_eq!(
+            out[0],
+            Output::Admitted {
+                seq: SeqId(2),
+                cached_tokens: 8
+            }
+        );
+        assert_eq!(summary(c.plans.last().unwrap()), [(2, Phase::Prefill, 2)]);
+        let Some(Output::Finished { usage, .. }) = out.last() else {
+            panic!("{out:?}")
+        };
+        assert_eq!(
+            *usage,
+            TokenUsage {
+                prompt_tokens: 10,
+                completion_tokens: 1,
+                cached_tokens: 8
+            }
+        );
+    }
+
+    #[test]
+    fn cancellation_frees_blocks_at_once() {
+        let mut s = scheduler(64, 8, 100);
+        let mut c = Recorder::default();
+        s.add(seq(1, 30, 10));
+        s.add(seq(2, 4, 10));
+        s.step(&mut c);
+        assert_eq!(s.load().kv_blocks_used, 8 + 1);
+        s.cancel(SeqId(1));
+        assert_eq!(s.load().kv_blocks_used, 1);
+        s.add(seq(3, 4, 10));
+        s.cancel(SeqId(3));
+        assert_eq!(s.load().waiting, 0);
+        s.cancel(SeqId(2));
+        assert!(s.is_idle());
+        assert_eq!(s.load().kv_blocks_used, 0);
+    }
+
+    #[test]
+    fn eos_and_max_model_len_end_sequences() {
+        struct Eos;
+        impl Compute for Eos {
+            fn step(&mut self, plan: &StepPlan) -> Vec<u32> {
+                plan.items.iter().filter(|i| i.sample).map(|_| 7).collect()
+            }
+        }
+        let mut s = scheduler(64, 8, 100);
+        s.add(seq(1, 4, 10));
+        let out = s.step(&mut Eos);
+        // The end-of-sequence token counts as generated but is not emitted.
+        assert!(matches!(
+            out.as_slice(),
+            [Output::Admitted { .. }, Output::Finished { reason: FinishReason::Stop, usage, .. }]
+                if usage.completion_tokens == 1
+        ));
+        let mut c = Recorder::default();
+        s.add(seq(2, 60, 100));
+        let out = run_to_idle(&mut s, &mut c);
+        assert_eq!(tokens_of(&out, 2).len(), 4);
+        assert!(matches!(
+            out.last(),
+            Some(Output::Finished {
+                reason: FinishReason::Length,
+                ..
+            })
+        ));
+    }
+}
