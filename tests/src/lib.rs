@@ -53,7 +53,7 @@ pub struct Proc {
 impl Proc {
     /// Starts `cmd` and reads its stdout until a line starting with each of
     /// `prefixes` appeared, returning the rest of those lines in order.
-    async fn spawn(mut cmd: Command, prefixes: &[&str]) -> (Proc, Vec<String>) {
+    pub async fn spawn(mut cmd: Command, prefixes: &[&str]) -> (Proc, Vec<String>) {
         cmd.stdout(Stdio::piped()).kill_on_drop(true);
         if std::env::var_os("E2E_LOG").is_none() {
             cmd.stderr(Stdio::null());

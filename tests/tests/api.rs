@@ -326,3 +326,29 @@ async fn official_openai_python_client_works() {
         "{stdout}"
     );
 }
+
+#[tokio::test]
+async fn embedded_demo_serves_and_stops_cleanly() {
+    let mut cmd = tokio::process::Command::new(bin("gateway"));
+    cmd.args(["demo", "--api", "127.0.0.1:0", "--admin", "127.0.0.1:0"]);
+    let (mut demo, found) = Proc::spawn(cmd, &["gateway  "]).await;
+    let api = found[0].split_whitespace().next().unwrap().to_string();
+    let c = client();
+    let mut zones = std::collections::HashSet::new();
+    for i in 0..6 {
+        let resp = c
+            .post(format!("{api}/v1/chat/completions"))
+            .json(&chat(&format!("hi {i}"), false, 4))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        zones.insert(resp.headers()["x-worker-id"].to_str().unwrap().to_string());
+    }
+    assert!(
+        zones.iter().all(|w| w == "w1" || w == "w2"),
+        "the demo gateway sits in zone a: {zones:?}"
+    );
+    demo.sigterm();
+    assert!(demo.wait().await.success());
+}
