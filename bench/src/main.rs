@@ -2,6 +2,7 @@
 //! same run. Each subcommand prints a Markdown table and writes JSON and a PNG
 //! chart into `--out`.
 
+mod index;
 mod load;
 mod overhead;
 mod report;
@@ -24,6 +25,8 @@ struct Cli {
 enum Command {
     /// Small requests straight to a worker and through the gateway, interleaved.
     Overhead(overhead::Args),
+    /// Prefix index: KV events applied per second and lookup latency, exact and approximate.
+    Index(index::Args),
 }
 
 #[tokio::main]
@@ -32,5 +35,6 @@ async fn main() -> anyhow::Result<()> {
     std::fs::create_dir_all(&cli.out)?;
     match cli.command {
         Command::Overhead(args) => overhead::run(args, &cli.out).await,
+        Command::Index(args) => index::run(args, &cli.out),
     }
 }

@@ -61,16 +61,25 @@ fn status(admin: &Admin) -> serde_json::Value {
                         "health": w.probe.lock().unwrap().name(),
                         "breaker": w.breaker.lock().unwrap().name(now),
                         "in_flight": w.in_flight(),
-                        "load": *w.last_load.lock().unwrap(),
+                        "load": w.fresh_load(now, gw.load_stale),
+                        "kv_events": pool.prefix.is_followed(&w.id),
                     })
                 })
                 .collect();
-            json!({ "name": pool.name, "models": pool.models, "policy": "builtin", "workers": workers })
+            json!({
+                "name": pool.name,
+                "models": pool.models,
+                "block_size": pool.block_size,
+                "policy": "builtin",
+                "strategy": gw.config.routing.strategy,
+                "workers": workers,
+            })
         })
         .collect();
     json!({
         "zone": gw.config.zone,
         "draining": admin.draining.load(Ordering::Relaxed),
+        "bus": match &gw.bus { None => "none", Some(_) if gw.bus_up() => "connected", Some(_) => "disconnected" },
         "pools": pools,
     })
 }

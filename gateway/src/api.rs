@@ -1,23 +1,24 @@
 //! The OpenAI API. One function, `complete`, assembles the request path:
-//! admit → parse → candidates → policy → upstream with failover → relay.
+//! admit → parse → tokenize → candidates (with prefix overlap) → policy →
+//! upstream with failover → relay.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use http::{Method, Response};
 use hyper::body::Incoming;
 use protocol::openai::ModelList;
-use protocol::{ApiError, ErrorKind};
+use protocol::{ApiError, Bus, ErrorKind};
 
 use crate::admit::Admit;
 use crate::body::{self, Body};
-use crate::config::Config;
+use crate::config::{Config, Strategy};
 use crate::failover::{self, UpstreamRequest};
 use crate::parse::{self, Endpoint};
 use crate::pools::Registry;
 use crate::stream::{Labels, Relay};
 use crate::upstream::Upstream;
-use crate::{candidates, error, metrics, policy};
+use crate::{candidates, error, metrics, policy, tokenize};
 
 /// Everything the request path reads; shared by all connections.
 pub struct Gateway {
@@ -25,6 +26,16 @@ pub struct Gateway {
     pub registry: Arc<Registry>,
     pub upstream: Upstream,
     pub admit: Admit,
+    /// Where workers' KV events and load arrive from, when configured.
+    pub bus: Option<Bus>,
+    pub load_stale: Duration,
+}
+
+impl Gateway {
+    /// Whether workers' events reach this gateway now.
+    pub fn bus_up(&self) -> bool {
+        self.bus.as_ref().is_some_and(Bus::is_connected)
+    }
 }
 
 pub async fn handle(gw: Arc<Gateway>, req: http::Request<Incoming>) -> Response<Body> {
@@ -81,11 +92,31 @@ async fn complete(
     labels.model = parsed.model.clone();
     labels.pool = pool.name.clone();
 
-    let candidates = candidates::gather(pool, &gw.config.zone, Instant::now());
+    let prompt = tokenize::prompt_blocks(&pool.tokenizer, pool.block_size, &parsed.prompt)?;
+    let now = Instant::now();
+    let routing = &gw.config.routing;
+    let mut candidates = candidates::gather(pool, &gw.config.zone, now, gw.load_stale);
+    pool.prefix.fill(
+        routing.strategy,
+        gw.bus_up(),
+        &prompt.hashes,
+        &mut candidates,
+        now,
+    );
+    let overlaps: Vec<(String, u32)> = candidates
+        .iter()
+        .map(|c| (c.worker.id.clone(), c.overlap_blocks))
+        .collect();
+    let request = policy::Request {
+        prompt_blocks: prompt.hashes.len(),
+        block_size: pool.block_size,
+    };
     let order = policy::order(
         candidates,
-        gw.config.routing.spill_in_flight,
+        &request,
+        routing,
         &mut rand::rng(),
+        pool.next_turn(),
     );
 
     // Set by the request-id layer before this handler runs.
@@ -103,8 +134,18 @@ async fn complete(
     let served = failover::send(&gw.upstream, &gw.config.retry, order, &upstream_req).await?;
 
     let worker = served.in_flight.worker().clone();
+    let overlap = overlaps
+        .iter()
+        .find(|(id, _)| *id == worker.id)
+        .map_or(0, |o| o.1);
     tracing::info!(worker = %worker.id, pool = %pool.name, attempts = served.attempts,
+        prompt_blocks = prompt.hashes.len(), overlap_blocks = overlap,
         status = served.response.status().as_u16(), "routed");
+    metrics::prompt_blocks(&pool.name, prompt.hashes.len(), overlap);
+    if matches!(routing.strategy, Strategy::Kv | Strategy::Approx) {
+        pool.prefix
+            .record(&worker.id, &prompt.hashes, Instant::now());
+    }
     let (mut parts, upstream_body) = served.response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     if gw.config.listeners.worker_id_header {

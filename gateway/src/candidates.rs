@@ -1,9 +1,11 @@
 //! Candidates: the workers of a pool that may take this request now (probe
-//! health and circuit breaker permitting), with what routing weighs: zone and
-//! live load.
+//! health and circuit breaker permitting), with the figures routing weighs:
+//! zone, live load, and how much of the prompt each already holds in KV cache.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+use protocol::LoadReport;
 
 use crate::pools::{Pool, Worker};
 
@@ -12,10 +14,24 @@ pub struct Candidate {
     pub worker: Arc<Worker>,
     /// In the gateway's own zone.
     pub local: bool,
+    /// Requests this gateway has in flight on the worker.
     pub in_flight: u32,
+    /// The worker's own last load report, if fresh; stale or missing is unknown, not idle.
+    pub load: Option<LoadReport>,
+    /// Leading prompt blocks the worker holds in KV cache (filled in by the prefix stage).
+    pub overlap_blocks: u32,
 }
 
-pub fn gather(pool: &Pool, zone: &str, now: Instant) -> Vec<Candidate> {
+impl Candidate {
+    /// Requests the worker is serving: its report when fresh, never less than
+    /// what this gateway alone has sent it.
+    pub fn active(&self) -> u32 {
+        let reported = self.load.map_or(0, |l| l.running + l.waiting) as u32;
+        reported.max(self.in_flight)
+    }
+}
+
+pub fn gather(pool: &Pool, zone: &str, now: Instant, load_stale: Duration) -> Vec<Candidate> {
     pool.workers
         .iter()
         .filter(|w| w.probe.lock().unwrap().routable() && w.breaker.lock().unwrap().available(now))
@@ -23,6 +39,8 @@ pub fn gather(pool: &Pool, zone: &str, now: Instant) -> Vec<Candidate> {
             worker: w.clone(),
             local: w.zone == zone,
             in_flight: w.in_flight(),
+            load: w.fresh_load(now, load_stale),
+            overlap_blocks: 0,
         })
         .collect()
 }

@@ -42,6 +42,8 @@ pub struct Config {
     #[serde(default)]
     pub upstream: UpstreamConfig,
     #[serde(default)]
+    pub bus: BusConfig,
+    #[serde(default)]
     pub pools: Vec<PoolConfig>,
 }
 
@@ -130,13 +132,75 @@ pub struct RetryConfig {
     pub total_timeout_ms: u64,
 }
 
+/// How the built-in policy orders candidates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Strategy {
+    /// KV-cache overlap from workers' events (falling back to `approx` for a
+    /// worker whose events are missing), weighed against load.
+    Kv,
+    /// Overlap guessed from this gateway's own past decisions, for engines that publish no events.
+    Approx,
+    /// Least in-flight by power of two choices; ignores the cache.
+    LeastLoad,
+    /// Each candidate in turn; a baseline for benchmarks.
+    RoundRobin,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RoutingConfig {
+    /// Default `kv`.
+    #[serde(default = "default_strategy")]
+    pub strategy: Strategy,
     /// A worker with this many requests in flight counts as saturated, and
     /// traffic spills to other zones. Default 32.
     #[serde(default = "default_spill_in_flight")]
     pub spill_in_flight: u32,
+    /// Cost of each prompt block a worker would have to prefill. Default 1.0.
+    #[serde(default = "default_one")]
+    pub prefill_weight: f64,
+    /// Cost of each request a worker is already serving. Default 1.0.
+    #[serde(default = "default_one")]
+    pub decode_weight: f64,
+    /// Cost of leaving the gateway's zone, in prefill blocks. Default 2.0.
+    #[serde(default = "default_remote_zone_cost")]
+    pub remote_zone_cost: f64,
+    /// Hot-spot guard: when the busiest candidate serves this many more
+    /// requests than the idlest... Default 16.
+    #[serde(default = "default_balance_abs")]
+    pub balance_abs_threshold: u32,
+    /// ...and this many times as many, route by load alone. Default 2.0.
+    #[serde(default = "default_balance_rel")]
+    pub balance_rel_threshold: f64,
+    /// How long the approximate index remembers a routed prompt. Default 120000.
+    #[serde(default = "default_approx_ttl_ms")]
+    pub approx_ttl_ms: u64,
+    /// Bound on the approximate index's (block, worker) entries per pool. Default 1000000.
+    #[serde(default = "default_approx_max_entries")]
+    pub approx_max_entries: usize,
+    /// Bound on blocks the exact index keeps per worker; a worker past it is resynced. Default 1000000.
+    #[serde(default = "default_max_blocks_per_worker")]
+    pub max_blocks_per_worker: usize,
+}
+
+/// The bus carrying workers' KV events and load.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BusConfig {
+    /// A NATS server, e.g. `nats://127.0.0.1:4222`. Default none: routing
+    /// uses the approximate index and the gateway's own load figures.
+    #[serde(default)]
+    pub nats_url: Option<String>,
+    /// First token of every subject. Default `llmgw`.
+    #[serde(default = "default_subject_prefix")]
+    pub subject_prefix: String,
+    /// A load report older than this is unknown, not idle. Default 3000.
+    #[serde(default = "default_load_stale_ms")]
+    pub load_stale_ms: u64,
+    /// Time a worker has to answer a snapshot request. Default 2000.
+    #[serde(default = "default_snapshot_timeout_ms")]
+    pub snapshot_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -159,6 +223,12 @@ pub struct PoolConfig {
     pub name: String,
     /// Model names this pool serves, as clients send them.
     pub models: Vec<String>,
+    /// Tokens per KV block, as the pool's workers hash them. Default 16.
+    #[serde(default = "default_block_size")]
+    pub block_size: usize,
+    /// `builtin` (the sim's tokenizer) or a path to the workers' `tokenizer.json`. Default `builtin`.
+    #[serde(default = "default_tokenizer")]
+    pub tokenizer: String,
     #[serde(default)]
     pub workers: Vec<WorkerConfig>,
 }
@@ -234,6 +304,34 @@ impl Config {
             "upstream.connect_timeout_ms",
             self.upstream.connect_timeout_ms,
         );
+        positive("routing.approx_ttl_ms", self.routing.approx_ttl_ms);
+        positive(
+            "routing.approx_max_entries",
+            self.routing.approx_max_entries as u64,
+        );
+        positive(
+            "routing.max_blocks_per_worker",
+            self.routing.max_blocks_per_worker as u64,
+        );
+        positive("bus.load_stale_ms", self.bus.load_stale_ms);
+        positive("bus.snapshot_timeout_ms", self.bus.snapshot_timeout_ms);
+        for (key, value) in [
+            ("routing.prefill_weight", self.routing.prefill_weight),
+            ("routing.decode_weight", self.routing.decode_weight),
+            ("routing.remote_zone_cost", self.routing.remote_zone_cost),
+        ] {
+            if !(value.is_finite() && value >= 0.0) {
+                errors.push(format!("{key}: must be a finite number >= 0"));
+            }
+        }
+        if self.routing.balance_rel_threshold.is_nan() || self.routing.balance_rel_threshold < 1.0 {
+            errors.push("routing.balance_rel_threshold: must be at least 1".to_string());
+        }
+        if !protocol::bus::valid_token(&self.bus.subject_prefix) {
+            errors.push(
+                "bus.subject_prefix: only letters, digits, '-' and '_' are allowed".to_string(),
+            );
+        }
         if self.breaker.max_ejection_ms < self.breaker.base_ejection_ms {
             errors.push(
                 "breaker.max_ejection_ms: must be at least breaker.base_ejection_ms".to_string(),
@@ -249,10 +347,21 @@ impl Config {
             (HashSet::new(), HashSet::new(), HashSet::new());
         for (p, pool) in self.pools.iter().enumerate() {
             let key = format!("pools[{p}]");
-            if pool.name.is_empty() {
-                errors.push(format!("{key}.name: must not be empty"));
+            if !protocol::bus::valid_token(&pool.name) {
+                errors.push(format!(
+                    "{key}.name: must be non-empty letters, digits, '-' and '_'"
+                ));
             } else if !pool_names.insert(&pool.name) {
                 errors.push(format!("{key}.name: duplicate pool `{}`", pool.name));
+            }
+            if pool.block_size == 0 {
+                errors.push(format!("{key}.block_size: must be greater than 0"));
+            }
+            if pool.tokenizer != "builtin" && !Path::new(&pool.tokenizer).is_file() {
+                errors.push(format!(
+                    "{key}.tokenizer: `{}` is neither `builtin` nor a file",
+                    pool.tokenizer
+                ));
             }
             if pool.models.is_empty() {
                 errors.push(format!("{key}.models: at least one model is required"));
@@ -266,8 +375,10 @@ impl Config {
             }
             for (w, worker) in pool.workers.iter().enumerate() {
                 let key = format!("{key}.workers[{w}]");
-                if worker.id.is_empty() {
-                    errors.push(format!("{key}.id: must not be empty"));
+                if !protocol::bus::valid_token(&worker.id) {
+                    errors.push(format!(
+                        "{key}.id: must be non-empty letters, digits, '-' and '_'"
+                    ));
                 } else if !worker_ids.insert(&worker.id) {
                     errors.push(format!("{key}.id: duplicate worker id `{}`", worker.id));
                 }
@@ -362,7 +473,27 @@ impl Default for RetryConfig {
 impl Default for RoutingConfig {
     fn default() -> Self {
         RoutingConfig {
+            strategy: default_strategy(),
             spill_in_flight: default_spill_in_flight(),
+            prefill_weight: 1.0,
+            decode_weight: 1.0,
+            remote_zone_cost: default_remote_zone_cost(),
+            balance_abs_threshold: default_balance_abs(),
+            balance_rel_threshold: default_balance_rel(),
+            approx_ttl_ms: default_approx_ttl_ms(),
+            approx_max_entries: default_approx_max_entries(),
+            max_blocks_per_worker: default_max_blocks_per_worker(),
+        }
+    }
+}
+
+impl Default for BusConfig {
+    fn default() -> Self {
+        BusConfig {
+            nats_url: None,
+            subject_prefix: default_subject_prefix(),
+            load_stale_ms: default_load_stale_ms(),
+            snapshot_timeout_ms: default_snapshot_timeout_ms(),
         }
     }
 }
@@ -427,6 +558,45 @@ fn default_total_timeout_ms() -> u64 {
 }
 fn default_spill_in_flight() -> u32 {
     32
+}
+fn default_strategy() -> Strategy {
+    Strategy::Kv
+}
+fn default_one() -> f64 {
+    1.0
+}
+fn default_remote_zone_cost() -> f64 {
+    2.0
+}
+fn default_balance_abs() -> u32 {
+    16
+}
+fn default_balance_rel() -> f64 {
+    2.0
+}
+fn default_approx_ttl_ms() -> u64 {
+    120_000
+}
+fn default_approx_max_entries() -> usize {
+    1_000_000
+}
+fn default_max_blocks_per_worker() -> usize {
+    1_000_000
+}
+fn default_subject_prefix() -> String {
+    "llmgw".to_string()
+}
+fn default_load_stale_ms() -> u64 {
+    3000
+}
+fn default_snapshot_timeout_ms() -> u64 {
+    2000
+}
+fn default_block_size() -> usize {
+    16
+}
+fn default_tokenizer() -> String {
+    "builtin".to_string()
 }
 fn default_connect_timeout_ms() -> u64 {
     2000

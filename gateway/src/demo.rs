@@ -1,26 +1,27 @@
 //! The embedded demo: three `sim` workers (two in zone `a`, one in `b`) and a
-//! gateway in front of them, in one process, with no external service.
+//! gateway in front of them, in one process, with no external service: the
+//! workers' KV events reach the gateway over an in-process bus.
 
 use std::net::SocketAddr;
 
+use protocol::Bus;
 use workers::WorkerConfig;
 
 use crate::config::Config;
 
 pub const MODEL: &str = "sim-llama";
+const POOL: &str = "demo";
 
 /// Starts the demo and serves until Ctrl-C or SIGTERM.
 pub async fn run(api: SocketAddr, admin: SocketAddr) -> anyhow::Result<()> {
+    // Workers publish KV events and load in process; the gateway mirrors them.
+    let bus = Bus::local();
     let mut handles = Vec::new();
     let mut pool = String::new();
     for (id, zone) in [("w1", "a"), ("w2", "a"), ("w3", "b")] {
-        let worker = workers::start(WorkerConfig::sim(
-            id,
-            ([127, 0, 0, 1], 0).into(),
-            MODEL,
-            zone,
-        ))
-        .await?;
+        let mut config = WorkerConfig::sim(id, ([127, 0, 0, 1], 0).into(), MODEL, zone);
+        config.pool = POOL.to_string();
+        let worker = workers::start_on_bus(config, Some(bus.clone())).await?;
         pool.push_str(&format!(
             "[[pools.workers]]\nid = \"{id}\"\nurl = \"{}\"\nzone = \"{zone}\"\n",
             worker.url()
@@ -29,9 +30,9 @@ pub async fn run(api: SocketAddr, admin: SocketAddr) -> anyhow::Result<()> {
     }
     let config = Config::from_toml(&format!(
         "zone = \"a\"\n[listeners]\napi = \"{api}\"\nadmin = \"{admin}\"\ndrain_grace_ms = 5000\n\
-         [[pools]]\nname = \"demo\"\nmodels = [\"{MODEL}\"]\n{pool}"
+         [[pools]]\nname = \"{POOL}\"\nmodels = [\"{MODEL}\"]\n{pool}"
     ))?;
-    let gateway = crate::start(config).await?;
+    let gateway = crate::start_on_bus(config, Some(bus)).await?;
     let api = gateway.api_addr();
     println!(
         "gateway  http://{api}   (admin http://{})",

@@ -202,7 +202,7 @@ async fn probe_one(worker: Arc<Worker>, upstream: &Upstream, config: &HealthConf
     .unwrap_or(None);
     let ok = report.as_ref().is_some_and(|r| r.status == "ok");
     if let Some(report) = report {
-        *worker.last_load.lock().unwrap() = Some(report.load);
+        worker.report_load(report.load, std::time::Instant::now());
     }
     let (before, after) = {
         let mut probe = worker.probe.lock().unwrap();

@@ -16,17 +16,22 @@ pub mod demo;
 pub mod error;
 pub mod failover;
 pub mod health;
+pub mod index;
 pub mod metrics;
+pub mod mirror;
 pub mod parse;
 pub mod policy;
 pub mod pools;
+pub mod prefix;
+pub mod score;
 pub mod server;
 pub mod stream;
 pub mod tls;
+pub mod tokenize;
 pub mod upstream;
 
 pub use config::Config;
-pub use server::{start, Handle, StartError};
+pub use server::{start, start_on_bus, Handle, StartError};
 
 /// Resolves on SIGTERM or SIGINT (Ctrl-C).
 pub async fn shutdown_signal() {

@@ -17,6 +17,11 @@ pub const WORKER_HEALTHY: &str = "llmgw_worker_healthy";
 pub const FAILOVERS: &str = "llmgw_failovers_total";
 pub const EJECTIONS: &str = "llmgw_worker_ejections_total";
 pub const SHED: &str = "llmgw_requests_shed_total";
+pub const KV_BATCHES: &str = "llmgw_kv_event_batches_total";
+pub const INDEX_ENTRIES: &str = "llmgw_prefix_index_entries";
+pub const BLOCK_SIZE_MISMATCH: &str = "llmgw_block_size_mismatches_total";
+pub const PROMPT_BLOCKS: &str = "llmgw_prompt_blocks_total";
+pub const PROMPT_BLOCKS_CACHED: &str = "llmgw_prompt_blocks_cached_total";
 
 /// The process-wide Prometheus recorder; installed once, however many gateways a process runs.
 pub fn install() -> PrometheusHandle {
@@ -81,4 +86,25 @@ pub fn ejection(pool: &str, worker: &str) {
 
 pub fn shed() {
     counter!(SHED).increment(1);
+}
+
+/// A KV event batch or snapshot applied, by outcome (`ok`, `gap`, `stale`, …).
+pub fn kv_batch(pool: &str, outcome: &'static str) {
+    counter!(KV_BATCHES, "pool" => pool.to_string(), "outcome" => outcome).increment(1);
+}
+
+pub fn index_entries(pool: &str, exact: usize, approx: usize) {
+    gauge!(INDEX_ENTRIES, "pool" => pool.to_string(), "kind" => "exact").set(exact as f64);
+    gauge!(INDEX_ENTRIES, "pool" => pool.to_string(), "kind" => "approx").set(approx as f64);
+}
+
+pub fn block_size_mismatch(pool: &str, worker: &str) {
+    counter!(BLOCK_SIZE_MISMATCH, "pool" => pool.to_string(), "worker" => worker.to_string())
+        .increment(1);
+}
+
+/// A routed prompt's full blocks, and how many the chosen worker was expected to hold.
+pub fn prompt_blocks(pool: &str, blocks: usize, cached: u32) {
+    counter!(PROMPT_BLOCKS, "pool" => pool.to_string()).increment(blocks as u64);
+    counter!(PROMPT_BLOCKS_CACHED, "pool" => pool.to_string()).increment(u64::from(cached));
 }

@@ -5,7 +5,7 @@
 use bytes::Bytes;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::Incoming;
-use protocol::openai::{ChatCompletionRequest, CompletionRequest};
+use protocol::openai::{self, ChatCompletionRequest, ChatMessage, CompletionRequest};
 use protocol::{ApiError, ErrorKind};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,6 +27,15 @@ impl Endpoint {
 pub struct Parsed {
     pub model: String,
     pub stream: bool,
+    pub user: Option<String>,
+    pub prompt: Prompt,
+}
+
+/// What the worker will tokenize, so the gateway can tokenize it the same way.
+#[derive(Debug)]
+pub enum Prompt {
+    Chat(Vec<ChatMessage>),
+    Completion(openai::Prompt),
 }
 
 pub async fn read_body(
@@ -62,7 +71,9 @@ pub fn parse(endpoint: Endpoint, body: &[u8]) -> Result<Parsed, ApiError> {
             req.validate()?;
             Ok(Parsed {
                 stream: req.sampling.is_stream(),
+                user: req.sampling.user,
                 model: req.model,
+                prompt: Prompt::Chat(req.messages),
             })
         }
         Endpoint::Completion => {
@@ -70,7 +81,9 @@ pub fn parse(endpoint: Endpoint, body: &[u8]) -> Result<Parsed, ApiError> {
             req.validate()?;
             Ok(Parsed {
                 stream: req.sampling.is_stream(),
+                user: req.sampling.user,
                 model: req.model,
+                prompt: Prompt::Completion(req.prompt),
             })
         }
     }

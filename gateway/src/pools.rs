@@ -2,15 +2,19 @@
 //! count, probe health, circuit breaker) shared by routing, probes and status.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use http::Uri;
 use protocol::LoadReport;
+use workers::tokenizer::{Tokenizer, TokenizerError};
 
 use crate::config::{BreakerConfig, Config};
 use crate::health::{Breaker, ProbeState};
 use crate::metrics;
+use crate::prefix::PrefixState;
+use crate::tokenize;
 
 pub struct Registry {
     pools: Vec<Arc<Pool>>,
@@ -21,6 +25,21 @@ pub struct Pool {
     pub name: String,
     pub models: Vec<String>,
     pub workers: Vec<Arc<Worker>>,
+    pub block_size: usize,
+    pub tokenizer: Arc<Tokenizer>,
+    pub prefix: PrefixState,
+    /// Requests routed so far: the round-robin strategy's turn.
+    turn: AtomicUsize,
+}
+
+impl Pool {
+    pub fn next_turn(&self) -> usize {
+        self.turn.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub fn worker(&self, id: &str) -> Option<&Arc<Worker>> {
+        self.workers.iter().find(|w| w.id == id)
+    }
 }
 
 pub struct Worker {
@@ -33,19 +52,25 @@ pub struct Worker {
     in_flight: AtomicU32,
     pub probe: Mutex<ProbeState>,
     pub breaker: Mutex<Breaker>,
-    /// Load as of the last good probe, for `/status`.
-    pub last_load: Mutex<Option<LoadReport>>,
+    /// The worker's last own load report (from probes or the bus), and when it came.
+    reported_load: Mutex<Option<(LoadReport, Instant)>>,
+    /// The block size the worker says it hashes with, once it said so.
+    pub reported_block_size: Mutex<Option<usize>>,
 }
 
 impl Registry {
-    pub fn from_config(config: &Config) -> Registry {
+    pub fn from_config(config: &Config) -> Result<Registry, TokenizerError> {
         let pools: Vec<Arc<Pool>> = config
             .pools
             .iter()
             .map(|p| {
-                Arc::new(Pool {
+                Ok(Arc::new(Pool {
                     name: p.name.clone(),
                     models: p.models.clone(),
+                    block_size: p.block_size,
+                    tokenizer: tokenize::load(&p.tokenizer)?,
+                    prefix: PrefixState::new(p.block_size, &config.routing),
+                    turn: AtomicUsize::new(0),
                     workers: p
                         .workers
                         .iter()
@@ -61,14 +86,14 @@ impl Registry {
                             ))
                         })
                         .collect(),
-                })
+                }))
             })
-            .collect();
+            .collect::<Result<_, TokenizerError>>()?;
         let by_model = pools
             .iter()
             .flat_map(|p| p.models.iter().map(move |m| (m.clone(), p.clone())))
             .collect();
-        Registry { pools, by_model }
+        Ok(Registry { pools, by_model })
     }
 
     pub fn pool_for(&self, model: &str) -> Option<&Arc<Pool>> {
@@ -115,8 +140,19 @@ impl Worker {
             in_flight: AtomicU32::new(0),
             probe: Mutex::new(ProbeState::default()),
             breaker: Mutex::new(Breaker::new(breaker)),
-            last_load: Mutex::new(None),
+            reported_load: Mutex::new(None),
+            reported_block_size: Mutex::new(None),
         }
+    }
+
+    pub fn report_load(&self, load: LoadReport, now: Instant) {
+        *self.reported_load.lock().unwrap() = Some((load, now));
+    }
+
+    /// The worker's own load report, unless older than `stale`.
+    pub fn fresh_load(&self, now: Instant, stale: Duration) -> Option<LoadReport> {
+        let reported = *self.reported_load.lock().unwrap();
+        reported.and_then(|(load, at)| (now.saturating_duration_since(at) < stale).then_some(load))
     }
 
     pub fn in_flight(&self) -> u32 {

@@ -29,10 +29,15 @@ use crate::config::Config;
 use crate::pools::Registry;
 use crate::tls::{self, TlsError};
 use crate::upstream::Upstream;
-use crate::{error, health, metrics};
+use crate::{error, health, metrics, mirror};
+use protocol::Bus;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    #[error("cannot load a pool's tokenizer: {0}")]
+    Tokenizer(#[from] workers::tokenizer::TokenizerError),
+    #[error(transparent)]
+    Bus(#[from] protocol::BusError),
     #[error(transparent)]
     Tls(#[from] TlsError),
     #[error("cannot listen on {addr}: {source}")]
@@ -58,7 +63,19 @@ pub struct Handle {
 struct Peer(SocketAddr);
 
 pub async fn start(config: Config) -> Result<Handle, StartError> {
+    let bus = match &config.bus.nats_url {
+        Some(url) => Some(Bus::nats(url).await?),
+        None => None,
+    };
+    start_on_bus(config, bus).await
+}
+
+/// Like [`start`], mirroring workers' KV events and load from `bus` when given
+/// (the embedded demo and benches pass an in-process bus).
+pub async fn start_on_bus(config: Config, bus: Option<Bus>) -> Result<Handle, StartError> {
     let prometheus = metrics::install();
+    // Tokenizers load before any port is bound: a bad path stops startup.
+    let registry = Arc::new(Registry::from_config(&config)?);
     let tls = config
         .listeners
         .tls
@@ -82,14 +99,16 @@ pub async fn start(config: Config) -> Result<Handle, StartError> {
             source,
         })?;
 
-    let registry = Arc::new(Registry::from_config(&config));
     let grace = config.listeners.drain_grace();
+    let load_stale = Duration::from_millis(config.bus.load_stale_ms);
     let health_config = config.health.clone();
     let gateway = Arc::new(Gateway {
         admit: Admit::new(config.listeners.max_concurrent_requests),
         config,
         registry: registry.clone(),
         upstream: upstream.clone(),
+        bus: bus.clone(),
+        load_stale,
     });
     let draining = Arc::new(AtomicBool::new(false));
     let admin = Arc::new(Admin {
@@ -99,8 +118,12 @@ pub async fn start(config: Config) -> Result<Handle, StartError> {
     });
     let (stop, stop_rx) = watch::channel(false);
 
-    let background = vec![
-        tokio::spawn(health::run_probes(registry, upstream, health_config)),
+    let mut background = vec![
+        tokio::spawn(health::run_probes(
+            registry.clone(),
+            upstream,
+            health_config,
+        )),
         tokio::spawn(serve_admin(admin_listener, admin)),
         tokio::spawn(async move {
             // Histograms keep raw samples until upkeep folds them.
@@ -110,6 +133,14 @@ pub async fn start(config: Config) -> Result<Handle, StartError> {
             }
         }),
     ];
+    if let Some(bus) = bus {
+        let (registry, bus_config) = (registry.clone(), gateway.config.bus.clone());
+        background.push(tokio::spawn(async move {
+            if let Err(e) = mirror::run(bus, registry, bus_config).await {
+                tracing::error!(error = %e, "cannot follow workers' KV events; routing on approximations");
+            }
+        }));
+    }
     let api = tokio::spawn(serve_api(api_listener, gateway, tls, stop_rx));
     tracing::info!(api = %api_addr, admin = %admin_addr, "gateway started");
     Ok(Handle {

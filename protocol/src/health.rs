@@ -20,4 +20,7 @@ pub struct LoadReport {
     pub waiting: usize,
     pub kv_blocks_used: usize,
     pub kv_blocks_total: usize,
+    /// Prompt tokens still to prefill across running sequences.
+    #[serde(default)]
+    pub prefill_tokens_pending: usize,
 }

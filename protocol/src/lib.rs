@@ -1,12 +1,16 @@
-//! Types the gateway and the workers both speak, defined once: the OpenAI wire
-//! format, the OpenAI error shape, block hashing of prompts, and the worker's
-//! health report.
+//! What the gateway and the workers both speak, defined once: the OpenAI wire
+//! format, the OpenAI error shape, block hashing of prompts, the worker's
+//! health and load reports, KV-cache events, and the bus that carries them.
 
 pub mod blocks;
+pub mod bus;
 pub mod error;
 pub mod health;
+pub mod kv;
 pub mod openai;
 
 pub use blocks::{block_hashes, BlockHash};
+pub use bus::{Bus, BusError, Subjects, Topic};
 pub use error::{ApiError, ErrorKind};
 pub use health::{HealthReport, LoadReport};
+pub use kv::{KvEvent, KvEventBatch, KvSnapshot, LoadMessage};

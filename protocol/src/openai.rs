@@ -250,13 +250,20 @@ impl CompletionRequest {
 
     /// The one prompt of the request; batched prompts are refused.
     pub fn prompt(&self) -> Result<PromptInput<'_>, ApiError> {
+        self.prompt.single()
+    }
+}
+
+impl Prompt {
+    /// The one prompt; batched prompts are refused.
+    pub fn single(&self) -> Result<PromptInput<'_>, ApiError> {
         let batched = || {
             ApiError::invalid(
                 "prompt",
                 "batched prompts are not supported; send one prompt per request",
             )
         };
-        match &self.prompt {
+        match self {
             Prompt::Text(s) => Ok(PromptInput::Text(s)),
             Prompt::Texts(v) if v.len() == 1 => Ok(PromptInput::Text(&v[0])),
             Prompt::Tokens(t) if !t.is_empty() => Ok(PromptInput::Tokens(t)),

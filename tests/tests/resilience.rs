@@ -24,7 +24,8 @@ async fn failover_when_a_worker_dies() {
     let mut w1 = spawn_worker("w1", "a", WorkerOpts::default()).await;
     let w2 = spawn_worker("w2", "a", WorkerOpts::default()).await;
     // Slow probes: failover, not the prober, must hide the dead worker.
-    let extra = "[health]\ninterval_ms = 60000\n[breaker]\nbase_ejection_ms = 60000\nmax_ejection_ms = 60000\n";
+    let extra = "[health]\ninterval_ms = 60000\n[breaker]\nbase_ejection_ms = 60000\nmax_ejection_ms = 60000\n\
+                 [routing]\nstrategy = \"least_load\"\n";
     let gw = spawn_gateway("a", &[&w1, &w2], extra).await;
     let c = client();
     let mut seen = std::collections::HashSet::new();

@@ -26,7 +26,7 @@ use crate::tokenizer::Tokenizer;
 /// What every request handler shares.
 pub struct App {
     pub config: WorkerConfig,
-    pub engine: Box<dyn Engine>,
+    pub engine: Arc<dyn Engine>,
     pub tokenizer: Arc<Tokenizer>,
     /// Set when a drain begins; `/health` then answers 503.
     pub draining: Arc<AtomicBool>,
@@ -278,7 +278,7 @@ mod tests {
         let engine = BatchEngine::start(&config.engine, &tokenizer).unwrap();
         let app = App {
             config,
-            engine: Box::new(engine),
+            engine: Arc::new(engine),
             tokenizer: Arc::new(tokenizer),
             draining: Arc::new(AtomicBool::new(false)),
         };

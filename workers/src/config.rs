@@ -18,11 +18,40 @@ pub struct WorkerConfig {
     pub model: String,
     /// The failure domain this worker runs in. Default: `"default"`.
     pub zone: String,
+    /// The pool this worker serves in, naming its bus subjects. Default: `"default"`.
+    pub pool: String,
     /// How long a drain waits for in-flight requests before cutting them off. Default: 30000.
     pub drain_grace_ms: u64,
     /// Largest request body accepted; bigger ones get 413. Default: 4 MiB.
     pub max_body_bytes: usize,
     pub engine: EngineConfig,
+    pub bus: BusConfig,
+}
+
+/// Where this worker publishes KV events and load for KV-aware gateways.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BusConfig {
+    /// A NATS server, e.g. `nats://127.0.0.1:4222`. Default: none, so nothing is
+    /// published (an in-process bus can still be handed to `start_on_bus`).
+    pub nats_url: Option<String>,
+    /// First token of every subject. Default: `"llmgw"`.
+    pub subject_prefix: String,
+    /// Load is published at most this often while it changes. Default: 50.
+    pub load_debounce_ms: u64,
+    /// Load is published at least this often, changed or not. Default: 1000.
+    pub load_heartbeat_ms: u64,
+}
+
+impl Default for BusConfig {
+    fn default() -> Self {
+        BusConfig {
+            nats_url: None,
+            subject_prefix: "llmgw".to_string(),
+            load_debounce_ms: 50,
+            load_heartbeat_ms: 1000,
+        }
+    }
 }
 
 /// The inference engine: batching limits, KV cache geometry, and the tokenizer.
@@ -77,9 +106,11 @@ impl Default for WorkerConfig {
             listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 8001)),
             model: "sim-llama".to_string(),
             zone: "default".to_string(),
+            pool: "default".to_string(),
             drain_grace_ms: 30_000,
             max_body_bytes: 4 * 1024 * 1024,
             engine: EngineConfig::default(),
+            bus: BusConfig::default(),
         }
     }
 }
@@ -160,6 +191,23 @@ impl WorkerConfig {
             }
         };
         check(!self.id.trim().is_empty(), "id: must not be empty");
+        // Both name bus subjects, where dots and wildcards have meaning.
+        check(
+            self.id.trim().is_empty() || protocol::bus::valid_token(&self.id),
+            "id: only letters, digits, '-' and '_' are allowed",
+        );
+        check(
+            protocol::bus::valid_token(&self.pool),
+            "pool: must be non-empty letters, digits, '-' and '_'",
+        );
+        check(
+            protocol::bus::valid_token(&self.bus.subject_prefix),
+            "bus.subject_prefix: must be non-empty letters, digits, '-' and '_'",
+        );
+        check(
+            self.bus.load_heartbeat_ms > 0,
+            "bus.load_heartbeat_ms: must be > 0",
+        );
         check(!self.model.trim().is_empty(), "model: must not be empty");
         check(!self.zone.trim().is_empty(), "zone: must not be empty");
         check(self.max_body_bytes > 0, "max_body_bytes: must be > 0");

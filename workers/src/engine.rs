@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 
 use protocol::blocks::next_block_hash;
-use protocol::LoadReport;
+use protocol::{KvEvent, LoadReport};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
 use crate::config::{EngineConfig, EngineKind};
@@ -76,6 +76,7 @@ struct Submission {
 /// finish the sequences still listened to, then joins it.
 pub struct BatchEngine {
     submissions: Option<Sender<Submission>>,
+    kv_events: Option<UnboundedReceiver<Vec<KvEvent>>>,
     load: Arc<Mutex<LoadReport>>,
     info: EngineInfo,
     thread: Option<JoinHandle<()>>,
@@ -112,8 +113,10 @@ impl BatchEngine {
         compute: Box<dyn Compute + Send>,
     ) -> Result<Self, EngineError> {
         let (tx, rx) = mpsc::channel();
+        let (kv_tx, kv_rx) = unbounded_channel();
         let load = Arc::new(Mutex::new(scheduler.load()));
         let engine_loop = EngineLoop {
+            kv_events: kv_tx,
             scheduler,
             compute,
             streams: HashMap::new(),
@@ -126,10 +129,22 @@ impl BatchEngine {
             .map_err(EngineError::Thread)?;
         Ok(BatchEngine {
             submissions: Some(tx),
+            kv_events: Some(kv_rx),
             load,
             info,
             thread: Some(thread),
         })
+    }
+}
+
+impl BatchEngine {
+    /// The KV cache's events, one batch per engine step that changed the cache.
+    /// Whoever takes them must keep reading (or drop the receiver, which
+    /// discards them); left untaken they are discarded too.
+    pub fn take_kv_events(&mut self) -> UnboundedReceiver<Vec<KvEvent>> {
+        self.kv_events
+            .take()
+            .unwrap_or_else(|| unbounded_channel().1)
     }
 }
 
@@ -173,6 +188,7 @@ struct EngineLoop {
     streams: HashMap<SeqId, UnboundedSender<GenerateEvent>>,
     next_id: u64,
     load: Arc<Mutex<LoadReport>>,
+    kv_events: UnboundedSender<Vec<KvEvent>>,
 }
 
 impl EngineLoop {
@@ -203,10 +219,11 @@ impl EngineLoop {
             // Before delivering, so a client that saw a token sees its effect on the load.
             *self.load.lock().unwrap_or_else(PoisonError::into_inner) = self.scheduler.load();
             self.deliver(outputs);
-            // Nobody publishes KV events yet (the gateway's KV-aware routing will);
-            // draining them keeps the buffer bounded meanwhile.
             let kv_events = self.scheduler.drain_kv_events();
-            tracing::trace!(count = kv_events.len(), "kv events");
+            if !kv_events.is_empty() {
+                // Fails only when nobody listens, and then the events have no use.
+                let _ = self.kv_events.send(kv_events);
+            }
         }
     }
 

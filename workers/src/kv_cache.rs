@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use protocol::blocks::next_block_hash;
-use protocol::{block_hashes, BlockHash};
+use protocol::{block_hashes, BlockHash, KvEvent};
 
 /// A sequence the engine is running.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -15,20 +15,6 @@ pub struct SeqId(pub u64);
 /// A physical block of the cache.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct BlockId(pub u32);
-
-/// A change to the set of cached prefix blocks, for KV-aware routers to mirror.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum KvEvent {
-    /// `hashes` became cached, each the child of the one before; the first the child of `parent`.
-    Stored {
-        parent: Option<BlockHash>,
-        hashes: Vec<BlockHash>,
-    },
-    /// `hashes` are no longer cached.
-    Removed { hashes: Vec<BlockHash> },
-    /// Nothing is cached: sent first, so a router drops what a previous run of this worker held.
-    Cleared,
-}
 
 /// Not enough free blocks for the request; nothing was changed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

@@ -13,6 +13,7 @@ pub mod engine;
 pub mod kv_cache;
 mod output;
 pub mod prompt;
+mod publish;
 mod respond;
 pub mod scheduler;
 mod server;
@@ -30,10 +31,12 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-pub use config::{ConfigError, EngineConfig, EngineKind, SimConfig, WorkerConfig};
+pub use config::{BusConfig, ConfigError, EngineConfig, EngineKind, SimConfig, WorkerConfig};
 
 use api::App;
-use engine::{BatchEngine, EngineError};
+use engine::{BatchEngine, Engine, EngineError};
+use protocol::bus::{Bus, BusError};
+use publish::Publisher;
 use tokenizer::{Tokenizer, TokenizerError};
 
 /// Why a worker could not start.
@@ -45,6 +48,8 @@ pub enum WorkerError {
     Tokenizer(#[from] TokenizerError),
     #[error(transparent)]
     Engine(#[from] EngineError),
+    #[error(transparent)]
+    Bus(#[from] BusError),
     #[error("cannot listen on {addr}")]
     Bind {
         addr: SocketAddr,
@@ -63,12 +68,31 @@ pub struct WorkerHandle {
 /// Checks `config`, loads the tokenizer, starts the engine, binds, and returns
 /// at once with the server running. Dropping the handle stops the server without grace.
 pub async fn start(config: WorkerConfig) -> Result<WorkerHandle, WorkerError> {
+    let bus = match &config.bus.nats_url {
+        Some(url) => Some(Bus::nats(url).await?),
+        None => None,
+    };
+    start_on_bus(config, bus).await
+}
+
+/// Like [`start`], publishing KV events and load on `bus` when given (the
+/// embedded demo and benches pass an in-process bus).
+pub async fn start_on_bus(
+    config: WorkerConfig,
+    bus: Option<Bus>,
+) -> Result<WorkerHandle, WorkerError> {
     config.validate()?;
     let tokenizer = match &config.engine.tokenizer_path {
         Some(path) => Tokenizer::from_file(path)?,
         None => Tokenizer::builtin()?,
     };
-    let engine = BatchEngine::start(&config.engine, &tokenizer)?;
+    let mut engine = BatchEngine::start(&config.engine, &tokenizer)?;
+    let kv_events = engine.take_kv_events();
+    let engine: Arc<dyn Engine> = Arc::new(engine);
+    if let Some(bus) = bus {
+        // Holds the engine weakly: the publisher ends when the server drops the engine.
+        tokio::spawn(Publisher::new(bus, &config).run(Arc::downgrade(&engine), kv_events));
+    }
     // Bound last, so a worker that cannot serve never accepts a connection.
     let listener = TcpListener::bind(config.listen)
         .await
@@ -84,7 +108,7 @@ pub async fn start(config: WorkerConfig) -> Result<WorkerHandle, WorkerError> {
     let draining = Arc::new(AtomicBool::new(false));
     let app = Arc::new(App {
         config,
-        engine: Box::new(engine),
+        engine,
         tokenizer: Arc::new(tokenizer),
         draining: Arc::clone(&draining),
     });

@@ -30,6 +30,12 @@ struct Args {
     /// Overrides `zone`.
     #[arg(long)]
     zone: Option<String>,
+    /// Overrides `pool`.
+    #[arg(long)]
+    pool: Option<String>,
+    /// Overrides `bus.nats_url`: publish KV events and load to this NATS server.
+    #[arg(long)]
+    nats: Option<String>,
 }
 
 #[tokio::main]
@@ -51,6 +57,8 @@ async fn main() -> anyhow::Result<()> {
     config.listen = args.listen.unwrap_or(config.listen);
     config.model = args.model.unwrap_or(config.model);
     config.zone = args.zone.unwrap_or(config.zone);
+    config.pool = args.pool.unwrap_or(config.pool);
+    config.bus.nats_url = args.nats.or(config.bus.nats_url);
     config.validate()?;
     let grace = Duration::from_millis(config.drain_grace_ms);
 

@@ -6,7 +6,9 @@ use std::collections::VecDeque;
 
 use protocol::LoadReport;
 
-use crate::kv_cache::{KvCache, KvEvent, SeqId};
+use protocol::KvEvent;
+
+use crate::kv_cache::{KvCache, SeqId};
 
 /// Limits the scheduler enforces.
 #[derive(Debug, Clone)]
@@ -172,6 +174,12 @@ impl Scheduler {
             waiting: self.waiting.len(),
             kv_blocks_used: self.cache.used_blocks(),
             kv_blocks_total: self.cache.total_blocks(),
+            prefill_tokens_pending: self
+                .running
+                .iter()
+                .chain(&self.waiting)
+                .map(|s| s.prompt_len.saturating_sub(s.computed))
+                .sum(),
         }
     }
 

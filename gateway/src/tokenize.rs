@@ -1,0 +1,72 @@
+//! Tokenize: a prompt's token count and block hashes, computed with the pool's
+//! tokenizer and the same prompt rendering as its workers (one function, in
+//! `workers::prompt`), so the gateway's hashes equal the workers'.
+
+use std::sync::{Arc, OnceLock};
+
+use protocol::{block_hashes, ApiError, BlockHash, ErrorKind};
+use workers::prompt;
+use workers::tokenizer::{Tokenizer, TokenizerError};
+
+use crate::parse::Prompt;
+
+/// A prompt as routing sees it.
+#[derive(Debug, Clone, Default)]
+pub struct PromptBlocks {
+    pub tokens: usize,
+    pub hashes: Vec<BlockHash>,
+}
+
+/// A pool's tokenizer: `builtin` (trained once per process, shared) or a `tokenizer.json` path.
+pub fn load(spec: &str) -> Result<Arc<Tokenizer>, TokenizerError> {
+    static BUILTIN: OnceLock<Arc<Tokenizer>> = OnceLock::new();
+    if spec != "builtin" {
+        return Tokenizer::from_file(spec.as_ref()).map(Arc::new);
+    }
+    if let Some(t) = BUILTIN.get() {
+        return Ok(t.clone());
+    }
+    let built = Arc::new(Tokenizer::builtin()?);
+    Ok(BUILTIN.get_or_init(|| built).clone())
+}
+
+pub fn prompt_blocks(
+    tokenizer: &Tokenizer,
+    block_size: usize,
+    prompt: &Prompt,
+) -> Result<PromptBlocks, ApiError> {
+    let tokens = match prompt {
+        Prompt::Chat(messages) => prompt::chat_tokens(messages, tokenizer)?,
+        Prompt::Completion(p) => prompt::completion_tokens(p.single()?, tokenizer)?,
+    };
+    if tokens.is_empty() {
+        return Err(ApiError::new(
+            ErrorKind::InvalidRequest,
+            "prompt must not be empty",
+        ));
+    }
+    Ok(PromptBlocks {
+        tokens: tokens.len(),
+        hashes: block_hashes(&tokens, block_size),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use protocol::openai::ChatMessage;
+
+    #[test]
+    fn chat_hashes_match_the_workers() {
+        let tok = load("builtin").unwrap();
+        let messages: Vec<ChatMessage> = serde_json::from_str(
+            r#"[{"role":"system","content":"Be brief."},{"role":"user","content":"The weather is changing over the hills tonight."}]"#,
+        )
+        .unwrap();
+        let ours = prompt_blocks(&tok, 4, &Prompt::Chat(messages.clone())).unwrap();
+        let theirs = prompt::chat_tokens(&messages, &tok).unwrap();
+        assert_eq!(ours.tokens, theirs.len());
+        assert_eq!(ours.hashes, block_hashes(&theirs, 4));
+        assert!(!ours.hashes.is_empty());
+    }
+}

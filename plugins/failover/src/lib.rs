@@ -1,0 +1,118 @@
+//! Failover policy: the best workers of the gateway's own zone first, other zones as the tail.
+//!
+//! Config (JSON, every field optional):
+//! - `max_workers`: how many workers the decision lists at most, so a request
+//!   does not wander through the whole pool on a bad day. Default: no limit.
+
+use policy_sdk::{by_score, config, route_to, Candidate, Decision, Policy, Request};
+use serde::Deserialize;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    max_workers: Option<usize>,
+}
+
+pub struct Failover {
+    max_workers: usize,
+}
+
+impl Policy for Failover {
+    fn init(config: &str) -> Result<Self, String> {
+        let raw: RawConfig = config::parse(config)?;
+        let mut problems = Vec::new();
+        if raw.max_workers == Some(0) {
+            problems
+                .push("max_workers: must be at least 1 (leave it out for no limit)".to_string());
+        }
+        config::check(problems)?;
+        Ok(Self {
+            max_workers: raw.max_workers.unwrap_or(usize::MAX),
+        })
+    }
+
+    fn route(&self, request: &Request, candidates: &[Candidate]) -> Decision {
+        let mut ordered = by_score(candidates);
+        // Stable: score order holds within the local and the remote group.
+        // Remote workers cost a cross-zone hop, so they only serve when every
+        // local one has failed.
+        ordered.sort_by_key(|c| c.zone != request.gateway_zone);
+        route_to(request, ordered.into_iter().take(self.max_workers))
+    }
+}
+
+policy_sdk::export_policy!(Failover);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use policy_sdk::testing::{candidate, request};
+
+    fn route(config: &str, request: &Request, candidates: &[Candidate]) -> Decision {
+        Failover::init(config).unwrap().route(request, candidates)
+    }
+
+    fn ids(list: &[&str]) -> Decision {
+        Decision::Route(list.iter().map(|id| id.to_string()).collect())
+    }
+
+    #[test]
+    fn local_zone_by_score_then_other_zones_by_score() {
+        let candidates = [
+            candidate("b-best").in_zone("b").with_score(0.1),
+            candidate("a-worse").in_zone("a").with_score(2.0),
+            candidate("c-mid").in_zone("c").with_score(1.0),
+            candidate("a-better").in_zone("a").with_score(1.5),
+        ];
+        assert_eq!(
+            route("{}", &request().in_zone("a"), &candidates),
+            ids(&["a-better", "a-worse", "b-best", "c-mid"])
+        );
+    }
+
+    #[test]
+    fn no_local_worker_means_other_zones_by_score() {
+        let candidates = [
+            candidate("c1").in_zone("c").with_score(3.0),
+            candidate("b1").in_zone("b").with_score(1.0),
+        ];
+        assert_eq!(
+            route("", &request().in_zone("a"), &candidates),
+            ids(&["b1", "c1"])
+        );
+    }
+
+    #[test]
+    fn max_workers_cuts_the_tail() {
+        let candidates = [
+            candidate("b1").in_zone("b"),
+            candidate("a1").with_score(2.0),
+            candidate("a2").with_score(1.0),
+        ];
+        assert_eq!(
+            route(r#"{"max_workers": 2}"#, &request(), &candidates),
+            ids(&["a2", "a1"])
+        );
+    }
+
+    #[test]
+    fn no_candidates_is_a_503() {
+        let Decision::Reject(rejection) = route("{}", &request(), &[]) else {
+            panic!("expected a rejection");
+        };
+        assert_eq!(rejection.status, 503);
+    }
+
+    #[test]
+    fn bad_config_names_the_field() {
+        for (config, field) in [
+            (r#"{"max_workers": 0}"#, "max_workers"),
+            (r#"{"max_workers": -1}"#, "max_workers"),
+            (r#"{"max_worker": 3}"#, "max_worker"),
+        ] {
+            let error = Failover::init(config).err().expect(config);
+            assert!(error.contains(field), "{config}: {error}");
+        }
+    }
+}

@@ -1,0 +1,93 @@
+//! The plugin SDK: write a routing policy as a plain Rust type, test it natively, export it as a component.
+//!
+//! A policy crate implements [`Policy`] and calls [`export_policy!`]; on
+//! `wasm32` that exports `init` and `route` of the `llmgw:policy/policy@0.1.0`
+//! world, elsewhere it expands to nothing so the crate's unit tests run on the
+//! build machine.
+
+// The generated bindings and `export_policy!` name this crate by its path, which
+// must also resolve from inside it.
+extern crate self as policy_sdk;
+
+pub mod config;
+pub mod host;
+mod order;
+mod slot;
+mod sticky;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
+
+pub use order::{by_score, label, reject, route_to};
+pub use slot::Slot;
+pub use sticky::{random_fraction, sticky_fraction};
+
+/// Bindings generated once from `wit/policy.wit`, shared by every policy crate.
+pub mod bindings {
+    wit_bindgen::generate!({
+        path: "../../wit",
+        world: "policy",
+        // Decisions compare in tests.
+        additional_derives: [PartialEq],
+        pub_export_macro: true,
+        export_macro_name: "__export_world",
+        default_bindings_module: "::policy_sdk::bindings",
+        runtime_path: "::policy_sdk::__private::wit_bindgen::rt",
+    });
+}
+
+pub use bindings::llmgw::policy::host::Level;
+pub use bindings::llmgw::policy::types::{
+    Candidate, Decision, Health, Label, Load, Rejection, Request,
+};
+
+/// A routing policy: built once from the operator's JSON config, then asked to order candidates.
+pub trait Policy: Send + Sync + 'static {
+    /// Parses and checks `config`; the error names the offending field.
+    fn init(config: &str) -> Result<Self, String>
+    where
+        Self: Sized;
+
+    /// Orders `candidates` for `request`, or rejects it. Must not panic: a panic is a trap.
+    fn route(&self, request: &Request, candidates: &[Candidate]) -> Decision;
+}
+
+/// Items the macros expand to in policy crates; not part of the API.
+#[doc(hidden)]
+pub mod __private {
+    pub use wit_bindgen;
+}
+
+/// Exports a [`Policy`] type as the component's `init` and `route`.
+///
+/// The initialised policy lives in a static [`Slot`]: `init` fills it and
+/// `route` reads it, rejecting with 500 until an `init` succeeded.
+#[macro_export]
+macro_rules! export_policy {
+    ($policy:ty) => {
+        // Natively the crate is a library under test; the exports would only
+        // collide with other symbols named `init`.
+        #[cfg(target_arch = "wasm32")]
+        const _: () = {
+            static SLOT: $crate::Slot<$policy> = $crate::Slot::new();
+
+            struct Component;
+
+            impl $crate::bindings::Guest for Component {
+                fn init(
+                    config: ::std::string::String,
+                ) -> ::std::result::Result<(), ::std::string::String> {
+                    SLOT.init(&config)
+                }
+
+                fn route(
+                    request: $crate::Request,
+                    candidates: ::std::vec::Vec<$crate::Candidate>,
+                ) -> $crate::Decision {
+                    SLOT.route(&request, &candidates)
+                }
+            }
+
+            $crate::bindings::__export_world!(Component);
+        };
+    };
+}
