@@ -12,7 +12,7 @@ use protocol::HealthReport;
 
 use crate::config::{BreakerConfig, HealthConfig};
 use crate::metrics;
-use crate::pools::{Registry, Worker};
+use crate::pools::{Pool, Registry, Worker};
 use crate::upstream::{self, Upstream};
 
 /// What active probes say of a worker.
@@ -186,14 +186,16 @@ pub async fn run_probes(registry: Arc<Registry>, upstream: Upstream, config: Hea
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let probes = registry
-            .workers()
-            .map(|w| probe_one(w.clone(), &upstream, &config));
+        let probes = registry.pools().iter().flat_map(|pool| {
+            pool.workers
+                .iter()
+                .map(|w| probe_one(pool, w.clone(), &upstream, &config))
+        });
         futures_util::future::join_all(probes).await;
     }
 }
 
-async fn probe_one(worker: Arc<Worker>, upstream: &Upstream, config: &HealthConfig) {
+async fn probe_one(pool: &Pool, worker: Arc<Worker>, upstream: &Upstream, config: &HealthConfig) {
     let report = tokio::time::timeout(
         Duration::from_millis(config.timeout_ms),
         fetch_health(&worker, upstream),
@@ -216,6 +218,8 @@ async fn probe_one(worker: Arc<Worker>, upstream: &Upstream, config: &HealthConf
             tracing::info!(worker = %worker.id, pool = %worker.pool, "worker healthy");
         } else {
             tracing::warn!(worker = %worker.id, pool = %worker.pool, "worker unhealthy");
+            // A dead worker's cache died with it; if it comes back, its events resync it.
+            pool.prefix.remove_worker(&worker.id);
         }
     }
 }

@@ -15,6 +15,8 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 pub const MODEL: &str = "sim-llama";
+/// The pool test gateways put their workers in.
+pub const POOL: &str = "sim";
 
 /// A binary of this workspace, built next to the test executable.
 pub fn bin(name: &str) -> PathBuf {
@@ -108,6 +110,8 @@ pub struct WorkerOpts {
     pub listen: SocketAddr,
     pub decode_step_us: u64,
     pub prefill_us_per_token: u64,
+    /// Publish KV events and load to this NATS server.
+    pub nats: Option<String>,
 }
 
 impl Default for WorkerOpts {
@@ -116,6 +120,7 @@ impl Default for WorkerOpts {
             listen: ([127, 0, 0, 1], 0).into(),
             decode_step_us: 500,
             prefill_us_per_token: 5,
+            nats: None,
         }
     }
 }
@@ -140,7 +145,10 @@ pub async fn spawn_worker(id: &str, zone: &str, opts: WorkerOpts) -> WorkerProc 
     )
     .unwrap();
     let mut cmd = Command::new(bin("worker"));
-    cmd.arg("--config").arg(&config);
+    cmd.args(["--pool", POOL]).arg("--config").arg(&config);
+    if let Some(nats) = &opts.nats {
+        cmd.args(["--nats", nats]);
+    }
     let (proc, found) = Proc::spawn(cmd, &["listening on "]).await;
     WorkerProc {
         proc,
@@ -190,7 +198,7 @@ pub fn gateway_toml(zone: &str, workers: &[&WorkerProc], extra: &str) -> String 
     }
     text.push_str(extra);
     text.push_str(&format!(
-        "\n[[pools]]\nname = \"sim\"\nmodels = [\"{MODEL}\"]\n"
+        "\n[[pools]]\nname = \"{POOL}\"\nmodels = [\"{MODEL}\"]\n"
     ));
     for w in workers {
         text.push_str(&format!(
@@ -277,4 +285,60 @@ pub async fn worker_status(gw: &GatewayProc, id: &str) -> Value {
         .find(|w| w["id"] == id)
         .cloned()
         .expect("worker listed")
+}
+
+/// A free loopback port (the OS may hand it out again, but not at once).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A real nats-server on a free loopback port, stopped when dropped.
+pub struct NatsServer {
+    child: Option<Child>,
+    pub port: u16,
+    pub url: String,
+}
+
+impl NatsServer {
+    pub async fn start() -> NatsServer {
+        let port = free_port();
+        let mut server = NatsServer {
+            child: None,
+            port,
+            url: format!("nats://127.0.0.1:{port}"),
+        };
+        server.restart().await;
+        server
+    }
+
+    /// Starts it again on the same port, as after an outage.
+    pub async fn restart(&mut self) {
+        let mut cmd = Command::new("nats-server");
+        cmd.args(["-a", "127.0.0.1", "-p", &self.port.to_string()])
+            .kill_on_drop(true);
+        if std::env::var_os("E2E_LOG").is_none() {
+            cmd.stdout(Stdio::null()).stderr(Stdio::null());
+        }
+        self.child = Some(
+            cmd.spawn()
+                .expect("nats-server is installed (scripts/setup.sh)"),
+        );
+        let addr = format!("127.0.0.1:{}", self.port);
+        eventually(
+            Duration::from_secs(10),
+            "nats-server accepts connections",
+            || async { tokio::net::TcpStream::connect(&addr).await.is_ok() },
+        )
+        .await;
+    }
+
+    pub async fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().await.expect("stop nats-server");
+        }
+    }
 }
