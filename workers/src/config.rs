@@ -278,6 +278,12 @@ mod tests {
     }
 
     #[test]
+    fn example_config_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/worker.toml");
+        WorkerConfig::load(&path).unwrap().validate().unwrap();
+    }
+
+    #[test]
     fn unknown_keys_are_refused() {
         assert!(toml::from_str::<WorkerConfig>("colour = \"blue\"").is_err());
         assert!(toml::from_str::<WorkerConfig>("[engine]\nblocks = 3").is_err());
