@@ -53,13 +53,13 @@ impl PrefixState {
             return;
         }
         let approx = self.approx.lock().unwrap().overlaps(hashes, now);
-        let exact = (strategy == Strategy::Kv && bus_up).then(|| {
-            let exact = self.exact.lock().unwrap();
-            (exact.index.overlaps(hashes), exact.followed.clone())
-        });
+        let exact = (strategy == Strategy::Kv && bus_up).then(|| self.exact.lock().unwrap());
+        let exact = exact
+            .as_ref()
+            .map(|e| (e.index.overlaps(hashes), &e.followed));
         for c in candidates {
-            c.overlap_blocks = match &exact {
-                Some((overlaps, followed)) if followed.contains(&c.worker.id) => {
+            c.overlap_blocks = match exact {
+                Some((ref overlaps, followed)) if followed.contains(&c.worker.id) => {
                     overlaps.blocks(&c.worker.id)
                 }
                 _ => approx.blocks(&c.worker.id),

@@ -8,8 +8,9 @@ use protocol::BlockHash;
 
 /// Builds [`FoldHasher`]s sharing one random key.
 ///
-/// Why not the std `RandomState` (SipHash): a lookup walks up to one map probe
-/// per prompt block, and SipHash costs more than the probe itself. Why a key
+/// Why not the std `RandomState` (SipHash): every block of a prompt or an
+/// event is a map probe, and `bench index` measured SipHash at 4.8 M events/s
+/// and 7.3 µs per 64-worker lookup against 9 M/s and 5.5 µs with this. Why a key
 /// at all: block hashes derive from client prompts with a public seed, so an
 /// unkeyed identity hash would let a client craft prompts whose hashes share
 /// the bucket bits and lengthen every probe. The fold is not cryptographic;

