@@ -20,7 +20,10 @@ pub struct LoadReport {
     pub waiting: usize,
     pub kv_blocks_used: usize,
     pub kv_blocks_total: usize,
-    /// Prompt tokens still to prefill across running sequences.
+    /// Prompt tokens still to prefill across running and waiting sequences.
     #[serde(default)]
     pub prefill_tokens_pending: usize,
+    /// Tokens generated per second over the last second or so.
+    #[serde(default)]
+    pub decode_tokens_per_s: f64,
 }

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use protocol::blocks::next_block_hash;
 use protocol::{KvEvent, LoadReport};
@@ -117,6 +118,7 @@ impl BatchEngine {
         let load = Arc::new(Mutex::new(scheduler.load()));
         let engine_loop = EngineLoop {
             kv_events: kv_tx,
+            decode_rate: DecodeRate::new(),
             scheduler,
             compute,
             streams: HashMap::new(),
@@ -189,6 +191,37 @@ struct EngineLoop {
     next_id: u64,
     load: Arc<Mutex<LoadReport>>,
     kv_events: UnboundedSender<Vec<KvEvent>>,
+    decode_rate: DecodeRate,
+}
+
+/// Tokens generated per second, over windows of about a second.
+struct DecodeRate {
+    since: Instant,
+    tokens: u64,
+    per_s: f64,
+}
+
+impl DecodeRate {
+    const WINDOW: Duration = Duration::from_secs(1);
+
+    fn new() -> DecodeRate {
+        DecodeRate {
+            since: Instant::now(),
+            tokens: 0,
+            per_s: 0.0,
+        }
+    }
+
+    fn record(&mut self, tokens: u64) -> f64 {
+        self.tokens += tokens;
+        let elapsed = self.since.elapsed();
+        if elapsed >= Self::WINDOW {
+            self.per_s = self.tokens as f64 / elapsed.as_secs_f64();
+            self.tokens = 0;
+            self.since = Instant::now();
+        }
+        self.per_s
+    }
 }
 
 impl EngineLoop {
@@ -216,8 +249,14 @@ impl EngineLoop {
             }
             self.drop_abandoned();
             let outputs = self.scheduler.step(self.compute.as_mut());
+            let tokens = outputs
+                .iter()
+                .filter(|o| matches!(o, Output::Token { .. }))
+                .count();
+            let mut load = self.scheduler.load();
+            load.decode_tokens_per_s = self.decode_rate.record(tokens as u64);
             // Before delivering, so a client that saw a token sees its effect on the load.
-            *self.load.lock().unwrap_or_else(PoisonError::into_inner) = self.scheduler.load();
+            *self.load.lock().unwrap_or_else(PoisonError::into_inner) = load;
             self.deliver(outputs);
             let kv_events = self.scheduler.drain_kv_events();
             if !kv_events.is_empty() {

@@ -180,6 +180,8 @@ impl Scheduler {
                 .chain(&self.waiting)
                 .map(|s| s.prompt_len.saturating_sub(s.computed))
                 .sum(),
+            // Rates need a clock; the engine loop fills it in.
+            decode_tokens_per_s: 0.0,
         }
     }
 
