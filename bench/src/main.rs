@@ -5,7 +5,10 @@
 mod index;
 mod load;
 mod overhead;
+mod policy;
 mod report;
+mod routing;
+mod tokenize;
 
 use std::path::PathBuf;
 
@@ -27,6 +30,12 @@ enum Command {
     Overhead(overhead::Args),
     /// Prefix index: KV events applied per second and lookup latency, exact and approximate.
     Index(index::Args),
+    /// WASM routing policy: decision cost against the built-in policy, and hot-swap latency.
+    Policy(policy::Args),
+    /// Routing strategies compared on a prefix-sharing workload over a sim cluster.
+    Routing(routing::Args),
+    /// What tokenizing and hashing a prompt costs the gateway, by prompt length.
+    Tokenize(tokenize::Args),
 }
 
 #[tokio::main]
@@ -36,5 +45,8 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Overhead(args) => overhead::run(args, &cli.out).await,
         Command::Index(args) => index::run(args, &cli.out),
+        Command::Policy(args) => policy::run(args, &cli.out),
+        Command::Routing(args) => routing::run(args, &cli.out).await,
+        Command::Tokenize(args) => tokenize::run(args, &cli.out),
     }
 }

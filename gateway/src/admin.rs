@@ -70,7 +70,7 @@ fn status(admin: &Admin) -> serde_json::Value {
                 "name": pool.name,
                 "models": pool.models,
                 "block_size": pool.block_size,
-                "policy": "builtin",
+                "policy": pool.policy.status(),
                 "strategy": gw.config.routing.strategy,
                 "workers": workers,
             })

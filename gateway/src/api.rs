@@ -1,5 +1,6 @@
 //! The OpenAI API. One function, `complete`, assembles the request path:
-//! admit → parse → tokenize → candidates (with prefix overlap) → policy →
+//! admit → parse → tokenize → candidates (with prefix overlap) → decide (WASM
+//! or built-in policy) →
 //! upstream with failover → relay.
 
 use std::sync::Arc;
@@ -18,7 +19,7 @@ use crate::parse::{self, Endpoint};
 use crate::pools::Registry;
 use crate::stream::{Labels, Relay};
 use crate::upstream::Upstream;
-use crate::{candidates, error, metrics, policy, tokenize};
+use crate::{candidates, decide, error, metrics, tokenize};
 
 /// Everything the request path reads; shared by all connections.
 pub struct Gateway {
@@ -107,17 +108,33 @@ async fn complete(
         .iter()
         .map(|c| (c.worker.id.clone(), c.overlap_blocks))
         .collect();
-    let request = policy::Request {
+    let session_key = head
+        .headers
+        .get("x-session-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .or(parsed.user.clone());
+    let facts = decide::Facts {
+        model: &parsed.model,
+        stream: parsed.stream,
+        prompt_tokens: prompt.tokens,
         prompt_blocks: prompt.hashes.len(),
-        block_size: pool.block_size,
+        session_key,
     };
-    let order = policy::order(
-        candidates,
-        &request,
-        routing,
-        &mut rand::rng(),
-        pool.next_turn(),
-    );
+    let order = decide::decide(&gw.config, pool, candidates, &facts)?;
+    let order_first_id = order.first().map(|w| w.id.clone());
+    // The approximate index learns at decision time, so requests sharing this
+    // prefix that arrive during its prefill already follow it.
+    let learns = matches!(routing.strategy, Strategy::Kv | Strategy::Approx);
+    if let (true, Some(first)) = (learns, order.first()) {
+        pool.prefix.record(&first.id, &prompt.hashes, now);
+    }
+    let overlap_of = |id: &str| overlaps.iter().find(|(w, _)| w == id).map_or(0, |o| o.1);
+    let uncached_tokens = |id: &str| {
+        prompt
+            .tokens
+            .saturating_sub(overlap_of(id) as usize * pool.block_size)
+    };
 
     // Set by the request-id layer before this handler runs.
     let request_id = head
@@ -130,19 +147,18 @@ async fn complete(
         body: bytes,
         request_id,
         stream: parsed.stream,
+        uncached_tokens: &uncached_tokens,
     };
     let served = failover::send(&gw.upstream, &gw.config.retry, order, &upstream_req).await?;
 
     let worker = served.in_flight.worker().clone();
-    let overlap = overlaps
-        .iter()
-        .find(|(id, _)| *id == worker.id)
-        .map_or(0, |o| o.1);
+    let overlap = overlap_of(&worker.id);
     tracing::info!(worker = %worker.id, pool = %pool.name, attempts = served.attempts,
         prompt_blocks = prompt.hashes.len(), overlap_blocks = overlap,
         status = served.response.status().as_u16(), "routed");
     metrics::prompt_blocks(&pool.name, prompt.hashes.len(), overlap);
-    if matches!(routing.strategy, Strategy::Kv | Strategy::Approx) {
+    if learns && order_first_id.as_deref() != Some(worker.id.as_str()) {
+        // Failed over: the prefix now lives where it was served.
         pool.prefix
             .record(&worker.id, &prompt.hashes, Instant::now());
     }

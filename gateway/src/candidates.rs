@@ -20,6 +20,8 @@ pub struct Candidate {
     pub load: Option<LoadReport>,
     /// Leading prompt blocks the worker holds in KV cache (filled in by the prefix stage).
     pub overlap_blocks: u32,
+    /// Prompt tokens this gateway sent the worker that are not prefilled yet.
+    pub pending_prefill: usize,
 }
 
 impl Candidate {
@@ -28,6 +30,13 @@ impl Candidate {
     pub fn active(&self) -> u32 {
         let reported = self.load.map_or(0, |l| l.running + l.waiting) as u32;
         reported.max(self.in_flight)
+    }
+
+    /// Prompt tokens queued for prefill there: the worker's report when fresh,
+    /// never less than what this gateway alone has sent it since.
+    pub fn queued_prefill(&self) -> usize {
+        let reported = self.load.map_or(0, |l| l.prefill_tokens_pending);
+        reported.max(self.pending_prefill)
     }
 }
 
@@ -41,6 +50,7 @@ pub fn gather(pool: &Pool, zone: &str, now: Instant, load_stale: Duration) -> Ve
             in_flight: w.in_flight(),
             load: w.fresh_load(now, load_stale),
             overlap_blocks: 0,
+            pending_prefill: w.pending_prefill(),
         })
         .collect()
 }

@@ -9,6 +9,8 @@ use std::time::Duration;
 use http::Uri;
 use serde::{Deserialize, Serialize};
 
+use crate::plugin::{PluginsConfig, PolicyBinding};
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read {path}: {source}")]
@@ -43,6 +45,8 @@ pub struct Config {
     pub upstream: UpstreamConfig,
     #[serde(default)]
     pub bus: BusConfig,
+    #[serde(default)]
+    pub plugins: PluginsConfig,
     #[serde(default)]
     pub pools: Vec<PoolConfig>,
 }
@@ -229,6 +233,9 @@ pub struct PoolConfig {
     /// `builtin` (the sim's tokenizer) or a path to the workers' `tokenizer.json`. Default `builtin`.
     #[serde(default = "default_tokenizer")]
     pub tokenizer: String,
+    /// A WASM routing policy for this pool; default none: the built-in one.
+    #[serde(default)]
+    pub policy: Option<PolicyBinding>,
     #[serde(default)]
     pub workers: Vec<WorkerConfig>,
 }
@@ -332,6 +339,10 @@ impl Config {
                 "bus.subject_prefix: only letters, digits, '-' and '_' are allowed".to_string(),
             );
         }
+        self.plugins.validate("plugins", &mut errors);
+        if self.plugins.dir.is_none() && self.pools.iter().any(|p| p.policy.is_some()) {
+            errors.push("plugins.dir: required when a pool binds a policy".to_string());
+        }
         if self.breaker.max_ejection_ms < self.breaker.base_ejection_ms {
             errors.push(
                 "breaker.max_ejection_ms: must be at least breaker.base_ejection_ms".to_string(),
@@ -353,6 +364,9 @@ impl Config {
                 ));
             } else if !pool_names.insert(&pool.name) {
                 errors.push(format!("{key}.name: duplicate pool `{}`", pool.name));
+            }
+            if let Some(policy) = &pool.policy {
+                policy.validate(&format!("{key}.policy"), &mut errors);
             }
             if pool.block_size == 0 {
                 errors.push(format!("{key}.block_size: must be greater than 0"));

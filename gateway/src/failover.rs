@@ -25,6 +25,8 @@ pub struct UpstreamRequest<'a> {
     pub body: Bytes,
     pub request_id: &'a str,
     pub stream: bool,
+    /// Prompt tokens a worker would have to prefill (not in its cache).
+    pub uncached_tokens: &'a (dyn Fn(&str) -> usize + Sync),
 }
 
 /// A worker's answer that goes back to the client.
@@ -102,6 +104,8 @@ pub async fn send(
         }
         attempts += 1;
         let in_flight = worker.start_request();
+        // Until the first byte: then the worker's prefill of this prompt is done.
+        let _prefill = worker.start_prefill((req.uncached_tokens)(&worker.id));
         let budget = per_try.min(deadline - now);
         let outcome = tokio::time::timeout(budget, attempt(upstream, &worker, req))
             .await

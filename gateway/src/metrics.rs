@@ -20,6 +20,8 @@ pub const SHED: &str = "llmgw_requests_shed_total";
 pub const KV_BATCHES: &str = "llmgw_kv_event_batches_total";
 pub const INDEX_ENTRIES: &str = "llmgw_prefix_index_entries";
 pub const BLOCK_SIZE_MISMATCH: &str = "llmgw_block_size_mismatches_total";
+pub const POLICY_DECISIONS: &str = "llmgw_policy_decisions_total";
+pub const POLICY_ERRORS: &str = "llmgw_policy_errors_total";
 pub const PROMPT_BLOCKS: &str = "llmgw_prompt_blocks_total";
 pub const PROMPT_BLOCKS_CACHED: &str = "llmgw_prompt_blocks_cached_total";
 
@@ -107,4 +109,14 @@ pub fn block_size_mismatch(pool: &str, worker: &str) {
 pub fn prompt_blocks(pool: &str, blocks: usize, cached: u32) {
     counter!(PROMPT_BLOCKS, "pool" => pool.to_string()).increment(blocks as u64);
     counter!(PROMPT_BLOCKS_CACHED, "pool" => pool.to_string()).increment(u64::from(cached));
+}
+
+/// A WASM policy's decision: `route` or `reject`.
+pub fn policy_decision(pool: &str, outcome: &'static str) {
+    counter!(POLICY_DECISIONS, "pool" => pool.to_string(), "outcome" => outcome).increment(1);
+}
+
+/// A WASM policy failed a call: `trap`, `timeout`, `out_of_memory`, `invalid_decision`, …
+pub fn policy_error(pool: &str, kind: &'static str) {
+    counter!(POLICY_ERRORS, "pool" => pool.to_string(), "kind" => kind).increment(1);
 }

@@ -13,6 +13,7 @@ use workers::tokenizer::{Tokenizer, TokenizerError};
 use crate::config::{BreakerConfig, Config};
 use crate::health::{Breaker, ProbeState};
 use crate::metrics;
+use crate::plugin::PolicySlot;
 use crate::prefix::PrefixState;
 use crate::tokenize;
 
@@ -28,6 +29,8 @@ pub struct Pool {
     pub block_size: usize,
     pub tokenizer: Arc<Tokenizer>,
     pub prefix: PrefixState,
+    /// The WASM policy in force; empty means the built-in policy.
+    pub policy: Arc<PolicySlot>,
     /// Requests routed so far: the round-robin strategy's turn.
     turn: AtomicUsize,
 }
@@ -50,6 +53,9 @@ pub struct Worker {
     pub zone: String,
     pub labels: BTreeMap<String, String>,
     in_flight: AtomicU32,
+    /// Prompt tokens this gateway sent the worker to prefill that have not
+    /// produced a first byte yet: known at once, unlike the worker's report.
+    pending_prefill: AtomicUsize,
     pub probe: Mutex<ProbeState>,
     pub breaker: Mutex<Breaker>,
     /// The worker's last own load report (from probes or the bus), and when it came.
@@ -70,6 +76,7 @@ impl Registry {
                     block_size: p.block_size,
                     tokenizer: tokenize::load(&p.tokenizer)?,
                     prefix: PrefixState::new(p.block_size, &config.routing),
+                    policy: Arc::new(PolicySlot::new(p.name.clone())),
                     turn: AtomicUsize::new(0),
                     workers: p
                         .workers
@@ -138,6 +145,7 @@ impl Worker {
             zone,
             labels,
             in_flight: AtomicU32::new(0),
+            pending_prefill: AtomicUsize::new(0),
             probe: Mutex::new(ProbeState::default()),
             breaker: Mutex::new(Breaker::new(breaker)),
             reported_load: Mutex::new(None),
@@ -157,6 +165,16 @@ impl Worker {
 
     pub fn in_flight(&self) -> u32 {
         self.in_flight.load(Ordering::Relaxed)
+    }
+
+    pub fn pending_prefill(&self) -> usize {
+        self.pending_prefill.load(Ordering::Relaxed)
+    }
+
+    /// Counts `tokens` of prefill against this worker until the guard drops.
+    pub fn start_prefill(self: &Arc<Self>, tokens: usize) -> Prefill {
+        self.pending_prefill.fetch_add(tokens, Ordering::Relaxed);
+        Prefill(self.clone(), tokens)
     }
 
     /// Counts a request against this worker until the guard drops.
@@ -180,5 +198,14 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         let n = self.0.in_flight.fetch_sub(1, Ordering::Relaxed) - 1;
         metrics::worker_in_flight(&self.0.pool, &self.0.id, n);
+    }
+}
+
+/// Prefill sent to a worker and not answered yet; dropping it ends the count.
+pub struct Prefill(Arc<Worker>, usize);
+
+impl Drop for Prefill {
+    fn drop(&mut self) {
+        self.0.pending_prefill.fetch_sub(self.1, Ordering::Relaxed);
     }
 }

@@ -9,7 +9,7 @@ use crate::config::RoutingConfig;
 /// Lower is better.
 pub fn cost(c: &Candidate, prompt_blocks: usize, block_size: usize, w: &RoutingConfig) -> f64 {
     let uncached = prompt_blocks.saturating_sub(c.overlap_blocks as usize) as f64;
-    let queued = c.load.map_or(0, |l| l.prefill_tokens_pending) as f64 / block_size.max(1) as f64;
+    let queued = c.queued_prefill() as f64 / block_size.max(1) as f64;
     let zone = if c.local { 0.0 } else { w.remote_zone_cost };
     w.prefill_weight * (uncached + queued) + w.decode_weight * f64::from(c.active()) + zone
 }
@@ -46,6 +46,7 @@ pub(crate) mod tests {
             in_flight,
             load: None,
             overlap_blocks: overlap,
+            pending_prefill: 0,
         }
     }
 

@@ -26,6 +26,7 @@ use crate::admit::Admit;
 use crate::api::{self, Gateway};
 use crate::body::{Body, BoxError};
 use crate::config::Config;
+use crate::plugin::{PluginEngine, PluginWatcher, WatchHandle};
 use crate::pools::Registry;
 use crate::tls::{self, TlsError};
 use crate::upstream::Upstream;
@@ -38,6 +39,8 @@ pub enum StartError {
     Tokenizer(#[from] workers::tokenizer::TokenizerError),
     #[error(transparent)]
     Bus(#[from] protocol::BusError),
+    #[error("cannot start the plugin host: {0}")]
+    Plugins(#[from] crate::plugin::PluginError),
     #[error(transparent)]
     Tls(#[from] TlsError),
     #[error("cannot listen on {addr}: {source}")]
@@ -56,6 +59,7 @@ pub struct Handle {
     grace: Duration,
     api: JoinHandle<()>,
     background: Vec<JoinHandle<()>>,
+    plugins: Option<WatchHandle>,
 }
 
 /// The peer of a connection, for logs when no `X-Forwarded-For` names the client.
@@ -76,6 +80,7 @@ pub async fn start_on_bus(config: Config, bus: Option<Bus>) -> Result<Handle, St
     let prometheus = metrics::install();
     // Tokenizers load before any port is bound: a bad path stops startup.
     let registry = Arc::new(Registry::from_config(&config)?);
+    let plugins = start_plugins(&config, &registry).await?;
     let tls = config
         .listeners
         .tls
@@ -149,9 +154,46 @@ pub async fn start_on_bus(config: Config, bus: Option<Bus>) -> Result<Handle, St
         draining,
         stop,
         grace,
+        plugins,
         api,
         background,
     })
+}
+
+/// Loads each pool's bound policy before serving (a refused one leaves the
+/// pool on the built-in policy, with the refusal in `/status`), then keeps
+/// watching the plugin directory for new versions and configs.
+async fn start_plugins(
+    config: &Config,
+    registry: &Registry,
+) -> Result<Option<WatchHandle>, StartError> {
+    let bound: Vec<_> = config
+        .pools
+        .iter()
+        .filter_map(|p| Some((p.name.clone(), p.policy.clone()?)))
+        .collect();
+    let Some(dir) = config.plugins.dir.clone().filter(|_| !bound.is_empty()) else {
+        return Ok(None);
+    };
+    let mut watcher = PluginWatcher::new(PluginEngine::new(&config.plugins)?, dir);
+    for (pool, binding) in bound {
+        let slot = registry
+            .pools()
+            .iter()
+            .find(|p| p.name == pool)
+            .expect("pools come from this config");
+        watcher.watch(pool, binding, slot.policy.clone());
+    }
+    // Compiling is blocking work: off the runtime's threads.
+    let watcher = tokio::task::spawn_blocking(move || {
+        watcher.poll_once();
+        watcher
+    })
+    .await
+    .expect("the first plugin poll does not panic");
+    Ok(Some(watcher.spawn(Duration::from_millis(
+        config.plugins.poll_interval_ms,
+    ))))
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
@@ -182,6 +224,9 @@ impl Handle {
         }
         for task in self.background {
             task.abort();
+        }
+        if let Some(plugins) = self.plugins {
+            plugins.stop();
         }
         tracing::info!("gateway stopped");
     }

@@ -17,6 +17,8 @@ pub enum ErrorKind {
     UpstreamFailed,
     Timeout,
     Internal,
+    /// A routing policy turned the request away with this status.
+    Rejected(u16),
 }
 
 impl ErrorKind {
@@ -31,6 +33,7 @@ impl ErrorKind {
             ErrorKind::UpstreamFailed => 502,
             ErrorKind::Overloaded | ErrorKind::NoHealthyWorker => 503,
             ErrorKind::Timeout => 504,
+            ErrorKind::Rejected(status) => status,
         }
     }
 
@@ -45,6 +48,8 @@ impl ErrorKind {
             ErrorKind::RateLimited => "rate_limit_error",
             ErrorKind::Overloaded | ErrorKind::NoHealthyWorker => "service_unavailable",
             ErrorKind::UpstreamFailed | ErrorKind::Timeout | ErrorKind::Internal => "server_error",
+            ErrorKind::Rejected(status) if status < 500 => "invalid_request_error",
+            ErrorKind::Rejected(_) => "server_error",
         }
     }
 
@@ -58,6 +63,7 @@ impl ErrorKind {
             ErrorKind::NoHealthyWorker => Some("no_healthy_worker"),
             ErrorKind::UpstreamFailed => Some("upstream_failed"),
             ErrorKind::Timeout => Some("timeout"),
+            ErrorKind::Rejected(_) => Some("policy_rejected"),
             _ => None,
         }
     }

@@ -1,0 +1,209 @@
+//! Plugin settings: the gateway-wide `[plugins]` section and a pool's policy binding.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// The gateway-wide `[plugins]` section.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginsConfig {
+    /// Embedded mode: plugins are read from `{dir}/{plugin}/{version}.wasm`,
+    /// and `{dir}/{plugin}/{pool}.json`, when present, overrides a pool's
+    /// inline config. Default: none, so only the etcd source can load plugins.
+    #[serde(default)]
+    pub dir: Option<PathBuf>,
+    /// How often `dir` is checked for new versions and configs. A change is
+    /// served after at most this long plus compile time. Default 50.
+    #[serde(default = "default_poll_interval_ms")]
+    pub poll_interval_ms: u64,
+    /// Deadline of one `route` call; past it the call is a timeout. Default 5.
+    #[serde(default = "default_call_timeout_ms")]
+    pub call_timeout_ms: u64,
+    /// Deadline of `init` (and instantiation) of one instance. Default 1000.
+    #[serde(default = "default_init_timeout_ms")]
+    pub init_timeout_ms: u64,
+    /// Linear memory one instance may grow to. Default 16 MiB.
+    #[serde(default = "default_memory_limit_bytes")]
+    pub memory_limit_bytes: u64,
+    /// Instances alive at once across every pool and loaded version: the size
+    /// of the pooling allocator, which reserves address space for each up
+    /// front. Default 256.
+    #[serde(default = "default_max_instances")]
+    pub max_instances: u32,
+    /// What a request does when its policy fails (trap, timeout, out of
+    /// memory, invalid decision). Default `fallback`.
+    #[serde(default)]
+    pub on_error: OnError,
+}
+
+/// What a request does when its policy fails.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnError {
+    /// Route with the built-in policy: availability over the plugin's intent.
+    #[default]
+    Fallback,
+    /// Answer 503: for policies whose intent must hold (e.g. a blue-green
+    /// cut-over that must never reach the old colour).
+    FailClosed,
+}
+
+fn default_poll_interval_ms() -> u64 {
+    50
+}
+fn default_call_timeout_ms() -> u64 {
+    5
+}
+fn default_init_timeout_ms() -> u64 {
+    1000
+}
+fn default_memory_limit_bytes() -> u64 {
+    16 << 20
+}
+fn default_max_instances() -> u32 {
+    256
+}
+
+impl Default for PluginsConfig {
+    fn default() -> Self {
+        Self {
+            dir: None,
+            poll_interval_ms: default_poll_interval_ms(),
+            call_timeout_ms: default_call_timeout_ms(),
+            init_timeout_ms: default_init_timeout_ms(),
+            memory_limit_bytes: default_memory_limit_bytes(),
+            max_instances: default_max_instances(),
+            on_error: OnError::default(),
+        }
+    }
+}
+
+/// A wasm page: memory grows in these, so a smaller limit could not even start.
+const WASM_PAGE_BYTES: u64 = 64 << 10;
+
+impl PluginsConfig {
+    /// Pushes every problem onto `errors`, each naming its key under `prefix` (e.g. `plugins`).
+    pub fn validate(&self, prefix: &str, errors: &mut Vec<String>) {
+        for (key, value) in [
+            ("poll_interval_ms", self.poll_interval_ms),
+            ("call_timeout_ms", self.call_timeout_ms),
+            ("init_timeout_ms", self.init_timeout_ms),
+            ("max_instances", self.max_instances.into()),
+        ] {
+            if value == 0 {
+                errors.push(format!("{prefix}.{key}: must be greater than 0"));
+            }
+        }
+        // Components address 32-bit memories: a limit above 4 GiB means none.
+        if !(WASM_PAGE_BYTES..=(4 << 30)).contains(&self.memory_limit_bytes) {
+            errors.push(format!(
+                "{prefix}.memory_limit_bytes: must be between 65536 (one wasm page) and 4 GiB"
+            ));
+        }
+    }
+}
+
+/// A pool's `policy = { plugin, version, config }`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyBinding {
+    /// The plugin's name: its folder under `plugins.dir` (or its etcd key).
+    pub plugin: String,
+    /// A pinned version; default: the highest present, comparing dotted
+    /// numeric parts (`1.10` after `1.9`), else lexically.
+    #[serde(default)]
+    pub version: Option<String>,
+    /// The config handed to the plugin's `init`, as JSON (a TOML table is
+    /// converted). Default: `{}`.
+    #[serde(default)]
+    pub config: Option<serde_json::Value>,
+}
+
+impl PolicyBinding {
+    /// The config text `init` receives.
+    pub fn config_json(&self) -> String {
+        match &self.config {
+            Some(value) => value.to_string(),
+            None => "{}".to_string(),
+        }
+    }
+
+    /// Pushes every problem onto `errors`, each naming its key under `prefix`
+    /// (e.g. `pools.chat.policy`).
+    pub fn validate(&self, prefix: &str, errors: &mut Vec<String>) {
+        // Both become path components under `plugins.dir`.
+        if !is_path_component(&self.plugin) {
+            errors.push(format!(
+                "{prefix}.plugin: must be a non-empty name without `/`, `\\` or a leading `.`"
+            ));
+        }
+        if let Some(version) = &self.version {
+            if !is_path_component(version) {
+                errors.push(format!(
+                    "{prefix}.version: must be a non-empty name without `/`, `\\` or a leading `.`"
+                ));
+            }
+        }
+    }
+}
+
+fn is_path_component(name: &str) -> bool {
+    !name.is_empty() && !name.starts_with('.') && !name.contains(['/', '\\'])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_validate_and_unknown_fields_are_refused() {
+        let config: PluginsConfig = toml::from_str("").unwrap();
+        assert_eq!(config, PluginsConfig::default());
+        let mut errors = Vec::new();
+        config.validate("plugins", &mut errors);
+        assert!(errors.is_empty(), "{errors:?}");
+        assert!(toml::from_str::<PluginsConfig>("colour = 1").is_err());
+    }
+
+    #[test]
+    fn every_problem_is_reported() {
+        let config = PluginsConfig {
+            call_timeout_ms: 0,
+            max_instances: 0,
+            memory_limit_bytes: 10,
+            ..PluginsConfig::default()
+        };
+        let mut errors = Vec::new();
+        config.validate("plugins", &mut errors);
+        assert_eq!(errors.len(), 3, "{errors:?}");
+        assert!(errors[0].starts_with("plugins.call_timeout_ms"));
+    }
+
+    #[test]
+    fn binding_config_from_toml_becomes_json() {
+        let binding: PolicyBinding =
+            toml::from_str("plugin = \"canary\"\nconfig = { stable = \"v1\", canary_percent = 5 }")
+                .unwrap();
+        assert_eq!(
+            binding.config_json(),
+            r#"{"canary_percent":5,"stable":"v1"}"#
+        );
+        let bare: PolicyBinding = toml::from_str("plugin = \"failover\"").unwrap();
+        assert_eq!(bare.config_json(), "{}");
+    }
+
+    #[test]
+    fn binding_names_stay_inside_the_plugin_dir() {
+        for (plugin, version) in [("../etc", None), ("ok", Some("1/2")), ("", None)] {
+            let binding = PolicyBinding {
+                plugin: plugin.to_string(),
+                version: version.map(str::to_string),
+                config: None,
+            };
+            let mut errors = Vec::new();
+            binding.validate("pools.p.policy", &mut errors);
+            assert_eq!(errors.len(), 1, "{plugin:?} {version:?}");
+        }
+    }
+}

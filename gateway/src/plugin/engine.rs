@@ -1,0 +1,157 @@
+//! The one wasmtime engine of a gateway: compiler settings, the pooling
+//! allocator, the epoch ticker that bounds every call, and the linker (built
+//! once; every plugin version is pre-instantiated against it).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use wasmtime::component::Linker;
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+use super::config::PluginsConfig;
+use super::error::PluginError;
+use super::host::{self, HostState};
+
+/// The epoch advances this often; deadlines are counted in these ticks.
+const TICK: Duration = Duration::from_millis(1);
+
+/// A cheap handle (clones share one engine).
+#[derive(Clone)]
+pub struct PluginEngine {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    engine: Engine,
+    linker: Linker<HostState>,
+    limits: Limits,
+    /// Seeds each new instance's random generator: the base seed plus a counter.
+    seeds: AtomicU64,
+}
+
+/// Per-call bounds, copied out of the config.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    pub call_timeout_ms: u64,
+    pub init_timeout_ms: u64,
+    pub memory_limit_bytes: u64,
+    /// Initialised instances one loaded version keeps between calls.
+    pub idle_per_version: usize,
+}
+
+impl PluginEngine {
+    /// An engine whose guests draw random numbers from an OS-seeded generator.
+    pub fn new(config: &PluginsConfig) -> Result<Self, PluginError> {
+        Self::with_seed(config, rand::random())
+    }
+
+    /// An engine whose instances' random numbers are reproducible from `seed`
+    /// (instance by instance, in creation order): for tests and benchmarks.
+    pub fn with_seed(config: &PluginsConfig, seed: u64) -> Result<Self, PluginError> {
+        let engine = Engine::new(&engine_config(config)).map_err(engine_error)?;
+        let mut linker = Linker::new(&engine);
+        host::link(&mut linker).map_err(engine_error)?;
+        spawn_ticker(&engine);
+        // The call is synchronous and short, so no more calls of one version
+        // run at once than there are threads calling; more idle instances
+        // would only hold pooling slots.
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let idle_per_version = (cores * 2).clamp(2, config.max_instances.max(1) as usize);
+        Ok(Self {
+            inner: Arc::new(Inner {
+                engine,
+                linker,
+                limits: Limits {
+                    call_timeout_ms: config.call_timeout_ms,
+                    init_timeout_ms: config.init_timeout_ms,
+                    memory_limit_bytes: config.memory_limit_bytes,
+                    idle_per_version,
+                },
+                seeds: AtomicU64::new(seed),
+            }),
+        })
+    }
+
+    pub(crate) fn engine(&self) -> &Engine {
+        &self.inner.engine
+    }
+
+    pub(crate) fn linker(&self) -> &Linker<HostState> {
+        &self.inner.linker
+    }
+
+    pub(crate) fn limits(&self) -> Limits {
+        self.inner.limits
+    }
+
+    pub(crate) fn next_seed(&self) -> u64 {
+        // Consecutive seeds are fine: `SmallRng::seed_from_u64` scrambles them.
+        self.inner.seeds.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// Ticks covering at least `ms` milliseconds: the epoch may advance right
+/// after the deadline is set, so one more than the whole count.
+pub(crate) fn ticks(ms: u64) -> u64 {
+    ms.div_ceil(TICK.as_millis() as u64) + 1
+}
+
+fn engine_config(config: &PluginsConfig) -> Config {
+    let memory_limit = config.memory_limit_bytes as usize;
+    let instances = config.max_instances;
+    let mut pooling = PoolingAllocationConfig::new();
+    // A Rust policy component is one main core module plus a few adapter
+    // shims (measured: 4 core instances, 1 memory, 2 tables); the per-component
+    // caps leave room for other languages without letting one component take
+    // the pool.
+    pooling
+        .total_component_instances(instances)
+        .total_core_instances(instances.saturating_mul(8))
+        .total_memories(instances.saturating_mul(2))
+        .total_tables(instances.saturating_mul(4))
+        .max_core_instances_per_component(16)
+        .max_memories_per_component(2)
+        .max_tables_per_component(8)
+        // The pool's own cap, a backstop behind the per-store limiter that
+        // reports the exhaustion as out of memory.
+        .max_memory_size(memory_limit.next_multiple_of(64 << 10))
+        // A recycled slot keeps this much of its memory resident instead of
+        // returning it to the OS and faulting it in again.
+        .linear_memory_keep_resident(1 << 20);
+    let mut wasm = Config::new();
+    if std::env::var_os("OPT_NONE").is_some() {
+        wasm.cranelift_opt_level(wasmtime::OptLevel::None);
+    }
+    if std::env::var_os("NO_PAR").is_some() {
+        wasm.parallel_compilation(false);
+    }
+    wasm.wasm_component_model(true)
+        .epoch_interruption(true)
+        .allocation_strategy(InstanceAllocationStrategy::Pooling(pooling));
+    wasm
+}
+
+fn engine_error(error: wasmtime::Error) -> PluginError {
+    PluginError::Engine(format!("{error:#}"))
+}
+
+/// Advances the engine's epoch every [`TICK`] until the engine is dropped.
+///
+/// The thread holds only a weak reference: components, pre-instances and the
+/// linker keep the engine alive, and once all are gone the thread ends. A
+/// thread rather than a tokio task so deadlines hold even when the runtime's
+/// workers are all busy (in the very guest calls being bounded).
+fn spawn_ticker(engine: &Engine) {
+    let weak = engine.weak();
+    std::thread::Builder::new()
+        .name("plugin-epoch".to_string())
+        .spawn(move || loop {
+            std::thread::sleep(TICK);
+            match weak.upgrade() {
+                Some(engine) => engine.increment_epoch(),
+                None => return,
+            }
+        })
+        .expect("spawning a thread only fails when the process is out of resources");
+}

@@ -1,0 +1,150 @@
+//! What a guest can reach: the `host` imports (log, clock, random), an empty
+//! WASI context for Rust's std, and the memory limiter. One per instance.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use wasmtime::component::{HasData, Linker, ResourceTable};
+use wasmtime::ResourceLimiter;
+use wasmtime_wasi::cli::{WasiCli, WasiCliCtx, WasiCliCtxView};
+
+use super::bindings::llmgw::policy::{host, types};
+use super::bindings::Policy;
+
+/// Which plugin version an instance runs, for the lines it logs.
+#[derive(Debug)]
+pub(crate) struct Tag {
+    pub name: String,
+    pub version: String,
+}
+
+/// The store data of one instance.
+pub(crate) struct HostState {
+    tag: Arc<Tag>,
+    /// No arguments, no environment, stdin empty, stdout and stderr discarded.
+    cli: WasiCliCtx,
+    table: ResourceTable,
+    rng: SmallRng,
+    memory_limit_bytes: usize,
+    /// Set when the guest asked for more memory than its limit: the call's
+    /// failure is then reported as out of memory, not as the trap it becomes.
+    pub memory_exhausted: bool,
+}
+
+impl HostState {
+    pub fn new(tag: Arc<Tag>, memory_limit_bytes: usize, seed: u64) -> Self {
+        Self {
+            tag,
+            cli: WasiCliCtx::default(),
+            table: ResourceTable::new(),
+            rng: SmallRng::seed_from_u64(seed),
+            memory_limit_bytes,
+            memory_exhausted: false,
+        }
+    }
+}
+
+/// Links the policy world's imports and the few WASI interfaces Rust's std
+/// imports on `wasm32-wasip2` (`wasi:cli/*`, `wasi:io/*`), and nothing else:
+/// a component importing files, sockets or clocks fails to link.
+pub(crate) fn link(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+    use wasmtime_wasi::p2::bindings::{cli, io, sync};
+
+    Policy::add_to_linker::<HostState, Own>(linker, |state| state)?;
+    io::error::add_to_linker::<HostState, Table>(linker, |state| &mut state.table)?;
+    sync::io::poll::add_to_linker::<HostState, Table>(linker, |state| &mut state.table)?;
+    sync::io::streams::add_to_linker::<HostState, Table>(linker, |state| &mut state.table)?;
+    let view = cli_view;
+    cli::environment::add_to_linker::<HostState, WasiCli>(linker, view)?;
+    cli::exit::add_to_linker::<HostState, WasiCli>(linker, view)?;
+    cli::stdin::add_to_linker::<HostState, WasiCli>(linker, view)?;
+    cli::stdout::add_to_linker::<HostState, WasiCli>(linker, view)?;
+    cli::stderr::add_to_linker::<HostState, WasiCli>(linker, view)?;
+    cli::terminal_input::add_to_linker::<HostState, WasiCli>(linker, view)?;
+    cli::terminal_output::add_to_linker::<HostState, WasiCli>(linker, view)?;
+    cli::terminal_stdin::add_to_linker::<HostState, WasiCli>(linker, view)?;
+    cli::terminal_stdout::add_to_linker::<HostState, WasiCli>(linker, view)?;
+    cli::terminal_stderr::add_to_linker::<HostState, WasiCli>(linker, view)?;
+    Ok(())
+}
+
+fn cli_view(state: &mut HostState) -> WasiCliCtxView<'_> {
+    WasiCliCtxView {
+        ctx: &mut state.cli,
+        table: &mut state.table,
+    }
+}
+
+/// The policy imports are implemented on `HostState` itself.
+struct Own;
+
+impl HasData for Own {
+    type Data<'a> = &'a mut HostState;
+}
+
+/// `wasi:io` needs only the resource table.
+struct Table;
+
+impl HasData for Table {
+    type Data<'a> = &'a mut ResourceTable;
+}
+
+/// A guest's log line is capped: a plugin must not flood the gateway's logs.
+const MAX_LOG_BYTES: usize = 1024;
+
+impl host::Host for HostState {
+    fn log(&mut self, level: host::Level, message: String) {
+        let mut end = message.len().min(MAX_LOG_BYTES);
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        let (plugin, version, message) = (&self.tag.name, &self.tag.version, &message[..end]);
+        match level {
+            host::Level::Debug => tracing::debug!(plugin, version, message, "plugin log"),
+            host::Level::Info => tracing::info!(plugin, version, message, "plugin log"),
+            host::Level::Warn => tracing::warn!(plugin, version, message, "plugin log"),
+            host::Level::Error => tracing::error!(plugin, version, message, "plugin log"),
+        }
+    }
+
+    fn now_ms(&mut self) -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |elapsed| elapsed.as_millis() as u64)
+    }
+
+    fn random(&mut self) -> u64 {
+        self.rng.random()
+    }
+}
+
+impl types::Host for HostState {}
+
+impl ResourceLimiter for HostState {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.memory_limit_bytes {
+            self.memory_exhausted = true;
+            // An error, not `Ok(false)`: the guest traps at once instead of
+            // getting a chance to retry smaller allocations until its deadline.
+            wasmtime::bail!("memory limit of {} bytes exceeded", self.memory_limit_bytes);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        // Tables hold function references; Rust guests never grow them much.
+        Ok(desired <= 100_000)
+    }
+}

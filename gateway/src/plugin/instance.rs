@@ -1,0 +1,90 @@
+//! One initialised instance of a plugin version: its own store, memory and
+//! guest state. Used by one call at a time; dropped after any failure.
+
+use std::sync::Arc;
+
+use wasmtime::Store;
+
+use super::bindings::llmgw::policy::types;
+use super::bindings::{Policy, PolicyPre};
+use super::engine::{self, PluginEngine};
+use super::error::{Failure, PluginError};
+use super::host::{HostState, Tag};
+use super::{PolicyCandidate, RouteRequest};
+
+pub(crate) struct Instance {
+    store: Store<HostState>,
+    policy: Policy,
+    /// Calls served, so a long-lived instance can be retired (see `MAX_CALLS`).
+    pub calls: u32,
+}
+
+impl Instance {
+    /// Instantiates `pre` and runs the guest's `init(config)`, both within the init deadline.
+    pub fn new(
+        engine: &PluginEngine,
+        pre: &PolicyPre<HostState>,
+        tag: &Arc<Tag>,
+        config: &str,
+    ) -> Result<Self, PluginError> {
+        let limits = engine.limits();
+        let state = HostState::new(
+            tag.clone(),
+            limits.memory_limit_bytes as usize,
+            engine.next_seed(),
+        );
+        let mut store = Store::new(engine.engine(), state);
+        store.limiter(|state| state);
+        // Set before instantiating: instantiation runs guest start code too.
+        store.set_epoch_deadline(engine::ticks(limits.init_timeout_ms));
+        let failure = |store: &Store<HostState>| Failure {
+            memory_exhausted: store.data().memory_exhausted,
+            deadline_ms: limits.init_timeout_ms,
+            memory_limit_bytes: limits.memory_limit_bytes,
+        };
+        let policy = match pre.instantiate(&mut store) {
+            Ok(policy) => policy,
+            // A trap here is the guest's; anything else (no free pooling
+            // slot) is the host's capacity.
+            Err(error) if error.downcast_ref::<wasmtime::Trap>().is_some() => {
+                return Err(failure(&store).classify(error))
+            }
+            Err(error) if store.data().memory_exhausted => {
+                return Err(failure(&store).classify(error))
+            }
+            Err(error) => return Err(PluginError::Instantiate(format!("{error:#}"))),
+        };
+        match policy.call_init(&mut store, config) {
+            Ok(Ok(())) => Ok(Self {
+                store,
+                policy,
+                calls: 0,
+            }),
+            Ok(Err(message)) => Err(PluginError::Init(message)),
+            Err(error) => Err(failure(&store).classify(error)),
+        }
+    }
+
+    /// Calls the guest's `route` within the call deadline.
+    pub fn route(
+        &mut self,
+        engine: &PluginEngine,
+        request: &RouteRequest,
+        candidates: &[PolicyCandidate],
+    ) -> Result<types::Decision, PluginError> {
+        let limits = engine.limits();
+        self.calls += 1;
+        self.store
+            .set_epoch_deadline(engine::ticks(limits.call_timeout_ms));
+        self.policy
+            .call_route(&mut self.store, request, candidates)
+            .map_err(|error| {
+                Failure {
+                    memory_exhausted: self.store.data().memory_exhausted,
+                    deadline_ms: limits.call_timeout_ms,
+                    memory_limit_bytes: limits.memory_limit_bytes,
+                }
+                .classify(error)
+            })
+    }
+}

@@ -1,0 +1,208 @@
+//! One plugin version compiled, linked, initialised and sample-checked, with
+//! the initialised instances it recycles between calls.
+//!
+//! Instances are recycled rather than created per call: `init` state lives in
+//! the instance's memory, so a fresh instance would re-run `init` (config
+//! parsing) on every request; `bench policy` measures both ways.
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use wasmtime::component::Component;
+
+use super::bindings::PolicyPre;
+use super::decision::{self, Decision};
+use super::engine::PluginEngine;
+use super::error::PluginError;
+use super::host::{HostState, Tag};
+use super::instance::Instance;
+use super::{sample, PolicyCandidate, RouteRequest};
+
+/// An instance is retired after this many calls, so memory a guest leaks or
+/// fragments a little per call never adds up to its limit.
+const MAX_CALLS: u32 = 100_000;
+
+/// What `/status` shows of a loaded version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PolicyInfo {
+    pub plugin: String,
+    pub version: String,
+    /// Of the component's bytes, lowercase hex.
+    pub sha256: String,
+    /// When it started serving, milliseconds since the Unix epoch.
+    pub loaded_at_ms: u64,
+}
+
+/// A plugin version ready to route. Requests hold it by `Arc`, so a request
+/// in flight keeps the version it started with across a swap.
+pub struct LoadedPolicy {
+    info: PolicyInfo,
+    config: String,
+    code: Arc<Code>,
+    engine: PluginEngine,
+    tag: Arc<Tag>,
+    /// Initialised instances not in a call. An instance is taken out for the
+    /// whole call, so no two calls ever share one.
+    idle: Mutex<Vec<Instance>>,
+}
+
+/// Compiled and pre-instantiated code: shared by every config of one version.
+struct Code {
+    pre: PolicyPre<HostState>,
+    sha256: String,
+}
+
+impl LoadedPolicy {
+    /// Compiles `bytes`, links them, runs `init(config)` and the sample
+    /// decisions; any failure refuses the version. Takes milliseconds to
+    /// seconds: call it off the request path.
+    pub fn load(
+        engine: &PluginEngine,
+        plugin: &str,
+        version: &str,
+        bytes: &[u8],
+        config: &str,
+    ) -> Result<Self, PluginError> {
+        let code = compile(engine, bytes)?;
+        Self::start(engine, plugin, version, Arc::new(code), config)
+    }
+
+    /// This version's compiled code under another config (e.g. a blue-green
+    /// flip) or name: no compilation, only `init` and the sample decisions.
+    pub fn reuse_code(
+        &self,
+        plugin: &str,
+        version: &str,
+        config: &str,
+    ) -> Result<Self, PluginError> {
+        Self::start(&self.engine, plugin, version, self.code.clone(), config)
+    }
+
+    fn start(
+        engine: &PluginEngine,
+        plugin: &str,
+        version: &str,
+        code: Arc<Code>,
+        config: &str,
+    ) -> Result<Self, PluginError> {
+        let tag = Arc::new(Tag {
+            name: plugin.to_string(),
+            version: version.to_string(),
+        });
+        let mut first = Instance::new(engine, &code.pre, &tag, config)?;
+        let candidates = sample::candidates();
+        for request in sample::requests() {
+            let raw = first.route(engine, &request, &candidates)?;
+            decision::check(raw, &candidates)?;
+        }
+        Ok(Self {
+            info: PolicyInfo {
+                plugin: plugin.to_string(),
+                version: version.to_string(),
+                sha256: code.sha256.clone(),
+                loaded_at_ms: unix_ms(SystemTime::now()),
+            },
+            config: config.to_string(),
+            code,
+            engine: engine.clone(),
+            tag,
+            idle: Mutex::new(vec![first]),
+        })
+    }
+
+    /// Asks the plugin to order `candidates` for `request`.
+    ///
+    /// Synchronous and bounded by the call deadline (`call_timeout_ms`); an
+    /// error means the plugin failed, and the instance that failed is dropped.
+    /// When no initialised instance is idle a new one is made (and `init` run)
+    /// within the call.
+    pub fn route(
+        &self,
+        request: &RouteRequest,
+        candidates: &[PolicyCandidate],
+    ) -> Result<Decision, PluginError> {
+        let idle = self.lock_idle().pop();
+        let mut instance = match idle {
+            Some(instance) => instance,
+            None => Instance::new(&self.engine, &self.code.pre, &self.tag, &self.config)?,
+        };
+        let raw = instance.route(&self.engine, request, candidates)?;
+        // A decision that fails the check came from a guest that returned
+        // normally: its instance is sound and goes back to the pool.
+        let checked = decision::check(raw, candidates);
+        self.put_back(instance);
+        checked
+    }
+
+    /// Like [`route`](Self::route) but on a new instance, `init` included,
+    /// dropped afterwards: the alternative `bench policy` compares against.
+    pub fn route_fresh(
+        &self,
+        request: &RouteRequest,
+        candidates: &[PolicyCandidate],
+    ) -> Result<Decision, PluginError> {
+        let mut instance = Instance::new(&self.engine, &self.code.pre, &self.tag, &self.config)?;
+        let raw = instance.route(&self.engine, request, candidates)?;
+        decision::check(raw, candidates)
+    }
+
+    pub fn info(&self) -> &PolicyInfo {
+        &self.info
+    }
+
+    /// The config text `init` was given.
+    pub fn config(&self) -> &str {
+        &self.config
+    }
+
+    fn put_back(&self, instance: Instance) {
+        if instance.calls >= MAX_CALLS {
+            return;
+        }
+        let mut idle = self.lock_idle();
+        if idle.len() < self.engine.limits().idle_per_version {
+            idle.push(instance);
+        }
+    }
+
+    fn lock_idle(&self) -> std::sync::MutexGuard<'_, Vec<Instance>> {
+        // Poisoned only if a push or pop panicked; the Vec is still whole.
+        self.idle.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl std::fmt::Debug for LoadedPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedPolicy")
+            .field("info", &self.info)
+            .finish_non_exhaustive()
+    }
+}
+
+fn compile(engine: &PluginEngine, bytes: &[u8]) -> Result<Code, PluginError> {
+    let sha256 = sha256_hex(bytes);
+    let component = Component::new(engine.engine(), bytes)
+        .map_err(|error| PluginError::Compile(format!("{error:#}")))?;
+    let pre = engine
+        .linker()
+        .instantiate_pre(&component)
+        .map_err(|error| PluginError::Link(format!("{error:#}")))?;
+    let pre = PolicyPre::new(pre).map_err(|error| PluginError::WrongWorld(format!("{error:#}")))?;
+    Ok(Code { pre, sha256 })
+}
+
+pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
+    let digest = Sha256::digest(bytes);
+    let mut hex = String::with_capacity(64);
+    for byte in digest {
+        hex.push_str(&format!("{byte:02x}"));
+    }
+    hex
+}
+
+pub(crate) fn unix_ms(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_millis() as u64)
+}

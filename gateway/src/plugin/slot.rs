@@ -1,0 +1,160 @@
+//! A pool's policy in force, swapped whole: requests load the current
+//! version, a new one replaces it only after it passed every check.
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::SystemTime;
+
+use arc_swap::ArcSwapOption;
+use serde::Serialize;
+
+use super::engine::PluginEngine;
+use super::error::PluginError;
+use super::loaded::{sha256_hex, unix_ms, LoadedPolicy, PolicyInfo};
+
+/// One pool's plugin: empty means the built-in policy.
+pub struct PolicySlot {
+    pool: String,
+    current: ArcSwapOption<LoadedPolicy>,
+    status: Mutex<SlotStatus>,
+    /// Serialises loads, so two sources (the watcher, etcd) cannot swap in
+    /// out of order the versions they compiled concurrently.
+    loading: Mutex<()>,
+}
+
+/// What `/status` shows for a pool.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SlotStatus {
+    pub pool: String,
+    /// The version serving; `None` means the built-in policy.
+    pub policy: Option<PolicyInfo>,
+    /// The last version refused, and why; kept after a later success, so an
+    /// operator sees what was tried.
+    pub last_refusal: Option<Refusal>,
+    /// Versions (or configs) swapped in.
+    pub loads: u64,
+    /// Versions (or configs) refused.
+    pub refusals: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Refusal {
+    pub plugin: String,
+    pub version: String,
+    /// Of the refused bytes; `None` when there were none to read.
+    pub sha256: Option<String>,
+    /// [`PluginError::kind`].
+    pub kind: &'static str,
+    pub reason: String,
+    /// Milliseconds since the Unix epoch.
+    pub at_ms: u64,
+}
+
+impl PolicySlot {
+    pub fn new(pool: impl Into<String>) -> Self {
+        let pool = pool.into();
+        Self {
+            status: Mutex::new(SlotStatus {
+                pool: pool.clone(),
+                ..SlotStatus::default()
+            }),
+            pool,
+            current: ArcSwapOption::empty(),
+            loading: Mutex::new(()),
+        }
+    }
+
+    /// The version to use for one request; hold the `Arc` for the whole
+    /// request, so a swap meanwhile does not change its policy.
+    pub fn current(&self) -> Option<Arc<LoadedPolicy>> {
+        self.current.load_full()
+    }
+
+    /// Loads `bytes` as `plugin` `version` with `config` and swaps it in, or
+    /// refuses it and leaves the current version serving. Blocking and slow
+    /// (compilation): call it from a blocking thread. Logs and records the
+    /// outcome in [`status`](Self::status).
+    ///
+    /// The same bytes as the current version (under another config or
+    /// version name) reuse its compiled code, so a config flip costs only
+    /// `init` and the samples.
+    pub fn try_load(
+        &self,
+        engine: &PluginEngine,
+        plugin: &str,
+        version: &str,
+        bytes: &[u8],
+        config: &str,
+    ) -> Result<Arc<LoadedPolicy>, PluginError> {
+        let _loading = self.loading.lock().unwrap_or_else(PoisonError::into_inner);
+        let sha256 = sha256_hex(bytes);
+        let loaded = match self.current() {
+            Some(current) if current.info().sha256 == sha256 => {
+                current.reuse_code(plugin, version, config)
+            }
+            _ => LoadedPolicy::load(engine, plugin, version, bytes, config),
+        };
+        match loaded {
+            Ok(loaded) => {
+                let loaded = Arc::new(loaded);
+                self.current.store(Some(loaded.clone()));
+                let mut status = self.lock_status();
+                status.policy = Some(loaded.info().clone());
+                status.loads += 1;
+                tracing::info!(
+                    pool = %self.pool,
+                    plugin,
+                    version,
+                    sha256 = %sha256,
+                    "policy loaded"
+                );
+                Ok(loaded)
+            }
+            Err(error) => {
+                self.refuse(plugin, version, Some(sha256), &error);
+                Err(error)
+            }
+        }
+    }
+
+    /// Records (and logs) a version that was refused before `try_load` could
+    /// read it, e.g. a missing file. The current version keeps serving.
+    pub fn refuse(&self, plugin: &str, version: &str, sha256: Option<String>, error: &PluginError) {
+        tracing::warn!(
+            pool = %self.pool,
+            plugin,
+            version,
+            kind = error.kind(),
+            error = %error,
+            "policy refused; the previous one keeps serving"
+        );
+        let mut status = self.lock_status();
+        status.refusals += 1;
+        status.last_refusal = Some(Refusal {
+            plugin: plugin.to_string(),
+            version: version.to_string(),
+            sha256,
+            kind: error.kind(),
+            reason: error.to_string(),
+            at_ms: unix_ms(SystemTime::now()),
+        });
+    }
+
+    /// Back to the built-in policy (the pool's binding was removed).
+    pub fn clear(&self) {
+        self.current.store(None);
+        self.lock_status().policy = None;
+        tracing::info!(pool = %self.pool, "policy removed; built-in policy serves");
+    }
+
+    pub fn status(&self) -> SlotStatus {
+        self.lock_status().clone()
+    }
+
+    pub fn pool(&self) -> &str {
+        &self.pool
+    }
+
+    fn lock_status(&self) -> std::sync::MutexGuard<'_, SlotStatus> {
+        self.status.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}

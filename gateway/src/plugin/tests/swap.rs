@@ -1,0 +1,228 @@
+//! Swaps: a refused version leaves the old one serving, a held version stays
+//! the same, and the directory watcher swaps under concurrent calls.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::*;
+use crate::plugin::{PluginWatcher, PolicyBinding, PolicySlot};
+
+fn failover_candidates() -> Vec<PolicyCandidate> {
+    vec![candidate("b1", "b", &[]), candidate("a1", "a", &[])]
+}
+
+#[test]
+fn a_refused_version_leaves_the_old_one_serving() {
+    let slot = PolicySlot::new("chat");
+    slot.try_load(engine(), "failover", "1", &wasm::bytes("failover"), "{}")
+        .unwrap();
+    let error = slot
+        .try_load(
+            engine(),
+            "failover",
+            "2",
+            &wasm::bytes("hostile"),
+            r#"{"mode": "trap"}"#,
+        )
+        .unwrap_err();
+    assert_eq!(error.kind(), "trap");
+    let current = slot.current().unwrap();
+    assert_eq!(current.info().version, "1");
+    let candidates = failover_candidates();
+    let decision = current.route(&request("a", None), &candidates).unwrap();
+    assert_eq!(routed(&decision, &candidates), ["a1", "b1"]);
+    let status = slot.status();
+    assert_eq!(status.policy.unwrap().version, "1");
+    let refusal = status.last_refusal.unwrap();
+    assert_eq!((refusal.version.as_str(), refusal.kind), ("2", "trap"));
+    assert_eq!((status.loads, status.refusals), (1, 1));
+}
+
+#[test]
+fn a_version_held_across_a_swap_keeps_deciding() {
+    let slot = PolicySlot::new("chat");
+    slot.try_load(engine(), "failover", "1", &wasm::bytes("failover"), "{}")
+        .unwrap();
+    let held = slot.current().unwrap();
+    slot.try_load(
+        engine(),
+        "blue-green",
+        "1",
+        &wasm::bytes("blue-green"),
+        r#"{"active": "blue"}"#,
+    )
+    .unwrap();
+    assert_eq!(slot.current().unwrap().info().plugin, "blue-green");
+    // Unlabelled workers: blue-green would reject, failover routes.
+    let candidates = failover_candidates();
+    let decision = held.route(&request("a", None), &candidates).unwrap();
+    assert_eq!(routed(&decision, &candidates), ["a1", "b1"]);
+    assert_eq!(held.info().plugin, "failover");
+}
+
+/// A fresh temporary plugin directory, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> Self {
+        let path = std::env::temp_dir().join(format!("llmgw-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).unwrap();
+        Self(path)
+    }
+
+    /// Writes then renames, as an operator's deploy should, so a poll never
+    /// reads half a file.
+    fn put(&self, relative: &str, bytes: &[u8]) {
+        let path = self.0.join(relative);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let staging = path.with_file_name(format!(
+            ".staging-{}",
+            path.file_name().unwrap().to_string_lossy()
+        ));
+        std::fs::write(&staging, bytes).unwrap();
+        std::fs::rename(&staging, &path).unwrap();
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn binding(plugin: &str) -> PolicyBinding {
+    PolicyBinding {
+        plugin: plugin.to_string(),
+        version: None,
+        config: None,
+    }
+}
+
+#[test]
+fn the_watcher_loads_the_highest_version_and_refuses_bad_ones() {
+    let dir = TempDir::new("watch-versions");
+    let slot = Arc::new(PolicySlot::new("chat"));
+    let mut watcher = PluginWatcher::new(engine().clone(), dir.path());
+    watcher.watch("chat", binding("routing"), slot.clone());
+
+    assert_eq!(watcher.poll_once(), 0);
+    assert_eq!(slot.status().last_refusal.unwrap().kind, "missing");
+
+    dir.put("routing/1.9.wasm", &wasm::bytes("failover"));
+    assert_eq!(watcher.poll_once(), 1);
+    assert_eq!(watcher.poll_once(), 0, "nothing changed");
+    let status = slot.status();
+    assert_eq!(status.policy.as_ref().unwrap().version, "1.9");
+    assert_eq!(
+        status.policy.unwrap().sha256,
+        crate::plugin::loaded::sha256_hex(&wasm::bytes("failover"))
+    );
+
+    // 1.10 > 1.9; the hostile plugin refuses the empty config in init.
+    dir.put("routing/1.10.wasm", &wasm::bytes("hostile"));
+    assert_eq!(watcher.poll_once(), 0);
+    let status = slot.status();
+    assert_eq!(status.policy.unwrap().version, "1.9");
+    let refusal = status.last_refusal.unwrap();
+    assert_eq!((refusal.version.as_str(), refusal.kind), ("1.10", "init"));
+    assert_eq!(
+        watcher.poll_once(),
+        0,
+        "a refused version is not retried unchanged"
+    );
+    assert_eq!(slot.status().refusals, 2);
+
+    dir.put("routing/1.11.wasm", &wasm::bytes("zone-affinity"));
+    assert_eq!(watcher.poll_once(), 1);
+    assert_eq!(slot.current().unwrap().info().version, "1.11");
+}
+
+#[test]
+fn the_pool_config_file_overrides_the_inline_config() {
+    let dir = TempDir::new("watch-config");
+    dir.put("bg/1.wasm", &wasm::bytes("blue-green"));
+    let slot = Arc::new(PolicySlot::new("chat"));
+    let mut watcher = PluginWatcher::new(engine().clone(), dir.path());
+    let mut bg = binding("bg");
+    bg.config = Some(serde_json::json!({"active": "blue"}));
+    watcher.watch("chat", bg, slot.clone());
+    let candidates = [
+        candidate("blue-1", "a", &[("colour", "blue")]),
+        candidate("green-1", "a", &[("colour", "green")]),
+    ];
+    let first = |slot: &PolicySlot| {
+        let decision = slot
+            .current()
+            .unwrap()
+            .route(&request("a", None), &candidates)
+            .unwrap();
+        routed(&decision, &candidates)[0].to_string()
+    };
+
+    assert_eq!(watcher.poll_once(), 1);
+    assert_eq!(first(&slot), "blue-1");
+    dir.put("bg/chat.json", br#"{"active": "green"}"#);
+    assert_eq!(watcher.poll_once(), 1);
+    assert_eq!(first(&slot), "green-1");
+    dir.put("bg/chat.json", br#"{"active": ""}"#);
+    assert_eq!(watcher.poll_once(), 0, "an invalid config is refused");
+    assert_eq!(first(&slot), "green-1");
+    assert_eq!(slot.status().last_refusal.unwrap().kind, "init");
+}
+
+#[test]
+fn swaps_under_concurrent_calls_fail_no_call() {
+    let dir = TempDir::new("watch-load");
+    let versions = [wasm::bytes("failover"), wasm::bytes("zone-affinity")];
+    dir.put("routing/1.wasm", &versions[0]);
+    let slot = Arc::new(PolicySlot::new("chat"));
+    let mut watcher = PluginWatcher::new(engine().clone(), dir.path());
+    watcher.watch("chat", binding("routing"), slot.clone());
+    assert_eq!(watcher.poll_once(), 1);
+    let handle = watcher.spawn(Duration::from_millis(5));
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (calls, failures) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let caller = {
+        let (slot, stop, calls, failures) =
+            (slot.clone(), stop.clone(), calls.clone(), failures.clone());
+        std::thread::spawn(move || {
+            let candidates = failover_candidates();
+            while !stop.load(Ordering::Relaxed) {
+                let policy = slot.current().expect("a version is always loaded");
+                match policy.route(&request("a", None), &candidates) {
+                    Ok(Decision::Route(order)) if order.len() == 2 => {}
+                    other => {
+                        eprintln!("failed call: {other:?}");
+                        failures.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                calls.fetch_add(1, Ordering::Relaxed);
+            }
+        })
+    };
+
+    for swap in 2..=6 {
+        let version = swap.to_string();
+        dir.put(&format!("routing/{version}.wasm"), &versions[swap % 2]);
+        // Generous: the watcher compiles on a machine shared with the build.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while slot.current().unwrap().info().version != version {
+            assert!(Instant::now() < deadline, "version {version} never served");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    caller.join().unwrap();
+    handle.stop();
+    assert_eq!(failures.load(Ordering::Relaxed), 0);
+    assert!(calls.load(Ordering::Relaxed) > 0);
+    assert_eq!(slot.status().loads, 6);
+}
