@@ -4,4 +4,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
+scripts/build-plugins.sh
 exec cargo run --release -p gateway --bin gateway -- demo "$@"

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# The whole test suite: setup, build the binaries the end-to-end tests start,
-# then every unit and end-to-end test.
+# The whole test suite: setup, build the policy plugins and the binaries the
+# end-to-end tests start, then every unit and end-to-end test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
+scripts/build-plugins.sh
 cargo build --workspace --bins
-cargo test --workspace
+# The plugin host's tests read the components just built instead of building them again.
+LLMGW_PLUGIN_WASM_DIR="$PWD/target/wasm32-wasip2/release" cargo test --workspace

@@ -93,7 +93,9 @@ async fn complete(
     labels.model = parsed.model.clone();
     labels.pool = pool.name.clone();
 
-    let prompt = tokenize::prompt_blocks(&pool.tokenizer, pool.block_size, &parsed.prompt)?;
+    let prompt =
+        tokenize::prompt_blocks_of(&pool.tokenizer, pool.block_size, parsed.prompt, bytes.len())
+            .await?;
     let now = Instant::now();
     let routing = &gw.config.routing;
     let mut candidates = candidates::gather(pool, &gw.config.zone, now, gw.load_stale);

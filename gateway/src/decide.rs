@@ -54,7 +54,7 @@ pub fn decide(
         gateway_zone: config.zone.clone(),
         attempt: 1,
     };
-    match plugin.route(&route_request, &view) {
+    match call(|| plugin.route(&route_request, &view)) {
         Ok(Decision::Route(order)) => {
             metrics::policy_decision(&pool.name, "route");
             Ok(order
@@ -79,6 +79,18 @@ pub fn decide(
                 )),
             }
         }
+    }
+}
+
+/// Runs a plugin call where it may block: a guest's WASI calls (a panic
+/// message written to stderr, say) block on the runtime, which tokio forbids
+/// on a worker thread unless it was told with `block_in_place`.
+fn call<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
     }
 }
 

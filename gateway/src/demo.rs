@@ -3,6 +3,7 @@
 //! workers' KV events reach the gateway over an in-process bus.
 
 use std::net::SocketAddr;
+use std::path::Path;
 
 use protocol::Bus;
 use workers::WorkerConfig;
@@ -11,9 +12,10 @@ use crate::config::Config;
 
 pub const MODEL: &str = "sim-llama";
 const POOL: &str = "demo";
+const POLICY: &str = "failover";
 
 /// Starts the demo and serves until Ctrl-C or SIGTERM.
-pub async fn run(api: SocketAddr, admin: SocketAddr) -> anyhow::Result<()> {
+pub async fn run(api: SocketAddr, admin: SocketAddr, plugins: &Path) -> anyhow::Result<()> {
     // Workers publish KV events and load in process; the gateway mirrors them.
     let bus = Bus::local();
     let mut handles = Vec::new();
@@ -28,9 +30,25 @@ pub async fn run(api: SocketAddr, admin: SocketAddr) -> anyhow::Result<()> {
         ));
         handles.push(worker);
     }
+    // The pool runs under the shipped `failover` policy when it is built
+    // (scripts/build-plugins.sh), else under the built-in one.
+    let policy = if plugins.join(POLICY).is_dir() {
+        format!("[plugins]\ndir = {:?}\n", plugins.display().to_string())
+    } else {
+        eprintln!(
+            "{} not built: serving with the built-in policy",
+            plugins.join(POLICY).display()
+        );
+        String::new()
+    };
+    let binding = if policy.is_empty() {
+        String::new()
+    } else {
+        format!("policy = {{ plugin = \"{POLICY}\" }}\n")
+    };
     let config = Config::from_toml(&format!(
-        "zone = \"a\"\n[listeners]\napi = \"{api}\"\nadmin = \"{admin}\"\ndrain_grace_ms = 5000\n\
-         [[pools]]\nname = \"{POOL}\"\nmodels = [\"{MODEL}\"]\n{pool}"
+        "zone = \"a\"\n[listeners]\napi = \"{api}\"\nadmin = \"{admin}\"\ndrain_grace_ms = 5000\n{policy}\
+         [[pools]]\nname = \"{POOL}\"\nmodels = [\"{MODEL}\"]\n{binding}{pool}"
     ))?;
     let gateway = crate::start_on_bus(config, Some(bus)).await?;
     let api = gateway.api_addr();

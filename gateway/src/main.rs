@@ -25,6 +25,9 @@ enum Command {
         api: SocketAddr,
         #[arg(long, default_value = "127.0.0.1:9090")]
         admin: SocketAddr,
+        /// Plugin directory; the demo pool runs its `failover` policy from there.
+        #[arg(long, default_value = "target/plugins")]
+        plugins: PathBuf,
     },
     /// Validate the config and exit.
     Check,
@@ -40,7 +43,11 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let cli = Cli::parse();
     match cli.command {
-        Some(Command::Demo { api, admin }) => gateway::demo::run(api, admin).await,
+        Some(Command::Demo {
+            api,
+            admin,
+            plugins,
+        }) => gateway::demo::run(api, admin, &plugins).await,
         Some(Command::Check) => {
             Config::from_file(&cli.config)?;
             println!("{}: ok", cli.config.display());

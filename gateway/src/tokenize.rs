@@ -30,6 +30,27 @@ pub fn load(spec: &str) -> Result<Arc<Tokenizer>, TokenizerError> {
     Ok(BUILTIN.get_or_init(|| built).clone())
 }
 
+/// Prompts in bodies above this size are tokenized on the blocking pool: a
+/// 4k-token prompt takes milliseconds (`bench tokenize`), too long to hold one
+/// of the few runtime threads every connection shares.
+const INLINE_MAX_BYTES: usize = 4096;
+
+/// [`prompt_blocks`], off the runtime's threads when the body is large.
+pub async fn prompt_blocks_of(
+    tokenizer: &Arc<Tokenizer>,
+    block_size: usize,
+    prompt: Prompt,
+    body_bytes: usize,
+) -> Result<PromptBlocks, ApiError> {
+    if body_bytes <= INLINE_MAX_BYTES {
+        return prompt_blocks(tokenizer, block_size, &prompt);
+    }
+    let tokenizer = tokenizer.clone();
+    tokio::task::spawn_blocking(move || prompt_blocks(&tokenizer, block_size, &prompt))
+        .await
+        .map_err(|_| ApiError::new(ErrorKind::Internal, "tokenizing the prompt failed"))?
+}
+
 pub fn prompt_blocks(
     tokenizer: &Tokenizer,
     block_size: usize,

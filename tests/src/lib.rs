@@ -35,6 +35,17 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
+/// The plugin directory `scripts/build-plugins.sh` fills.
+pub fn plugins_dir() -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/plugins");
+    assert!(
+        dir.join("failover").is_dir(),
+        "{} is empty: run scripts/build-plugins.sh (scripts/test.sh does)",
+        dir.display()
+    );
+    dir
+}
+
 /// A fresh directory for one test's files.
 pub fn temp_dir() -> PathBuf {
     static N: AtomicU32 = AtomicU32::new(0);

@@ -330,9 +330,31 @@ async fn official_openai_python_client_works() {
 #[tokio::test]
 async fn embedded_demo_serves_and_stops_cleanly() {
     let mut cmd = tokio::process::Command::new(bin("gateway"));
-    cmd.args(["demo", "--api", "127.0.0.1:0", "--admin", "127.0.0.1:0"]);
+    cmd.args([
+        "demo",
+        "--api",
+        "127.0.0.1:0",
+        "--admin",
+        "127.0.0.1:0",
+        "--plugins",
+    ])
+    .arg(plugins_dir());
     let (mut demo, found) = Proc::spawn(cmd, &["gateway  "]).await;
-    let api = found[0].split_whitespace().next().unwrap().to_string();
+    let mut words = found[0].split_whitespace();
+    let api = words.next().unwrap().to_string();
+    let admin = words.nth(1).unwrap().trim_end_matches(')').to_string();
+    let status: Value = client()
+        .get(format!("{admin}/status"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        status["pools"][0]["policy"]["policy"]["plugin"], "failover",
+        "{status}"
+    );
     let c = client();
     let mut zones = std::collections::HashSet::new();
     for i in 0..6 {

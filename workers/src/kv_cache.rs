@@ -220,6 +220,11 @@ impl KvCache {
         self.tables.get(&seq).map(|t| t.blocks.as_slice())
     }
 
+    /// Leading tokens of `tokens` a new sequence would find cached now.
+    pub fn cached_prefix_tokens(&self, tokens: &[u32]) -> usize {
+        self.plan(tokens).hits.len() * self.block_size
+    }
+
     /// Events since the last drain, oldest first.
     pub fn drain_events(&mut self) -> Vec<KvEvent> {
         std::mem::take(&mut self.events)

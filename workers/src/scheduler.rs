@@ -8,7 +8,7 @@ use protocol::LoadReport;
 
 use protocol::KvEvent;
 
-use crate::kv_cache::{KvCache, SeqId};
+use crate::kv_cache::{BlockId, KvCache, SeqId};
 
 /// Limits the scheduler enforces.
 #[derive(Debug, Clone)]
@@ -29,6 +29,29 @@ pub struct NewSequence {
     pub max_tokens: usize,
     /// Seeds the sequence's sampling, so a repeated request repeats its output.
     pub seed: u64,
+    pub sampling: Sampling,
+}
+
+/// How a sequence's next token is drawn from the model's distribution.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Sampling {
+    /// 0 takes the most likely token (greedy).
+    pub temperature: f32,
+    /// Nucleus sampling: only the most likely tokens holding this much probability. 1 keeps all.
+    pub top_p: f32,
+    /// Only the `top_k` most likely tokens; 0 keeps all.
+    pub top_k: u32,
+}
+
+impl Default for Sampling {
+    /// OpenAI's defaults: temperature 1, no truncation.
+    fn default() -> Self {
+        Sampling {
+            temperature: 1.0,
+            top_p: 1.0,
+            top_k: 0,
+        }
+    }
 }
 
 /// Work of one step: each item computes `tokens` of one sequence.
@@ -47,6 +70,10 @@ pub struct PlanItem {
     /// Whether this item ends at the sequence's last token, so the next token is sampled.
     pub sample: bool,
     pub seed: u64,
+    pub sampling: Sampling,
+    /// The sequence's block table: the physical blocks holding its positions
+    /// `0..start + tokens.len()`, where a real compute reads and writes K/V.
+    pub blocks: Vec<BlockId>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,6 +138,7 @@ struct Sequence {
     tokens: Vec<u32>,
     max_tokens: usize,
     seed: u64,
+    sampling: Sampling,
     /// Tokens with a KV cache slot; the last generated token has none until its decode step.
     slots: usize,
     /// Tokens whose KV is computed.
@@ -149,6 +177,7 @@ impl Scheduler {
             tokens: seq.prompt,
             max_tokens: seq.max_tokens,
             seed: seq.seed,
+            sampling: seq.sampling,
             slots: 0,
             computed: 0,
             cached_tokens: None,
@@ -174,11 +203,16 @@ impl Scheduler {
             waiting: self.waiting.len(),
             kv_blocks_used: self.cache.used_blocks(),
             kv_blocks_total: self.cache.total_blocks(),
+            // A waiting prompt's cached prefix costs no prefill: counting it
+            // would make the worker holding a prefix look busiest to routers.
             prefill_tokens_pending: self
                 .running
                 .iter()
-                .chain(&self.waiting)
                 .map(|s| s.prompt_len.saturating_sub(s.computed))
+                .chain(self.waiting.iter().map(|s| {
+                    let cached = self.cache.cached_prefix_tokens(&s.tokens[..s.prompt_len]);
+                    s.prompt_len.saturating_sub(s.computed.max(cached))
+                }))
                 .sum(),
             // Rates need a clock; the engine loop fills it in.
             decode_tokens_per_s: 0.0,
@@ -236,6 +270,14 @@ impl Scheduler {
             plan.items.push(prefill_chunk(&seq, &mut budget));
             self.running.push(seq);
         }
+        // Last, once every planned slot is allocated.
+        for item in &mut plan.items {
+            item.blocks = self
+                .cache
+                .block_table(item.seq)
+                .expect("planned sequences hold blocks")
+                .to_vec();
+        }
         plan
     }
 
@@ -267,6 +309,8 @@ impl Scheduler {
                 tokens: vec![token],
                 sample: true,
                 seed: seq.seed,
+                sampling: seq.sampling,
+                blocks: Vec::new(),
             });
             i += 1;
         }
@@ -348,6 +392,8 @@ fn prefill_chunk(seq: &Sequence, budget: &mut usize) -> PlanItem {
         tokens: seq.tokens[seq.computed..end].to_vec(),
         sample: end == seq.tokens.len(),
         seed: seq.seed,
+        sampling: seq.sampling,
+        blocks: Vec::new(),
     }
 }
 
@@ -394,6 +440,7 @@ mod tests {
             prompt: (first..first + prompt_len).collect(),
             max_tokens,
             seed: id,
+            sampling: Sampling::default(),
         }
     }
 

@@ -17,7 +17,9 @@ pub struct PluginsConfig {
     /// served after at most this long plus compile time. Default 50.
     #[serde(default = "default_poll_interval_ms")]
     pub poll_interval_ms: u64,
-    /// Deadline of one `route` call; past it the call is a timeout. Default 5.
+    /// Deadline of one `route` call: the guest is interrupted once it has used
+    /// this much CPU time past this much wall time (time the OS gives other
+    /// threads is not held against it). Default 5.
     #[serde(default = "default_call_timeout_ms")]
     pub call_timeout_ms: u64,
     /// Deadline of `init` (and instantiation) of one instance. Default 1000.

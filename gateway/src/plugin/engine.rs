@@ -120,12 +120,6 @@ fn engine_config(config: &PluginsConfig) -> Config {
         // returning it to the OS and faulting it in again.
         .linear_memory_keep_resident(1 << 20);
     let mut wasm = Config::new();
-    if std::env::var_os("OPT_NONE").is_some() {
-        wasm.cranelift_opt_level(wasmtime::OptLevel::None);
-    }
-    if std::env::var_os("NO_PAR").is_some() {
-        wasm.parallel_compilation(false);
-    }
     wasm.wasm_component_model(true)
         .epoch_interruption(true)
         .allocation_strategy(InstanceAllocationStrategy::Pooling(pooling));

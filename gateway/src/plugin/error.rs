@@ -32,7 +32,7 @@ pub enum PluginError {
     /// The guest crashed: `unreachable` (a Rust panic), an out-of-bounds access, a stack overflow, ...
     #[error("plugin trapped: {0}")]
     Trap(String),
-    /// The guest ran past its epoch deadline and was interrupted.
+    /// The guest used up its deadline (in CPU time, see `deadline`) and was interrupted.
     #[error("plugin ran past its {deadline_ms} ms deadline")]
     Timeout { deadline_ms: u64 },
     /// The guest tried to grow its memory past the limit.

@@ -12,6 +12,7 @@ use wasmtime_wasi::cli::{WasiCli, WasiCliCtx, WasiCliCtxView};
 
 use super::bindings::llmgw::policy::{host, types};
 use super::bindings::Policy;
+use super::deadline::Deadline;
 
 /// Which plugin version an instance runs, for the lines it logs.
 #[derive(Debug)]
@@ -31,6 +32,8 @@ pub(crate) struct HostState {
     /// Set when the guest asked for more memory than its limit: the call's
     /// failure is then reported as out of memory, not as the trap it becomes.
     pub memory_exhausted: bool,
+    /// The running call's deadline.
+    pub deadline: Deadline,
 }
 
 impl HostState {
@@ -42,6 +45,7 @@ impl HostState {
             rng: SmallRng::seed_from_u64(seed),
             memory_limit_bytes,
             memory_exhausted: false,
+            deadline: Deadline::default(),
         }
     }
 }

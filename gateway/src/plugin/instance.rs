@@ -7,7 +7,7 @@ use wasmtime::Store;
 
 use super::bindings::llmgw::policy::types;
 use super::bindings::{Policy, PolicyPre};
-use super::engine::{self, PluginEngine};
+use super::engine::PluginEngine;
 use super::error::{Failure, PluginError};
 use super::host::{HostState, Tag};
 use super::{PolicyCandidate, RouteRequest};
@@ -35,8 +35,10 @@ impl Instance {
         );
         let mut store = Store::new(engine.engine(), state);
         store.limiter(|state| state);
-        // Set before instantiating: instantiation runs guest start code too.
-        store.set_epoch_deadline(engine::ticks(limits.init_timeout_ms));
+        store.epoch_deadline_callback(|mut store| Ok(store.data_mut().deadline.on_expiry()));
+        // Armed before instantiating: instantiation runs guest start code too.
+        let ticks = store.data_mut().deadline.arm(limits.init_timeout_ms);
+        store.set_epoch_deadline(ticks);
         let failure = |store: &Store<HostState>| Failure {
             memory_exhausted: store.data().memory_exhausted,
             deadline_ms: limits.init_timeout_ms,
@@ -74,8 +76,8 @@ impl Instance {
     ) -> Result<types::Decision, PluginError> {
         let limits = engine.limits();
         self.calls += 1;
-        self.store
-            .set_epoch_deadline(engine::ticks(limits.call_timeout_ms));
+        let ticks = self.store.data_mut().deadline.arm(limits.call_timeout_ms);
+        self.store.set_epoch_deadline(ticks);
         self.policy
             .call_route(&mut self.store, request, candidates)
             .map_err(|error| {

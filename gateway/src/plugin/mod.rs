@@ -9,6 +9,7 @@
 
 mod bindings;
 mod config;
+mod deadline;
 mod decision;
 mod dir;
 mod engine;

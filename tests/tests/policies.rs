@@ -1,0 +1,388 @@
+//! Routing policies as WASM components, through the real gateway: each
+//! example policy's decisions, a blue-green flip and versions swapped under
+//! load without a failed request, and hostile plugins that cannot hurt it.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use e2e::*;
+use serde_json::{json, Value};
+
+/// A plugin directory of this test's own, holding `plugin` as version `version`.
+fn install(dir: &Path, plugin: &str, version: &str) {
+    std::fs::create_dir_all(dir.join(plugin)).unwrap();
+    std::fs::copy(
+        plugins_dir().join(plugin).join("0.1.0.wasm"),
+        dir.join(plugin).join(format!("{version}.wasm")),
+    )
+    .unwrap();
+}
+
+/// Starts a gateway in zone a whose pool runs `plugin` with `config` from `dir`.
+async fn gateway(
+    workers: &[(&WorkerProc, &str)],
+    dir: &Path,
+    plugin: &str,
+    config: Value,
+) -> GatewayProc {
+    let mut text = format!(
+        "zone = \"a\"\n[listeners]\napi = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n\
+         [health]\ninterval_ms = 100\ntimeout_ms = 500\nunhealthy_threshold = 1\nhealthy_threshold = 1\n\
+         [plugins]\ndir = {:?}\npoll_interval_ms = 50\n\
+         [[pools]]\nname = \"{POOL}\"\nmodels = [\"{MODEL}\"]\npolicy = {{ plugin = \"{plugin}\", config = {} }}\n",
+        dir.display().to_string(),
+        toml_inline(&config),
+    );
+    for (w, labels) in workers {
+        text.push_str(&format!(
+            "[[pools.workers]]\nid = \"{}\"\nurl = \"{}\"\nzone = \"{}\"\nlabels = {{ {labels} }}\n",
+            w.id, w.url, w.zone
+        ));
+    }
+    spawn_gateway_from(&text).await
+}
+
+/// JSON object → TOML inline table (strings, numbers and booleans suffice here).
+fn toml_inline(v: &Value) -> String {
+    let fields: Vec<String> = v
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| format!("{k} = {v}"))
+        .collect();
+    format!("{{ {} }}", fields.join(", "))
+}
+
+async fn route(gw: &GatewayProc, body: &Value) -> reqwest::Response {
+    client()
+        .post(format!("{}/v1/chat/completions", gw.api))
+        .json(body)
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn served_by(gw: &GatewayProc, body: &Value) -> String {
+    let resp = route(gw, body).await;
+    assert_eq!(resp.status(), 200);
+    resp.headers()["x-worker-id"].to_str().unwrap().to_string()
+}
+
+async fn policy_status(gw: &GatewayProc) -> Value {
+    status(gw).await["pools"][0]["policy"].clone()
+}
+
+#[tokio::test]
+async fn failover_policy_keeps_the_zone_and_fails_over_down_its_list() {
+    let dir = temp_dir();
+    install(&dir, "failover", "1");
+    let mut wa = spawn_worker("wa", "a", WorkerOpts::default()).await;
+    let wb = spawn_worker("wb", "b", WorkerOpts::default()).await;
+    let gw = gateway(&[(&wa, ""), (&wb, "")], &dir, "failover", json!({})).await;
+    assert_eq!(policy_status(&gw).await["policy"]["plugin"], "failover");
+    for i in 0..5 {
+        assert_eq!(
+            served_by(&gw, &chat(&format!("q{i}"), false, 2)).await,
+            "wa"
+        );
+    }
+    wa.proc.sigkill().await;
+    for i in 0..5 {
+        assert_eq!(
+            served_by(&gw, &chat(&format!("after {i}"), false, 2)).await,
+            "wb"
+        );
+    }
+}
+
+#[tokio::test]
+async fn canary_splits_by_session_and_sticks() {
+    let dir = temp_dir();
+    install(&dir, "canary", "1");
+    let stable1 = spawn_worker("s1", "a", WorkerOpts::default()).await;
+    let stable2 = spawn_worker("s2", "a", WorkerOpts::default()).await;
+    let canary = spawn_worker("c1", "a", WorkerOpts::default()).await;
+    let config = json!({"stable": "v1", "canary": "v2", "canary_percent": 25});
+    let workers = [
+        (&stable1, "version = \"v1\""),
+        (&stable2, "version = \"v1\""),
+        (&canary, "version = \"v2\""),
+    ];
+    let gw = gateway(&workers, &dir, "canary", config).await;
+    let mut side: HashMap<usize, HashSet<bool>> = HashMap::new();
+    for round in 0..3 {
+        for user in 0..40 {
+            let mut body = chat(&format!("round {round}"), false, 2);
+            body["user"] = json!(format!("user-{user}"));
+            side.entry(user)
+                .or_default()
+                .insert(served_by(&gw, &body).await == "c1");
+        }
+    }
+    assert!(
+        side.values().all(|s| s.len() == 1),
+        "every user stays on one side"
+    );
+    let on_canary = side.values().filter(|s| s.contains(&true)).count();
+    assert!(
+        (2..=20).contains(&on_canary),
+        "about a quarter of 40 users on the canary: {on_canary}"
+    );
+}
+
+#[tokio::test]
+async fn blue_green_flip_moves_new_traffic_and_lets_streams_finish() {
+    let dir = temp_dir();
+    install(&dir, "blue-green", "1");
+    let slow = WorkerOpts {
+        decode_step_us: 3000,
+        ..WorkerOpts::default()
+    };
+    let blue = spawn_worker("blue1", "a", slow.clone()).await;
+    let green = spawn_worker("green1", "a", slow).await;
+    let gw = gateway(
+        &[(&blue, "colour = \"blue\""), (&green, "colour = \"green\"")],
+        &dir,
+        "blue-green",
+        json!({"active": "blue"}),
+    )
+    .await;
+    for i in 0..4 {
+        assert_eq!(
+            served_by(&gw, &chat(&format!("b{i}"), false, 2)).await,
+            "blue1"
+        );
+    }
+    // A long stream on blue, then the flip.
+    let stream = route(&gw, &chat("a long story", true, 300)).await;
+    assert_eq!(stream.headers()["x-worker-id"], "blue1");
+    let stream = tokio::spawn(async move { stream.text().await.unwrap() });
+    std::fs::write(
+        dir.join("blue-green").join(format!("{POOL}.json")),
+        r#"{"active": "green"}"#,
+    )
+    .unwrap();
+    eventually(Duration::from_secs(10), "the flip is in force", || async {
+        served_by(&gw, &chat("probe", false, 2)).await == "green1"
+    })
+    .await;
+    for i in 0..4 {
+        assert_eq!(
+            served_by(&gw, &chat(&format!("g{i}"), false, 2)).await,
+            "green1",
+            "all new traffic at once"
+        );
+    }
+    let (events, done) = sse_events(&stream.await.unwrap());
+    assert!(
+        done && events.len() > 300,
+        "the stream begun on blue finished there"
+    );
+}
+
+#[tokio::test]
+async fn zone_affinity_spills_past_its_threshold() {
+    let dir = temp_dir();
+    install(&dir, "zone-affinity", "1");
+    let slow = WorkerOpts {
+        decode_step_us: 5000,
+        ..WorkerOpts::default()
+    };
+    let wa = spawn_worker("wa", "a", slow).await;
+    let wb = spawn_worker("wb", "b", WorkerOpts::default()).await;
+    let gw = gateway(
+        &[(&wa, ""), (&wb, "")],
+        &dir,
+        "zone-affinity",
+        json!({"spill_in_flight": 1}),
+    )
+    .await;
+    assert_eq!(served_by(&gw, &chat("hello", false, 2)).await, "wa");
+    let long = route(&gw, &chat("long", true, 2000)).await;
+    assert_eq!(long.headers()["x-worker-id"], "wa");
+    let mut body = long.bytes_stream();
+    futures_util::StreamExt::next(&mut body)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(served_by(&gw, &chat("spill", false, 2)).await, "wb");
+}
+
+/// Clients sending requests in a loop until stopped; counts failures.
+fn load(
+    gw: &GatewayProc,
+    clients: usize,
+) -> (
+    Arc<AtomicBool>,
+    Arc<AtomicU32>,
+    Arc<AtomicU32>,
+    Vec<tokio::task::JoinHandle<()>>,
+) {
+    let (stop, ok, failed) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicU32::new(0)),
+        Arc::new(AtomicU32::new(0)),
+    );
+    let tasks = (0..clients)
+        .map(|i| {
+            let (stop, ok, failed, api) =
+                (stop.clone(), ok.clone(), failed.clone(), gw.api.clone());
+            tokio::spawn(async move {
+                let c = client();
+                while !stop.load(Ordering::Relaxed) {
+                    let sent = c
+                        .post(format!("{api}/v1/chat/completions"))
+                        .json(&chat(&format!("load {i}"), false, 2))
+                        .send()
+                        .await;
+                    match sent {
+                        Ok(r) if r.status() == 200 => ok.fetch_add(1, Ordering::Relaxed),
+                        _ => failed.fetch_add(1, Ordering::Relaxed),
+                    };
+                }
+            })
+        })
+        .collect();
+    (stop, ok, failed, tasks)
+}
+
+#[tokio::test]
+async fn versions_swap_under_load_without_a_failed_request() {
+    let dir = temp_dir();
+    install(&dir, "failover", "1");
+    let w1 = spawn_worker("w1", "a", WorkerOpts::default()).await;
+    let w2 = spawn_worker("w2", "a", WorkerOpts::default()).await;
+    let gw = gateway(&[(&w1, ""), (&w2, "")], &dir, "failover", json!({})).await;
+    let (stop, ok, failed, tasks) = load(&gw, 4);
+    for version in 2..=11 {
+        install(&dir, "failover", &version.to_string());
+        eventually(Duration::from_secs(20), "new version in force", || async {
+            policy_status(&gw).await["policy"]["version"] == version.to_string()
+        })
+        .await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    futures_util::future::join_all(tasks).await;
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "no request failed across 10 swaps"
+    );
+    assert!(ok.load(Ordering::Relaxed) > 0);
+    assert_eq!(policy_status(&gw).await["loads"], 11);
+}
+
+#[tokio::test]
+async fn hostile_plugins_are_refused_or_contained() {
+    let dir = temp_dir();
+    install(&dir, "hostile", "1");
+    let w1 = spawn_worker("w1", "a", WorkerOpts::default()).await;
+    let gw = gateway(&[(&w1, "")], &dir, "hostile", json!({"mode": "ok"})).await;
+    assert_eq!(policy_status(&gw).await["policy"]["plugin"], "hostile");
+    let (stop, ok, failed, tasks) = load(&gw, 2);
+    let config_file = dir.join("hostile").join(format!("{POOL}.json"));
+
+    // Misbehaving at load time (init or sample decisions): refused, "ok" keeps serving.
+    let mut refusals = 0;
+    for mode in [
+        "loop",
+        "oom",
+        "trap",
+        "empty",
+        "unknown",
+        "duplicate",
+        "bad_status",
+        "init_fail",
+        "slow_init",
+    ] {
+        std::fs::write(&config_file, json!({"mode": mode}).to_string()).unwrap();
+        refusals += 1;
+        eventually(
+            Duration::from_secs(20),
+            &format!("mode {mode} refused"),
+            || async { policy_status(&gw).await["refusals"] == refusals },
+        )
+        .await;
+        assert_eq!(policy_status(&gw).await["policy"]["plugin"], "hostile");
+    }
+    // Not a component at all, and a component of another world: refused too.
+    std::fs::write(
+        dir.join("hostile").join("2.wasm"),
+        b"\0asm definitely not a component",
+    )
+    .unwrap();
+    refusals += 1;
+    eventually(Duration::from_secs(20), "garbage refused", || async {
+        policy_status(&gw).await["refusals"] == refusals
+    })
+    .await;
+    std::fs::copy(wrong_world(), dir.join("hostile").join("3.wasm")).unwrap();
+    refusals += 1;
+    eventually(Duration::from_secs(20), "wrong world refused", || async {
+        policy_status(&gw).await["refusals"] == refusals
+    })
+    .await;
+    assert_eq!(policy_status(&gw).await["policy"]["version"], "1");
+
+    // Misbehaving only at call time: each request falls back to the built-in policy.
+    std::fs::remove_file(dir.join("hostile").join("2.wasm")).unwrap();
+    std::fs::remove_file(dir.join("hostile").join("3.wasm")).unwrap();
+    for mode in ["loop", "trap", "oom", "unknown"] {
+        std::fs::write(
+            &config_file,
+            json!({"mode": mode, "on_model": MODEL}).to_string(),
+        )
+        .unwrap();
+        eventually(
+            Duration::from_secs(20),
+            "call-time misbehaviour loaded",
+            || async {
+                let text = client()
+                    .get(format!("{}/metrics", gw.admin))
+                    .send()
+                    .await
+                    .unwrap()
+                    .text()
+                    .await
+                    .unwrap();
+                text.contains("llmgw_policy_errors_total{") && served_ok(&gw).await
+            },
+        )
+        .await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    futures_util::future::join_all(tasks).await;
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "no request failed because of a plugin"
+    );
+    assert!(ok.load(Ordering::Relaxed) > 0);
+    let metrics = client()
+        .get(format!("{}/metrics", gw.admin))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for kind in ["timeout", "trap"] {
+        assert!(
+            metrics.contains(&format!("kind=\"{kind}\"")),
+            "no {kind} counted:\n{metrics}"
+        );
+    }
+}
+
+async fn served_ok(gw: &GatewayProc) -> bool {
+    route(gw, &chat("check", false, 2)).await.status() == 200
+}
+
+/// A component that is not of the `policy` world: the worker binary's own kind
+/// of thing will not do (it is native), so a `wasi:cli/command` component.
+fn wrong_world() -> PathBuf {
+    plugins_dir().join("wrong-world.wasm")
+}
