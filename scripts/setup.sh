@@ -2,7 +2,8 @@
 # One-time setup on a fresh machine; every step is skipped when already done.
 # Installs: etcd and nats-server (Debian packages, for the control-plane and
 # bus tests), DejaVu fonts (bench charts), the `openai` Python client (its
-# end-to-end test) and the wasm32-wasip2 Rust target (plugins).
+# end-to-end test), numpy (the model's reference forward pass) and the
+# wasm32-wasip2 Rust target (plugins).
 set -euo pipefail
 
 need_apt=()
@@ -17,9 +18,9 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
 fi
 
-if ! python3 -c "import openai" 2>/dev/null; then
-  echo "setup: installing the openai Python client"
-  python3 -m pip install --quiet --disable-pip-version-check openai
+if ! python3 -c "import openai, numpy" 2>/dev/null; then
+  echo "setup: installing the openai Python client and numpy (the model reference test)"
+  python3 -m pip install --quiet --disable-pip-version-check openai numpy
 fi
 
 if ! rustup target list --installed | grep -qx wasm32-wasip2; then

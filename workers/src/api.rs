@@ -20,6 +20,7 @@ use crate::engine::{Engine, GenerateEvent, GenerateRequest};
 use crate::output::{engine_gone, Finish, TextOutput};
 use crate::prompt;
 use crate::respond::{self, Body};
+use crate::scheduler::Sampling;
 use crate::stream::{self, Chunker, Endpoint};
 use crate::tokenizer::Tokenizer;
 
@@ -149,6 +150,7 @@ impl App {
             Some(n) => n,
             None => self.config.engine.default_max_tokens.min(room),
         };
+        let defaults = Sampling::default();
         Ok(Generation {
             endpoint,
             model: model.to_string(),
@@ -156,6 +158,11 @@ impl App {
                 prompt,
                 max_tokens,
                 seed: sampling.seed,
+                sampling: Sampling {
+                    temperature: sampling.temperature.unwrap_or(defaults.temperature),
+                    top_p: sampling.top_p.unwrap_or(defaults.top_p),
+                    top_k: sampling.top_k.unwrap_or(defaults.top_k),
+                },
             },
             stops: sampling
                 .stop

@@ -72,8 +72,14 @@ pub struct EngineConfig {
     pub max_model_len: usize,
     /// Completion length when a request sets none (capped to fit `max_model_len`). Default: 256.
     pub default_max_tokens: usize,
-    /// A `tokenizer.json` to use. Default: none, meaning the built-in tokenizer.
+    /// A `tokenizer.json` to use. Default: none, meaning the built-in tokenizer
+    /// (`sim`) or the model file's own (`llama`, which allows no other).
     pub tokenizer_path: Option<PathBuf>,
+    /// The `llama` engine's model, a GGUF file (`scripts/fetch-model.sh` fetches
+    /// SmolLM2-135M-Instruct). Its KV memory is `num_blocks * block_size` tokens of
+    /// `layers * 2 * kv_heads * head_dim` f32s (46 KB per token for SmolLM2),
+    /// committed as blocks are first used. Default: none; required by `llama`.
+    pub model_path: Option<PathBuf>,
     pub sim: SimConfig,
 }
 
@@ -84,6 +90,8 @@ pub enum EngineKind {
     /// Real scheduling and KV cache, simulated compute: sleeps per a timing model.
     #[default]
     Sim,
+    /// A Llama-family model from `model_path`, computed on the CPU.
+    Llama,
 }
 
 /// The sim engine's timing model: one step sleeps
@@ -126,6 +134,7 @@ impl Default for EngineConfig {
             max_model_len: 4096,
             default_max_tokens: 256,
             tokenizer_path: None,
+            model_path: None,
             sim: SimConfig::default(),
         }
     }
@@ -238,6 +247,24 @@ impl WorkerConfig {
                 e.num_blocks, e.block_size, e.max_model_len
             ));
         }
+        match (e.kind, &e.model_path) {
+            (EngineKind::Llama, None) => {
+                problems.push("engine.model_path: the llama engine needs a model file".into())
+            }
+            (EngineKind::Llama, Some(path)) if !path.is_file() => problems.push(format!(
+                "engine.model_path: {} is not a file (scripts/fetch-model.sh fetches one)",
+                path.display()
+            )),
+            (EngineKind::Sim, Some(_)) => {
+                problems.push("engine.model_path: only the llama engine loads a model".into())
+            }
+            _ => {}
+        }
+        if e.kind == EngineKind::Llama && e.tokenizer_path.is_some() {
+            problems.push(
+                "engine.tokenizer_path: the llama engine uses its model file's tokenizer".into(),
+            );
+        }
         if problems.is_empty() {
             Ok(())
         } else {
@@ -306,6 +333,23 @@ mod tests {
                 "engine.max_running: must be > 0"
             ]
         );
+    }
+
+    #[test]
+    fn llama_needs_a_model_file() {
+        let mut c = WorkerConfig::default();
+        c.engine.kind = EngineKind::Llama;
+        let err = c.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("engine.model_path: the llama engine needs"),
+            "{err}"
+        );
+        c.engine.model_path = Some("/nonexistent/model.gguf".into());
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("is not a file"), "{err}");
+        let parsed: WorkerConfig =
+            toml::from_str("[engine]\nkind = \"llama\"\nmodel_path = \"m.gguf\"").unwrap();
+        assert_eq!(parsed.engine.kind, EngineKind::Llama);
     }
 
     #[test]

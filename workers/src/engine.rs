@@ -14,8 +14,9 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
 use crate::config::{EngineConfig, EngineKind};
 use crate::kv_cache::{KvCache, SeqId};
+use crate::model::{LlamaCompute, ModelError};
 use crate::scheduler::{
-    Compute, FinishReason, NewSequence, Output, Scheduler, SchedulerConfig, TokenUsage,
+    Compute, FinishReason, NewSequence, Output, Sampling, Scheduler, SchedulerConfig, TokenUsage,
 };
 use crate::sim::SimCompute;
 use crate::tokenizer::{Tokenizer, TokenizerError};
@@ -27,6 +28,7 @@ pub struct GenerateRequest {
     pub max_tokens: usize,
     /// Sampling seed; the prompt's hash when the client gives none.
     pub seed: Option<u64>,
+    pub sampling: Sampling,
 }
 
 /// What the engine reports about one request, in order: `Admitted`, `Token`s, `Finished`.
@@ -64,6 +66,8 @@ pub trait Engine: Send + Sync + 'static {
 pub enum EngineError {
     #[error("cannot prepare the engine's tokens")]
     Tokenizer(#[from] TokenizerError),
+    #[error("cannot load the model")]
+    Model(#[from] ModelError),
     #[error("cannot start the engine thread")]
     Thread(#[source] std::io::Error),
 }
@@ -100,6 +104,14 @@ impl BatchEngine {
                 "sim",
                 Box::new(SimCompute::new(config.sim.clone(), tokenizer)?),
             ),
+            EngineKind::Llama => {
+                let path = config
+                    .model_path
+                    .as_deref()
+                    .expect("validated: llama has a model");
+                let compute = LlamaCompute::load(path, config.num_blocks, config.block_size)?;
+                ("llama", Box::new(compute))
+            }
         };
         let info = EngineInfo {
             name: name.to_string(),
@@ -278,6 +290,7 @@ impl EngineLoop {
             prompt: request.prompt,
             max_tokens: request.max_tokens,
             seed,
+            sampling: request.sampling,
         });
         self.streams.insert(id, events);
     }
@@ -352,6 +365,7 @@ mod tests {
             prompt: (1..=10).collect(),
             max_tokens: 5,
             seed: None,
+            sampling: Sampling::default(),
         };
         let first = collect(engine.submit(request.clone())).await;
         let second = collect(engine.submit(request)).await;
@@ -375,6 +389,7 @@ mod tests {
             prompt: vec![1],
             max_tokens: 5,
             seed: Some(3),
+            sampling: Sampling::default(),
         }))
         .await;
         assert_ne!(seeded[1..6], first[1..6]);
@@ -387,6 +402,7 @@ mod tests {
             prompt: vec![1; 30],
             max_tokens: 200,
             seed: None,
+            sampling: Sampling::default(),
         });
         assert!(matches!(
             rx.recv().await,

@@ -11,6 +11,7 @@ pub mod config;
 pub mod detokenize;
 pub mod engine;
 pub mod kv_cache;
+pub mod model;
 mod output;
 pub mod prompt;
 mod publish;
@@ -82,9 +83,10 @@ pub async fn start_on_bus(
     bus: Option<Bus>,
 ) -> Result<WorkerHandle, WorkerError> {
     config.validate()?;
-    let tokenizer = match &config.engine.tokenizer_path {
-        Some(path) => Tokenizer::from_file(path)?,
-        None => Tokenizer::builtin()?,
+    let tokenizer = match (&config.engine.tokenizer_path, &config.engine.model_path) {
+        (Some(path), _) => Tokenizer::from_file(path)?,
+        (None, Some(model)) => model::load_tokenizer(model)?,
+        (None, None) => Tokenizer::builtin()?,
     };
     let mut engine = BatchEngine::start(&config.engine, &tokenizer)?;
     let kv_events = engine.take_kv_events();

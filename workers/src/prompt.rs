@@ -1,6 +1,6 @@
-//! Request prompts to token ids. Chat messages are rendered with the sim's
-//! fixed template; a real model's engine will render the model's own Jinja
-//! chat template instead.
+//! Request prompts to token ids. Chat messages are rendered with the model's
+//! own Jinja chat template when the tokenizer carries one, else with the sim's
+//! fixed template.
 
 use protocol::openai::{ChatMessage, PromptInput};
 use protocol::{ApiError, ErrorKind};
@@ -23,9 +23,17 @@ pub fn render_chat(messages: &[ChatMessage]) -> String {
     text
 }
 
-/// Token ids of a chat request's prompt.
+/// Token ids of a chat request's prompt. The gateway calls this with the same
+/// tokenizer as the worker, so both render and hash the same tokens.
 pub fn chat_tokens(messages: &[ChatMessage], tokenizer: &Tokenizer) -> Result<Vec<u32>, ApiError> {
-    encode(tokenizer, &render_chat(messages))
+    let text = match tokenizer.chat_template() {
+        // A template refusing a conversation (`raise_exception`) is the client's to fix.
+        Some(template) => template
+            .render(messages)
+            .map_err(|e| ApiError::invalid("messages", e.to_string()))?,
+        None => render_chat(messages),
+    };
+    encode(tokenizer, &text)
 }
 
 /// Token ids of a text completion's prompt: text is tokenized, ids are taken as

@@ -75,6 +75,8 @@ mod tests {
             tokens: vec![1; tokens],
             sample,
             seed,
+            sampling: Default::default(),
+            blocks: Vec::new(),
         }
     }
 

@@ -1,7 +1,10 @@
-//! Text to token ids and back: a tokenizer.json when configured, otherwise a
-//! small byte-level BPE trained at startup on the embedded corpus.
+//! Text to token ids and back: a tokenizer.json when configured, the one a
+//! model file carries, otherwise a small byte-level BPE trained at startup on
+//! the embedded corpus.
 
 use std::path::{Path, PathBuf};
+
+use crate::model::ChatTemplate;
 
 use tokenizers::models::bpe::{BpeTrainer, BPE};
 use tokenizers::models::TrainerWrapper;
@@ -34,6 +37,8 @@ pub enum TokenizerError {
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
     eos: Option<u32>,
+    /// The model's own chat template; without one, prompts use the sim's fixed template.
+    chat_template: Option<ChatTemplate>,
 }
 
 impl Tokenizer {
@@ -85,7 +90,28 @@ impl Tokenizer {
         let eos = ["<|endoftext|>", "</s>", "<|end_of_text|>", "<|eot_id|>"]
             .into_iter()
             .find_map(|t| inner.token_to_id(t));
-        Tokenizer { inner, eos }
+        Tokenizer {
+            inner,
+            eos,
+            chat_template: None,
+        }
+    }
+
+    /// A model's tokenizer, with the end-of-sequence token and chat template its file names.
+    pub fn from_model(
+        inner: tokenizers::Tokenizer,
+        eos: Option<u32>,
+        chat_template: Option<ChatTemplate>,
+    ) -> Self {
+        Tokenizer {
+            inner,
+            eos,
+            chat_template,
+        }
+    }
+
+    pub fn chat_template(&self) -> Option<&ChatTemplate> {
+        self.chat_template.as_ref()
     }
 
     /// Token ids of `text`, with the tokenizer's own special tokens (e.g. BOS) added.

@@ -1,0 +1,146 @@
+//! The real model: SmolLM2-135M-Instruct (GGUF, Q4_1) through the `llama`
+//! engine. Skips unless `scripts/fetch-model.sh` has fetched the model, and
+//! unless built with optimisations (`cargo test --release`): in a debug build
+//! one answer takes minutes.
+
+use std::path::PathBuf;
+
+use protocol::openai::ChatMessage;
+use tokio::sync::mpsc::UnboundedReceiver;
+use workers::engine::{BatchEngine, Engine, GenerateEvent, GenerateRequest};
+use workers::scheduler::Sampling;
+use workers::tokenizer::Tokenizer;
+use workers::{EngineConfig, EngineKind};
+
+/// Where `scripts/fetch-model.sh` puts the model, or `None` (with a message) to skip.
+fn model() -> Option<PathBuf> {
+    if cfg!(debug_assertions) {
+        eprintln!(
+            "skipped: the real-model tests run only in release builds (cargo test --release)"
+        );
+        return None;
+    }
+    let cache = std::env::var_os("LLMGW_MODELS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache/llmgw/models")
+        });
+    let path = cache.join("SmolLM2-135M-Instruct.Q4_1.gguf");
+    if path.is_file() {
+        Some(path)
+    } else {
+        eprintln!(
+            "skipped: {} is absent; run scripts/fetch-model.sh",
+            path.display()
+        );
+        None
+    }
+}
+
+fn engine(path: PathBuf, max_running: usize) -> (BatchEngine, Tokenizer) {
+    let tokenizer = workers::model::load_tokenizer(&path).unwrap();
+    let config = EngineConfig {
+        kind: EngineKind::Llama,
+        model_path: Some(path),
+        num_blocks: 512,
+        max_running,
+        max_model_len: 2048,
+        ..EngineConfig::default()
+    };
+    (BatchEngine::start(&config, &tokenizer).unwrap(), tokenizer)
+}
+
+fn user(text: &str) -> ChatMessage {
+    serde_json::from_value(serde_json::json!({"role": "user", "content": text})).unwrap()
+}
+
+fn greedy(tokenizer: &Tokenizer, question: &str, max_tokens: usize) -> GenerateRequest {
+    GenerateRequest {
+        prompt: workers::prompt::chat_tokens(&[user(question)], tokenizer).unwrap(),
+        max_tokens,
+        seed: None,
+        sampling: Sampling {
+            temperature: 0.0,
+            ..Sampling::default()
+        },
+    }
+}
+
+/// The generated tokens and how many prompt tokens came from the prefix cache.
+async fn run(mut events: UnboundedReceiver<GenerateEvent>) -> (Vec<u32>, usize) {
+    let (mut tokens, mut cached) = (Vec::new(), 0);
+    while let Some(event) = events.recv().await {
+        match event {
+            GenerateEvent::Admitted { cached_tokens } => cached = cached_tokens,
+            GenerateEvent::Token { id } => tokens.push(id),
+            GenerateEvent::Finished { .. } => break,
+        }
+    }
+    (tokens, cached)
+}
+
+const QUESTIONS: [&str; 3] = [
+    "What is the capital of France?",
+    "Name three colours of the rainbow.",
+    "What is 2 + 2?",
+];
+
+#[tokio::test(flavor = "multi_thread")]
+async fn answers_sensibly_the_same_with_prefix_cache_and_batching() {
+    let Some(path) = model() else { return };
+    let (engine, tok) = engine(path, 8);
+    let started = std::time::Instant::now();
+    let (paris, cached) = run(engine.submit(greedy(&tok, QUESTIONS[0], 24))).await;
+    let text = tok.decode(&paris).unwrap();
+    eprintln!("{text:?} in {:?}", started.elapsed());
+    assert_eq!(cached, 0);
+    assert!(text.contains("Paris"), "{text}");
+    // The same prompt again: its full blocks come from the prefix cache.
+    let (again, cached) = run(engine.submit(greedy(&tok, QUESTIONS[0], 24))).await;
+    assert!(cached >= 16, "cached {cached}");
+    assert_eq!(again, paris);
+    // Batch 1, each question alone, against all of them at once.
+    let mut alone = Vec::new();
+    for q in QUESTIONS {
+        alone.push(run(engine.submit(greedy(&tok, q, 16))).await.0);
+    }
+    let batch: Vec<_> = (0..8)
+        .map(|i| engine.submit(greedy(&tok, QUESTIONS[i % 3], 16)))
+        .collect();
+    for (i, events) in batch.into_iter().enumerate() {
+        let (tokens, _) = run(events).await;
+        assert_eq!(
+            tokens,
+            alone[i % 3],
+            "request {i}: {:?}",
+            tok.decode(&tokens)
+        );
+    }
+    for tokens in &alone {
+        eprintln!("{:?}", tok.decode(tokens).unwrap());
+    }
+}
+
+/// Prints decode speed at batch 1 (the bench measures it properly; this is a smoke figure).
+#[tokio::test(flavor = "multi_thread")]
+async fn decode_rate_at_batch_1() {
+    let Some(path) = model() else { return };
+    let (engine, tok) = engine(path, 1);
+    let mut events = engine.submit(greedy(&tok, "Write a long story about a dragon.", 128));
+    let mut stamps = Vec::new();
+    while let Some(event) = events.recv().await {
+        match event {
+            GenerateEvent::Token { .. } => stamps.push(std::time::Instant::now()),
+            GenerateEvent::Finished { .. } => break,
+            GenerateEvent::Admitted { .. } => {}
+        }
+    }
+    assert!(stamps.len() > 32, "{} tokens", stamps.len());
+    // From the first token on, so prefill is left out.
+    let elapsed = stamps.last().unwrap().duration_since(stamps[0]);
+    let rate = (stamps.len() - 1) as f64 / elapsed.as_secs_f64();
+    eprintln!(
+        "decode at batch 1: {rate:.1} tokens/s over {} tokens",
+        stamps.len()
+    );
+}

@@ -1,0 +1,193 @@
+//! The `llama` engine on a tiny random model written as GGUF: its tokenizer and
+//! chat template come back from the metadata, its logits match an independent
+//! float64 NumPy implementation, and the engine serves it deterministically.
+
+mod model_support;
+
+use std::path::Path;
+use std::process::Command;
+
+use protocol::openai::ChatMessage;
+use workers::engine::{BatchEngine, Engine, GenerateEvent, GenerateRequest};
+use workers::kv_cache::{BlockId, SeqId};
+use workers::model::{Forward, Weights};
+use workers::scheduler::{Phase, PlanItem, Sampling, StepPlan};
+use workers::{EngineConfig, EngineKind};
+
+fn message(role: &str, content: &str) -> ChatMessage {
+    serde_json::from_value(serde_json::json!({"role": role, "content": content})).unwrap()
+}
+
+#[test]
+fn tokenizer_and_template_come_from_the_metadata() {
+    let trained = model_support::train_tokenizer();
+    let path = model_support::write_tiny_model(&trained, "tiny-tokenizer");
+    let tok = workers::model::load_tokenizer(&path).unwrap();
+    for text in [
+        "The weather over the network, in 2024: 13 degrees.",
+        "naïve café 🌧",
+    ] {
+        let ids = tok.encode(text).unwrap();
+        assert_eq!(ids, trained.encode(text, true).unwrap().get_ids(), "{text}");
+        assert_eq!(tok.decode(&ids).unwrap(), text);
+    }
+    assert_eq!(tok.eos_token(), Some(2));
+    let ids = workers::prompt::chat_tokens(&[message("user", "rain")], &tok).unwrap();
+    // Special tokens are single ids: <|im_start|> opens the prompt and the reply cue.
+    assert_eq!(ids[0], 1);
+    assert_eq!(ids.iter().filter(|&&t| t == 1).count(), 2);
+    assert_eq!(ids.iter().filter(|&&t| t == 2).count(), 1);
+    std::fs::remove_file(path).unwrap();
+}
+
+/// Every position's logits from `tests/reference/llama_ref.py`.
+fn reference(path: &Path, tokens: &[u32]) -> Vec<Vec<f64>> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/reference/llama_ref.py");
+    let list: Vec<String> = tokens.iter().map(u32::to_string).collect();
+    let out = Command::new("python3")
+        .arg(script)
+        .arg(path)
+        .arg(list.join(","))
+        .output()
+        .expect("python3 runs");
+    assert!(
+        out.status.success(),
+        "the NumPy reference failed (it needs `pip install numpy`): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn item(seq: u64, phase: Phase, tokens: &[u32], start: usize, blocks: &[u32]) -> PlanItem {
+    PlanItem {
+        seq: SeqId(seq),
+        phase,
+        start,
+        tokens: tokens[start..].to_vec(),
+        sample: true,
+        seed: 0,
+        sampling: Sampling::default(),
+        blocks: blocks.iter().map(|&b| BlockId(b)).collect(),
+    }
+}
+
+fn max_diff(ours: &[f32], theirs: &[f64]) -> f64 {
+    assert_eq!(ours.len(), theirs.len());
+    ours.iter()
+        .zip(theirs)
+        .map(|(&a, b)| (f64::from(a) - b).abs())
+        .fold(0.0, f64::max)
+}
+
+#[test]
+fn logits_match_the_numpy_reference_through_paged_blocks() {
+    let trained = model_support::train_tokenizer();
+    let path = model_support::write_tiny_model(&trained, "tiny-logits");
+    let a: Vec<u32> = trained
+        .encode("Rain fell on the quiet town at noon.", true)
+        .unwrap()
+        .get_ids()
+        .to_vec();
+    assert!(a.len() >= 10, "{a:?}");
+    let a = &a[..10];
+    // B shares A's first two blocks (8 tokens at 4 per block), then goes its own way.
+    let mut b = a[..8].to_vec();
+    b.extend([40, 41, 42, 43, 44]);
+    let mut forward = Forward::new(Weights::load(&path).unwrap(), 8, 4);
+    // Step 1: A's first 9 tokens in blocks scattered over the store.
+    let a_blocks = [5, 2, 7];
+    let step1 = StepPlan {
+        items: vec![item(1, Phase::Prefill, &a[..9], 0, &a_blocks)],
+    };
+    // Step 2, batched: A decodes its 10th token; B prefills after reusing A's two blocks.
+    let step2 = StepPlan {
+        items: vec![
+            item(1, Phase::Decode, a, 9, &a_blocks),
+            item(2, Phase::Prefill, &b, 8, &[5, 2, 3, 6]),
+        ],
+    };
+    let ours = [forward.run(&step1), forward.run(&step2)].concat();
+    let ref_a = reference(&path, a);
+    let ref_b = reference(&path, &b);
+    let theirs = [&ref_a[8], &ref_a[9], &ref_b[12]];
+    for (i, (ours, theirs)) in ours.iter().zip(theirs).enumerate() {
+        let diff = max_diff(ours, theirs);
+        let scale = theirs.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+        eprintln!("logits {i}: max |diff| {diff:.2e}, max |logit| {scale:.2}");
+        assert!(diff < 1e-3 * scale.max(1.0), "logits {i} differ by {diff}");
+    }
+    std::fs::remove_file(path).unwrap();
+}
+
+async fn generate(engine: &BatchEngine, request: GenerateRequest) -> (Vec<u32>, usize) {
+    let mut events = engine.submit(request);
+    let (mut tokens, mut cached) = (Vec::new(), 0);
+    while let Some(event) = events.recv().await {
+        match event {
+            GenerateEvent::Admitted { cached_tokens } => cached = cached_tokens,
+            GenerateEvent::Token { id } => tokens.push(id),
+            GenerateEvent::Finished { .. } => break,
+        }
+    }
+    (tokens, cached)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_engine_serves_the_model_deterministically() {
+    let trained = model_support::train_tokenizer();
+    let path = model_support::write_tiny_model(&trained, "tiny-engine");
+    let tok = workers::model::load_tokenizer(&path).unwrap();
+    let config = EngineConfig {
+        kind: EngineKind::Llama,
+        model_path: Some(path.clone()),
+        block_size: 4,
+        num_blocks: 256,
+        max_model_len: 128,
+        // Small enough that 8 prompts prefill over several steps, mixed with decodes.
+        max_prefill_tokens_per_step: 24,
+        ..EngineConfig::default()
+    };
+    let engine = BatchEngine::start(&config, &tok).unwrap();
+    let request = |text: &str, temperature: f32| GenerateRequest {
+        prompt: workers::prompt::chat_tokens(&[message("user", text)], &tok).unwrap(),
+        max_tokens: 12,
+        seed: Some(9),
+        sampling: Sampling {
+            temperature,
+            top_p: 0.9,
+            top_k: 20,
+        },
+    };
+    let texts = ["rain at noon", "the network is turning"];
+    let mut alone = Vec::new();
+    for t in texts {
+        for temperature in [0.0, 0.8] {
+            // Fewer than 12 tokens when the random model happens on its end-of-sequence token.
+            let (tokens, cached) = generate(&engine, request(t, temperature)).await;
+            assert!(!tokens.is_empty());
+            if temperature > 0.0 {
+                // The greedy run cached this prompt's full blocks.
+                assert!(cached > 0);
+            }
+            alone.push(tokens);
+        }
+    }
+    assert_ne!(
+        alone[0], alone[1],
+        "sampling at 0.8 should leave the greedy path"
+    );
+    let batch: Vec<_> = (0..8)
+        .map(|i| engine.submit(request(texts[i / 2 % 2], [0.0, 0.8][i % 2])))
+        .collect();
+    for (i, mut events) in batch.into_iter().enumerate() {
+        let mut tokens = Vec::new();
+        while let Some(event) = events.recv().await {
+            if let GenerateEvent::Token { id } = event {
+                tokens.push(id);
+            }
+        }
+        assert_eq!(tokens, alone[i % 4], "request {i}");
+    }
+    drop(engine);
+    std::fs::remove_file(path).unwrap();
+}
