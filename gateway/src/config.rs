@@ -230,7 +230,8 @@ pub struct PoolConfig {
     /// Tokens per KV block, as the pool's workers hash them. Default 16.
     #[serde(default = "default_block_size")]
     pub block_size: usize,
-    /// `builtin` (the sim's tokenizer) or a path to the workers' `tokenizer.json`. Default `builtin`.
+    /// `builtin` (the sim's tokenizer), the workers' `.gguf` model file, or
+    /// their `tokenizer.json`. Default `builtin`.
     #[serde(default = "default_tokenizer")]
     pub tokenizer: String,
     /// A WASM routing policy for this pool; default none: the built-in one.

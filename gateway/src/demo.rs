@@ -6,23 +6,43 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 use protocol::Bus;
-use workers::WorkerConfig;
+use workers::{EngineKind, WorkerConfig};
 
 use crate::config::Config;
 
 pub const MODEL: &str = "sim-llama";
+/// The model name clients ask for when the demo serves the real model.
+pub const REAL_MODEL: &str = "smollm2-135m-instruct";
 const POOL: &str = "demo";
 const POLICY: &str = "failover";
 
-/// Starts the demo and serves until Ctrl-C or SIGTERM.
-pub async fn run(api: SocketAddr, admin: SocketAddr, plugins: &Path) -> anyhow::Result<()> {
+/// Starts the demo and serves until Ctrl-C or SIGTERM: sim workers, or with
+/// `model` (a GGUF file) workers running that model on the CPU.
+pub async fn run(
+    api: SocketAddr,
+    admin: SocketAddr,
+    plugins: &Path,
+    model: Option<&Path>,
+) -> anyhow::Result<()> {
     // Workers publish KV events and load in process; the gateway mirrors them.
     let bus = Bus::local();
     let mut handles = Vec::new();
     let mut pool = String::new();
+    let (model_name, tokenizer) = match model {
+        Some(path) => (REAL_MODEL, path.display().to_string()),
+        None => (MODEL, "builtin".to_string()),
+    };
     for (id, zone) in [("w1", "a"), ("w2", "a"), ("w3", "b")] {
-        let mut config = WorkerConfig::sim(id, ([127, 0, 0, 1], 0).into(), MODEL, zone);
+        let mut config = WorkerConfig::sim(id, ([127, 0, 0, 1], 0).into(), model_name, zone);
         config.pool = POOL.to_string();
+        if let Some(path) = model {
+            config.engine.kind = EngineKind::Llama;
+            config.engine.model_path = Some(path.to_path_buf());
+            // KV cache memory is committed as blocks fill: 512 blocks of 16
+            // tokens is ~370 MB per worker for SmolLM2 at most.
+            config.engine.num_blocks = 512;
+            config.engine.max_model_len = 2048;
+        }
         let worker = workers::start_on_bus(config, Some(bus.clone())).await?;
         pool.push_str(&format!(
             "[[pools.workers]]\nid = \"{id}\"\nurl = \"{}\"\nzone = \"{zone}\"\n",
@@ -48,7 +68,7 @@ pub async fn run(api: SocketAddr, admin: SocketAddr, plugins: &Path) -> anyhow::
     };
     let config = Config::from_toml(&format!(
         "zone = \"a\"\n[listeners]\napi = \"{api}\"\nadmin = \"{admin}\"\ndrain_grace_ms = 5000\n{policy}\
-         [[pools]]\nname = \"{POOL}\"\nmodels = [\"{MODEL}\"]\n{binding}{pool}"
+         [[pools]]\nname = \"{POOL}\"\nmodels = [\"{model_name}\"]\ntokenizer = {tokenizer:?}\n{binding}{pool}"
     ))?;
     let gateway = crate::start_on_bus(config, Some(bus)).await?;
     let api = gateway.api_addr();
@@ -61,7 +81,7 @@ pub async fn run(api: SocketAddr, admin: SocketAddr, plugins: &Path) -> anyhow::
     }
     println!(
         "\ntry:\n  curl -s http://{api}/v1/chat/completions -H 'content-type: application/json' \\\n    \
-         -d '{{\"model\":\"{MODEL}\",\"messages\":[{{\"role\":\"user\",\"content\":\"Hello!\"}}]}}'\n\nCtrl-C stops."
+         -d '{{\"model\":\"{model_name}\",\"messages\":[{{\"role\":\"user\",\"content\":\"Hello!\"}}]}}'\n\nCtrl-C stops."
     );
     crate::shutdown_signal().await;
     gateway.shutdown().await;

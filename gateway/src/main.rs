@@ -28,6 +28,10 @@ enum Command {
         /// Plugin directory; the demo pool runs its `failover` policy from there.
         #[arg(long, default_value = "target/plugins")]
         plugins: PathBuf,
+        /// A GGUF model the workers run on the CPU (scripts/fetch-model.sh
+        /// fetches SmolLM2-135M-Instruct); without it, sim workers.
+        #[arg(long)]
+        model: Option<PathBuf>,
     },
     /// Validate the config and exit.
     Check,
@@ -47,7 +51,8 @@ async fn main() -> anyhow::Result<()> {
             api,
             admin,
             plugins,
-        }) => gateway::demo::run(api, admin, &plugins).await,
+            model,
+        }) => gateway::demo::run(api, admin, &plugins, model.as_deref()).await,
         Some(Command::Check) => {
             Config::from_file(&cli.config)?;
             println!("{}: ok", cli.config.display());

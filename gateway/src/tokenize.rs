@@ -17,9 +17,14 @@ pub struct PromptBlocks {
     pub hashes: Vec<BlockHash>,
 }
 
-/// A pool's tokenizer: `builtin` (trained once per process, shared) or a `tokenizer.json` path.
+/// A pool's tokenizer: `builtin` (trained once per process, shared), the
+/// workers' GGUF model file (its tokenizer and chat template), or a
+/// `tokenizer.json` path.
 pub fn load(spec: &str) -> Result<Arc<Tokenizer>, TokenizerError> {
     static BUILTIN: OnceLock<Arc<Tokenizer>> = OnceLock::new();
+    if spec.ends_with(".gguf") {
+        return workers::model::load_tokenizer(spec.as_ref()).map(Arc::new);
+    }
     if spec != "builtin" {
         return Tokenizer::from_file(spec.as_ref()).map(Arc::new);
     }

@@ -260,7 +260,7 @@ async fn versions_swap_under_load_without_a_failed_request() {
     for version in 2..=11 {
         install(&dir, "failover", &version.to_string());
         eventually(Duration::from_secs(20), "new version in force", || async {
-            policy_status(&gw).await["policy"]["version"] == version.to_string()
+            policy_status(&gw).await["policy"]["version"] == version.to_string().as_str()
         })
         .await;
     }
