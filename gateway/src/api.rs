@@ -110,18 +110,12 @@ async fn complete(
         .iter()
         .map(|c| (c.worker.id.clone(), c.overlap_blocks))
         .collect();
-    let session_key = head
-        .headers
-        .get("x-session-id")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string)
-        .or(parsed.user.clone());
     let facts = decide::Facts {
         model: &parsed.model,
         stream: parsed.stream,
         prompt_tokens: prompt.tokens,
         prompt_blocks: prompt.hashes.len(),
-        session_key,
+        session_key: session_key(&head.headers, parsed.user.as_deref()),
     };
     let order = decide::decide(&gw.config, pool, candidates, &facts)?;
     let order_first_id = order.first().map(|w| w.id.clone());
@@ -164,25 +158,39 @@ async fn complete(
         pool.prefix
             .record(&worker.id, &prompt.hashes, Instant::now());
     }
+    Ok(relay(gw, served, labels, parsed.stream, started, permit))
+}
+
+/// The worker's response on its way to the client: connection headers
+/// dropped, the serving worker named, the body relayed frame by frame.
+fn relay(
+    gw: &Gateway,
+    served: failover::Served,
+    labels: &Labels,
+    stream: bool,
+    started: Instant,
+    permit: crate::admit::Permit,
+) -> Response<Body> {
+    let worker_id = served.in_flight.worker().id.clone();
     let (mut parts, upstream_body) = served.response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     if gw.config.listeners.worker_id_header {
-        if let Ok(id) = http::HeaderValue::from_str(&worker.id) {
+        if let Ok(id) = http::HeaderValue::from_str(&worker_id) {
             parts.headers.insert("x-worker-id", id);
         }
     }
-    let relay = Relay::new(
-        upstream_body,
-        served.first,
-        labels,
-        parsed.stream,
-        started,
-        (served.in_flight, permit),
-    );
-    Ok(Response::from_parts(
-        parts,
-        http_body_util::BodyExt::boxed(relay),
-    ))
+    let guards = (served.in_flight, permit);
+    let body = Relay::new(upstream_body, served.first, labels, stream, started, guards);
+    Response::from_parts(parts, http_body_util::BodyExt::boxed(body))
+}
+
+/// Keys sticky routing: the `x-session-id` header, else the request's `user`.
+fn session_key(headers: &http::HeaderMap, user: Option<&str>) -> Option<String> {
+    headers
+        .get("x-session-id")
+        .and_then(|v| v.to_str().ok())
+        .or(user)
+        .map(str::to_string)
 }
 
 /// Headers that describe one connection, not the message; hyper sets its own.
