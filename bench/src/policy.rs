@@ -1,7 +1,9 @@
 //! `bench policy`: what a routing decision by a WASM plugin costs next to the
 //! built-in policy, with a recycled instance pool and with a fresh instance
-//! per call, and how long a new plugin file takes to serve (swap latency)
-//! while another thread keeps calling the policy.
+//! per call, and how long a new plugin file takes to serve (swap latency, at
+//! the baseline tier) and to be optimized, while another thread keeps calling
+//! the policy. Decisions are timed on the optimized tier, the one that
+//! serves once a version settled, and on the baseline tier for comparison.
 //!
 //! Needs the example components: `cargo build --release --target
 //! wasm32-wasip2 -p policy-failover -p policy-zone-affinity`.
@@ -17,7 +19,7 @@ use gateway::candidates::Candidate;
 use gateway::config::{BreakerConfig, RoutingConfig, Strategy};
 use gateway::plugin::{
     Health, Label, Load, LoadedPolicy, PluginEngine, PluginWatcher, PluginsConfig, PolicyBinding,
-    PolicyCandidate, PolicySlot, RouteRequest,
+    PolicyCandidate, PolicySlot, RouteRequest, Tier,
 };
 use gateway::pools::Worker;
 use rand::rngs::StdRng;
@@ -68,14 +70,18 @@ pub fn run(args: Args, out: &Path) -> anyhow::Result<()> {
     }
     let engine = PluginEngine::with_seed(&config, 1)?;
     // Compile + link + init + sample decisions, as a swap does, uncontended.
-    let mut loads = Vec::new();
-    for _ in 0..5 {
-        let start = Instant::now();
-        LoadedPolicy::load(&engine, "failover", "1", &failover, "{}")?;
-        loads.push(start.elapsed().as_secs_f64() * 1e3);
-    }
-    let load_ms = percentile(&mut loads, 0.5);
-    let policy = LoadedPolicy::load(&engine, "failover", "1", &failover, "{}")?;
+    let load_ms = |tier| -> anyhow::Result<f64> {
+        let mut loads = Vec::new();
+        for _ in 0..5 {
+            let start = Instant::now();
+            LoadedPolicy::load(&engine, tier, "failover", "1", &failover, "{}")?;
+            loads.push(start.elapsed().as_secs_f64() * 1e3);
+        }
+        Ok(percentile(&mut loads, 0.5))
+    };
+    let (baseline_load_ms, load_ms) = (load_ms(Tier::Baseline)?, load_ms(Tier::Optimized)?);
+    let policy = LoadedPolicy::load(&engine, Tier::Optimized, "failover", "1", &failover, "{}")?;
+    let baseline = LoadedPolicy::load(&engine, Tier::Baseline, "failover", "1", &failover, "{}")?;
     let request = route_request();
 
     let mut rows = Vec::new();
@@ -109,6 +115,10 @@ pub fn run(args: Args, out: &Path) -> anyhow::Result<()> {
             black_box(policy.route(&request, black_box(&plugin_candidates))?);
             Ok(())
         })?;
+        let pooled_baseline = time(args.calls, || {
+            black_box(baseline.route(&request, black_box(&plugin_candidates))?);
+            Ok(())
+        })?;
         let fresh = time(args.fresh_calls, || {
             black_box(policy.route_fresh(&request, black_box(&plugin_candidates))?);
             Ok(())
@@ -123,6 +133,7 @@ pub fn run(args: Args, out: &Path) -> anyhow::Result<()> {
             n.to_string(),
             us(&builtin),
             us(&pooled),
+            us(&pooled_baseline),
             us(&fresh),
             format!("{:.2} µs", inputs.p50_us),
         ]);
@@ -130,6 +141,10 @@ pub fn run(args: Args, out: &Path) -> anyhow::Result<()> {
             "candidates": n,
             "builtin_kv": {"p50_us": builtin.p50_us, "p99_us": builtin.p99_us},
             "plugin_pooled": {"p50_us": pooled.p50_us, "p99_us": pooled.p99_us},
+            "plugin_pooled_baseline": {
+                "p50_us": pooled_baseline.p50_us,
+                "p99_us": pooled_baseline.p99_us,
+            },
             "plugin_fresh": {"p50_us": fresh.p50_us, "p99_us": fresh.p99_us},
             "input_clone_p50_us": inputs.p50_us,
         }));
@@ -145,17 +160,22 @@ pub fn run(args: Args, out: &Path) -> anyhow::Result<()> {
         .map(|f| f["plugin_pooled"]["p50_us"].as_f64().unwrap_or(f64::NAN));
     println!(
         "## bench policy\n\nLoading the `failover` component ({} KB: compile, link, `init`, sample \
-         decisions), median of 5, uncontended: {:.1} ms.\n\nOne routing decision, single thread, per-call time over {} calls ({} with a \
-         fresh instance): the built-in policy (`kv` strategy) against the `failover` example plugin \
-         called on a recycled, initialised instance (the gateway's way) and on a fresh instance that \
-         runs `init` first. The last column is the cost of building the plugin's input, which the \
+         decisions), median of 5, uncontended: {:.1} ms at the baseline tier (Winch), {:.1} ms \
+         at the optimized tier (cranelift).\n\nOne routing decision, single thread, per-call time \
+         over {} calls ({} with a fresh instance): the built-in policy (`kv` strategy) against the \
+         `failover` example plugin called on a recycled, initialised instance (the gateway's way; \
+         optimized tier, and baseline tier for comparison) and on a fresh instance that runs `init` \
+         first (optimized). The last column is the cost of building the plugin's input, which the \
          gateway pays on top.\n\n{}\n\
          Swaps: {} new versions written (write + rename) into the watched directory, polled every \
          {} ms, alternating two plugins so each is compiled; latency from the write to the slot \
-         serving it, while another thread calls the policy in a loop.\n\n{}\n\
+         serving it (baseline tier), and to its optimized build serving, while another thread calls \
+         the policy in a loop. Each version is written once the previous one is optimized, as \
+         deploys minutes apart would be.\n\n{}\n\
          Goals: pooled p50 with 64 candidates under 20 µs: {}; swap p50 under 100 ms: {}; \
          no failed call: {}.\n",
         failover_kb,
+        baseline_load_ms,
         load_ms,
         args.calls,
         args.fresh_calls,
@@ -164,6 +184,7 @@ pub fn run(args: Args, out: &Path) -> anyhow::Result<()> {
                 "candidates",
                 "built-in kv p50 / p99",
                 "plugin pooled p50 / p99",
+                "baseline tier pooled p50 / p99",
                 "plugin fresh p50 / p99",
                 "input build p50",
             ],
@@ -172,12 +193,24 @@ pub fn run(args: Args, out: &Path) -> anyhow::Result<()> {
         swap.count,
         config.poll_interval_ms,
         report::table(
-            &["swaps", "p50", "p99", "max", "calls during swaps", "failed calls"],
+            &[
+                "swaps",
+                "p50",
+                "p99",
+                "max",
+                "optimized p50 / p99",
+                "calls during swaps",
+                "failed calls"
+            ],
             &[vec![
                 swap.count.to_string(),
                 format!("{:.1} ms", swap.p50_ms),
                 format!("{:.1} ms", swap.p99_ms),
                 format!("{:.1} ms", swap.max_ms),
+                format!(
+                    "{:.1} / {:.1} ms",
+                    swap.optimized_p50_ms, swap.optimized_p99_ms
+                ),
                 swap.calls.to_string(),
                 if swap.failures.is_empty() {
                     "0".to_string()
@@ -195,6 +228,7 @@ pub fn run(args: Args, out: &Path) -> anyhow::Result<()> {
         &out.join("policy.json"),
         &json!({
             "load_ms_p50": load_ms,
+            "baseline_load_ms_p50": baseline_load_ms,
             "decision": figures,
             "swap": {
                 "swaps": swap.count,
@@ -202,6 +236,8 @@ pub fn run(args: Args, out: &Path) -> anyhow::Result<()> {
                 "p50_ms": swap.p50_ms,
                 "p99_ms": swap.p99_ms,
                 "max_ms": swap.max_ms,
+                "optimized_p50_ms": swap.optimized_p50_ms,
+                "optimized_p99_ms": swap.optimized_p99_ms,
                 "calls": swap.calls,
                 "failed_calls": swap.failed(),
                 "failures_by_kind": swap.failures,
@@ -364,6 +400,9 @@ struct Swaps {
     p50_ms: f64,
     p99_ms: f64,
     max_ms: f64,
+    /// From the write to the optimized build serving.
+    optimized_p50_ms: f64,
+    optimized_p99_ms: f64,
     calls: usize,
     /// Failed calls by [`PluginError::kind`](gateway::plugin::PluginError::kind).
     failures: BTreeMap<&'static str, usize>,
@@ -376,7 +415,8 @@ impl Swaps {
 }
 
 /// Writes `args.swaps` versions into a watched directory, alternating the
-/// two components, and times each from the write to the slot serving it.
+/// two components, and times each from the write to the slot serving it and
+/// to its optimized build serving.
 fn swaps(
     engine: &PluginEngine,
     config: &PluginsConfig,
@@ -437,19 +477,31 @@ fn swaps(
     };
 
     let mut latencies = Vec::with_capacity(args.swaps);
+    let mut optimized = Vec::with_capacity(args.swaps);
     for version in 1..=args.swaps {
         let start = Instant::now();
         put(version, &components[version % 2])?;
         let wanted = version.to_string();
-        while slot.current().map(|p| p.info().version.clone()) != Some(wanted.clone()) {
+        let mut served = false;
+        loop {
+            let info = slot.current().map(|p| p.info().clone());
+            if let Some(info) = info.filter(|info| info.version == wanted) {
+                if !served {
+                    served = true;
+                    latencies.push(start.elapsed().as_secs_f64() * 1e3);
+                }
+                if info.tier == Tier::Optimized {
+                    optimized.push(start.elapsed().as_secs_f64() * 1e3);
+                    break;
+                }
+            }
             anyhow::ensure!(
                 start.elapsed() < Duration::from_secs(30),
-                "version {version} was not served within 30 s: {:?}",
+                "version {version} was not served optimized within 30 s: {:?}",
                 slot.status().last_refusal
             );
             std::thread::sleep(Duration::from_micros(200));
         }
-        latencies.push(start.elapsed().as_secs_f64() * 1e3);
         // Old versions would pile up in the listing; a deploy removes them too.
         std::fs::remove_file(dir.join("routing").join(format!("{}.wasm", version - 1)))?;
     }
@@ -466,6 +518,8 @@ fn swaps(
         p50_ms: percentile(&mut latencies, 0.5),
         p99_ms: percentile(&mut latencies, 0.99),
         max_ms,
+        optimized_p50_ms: percentile(&mut optimized, 0.5),
+        optimized_p99_ms: percentile(&mut optimized, 0.99),
         calls: calls.load(Ordering::Relaxed),
         failures,
     })

@@ -1,13 +1,17 @@
-//! The one wasmtime engine of a gateway: compiler settings, the pooling
-//! allocator, the epoch ticker that bounds every call, and the linker (built
-//! once; every plugin version is pre-instantiated against it).
+//! The wasmtime engines of a gateway, one per compiler tier: compiler
+//! settings, the pooling allocator, the epoch ticker that bounds every call,
+//! and a linker per engine (built once; every plugin version is
+//! pre-instantiated against the one of its tier).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use serde::Serialize;
 use wasmtime::component::Linker;
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+use wasmtime::{
+    Config, Engine, EngineWeak, InstanceAllocationStrategy, PoolingAllocationConfig, Strategy,
+};
 
 use super::config::PluginsConfig;
 use super::error::PluginError;
@@ -16,18 +20,37 @@ use super::host::{self, HostState};
 /// The epoch advances this often; deadlines are counted in these ticks.
 const TICK: Duration = Duration::from_millis(1);
 
-/// A cheap handle (clones share one engine).
+/// Which compiler built a version's code.
+///
+/// A new version is compiled by Winch (a baseline compiler: several times
+/// faster to compile, calls cost about a quarter more) so it serves soon,
+/// then by cranelift off the request path, which replaces it when ready.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Tier {
+    Baseline,
+    Optimized,
+}
+
+/// A cheap handle (clones share the engines).
 #[derive(Clone)]
 pub struct PluginEngine {
     inner: Arc<Inner>,
 }
 
 struct Inner {
-    engine: Engine,
-    linker: Linker<HostState>,
+    baseline: Compiler,
+    optimized: Compiler,
     limits: Limits,
     /// Seeds each new instance's random generator: the base seed plus a counter.
     seeds: AtomicU64,
+}
+
+/// One tier's engine and its linker: code compiled by one engine cannot be
+/// instantiated in the other's stores.
+struct Compiler {
+    engine: Engine,
+    linker: Linker<HostState>,
 }
 
 /// Per-call bounds, copied out of the config.
@@ -49,10 +72,9 @@ impl PluginEngine {
     /// An engine whose instances' random numbers are reproducible from `seed`
     /// (instance by instance, in creation order): for tests and benchmarks.
     pub fn with_seed(config: &PluginsConfig, seed: u64) -> Result<Self, PluginError> {
-        let engine = Engine::new(&engine_config(config)).map_err(engine_error)?;
-        let mut linker = Linker::new(&engine);
-        host::link(&mut linker).map_err(engine_error)?;
-        spawn_ticker(&engine);
+        let baseline = Compiler::new(config, Strategy::Winch)?;
+        let optimized = Compiler::new(config, Strategy::Cranelift)?;
+        spawn_ticker([baseline.engine.weak(), optimized.engine.weak()]);
         // The call is synchronous and short, so no more calls of one version
         // run at once than there are threads calling; more idle instances
         // would only hold pooling slots.
@@ -60,8 +82,8 @@ impl PluginEngine {
         let idle_per_version = (cores * 2).clamp(2, config.max_instances.max(1) as usize);
         Ok(Self {
             inner: Arc::new(Inner {
-                engine,
-                linker,
+                baseline,
+                optimized,
                 limits: Limits {
                     call_timeout_ms: config.call_timeout_ms,
                     init_timeout_ms: config.init_timeout_ms,
@@ -73,12 +95,19 @@ impl PluginEngine {
         })
     }
 
-    pub(crate) fn engine(&self) -> &Engine {
-        &self.inner.engine
+    pub(crate) fn engine(&self, tier: Tier) -> &Engine {
+        &self.compiler(tier).engine
     }
 
-    pub(crate) fn linker(&self) -> &Linker<HostState> {
-        &self.inner.linker
+    pub(crate) fn linker(&self, tier: Tier) -> &Linker<HostState> {
+        &self.compiler(tier).linker
+    }
+
+    fn compiler(&self, tier: Tier) -> &Compiler {
+        match tier {
+            Tier::Baseline => &self.inner.baseline,
+            Tier::Optimized => &self.inner.optimized,
+        }
     }
 
     pub(crate) fn limits(&self) -> Limits {
@@ -97,6 +126,19 @@ pub(crate) fn ticks(ms: u64) -> u64 {
     ms.div_ceil(TICK.as_millis() as u64) + 1
 }
 
+impl Compiler {
+    fn new(config: &PluginsConfig, strategy: Strategy) -> Result<Self, PluginError> {
+        let mut wasm = engine_config(config);
+        wasm.strategy(strategy);
+        let engine = Engine::new(&wasm).map_err(engine_error)?;
+        let mut linker = Linker::new(&engine);
+        host::link(&mut linker).map_err(engine_error)?;
+        Ok(Self { engine, linker })
+    }
+}
+
+/// The same settings for both tiers, so a version behaves the same (limits,
+/// deadlines) whichever compiler built it.
 fn engine_config(config: &PluginsConfig) -> Config {
     let memory_limit = config.memory_limit_bytes as usize;
     let instances = config.max_instances;
@@ -130,21 +172,24 @@ fn engine_error(error: wasmtime::Error) -> PluginError {
     PluginError::Engine(format!("{error:#}"))
 }
 
-/// Advances the engine's epoch every [`TICK`] until the engine is dropped.
+/// Advances the engines' epochs every [`TICK`] until both are dropped.
 ///
-/// The thread holds only a weak reference: components, pre-instances and the
-/// linker keep the engine alive, and once all are gone the thread ends. A
+/// The thread holds only weak references: components, pre-instances and the
+/// linkers keep an engine alive, and once all are gone the thread ends. A
 /// thread rather than a tokio task so deadlines hold even when the runtime's
 /// workers are all busy (in the very guest calls being bounded).
-fn spawn_ticker(engine: &Engine) {
-    let weak = engine.weak();
+fn spawn_ticker(engines: [EngineWeak; 2]) {
     std::thread::Builder::new()
         .name("plugin-epoch".to_string())
         .spawn(move || loop {
             std::thread::sleep(TICK);
-            match weak.upgrade() {
-                Some(engine) => engine.increment_epoch(),
-                None => return,
+            let mut alive = false;
+            for engine in engines.iter().filter_map(EngineWeak::upgrade) {
+                engine.increment_epoch();
+                alive = true;
+            }
+            if !alive {
+                return;
             }
         })
         .expect("spawning a thread only fails when the process is out of resources");

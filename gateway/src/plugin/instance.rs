@@ -33,7 +33,9 @@ impl Instance {
             limits.memory_limit_bytes as usize,
             engine.next_seed(),
         );
-        let mut store = Store::new(engine.engine(), state);
+        // The engine that compiled `pre`, not one chosen here: code of one
+        // tier cannot run in a store of the other's engine.
+        let mut store = Store::new(pre.engine(), state);
         store.limiter(|state| state);
         store.epoch_deadline_callback(|mut store| Ok(store.data_mut().deadline.on_expiry()));
         // Armed before instantiating: instantiation runs guest start code too.

@@ -14,7 +14,7 @@ use wasmtime::component::Component;
 
 use super::bindings::PolicyPre;
 use super::decision::{self, Decision};
-use super::engine::PluginEngine;
+use super::engine::{PluginEngine, Tier};
 use super::error::PluginError;
 use super::host::{HostState, Tag};
 use super::instance::Instance;
@@ -31,8 +31,11 @@ pub struct PolicyInfo {
     pub version: String,
     /// Of the component's bytes, lowercase hex.
     pub sha256: String,
-    /// When it started serving, milliseconds since the Unix epoch.
+    /// When it started serving, milliseconds since the Unix epoch; kept when
+    /// its optimized build replaces the baseline one.
     pub loaded_at_ms: u64,
+    /// Which compiler built the code serving.
+    pub tier: Tier,
 }
 
 /// A plugin version ready to route. Requests hold it by `Arc`, so a request
@@ -49,24 +52,28 @@ pub struct LoadedPolicy {
 }
 
 /// Compiled and pre-instantiated code: shared by every config of one version.
-struct Code {
+/// Its instances are made in stores of the engine that compiled it (the
+/// one `pre` holds), whatever the tier.
+pub(crate) struct Code {
     pre: PolicyPre<HostState>,
     sha256: String,
+    tier: Tier,
 }
 
 impl LoadedPolicy {
-    /// Compiles `bytes`, links them, runs `init(config)` and the sample
-    /// decisions; any failure refuses the version. Takes milliseconds to
-    /// seconds: call it off the request path.
+    /// Compiles `bytes` at `tier`, links them, runs `init(config)` and the
+    /// sample decisions; any failure refuses the version. Takes milliseconds
+    /// to seconds: call it off the request path.
     pub fn load(
         engine: &PluginEngine,
+        tier: Tier,
         plugin: &str,
         version: &str,
         bytes: &[u8],
         config: &str,
     ) -> Result<Self, PluginError> {
-        let code = compile(engine, bytes)?;
-        Self::start(engine, plugin, version, Arc::new(code), config)
+        let code = compile(engine, tier, bytes)?;
+        Self::start(engine, plugin, version, code, config)
     }
 
     /// This version's compiled code under another config (e.g. a blue-green
@@ -78,6 +85,31 @@ impl LoadedPolicy {
         config: &str,
     ) -> Result<Self, PluginError> {
         Self::start(&self.engine, plugin, version, self.code.clone(), config)
+    }
+
+    /// This version, config and name on other code of the same bytes (its
+    /// optimized build): `init` and the sample decisions run again, as they
+    /// must on any new code, but it keeps the time it started serving.
+    pub(crate) fn with_code(&self, code: Arc<Code>) -> Result<Self, PluginError> {
+        let mut loaded = Self::start(
+            &self.engine,
+            &self.info.plugin,
+            &self.info.version,
+            code,
+            &self.config,
+        )?;
+        loaded.info.loaded_at_ms = self.info.loaded_at_ms;
+        Ok(loaded)
+    }
+
+    /// Whether this version runs `code` (not merely code of the same bytes).
+    pub(crate) fn runs(&self, code: &Arc<Code>) -> bool {
+        Arc::ptr_eq(&self.code, code)
+    }
+
+    /// The code this version runs, to recognise it later with [`runs`](Self::runs).
+    pub(crate) fn code(&self) -> &Arc<Code> {
+        &self.code
     }
 
     fn start(
@@ -103,6 +135,7 @@ impl LoadedPolicy {
                 version: version.to_string(),
                 sha256: code.sha256.clone(),
                 loaded_at_ms: unix_ms(SystemTime::now()),
+                tier: code.tier,
             },
             config: config.to_string(),
             code,
@@ -181,16 +214,21 @@ impl std::fmt::Debug for LoadedPolicy {
     }
 }
 
-fn compile(engine: &PluginEngine, bytes: &[u8]) -> Result<Code, PluginError> {
+/// Compiles, links and type-checks `bytes` with `tier`'s engine.
+pub(crate) fn compile(
+    engine: &PluginEngine,
+    tier: Tier,
+    bytes: &[u8],
+) -> Result<Arc<Code>, PluginError> {
     let sha256 = sha256_hex(bytes);
-    let component = Component::new(engine.engine(), bytes)
+    let component = Component::new(engine.engine(tier), bytes)
         .map_err(|error| PluginError::Compile(format!("{error:#}")))?;
     let pre = engine
-        .linker()
+        .linker(tier)
         .instantiate_pre(&component)
         .map_err(|error| PluginError::Link(format!("{error:#}")))?;
     let pre = PolicyPre::new(pre).map_err(|error| PluginError::WrongWorld(format!("{error:#}")))?;
-    Ok(Code { pre, sha256 })
+    Ok(Arc::new(Code { pre, sha256, tier }))
 }
 
 pub(crate) fn sha256_hex(bytes: &[u8]) -> String {

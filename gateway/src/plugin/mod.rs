@@ -1,11 +1,14 @@
 //! The policy host: routing policies as WebAssembly components of the
-//! `llmgw:policy` world, compiled once per version and called per request.
+//! `llmgw:policy` world, compiled per version (quickly, then optimized) and
+//! called per request.
 //!
-//! `engine` holds the one wasmtime engine and linker of a gateway; `loaded`
-//! is one compiled and initialised version with its recycled instances;
-//! `slot` is a pool's policy in force, swapped whole; `watch` feeds slots
-//! from a plugin directory. A plugin's crash (`PluginError`) is never a
-//! decision (`Decision`): the caller falls back or fails closed.
+//! `engine` holds the wasmtime engines (baseline and optimized tier) and
+//! linkers of a gateway; `loaded` is one compiled and initialised version
+//! with its recycled instances; `slot` is a pool's policy in force, swapped
+//! whole, and `upgrade` swaps in a version's optimized build once ready;
+//! `watch` feeds slots from a plugin directory. A plugin's crash
+//! (`PluginError`) is never a decision (`Decision`): the caller falls back
+//! or fails closed.
 
 mod bindings;
 mod config;
@@ -19,6 +22,7 @@ mod instance;
 mod loaded;
 mod sample;
 mod slot;
+mod upgrade;
 mod watch;
 
 #[cfg(test)]
@@ -29,7 +33,7 @@ pub use bindings::llmgw::policy::types::{
 };
 pub use config::{OnError, PluginsConfig, PolicyBinding};
 pub use decision::Decision;
-pub use engine::PluginEngine;
+pub use engine::{PluginEngine, Tier};
 pub use error::PluginError;
 pub use loaded::{LoadedPolicy, PolicyInfo};
 pub use slot::{PolicySlot, Refusal, SlotStatus};

@@ -1,5 +1,7 @@
 //! A pool's policy in force, swapped whole: requests load the current
-//! version, a new one replaces it only after it passed every check.
+//! version, a new one replaces it only after it passed every check. New
+//! bytes serve from a baseline build first; `upgrade` swaps in their
+//! optimized build later.
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::SystemTime;
@@ -7,9 +9,10 @@ use std::time::SystemTime;
 use arc_swap::ArcSwapOption;
 use serde::Serialize;
 
-use super::engine::PluginEngine;
+use super::engine::{PluginEngine, Tier};
 use super::error::PluginError;
-use super::loaded::{sha256_hex, unix_ms, LoadedPolicy, PolicyInfo};
+use super::loaded::{sha256_hex, unix_ms, Code, LoadedPolicy, PolicyInfo};
+use super::upgrade::Upgrader;
 
 /// One pool's plugin: empty means the built-in policy.
 pub struct PolicySlot {
@@ -17,8 +20,10 @@ pub struct PolicySlot {
     current: ArcSwapOption<LoadedPolicy>,
     status: Mutex<SlotStatus>,
     /// Serialises loads, so two sources (the watcher, etcd) cannot swap in
-    /// out of order the versions they compiled concurrently.
+    /// out of order the versions they compiled concurrently, and an
+    /// optimized build never replaces a newer version.
     loading: Mutex<()>,
+    upgrader: Upgrader,
 }
 
 /// What `/status` shows for a pool.
@@ -60,6 +65,7 @@ impl PolicySlot {
             pool,
             current: ArcSwapOption::empty(),
             loading: Mutex::new(()),
+            upgrader: Upgrader::default(),
         }
     }
 
@@ -74,11 +80,14 @@ impl PolicySlot {
     /// (compilation): call it from a blocking thread. Logs and records the
     /// outcome in [`status`](Self::status).
     ///
-    /// The same bytes as the current version (under another config or
-    /// version name) reuse its compiled code, so a config flip costs only
-    /// `init` and the samples.
+    /// New bytes are compiled by the baseline compiler, so they serve
+    /// soon, then again by the optimizing one on a thread of the slot's,
+    /// which swaps that build in unnoticed (no load counted, same
+    /// `loaded_at_ms`). The same bytes as the current version (under another
+    /// config or version name) reuse its compiled code, so a config flip
+    /// costs only `init` and the samples.
     pub fn try_load(
-        &self,
+        self: &Arc<Self>,
         engine: &PluginEngine,
         plugin: &str,
         version: &str,
@@ -87,16 +96,24 @@ impl PolicySlot {
     ) -> Result<Arc<LoadedPolicy>, PluginError> {
         let _loading = self.loading.lock().unwrap_or_else(PoisonError::into_inner);
         let sha256 = sha256_hex(bytes);
-        let loaded = match self.current() {
+        let (loaded, compiled) = match self.current() {
             Some(current) if current.info().sha256 == sha256 => {
-                current.reuse_code(plugin, version, config)
+                (current.reuse_code(plugin, version, config), false)
             }
-            _ => LoadedPolicy::load(engine, plugin, version, bytes, config),
+            _ => (
+                LoadedPolicy::load(engine, Tier::Baseline, plugin, version, bytes, config),
+                true,
+            ),
         };
         match loaded {
             Ok(loaded) => {
                 let loaded = Arc::new(loaded);
                 self.current.store(Some(loaded.clone()));
+                if compiled {
+                    let code = loaded.code().clone();
+                    self.upgrader
+                        .request(Arc::downgrade(self), engine, bytes, code);
+                }
                 let mut status = self.lock_status();
                 status.policy = Some(loaded.info().clone());
                 status.loads += 1;
@@ -114,6 +131,52 @@ impl PolicySlot {
                 Err(error)
             }
         }
+    }
+
+    /// Whether the version serving runs `code`.
+    pub(crate) fn runs(&self, code: &Arc<Code>) -> bool {
+        self.current().is_some_and(|current| current.runs(code))
+    }
+
+    /// Swaps in `optimized` for the version serving if it still runs
+    /// `baseline` (a config flip meanwhile kept it), after `init` and the
+    /// samples passed on it; otherwise the version has moved on and the
+    /// build is dropped.
+    pub(crate) fn replace_code(&self, baseline: &Arc<Code>, optimized: Arc<Code>) {
+        let _loading = self.loading.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(current) = self.current().filter(|current| current.runs(baseline)) else {
+            return;
+        };
+        match current.with_code(optimized) {
+            Ok(loaded) => {
+                let loaded = Arc::new(loaded);
+                self.current.store(Some(loaded.clone()));
+                self.lock_status().policy = Some(loaded.info().clone());
+                tracing::info!(
+                    pool = %self.pool,
+                    plugin = %loaded.info().plugin,
+                    version = %loaded.info().version,
+                    "policy optimized"
+                );
+            }
+            Err(error) => self.keep_baseline(&error),
+        }
+    }
+
+    /// The optimized build failed where the baseline one passed (a deadline
+    /// missed on a busy machine, most likely): the version keeps serving
+    /// as it is, so this is no refusal.
+    pub(crate) fn keep_baseline(&self, error: &PluginError) {
+        tracing::warn!(
+            pool = %self.pool,
+            kind = error.kind(),
+            error = %error,
+            "optimized build failed; the baseline build keeps serving"
+        );
+    }
+
+    pub(crate) fn upgrader(&self) -> &Upgrader {
+        &self.upgrader
     }
 
     /// Records (and logs) a version that was refused before `try_load` could

@@ -1,5 +1,7 @@
 //! The shipped example policies give their documented decisions through the host.
 
+use std::sync::Arc;
+
 use super::*;
 use crate::plugin::PolicySlot;
 
@@ -84,7 +86,7 @@ fn canary_splits_sessions_by_percentage() {
 #[test]
 fn blue_green_routes_to_the_active_colour_and_a_config_flip_moves_it() {
     let bytes = wasm::bytes("blue-green");
-    let slot = PolicySlot::new("chat");
+    let slot = Arc::new(PolicySlot::new("chat"));
     let candidates = [
         candidate("blue-1", "a", &[("colour", "blue")]),
         candidate("green-1", "a", &[("colour", "green")]),

@@ -1,11 +1,11 @@
 //! Hostile plugins are refused at load time, or fail one call with the right
-//! error, bounded by the deadline, and the next call is served.
+//! error, bounded by the deadline, and the next call is served, on both tiers.
 
 use super::*;
 use crate::plugin::PluginError;
 
-fn load_hostile(mode: &str) -> Result<LoadedPolicy, PluginError> {
-    load("hostile", &format!(r#"{{"mode": "{mode}"}}"#))
+fn load_hostile(tier: Tier, mode: &str) -> Result<LoadedPolicy, PluginError> {
+    load_at(tier, "hostile", &format!(r#"{{"mode": "{mode}"}}"#))
 }
 
 #[test]
@@ -21,10 +21,14 @@ fn misbehaviour_on_every_call_is_refused_at_load() {
         ("init_fail", "init"),
         ("slow_init", "timeout"),
     ] {
-        let error = load_hostile(mode).unwrap_err();
-        assert_eq!(error.kind(), kind, "{mode}: {error}");
+        for tier in TIERS {
+            let error = load_hostile(tier, mode).unwrap_err();
+            assert_eq!(error.kind(), kind, "{mode} {tier:?}: {error}");
+        }
     }
-    assert!(load_hostile("ok").is_ok());
+    for tier in TIERS {
+        assert!(load_hostile(tier, "ok").is_ok());
+    }
 }
 
 #[test]
@@ -38,17 +42,20 @@ fn misbehaviour_on_some_calls_fails_those_calls_only() {
         ("trap", "trap"),
         ("unknown", "invalid_decision"),
     ] {
-        let policy = load(
-            "hostile",
-            &format!(r#"{{"mode": "{mode}", "on_model": "evil"}}"#),
-        )
-        .unwrap_or_else(|error| panic!("{mode}: {error}"));
-        for _ in 0..2 {
-            let error = policy.route(&evil, &candidates).unwrap_err();
-            assert_eq!(error.kind(), kind, "{mode}: {error}");
-            // The failed instance is gone; the next call gets a sound one.
-            let decision = policy.route(&request("a", None), &candidates).unwrap();
-            assert_eq!(routed(&decision, &candidates), ["w1", "w2"], "{mode}");
+        for tier in TIERS {
+            let policy = load_at(
+                tier,
+                "hostile",
+                &format!(r#"{{"mode": "{mode}", "on_model": "evil"}}"#),
+            )
+            .unwrap_or_else(|error| panic!("{mode} {tier:?}: {error}"));
+            for _ in 0..2 {
+                let error = policy.route(&evil, &candidates).unwrap_err();
+                assert_eq!(error.kind(), kind, "{mode} {tier:?}: {error}");
+                // The failed instance is gone; the next call gets a sound one.
+                let decision = policy.route(&request("a", None), &candidates).unwrap();
+                assert_eq!(routed(&decision, &candidates), ["w1", "w2"], "{mode}");
+            }
         }
     }
 }
@@ -79,14 +86,15 @@ fn invalid_bytes_do_not_compile() {
     let core_module = b"\0asm\x01\0\0\0".to_vec();
     let truncated = wasm::bytes("failover")[..1000].to_vec();
     for bytes in [noise, core_module, truncated, Vec::new()] {
-        let error = LoadedPolicy::load(engine(), "bad", "1", &bytes, "{}").unwrap_err();
+        let error =
+            LoadedPolicy::load(engine(), Tier::Baseline, "bad", "1", &bytes, "{}").unwrap_err();
         assert_eq!(error.kind(), "compile", "{error}");
     }
 }
 
 #[test]
 fn a_component_of_another_world_is_refused() {
-    let error =
-        LoadedPolicy::load(engine(), "cmd", "1", &wasm::bytes("not_a_policy"), "{}").unwrap_err();
+    let bytes = wasm::bytes("not_a_policy");
+    let error = LoadedPolicy::load(engine(), Tier::Baseline, "cmd", "1", &bytes, "{}").unwrap_err();
     assert_eq!(error.kind(), "wrong_world", "{error}");
 }

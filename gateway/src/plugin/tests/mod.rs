@@ -9,7 +9,9 @@ mod wasm;
 use std::sync::OnceLock;
 
 use super::sample;
-use super::{Decision, LoadedPolicy, PluginEngine, PluginsConfig, PolicyCandidate, RouteRequest};
+use super::{
+    Decision, LoadedPolicy, PluginEngine, PluginsConfig, PolicyCandidate, RouteRequest, Tier,
+};
 
 /// One engine for every test: engines reserve address space and run a ticker.
 ///
@@ -28,8 +30,22 @@ fn engine() -> &'static PluginEngine {
     })
 }
 
+/// Both tiers, for what must hold whichever compiler built the code.
+const TIERS: [Tier; 2] = [Tier::Baseline, Tier::Optimized];
+
 fn load(plugin: &str, config: &str) -> Result<LoadedPolicy, super::PluginError> {
-    LoadedPolicy::load(engine(), plugin, "1.0.0", &wasm::bytes(plugin), config)
+    load_at(Tier::Optimized, plugin, config)
+}
+
+fn load_at(tier: Tier, plugin: &str, config: &str) -> Result<LoadedPolicy, super::PluginError> {
+    LoadedPolicy::load(
+        engine(),
+        tier,
+        plugin,
+        "1.0.0",
+        &wasm::bytes(plugin),
+        config,
+    )
 }
 
 fn candidate(id: &str, zone: &str, labels: &[(&str, &str)]) -> PolicyCandidate {

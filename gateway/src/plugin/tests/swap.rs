@@ -1,5 +1,6 @@
 //! Swaps: a refused version leaves the old one serving, a held version stays
-//! the same, and the directory watcher swaps under concurrent calls.
+//! the same, new bytes serve at the baseline tier and then optimized, and
+//! the directory watcher swaps under concurrent calls, never back.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -7,15 +8,103 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::*;
-use crate::plugin::{PluginWatcher, PolicyBinding, PolicySlot};
+use crate::plugin::{PluginWatcher, PolicyBinding, PolicyInfo, PolicySlot};
 
 fn failover_candidates() -> Vec<PolicyCandidate> {
     vec![candidate("b1", "b", &[]), candidate("a1", "a", &[])]
 }
 
+/// What the slot shows once its version serves at the optimized tier.
+fn wait_optimized(slot: &PolicySlot) -> PolicyInfo {
+    // Generous: the upgrade compiles on a machine shared with the build.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let info = slot.status().policy.expect("a version serves");
+        if info.tier == Tier::Optimized {
+            assert_eq!(slot.current().unwrap().info(), &info);
+            return info;
+        }
+        assert!(Instant::now() < deadline, "never optimized: {info:?}");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+#[test]
+fn new_bytes_serve_at_baseline_then_optimized() {
+    let slot = Arc::new(PolicySlot::new("chat"));
+    let bytes = wasm::bytes("failover");
+    let baseline = slot
+        .try_load(engine(), "failover", "1", &bytes, "{}")
+        .unwrap();
+    let baseline = baseline.info().clone();
+    assert_eq!(baseline.tier, Tier::Baseline);
+    assert_eq!(serde_json::to_value(&baseline).unwrap()["tier"], "baseline");
+
+    let optimized = wait_optimized(&slot);
+    // The same version, unnoticed but for the tier: not another load.
+    let same = PolicyInfo {
+        tier: Tier::Optimized,
+        ..baseline
+    };
+    assert_eq!(optimized, same);
+    assert_eq!(
+        serde_json::to_value(&optimized).unwrap()["tier"],
+        "optimized"
+    );
+    let status = slot.status();
+    assert_eq!((status.loads, status.refusals), (1, 0));
+    let candidates = failover_candidates();
+    let decision = slot
+        .current()
+        .unwrap()
+        .route(&request("a", None), &candidates)
+        .unwrap();
+    assert_eq!(routed(&decision, &candidates), ["a1", "b1"]);
+
+    // A new name for the same bytes reuses the optimized code.
+    let renamed = slot
+        .try_load(engine(), "failover", "2", &bytes, "{}")
+        .unwrap();
+    assert_eq!(renamed.info().tier, Tier::Optimized);
+}
+
+#[test]
+fn a_config_flipped_before_the_upgrade_is_upgraded_with_it() {
+    let slot = Arc::new(PolicySlot::new("chat"));
+    let bytes = wasm::bytes("blue-green");
+    slot.try_load(engine(), "bg", "1", &bytes, r#"{"active": "blue"}"#)
+        .unwrap();
+    // Most likely still on the baseline code, which the flip then reuses.
+    slot.try_load(engine(), "bg", "1", &bytes, r#"{"active": "green"}"#)
+        .unwrap();
+    wait_optimized(&slot);
+    let current = slot.current().unwrap();
+    assert_eq!(current.config(), r#"{"active": "green"}"#);
+    let candidates = [
+        candidate("blue-1", "a", &[("colour", "blue")]),
+        candidate("green-1", "a", &[("colour", "green")]),
+    ];
+    let decision = current.route(&request("a", None), &candidates).unwrap();
+    assert_eq!(routed(&decision, &candidates), ["green-1"]);
+    assert_eq!(slot.status().loads, 2);
+}
+
+#[test]
+fn a_version_replaced_before_its_upgrade_never_serves_again() {
+    let slot = Arc::new(PolicySlot::new("chat"));
+    slot.try_load(engine(), "failover", "1", &wasm::bytes("failover"), "{}")
+        .unwrap();
+    slot.try_load(engine(), "zone", "2", &wasm::bytes("zone-affinity"), "{}")
+        .unwrap();
+    // Upgrades run one at a time in order, so version 1's is over by now.
+    let info = wait_optimized(&slot);
+    assert_eq!((info.plugin.as_str(), info.version.as_str()), ("zone", "2"));
+    assert_eq!(slot.current().unwrap().info().version, "2");
+}
+
 #[test]
 fn a_refused_version_leaves_the_old_one_serving() {
-    let slot = PolicySlot::new("chat");
+    let slot = Arc::new(PolicySlot::new("chat"));
     slot.try_load(engine(), "failover", "1", &wasm::bytes("failover"), "{}")
         .unwrap();
     let error = slot
@@ -42,7 +131,7 @@ fn a_refused_version_leaves_the_old_one_serving() {
 
 #[test]
 fn a_version_held_across_a_swap_keeps_deciding() {
-    let slot = PolicySlot::new("chat");
+    let slot = Arc::new(PolicySlot::new("chat"));
     slot.try_load(engine(), "failover", "1", &wasm::bytes("failover"), "{}")
         .unwrap();
     let held = slot.current().unwrap();
@@ -195,8 +284,14 @@ fn swaps_under_concurrent_calls_fail_no_call() {
             (slot.clone(), stop.clone(), calls.clone(), failures.clone());
         std::thread::spawn(move || {
             let candidates = failover_candidates();
+            // (version, tier) as served, each change once, in order.
+            let mut served: Vec<(u32, Tier)> = Vec::new();
             while !stop.load(Ordering::Relaxed) {
                 let policy = slot.current().expect("a version is always loaded");
+                let now = (policy.info().version.parse().unwrap(), policy.info().tier);
+                if served.last() != Some(&now) {
+                    served.push(now);
+                }
                 match policy.route(&request("a", None), &candidates) {
                     Ok(Decision::Route(order)) if order.len() == 2 => {}
                     other => {
@@ -206,6 +301,7 @@ fn swaps_under_concurrent_calls_fail_no_call() {
                 }
                 calls.fetch_add(1, Ordering::Relaxed);
             }
+            served
         })
     };
 
@@ -219,9 +315,22 @@ fn swaps_under_concurrent_calls_fail_no_call() {
             std::thread::sleep(Duration::from_millis(2));
         }
     }
+    wait_optimized(&slot);
+    // Two more calls: at least one started after the upgrade, so it was seen.
+    let seen = calls.load(Ordering::Relaxed) + 2;
+    while calls.load(Ordering::Relaxed) < seen {
+        std::thread::sleep(Duration::from_millis(1));
+    }
     stop.store(true, Ordering::Relaxed);
-    caller.join().unwrap();
+    let served = caller.join().unwrap();
     handle.stop();
+    // Never back to an older version, nor to the baseline build of one.
+    let rank = |&(version, tier): &(u32, Tier)| (version, tier == Tier::Optimized);
+    assert!(
+        served.windows(2).all(|w| rank(&w[0]) < rank(&w[1])),
+        "{served:?}"
+    );
+    assert_eq!(served.last(), Some(&(6, Tier::Optimized)));
     assert_eq!(failures.load(Ordering::Relaxed), 0);
     assert!(calls.load(Ordering::Relaxed) > 0);
     assert_eq!(slot.status().loads, 6);
