@@ -63,6 +63,7 @@ fn status(admin: &Admin) -> serde_json::Value {
                         "in_flight": w.in_flight(),
                         "load": w.fresh_load(now, gw.load_stale),
                         "kv_events": pool.prefix.is_followed(&w.id),
+                        "block_size": *w.reported_block_size.lock().unwrap(),
                     })
                 })
                 .collect();

@@ -123,6 +123,8 @@ pub struct WorkerOpts {
     pub prefill_us_per_token: u64,
     /// Publish KV events and load to this NATS server.
     pub nats: Option<String>,
+    /// Tokens per KV block; the test gateways' pools hash with 16.
+    pub block_size: usize,
 }
 
 impl Default for WorkerOpts {
@@ -132,6 +134,7 @@ impl Default for WorkerOpts {
             decode_step_us: 500,
             prefill_us_per_token: 5,
             nats: None,
+            block_size: 16,
         }
     }
 }
@@ -150,8 +153,8 @@ pub async fn spawn_worker(id: &str, zone: &str, opts: WorkerOpts) -> WorkerProc 
         &config,
         format!(
             "id = \"{id}\"\nlisten = \"{}\"\nmodel = \"{MODEL}\"\nzone = \"{zone}\"\ndrain_grace_ms = 5000\n\
-             [engine]\nkind = \"sim\"\n[engine.sim]\nprefill_us_per_token = {}\ndecode_step_us = {}\ndecode_us_per_seq = 10\n",
-            opts.listen, opts.prefill_us_per_token, opts.decode_step_us
+             [engine]\nkind = \"sim\"\nblock_size = {}\n[engine.sim]\nprefill_us_per_token = {}\ndecode_step_us = {}\ndecode_us_per_seq = 10\n",
+            opts.listen, opts.block_size, opts.prefill_us_per_token, opts.decode_step_us
         ),
     )
     .unwrap();

@@ -261,3 +261,25 @@ async fn nats_outage_falls_back_and_recovers() {
     );
     assert!(cached > 0);
 }
+
+#[tokio::test]
+async fn a_worker_hashing_with_another_block_size_is_reported_and_ignored() {
+    let nats = NatsServer::start().await;
+    let opts = WorkerOpts {
+        nats: Some(nats.url.clone()),
+        block_size: 32,
+        ..WorkerOpts::default()
+    };
+    let odd = spawn_worker("odd", "a", opts).await;
+    let gw = spawn_gateway("a", &[&odd], &bus(&nats)).await;
+    ask(&odd.url, &long_prompt(1)).await;
+    eventually(Duration::from_secs(10), "mismatch reported", || async {
+        metric(&gw, "llmgw_block_size_mismatches_total").await >= 1.0
+    })
+    .await;
+    let w = worker_status(&gw, "odd").await;
+    assert_eq!(w["block_size"], 32);
+    assert_eq!(w["kv_events"], false, "its events are not mirrored");
+    // It still serves: only its cache is invisible to routing.
+    assert_eq!(ask(&gw.api, "still served").await.0.as_deref(), Some("odd"));
+}
