@@ -116,6 +116,7 @@ async fn complete(
         prompt_tokens: prompt.tokens,
         prompt_blocks: prompt.hashes.len(),
         session_key: session_key(&head.headers, parsed.user.as_deref()),
+        headers: &head.headers,
     };
     let order = decide::decide(&gw.config, pool, candidates, &facts)?;
     let order_first_id = order.first().map(|w| w.id.clone());

@@ -23,6 +23,7 @@ pub struct Facts<'a> {
     pub prompt_tokens: usize,
     pub prompt_blocks: usize,
     pub session_key: Option<String>,
+    pub headers: &'a http::HeaderMap,
 }
 
 /// The workers to try, in order, or the policy's rejection.
@@ -50,7 +51,7 @@ pub fn decide(
         prompt_tokens: facts.prompt_tokens as u32,
         block_size: pool.block_size as u32,
         session_key: facts.session_key.clone(),
-        headers: Vec::new(),
+        headers: allowed_headers(&config.plugins.headers, facts.headers),
         gateway_zone: config.zone.clone(),
         attempt: 1,
     };
@@ -109,6 +110,20 @@ fn builtin(
     )
 }
 
+/// The request headers the operator allow-listed for policies, as text.
+fn allowed_headers(allowed: &[String], headers: &http::HeaderMap) -> Vec<(String, String)> {
+    allowed
+        .iter()
+        .flat_map(|name| {
+            headers
+                .get_all(name.as_str())
+                .iter()
+                .map(move |v| (name, v))
+        })
+        .filter_map(|(name, v)| Some((name.to_ascii_lowercase(), v.to_str().ok()?.to_string())))
+        .collect()
+}
+
 /// A candidate as plugins see it, with the built-in cost as its score.
 fn candidate_view(c: &Candidate, request: &policy::Request, config: &Config) -> PolicyCandidate {
     let health = if c.worker.breaker.lock().unwrap().name(Instant::now()) == "half_open" {
@@ -146,5 +161,23 @@ fn candidate_view(c: &Candidate, request: &policy::Request, config: &Config) -> 
             request.block_size,
             &config.routing,
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_allow_listed_headers_reach_policies() {
+        let mut headers = http::HeaderMap::new();
+        headers.insert("x-tenant", "acme".parse().unwrap());
+        headers.insert("authorization", "Bearer secret".parse().unwrap());
+        let allowed = vec!["X-Tenant".to_string(), "x-missing".to_string()];
+        assert_eq!(
+            allowed_headers(&allowed, &headers),
+            [("x-tenant".to_string(), "acme".to_string())]
+        );
+        assert!(allowed_headers(&[], &headers).is_empty());
     }
 }

@@ -37,6 +37,10 @@ pub struct PluginsConfig {
     /// memory, invalid decision). Default `fallback`.
     #[serde(default)]
     pub on_error: OnError,
+    /// Request headers policies may read (e.g. `x-tenant`), matched without
+    /// regard to case; no others reach a plugin. Default: none.
+    #[serde(default)]
+    pub headers: Vec<String>,
 }
 
 /// What a request does when its policy fails.
@@ -77,6 +81,7 @@ impl Default for PluginsConfig {
             memory_limit_bytes: default_memory_limit_bytes(),
             max_instances: default_max_instances(),
             on_error: OnError::default(),
+            headers: Vec::new(),
         }
     }
 }
@@ -95,6 +100,13 @@ impl PluginsConfig {
         ] {
             if value == 0 {
                 errors.push(format!("{prefix}.{key}: must be greater than 0"));
+            }
+        }
+        for (i, name) in self.headers.iter().enumerate() {
+            if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                errors.push(format!(
+                    "{prefix}.headers[{i}]: `{name}` is not a header name"
+                ));
             }
         }
         // Components address 32-bit memories: a limit above 4 GiB means none.
