@@ -277,6 +277,30 @@ where
     }
 }
 
+/// The gateway's `/metrics` text.
+pub async fn metrics_text(gw: &GatewayProc) -> String {
+    client()
+        .get(format!("{}/metrics", gw.admin))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// Sends a chat request through `api`; asserts success and returns the serving worker's id.
+pub async fn served_by(api: &str, body: &Value) -> String {
+    let resp = client()
+        .post(format!("{api}/v1/chat/completions"))
+        .json(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "{:?}", resp.text().await);
+    resp.headers()["x-worker-id"].to_str().unwrap().to_string()
+}
+
 /// The gateway's `/status`.
 pub async fn status(gw: &GatewayProc) -> Value {
     client()

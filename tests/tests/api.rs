@@ -146,14 +146,7 @@ async fn chat_and_completions_through_the_gateway() {
     assert_eq!(resp.status(), 200);
 
     // Metrics saw it all.
-    let metrics = c
-        .get(format!("{}/metrics", gw.admin))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_text(&gw).await;
     for name in [
         "llmgw_requests_total{",
         "llmgw_time_to_first_token_seconds_bucket",

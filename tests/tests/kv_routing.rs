@@ -55,14 +55,7 @@ async fn ask(base: &str, content: &str) -> (Option<String>, u64) {
 }
 
 async fn metric(gw: &GatewayProc, name: &str) -> f64 {
-    let text = client()
-        .get(format!("{}/metrics", gw.admin))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = metrics_text(gw).await;
     text.lines()
         .filter(|l| l.starts_with(name) && !l.starts_with('#'))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())

@@ -65,12 +65,6 @@ async fn route(gw: &GatewayProc, body: &Value) -> reqwest::Response {
         .unwrap()
 }
 
-async fn served_by(gw: &GatewayProc, body: &Value) -> String {
-    let resp = route(gw, body).await;
-    assert_eq!(resp.status(), 200);
-    resp.headers()["x-worker-id"].to_str().unwrap().to_string()
-}
-
 async fn policy_status(gw: &GatewayProc) -> Value {
     status(gw).await["pools"][0]["policy"].clone()
 }
@@ -85,14 +79,14 @@ async fn failover_policy_keeps_the_zone_and_fails_over_down_its_list() {
     assert_eq!(policy_status(&gw).await["policy"]["plugin"], "failover");
     for i in 0..5 {
         assert_eq!(
-            served_by(&gw, &chat(&format!("q{i}"), false, 2)).await,
+            served_by(&gw.api, &chat(&format!("q{i}"), false, 2)).await,
             "wa"
         );
     }
     wa.proc.sigkill().await;
     for i in 0..5 {
         assert_eq!(
-            served_by(&gw, &chat(&format!("after {i}"), false, 2)).await,
+            served_by(&gw.api, &chat(&format!("after {i}"), false, 2)).await,
             "wb"
         );
     }
@@ -119,7 +113,7 @@ async fn canary_splits_by_session_and_sticks() {
             body["user"] = json!(format!("user-{user}"));
             side.entry(user)
                 .or_default()
-                .insert(served_by(&gw, &body).await == "c1");
+                .insert(served_by(&gw.api, &body).await == "c1");
         }
     }
     assert!(
@@ -152,7 +146,7 @@ async fn blue_green_flip_moves_new_traffic_and_lets_streams_finish() {
     .await;
     for i in 0..4 {
         assert_eq!(
-            served_by(&gw, &chat(&format!("b{i}"), false, 2)).await,
+            served_by(&gw.api, &chat(&format!("b{i}"), false, 2)).await,
             "blue1"
         );
     }
@@ -166,12 +160,12 @@ async fn blue_green_flip_moves_new_traffic_and_lets_streams_finish() {
     )
     .unwrap();
     eventually(Duration::from_secs(10), "the flip is in force", || async {
-        served_by(&gw, &chat("probe", false, 2)).await == "green1"
+        served_by(&gw.api, &chat("probe", false, 2)).await == "green1"
     })
     .await;
     for i in 0..4 {
         assert_eq!(
-            served_by(&gw, &chat(&format!("g{i}"), false, 2)).await,
+            served_by(&gw.api, &chat(&format!("g{i}"), false, 2)).await,
             "green1",
             "all new traffic at once"
         );
@@ -200,7 +194,7 @@ async fn zone_affinity_spills_past_its_threshold() {
         json!({"spill_in_flight": 1}),
     )
     .await;
-    assert_eq!(served_by(&gw, &chat("hello", false, 2)).await, "wa");
+    assert_eq!(served_by(&gw.api, &chat("hello", false, 2)).await, "wa");
     let long = route(&gw, &chat("long", true, 2000)).await;
     assert_eq!(long.headers()["x-worker-id"], "wa");
     let mut body = long.bytes_stream();
@@ -208,7 +202,7 @@ async fn zone_affinity_spills_past_its_threshold() {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(served_by(&gw, &chat("spill", false, 2)).await, "wb");
+    assert_eq!(served_by(&gw.api, &chat("spill", false, 2)).await, "wb");
 }
 
 /// Clients sending requests in a loop until stopped; counts failures.
@@ -340,14 +334,7 @@ async fn hostile_plugins_are_refused_or_contained() {
             Duration::from_secs(20),
             "call-time misbehaviour loaded",
             || async {
-                let text = client()
-                    .get(format!("{}/metrics", gw.admin))
-                    .send()
-                    .await
-                    .unwrap()
-                    .text()
-                    .await
-                    .unwrap();
+                let text = metrics_text(&gw).await;
                 text.contains("llmgw_policy_errors_total{") && served_ok(&gw).await
             },
         )
@@ -361,14 +348,7 @@ async fn hostile_plugins_are_refused_or_contained() {
         "no request failed because of a plugin"
     );
     assert!(ok.load(Ordering::Relaxed) > 0);
-    let metrics = client()
-        .get(format!("{}/metrics", gw.admin))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_text(&gw).await;
     for kind in ["timeout", "trap"] {
         assert!(
             metrics.contains(&format!("kind=\"{kind}\"")),

@@ -8,17 +8,6 @@ use e2e::*;
 use futures_util::StreamExt;
 use serde_json::Value;
 
-async fn served_by(c: &reqwest::Client, api: &str, body: &Value) -> String {
-    let resp = c
-        .post(format!("{api}/v1/chat/completions"))
-        .json(body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200, "{:?}", resp.text().await);
-    resp.headers()["x-worker-id"].to_str().unwrap().to_string()
-}
-
 #[tokio::test]
 async fn failover_when_a_worker_dies() {
     let mut w1 = spawn_worker("w1", "a", WorkerOpts::default()).await;
@@ -27,10 +16,9 @@ async fn failover_when_a_worker_dies() {
     let extra = "[health]\ninterval_ms = 60000\n[breaker]\nbase_ejection_ms = 60000\nmax_ejection_ms = 60000\n\
                  [routing]\nstrategy = \"least_load\"\n";
     let gw = spawn_gateway("a", &[&w1, &w2], extra).await;
-    let c = client();
     let mut seen = std::collections::HashSet::new();
     for i in 0..20 {
-        seen.insert(served_by(&c, &gw.api, &chat(&format!("warm {i}"), false, 2)).await);
+        seen.insert(served_by(&gw.api, &chat(&format!("warm {i}"), false, 2)).await);
     }
     assert_eq!(
         seen.len(),
@@ -40,17 +28,10 @@ async fn failover_when_a_worker_dies() {
 
     w1.proc.sigkill().await;
     for i in 0..40 {
-        let worker = served_by(&c, &gw.api, &chat(&format!("after {i}"), false, 2)).await;
+        let worker = served_by(&gw.api, &chat(&format!("after {i}"), false, 2)).await;
         assert_eq!(worker, "w2");
     }
-    let metrics = c
-        .get(format!("{}/metrics", gw.admin))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_text(&gw).await;
     assert!(metrics.contains("llmgw_failovers_total{"), "{metrics}");
     assert!(
         metrics.contains("llmgw_worker_ejections_total{"),
@@ -71,7 +52,7 @@ async fn prefers_own_zone_and_spills_when_saturated() {
     let c = client();
     for i in 0..8 {
         assert_eq!(
-            served_by(&c, &gw.api, &chat(&format!("q{i}"), false, 2)).await,
+            served_by(&gw.api, &chat(&format!("q{i}"), false, 2)).await,
             "wa"
         );
     }
@@ -85,7 +66,7 @@ async fn prefers_own_zone_and_spills_when_saturated() {
     assert_eq!(resp.headers()["x-worker-id"], "wa");
     let mut stream = resp.bytes_stream();
     stream.next().await.unwrap().unwrap();
-    assert_eq!(served_by(&c, &gw.api, &chat("spill", false, 2)).await, "wb");
+    assert_eq!(served_by(&gw.api, &chat("spill", false, 2)).await, "wb");
     drop(stream);
     // Once the stream is gone, traffic comes home.
     eventually(
@@ -94,7 +75,7 @@ async fn prefers_own_zone_and_spills_when_saturated() {
         || async { worker_status(&gw, "wa").await["in_flight"] == 0 },
     )
     .await;
-    assert_eq!(served_by(&c, &gw.api, &chat("home", false, 2)).await, "wa");
+    assert_eq!(served_by(&gw.api, &chat("home", false, 2)).await, "wa");
 }
 
 #[tokio::test]
@@ -112,7 +93,7 @@ async fn unhealthy_worker_is_ejected_and_recovers() {
     let w2 = spawn_worker("w2", "b", WorkerOpts::default()).await;
     let gw = spawn_gateway("a", &[&w1, &w2], "").await;
     let c = client();
-    assert_eq!(served_by(&c, &gw.api, &chat("hi", false, 2)).await, "w1");
+    assert_eq!(served_by(&gw.api, &chat("hi", false, 2)).await, "w1");
 
     w1.proc.sigkill().await;
     eventually(
@@ -128,7 +109,7 @@ async fn unhealthy_worker_is_ejected_and_recovers() {
         "one healthy worker keeps the gateway ready"
     );
     assert_eq!(
-        served_by(&c, &gw.api, &chat("while down", false, 2)).await,
+        served_by(&gw.api, &chat("while down", false, 2)).await,
         "w2"
     );
 
@@ -137,7 +118,7 @@ async fn unhealthy_worker_is_ejected_and_recovers() {
         worker_status(&gw, "w1").await["health"] == "healthy"
     })
     .await;
-    assert_eq!(served_by(&c, &gw.api, &chat("back", false, 2)).await, "w1");
+    assert_eq!(served_by(&gw.api, &chat("back", false, 2)).await, "w1");
 }
 
 #[tokio::test]
@@ -179,10 +160,9 @@ async fn server_errors_eject_passively_and_fail_over() {
         broken.url, w2.url
     );
     let gw = spawn_gateway_from(&text).await;
-    let c = client();
     for i in 0..10 {
         assert_eq!(
-            served_by(&c, &gw.api, &chat(&format!("{i}"), false, 2)).await,
+            served_by(&gw.api, &chat(&format!("{i}"), false, 2)).await,
             "w2"
         );
     }
