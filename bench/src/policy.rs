@@ -1,9 +1,16 @@
 //! `bench policy`: what a routing decision by a WASM plugin costs next to the
-//! built-in policy, with a recycled instance pool and with a fresh instance
-//! per call, and how long a new plugin file takes to serve (swap latency, at
-//! the baseline tier) and to be optimized, while another thread keeps calling
-//! the policy. Decisions are timed on the optimized tier, the one that
-//! serves once a version settled, and on the baseline tier for comparison.
+//! built-in policy, and how long a new plugin file takes to serve (swap
+//! latency, at the baseline tier) and to be optimized, while another thread
+//! keeps calling the policy.
+//!
+//! A decision is timed as a request pays it: from the gateway's candidates
+//! to the ordered workers, building the plugin's inputs (request, per-candidate
+//! figures, the pool's worker table) included. Steady calls find the table
+//! unchanged, as nearly every request does; one column times the call after
+//! the pool's workers changed (a new table built and sent before `route`).
+//! Decisions are timed on the optimized tier, the one that serves once a
+//! version settled, and on the baseline tier for comparison, on a recycled
+//! instance (the gateway's way) and on a fresh one per call.
 //!
 //! Needs the example components: `cargo build --release --target
 //! wasm32-wasip2 -p policy-failover -p policy-zone-affinity`.
@@ -15,15 +22,15 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use gateway::candidates::Candidate;
-use gateway::config::{BreakerConfig, RoutingConfig, Strategy};
+use gateway::candidates::{self, Candidate};
+use gateway::config::Config;
+use gateway::decide::{self, Facts, PluginInputs};
 use gateway::plugin::{
-    Health, Label, Load, LoadedPolicy, PluginEngine, PluginWatcher, PluginsConfig, PolicyBinding,
-    PolicyCandidate, PolicySlot, RouteRequest, Tier,
+    Decision, LoadedPolicy, PluginEngine, PluginError, PluginWatcher, PluginsConfig, PolicyBinding,
+    PolicySlot, Tier,
 };
-use gateway::pools::Worker;
-use rand::rngs::StdRng;
-use rand::SeedableRng;
+use gateway::pools::{Pool, Registry, Worker};
+use protocol::LoadReport;
 use serde_json::json;
 
 use crate::report;
@@ -39,7 +46,8 @@ pub struct Args {
     /// Timed calls per candidate count, built-in and pooled plugin.
     #[arg(long, default_value_t = 20_000)]
     calls: usize,
-    /// Timed calls per candidate count with a fresh instance per call (slower).
+    /// Timed calls per candidate count with a fresh instance per call, and
+    /// after a change of the pool's workers (slower).
     #[arg(long, default_value_t = 2_000)]
     fresh_calls: usize,
     /// New versions written into the watched directory, one after another.
@@ -55,6 +63,8 @@ const BLOCK_SIZE: usize = 16;
 /// Prompt length of the timed request, in blocks.
 const PROMPT_BLOCKS: usize = 32;
 const ZONES: [&str; 3] = ["a", "b", "c"];
+/// The pool the swaps are timed on has this many workers.
+const SWAP_POOL: usize = 64;
 
 struct Timing {
     p50_us: f64,
@@ -64,11 +74,11 @@ struct Timing {
 pub fn run(args: Args, out: &Path) -> anyhow::Result<()> {
     let failover = read_wasm(&args.wasm_dir, "failover")?;
     let zone_affinity = read_wasm(&args.wasm_dir, "zone_affinity")?;
-    let mut config = PluginsConfig::default();
+    let mut plugins = PluginsConfig::default();
     if let Some(ms) = args.poll_interval_ms {
-        config.poll_interval_ms = ms;
+        plugins.poll_interval_ms = ms;
     }
-    let engine = PluginEngine::with_seed(&config, 1)?;
+    let engine = PluginEngine::with_seed(&plugins, 1)?;
     // Compile + link + init + sample decisions, as a swap does, uncontended.
     let load_ms = |tier| -> anyhow::Result<f64> {
         let mut loads = Vec::new();
@@ -82,51 +92,67 @@ pub fn run(args: Args, out: &Path) -> anyhow::Result<()> {
     let (baseline_load_ms, load_ms) = (load_ms(Tier::Baseline)?, load_ms(Tier::Optimized)?);
     let policy = LoadedPolicy::load(&engine, Tier::Optimized, "failover", "1", &failover, "{}")?;
     let baseline = LoadedPolicy::load(&engine, Tier::Baseline, "failover", "1", &failover, "{}")?;
-    let request = route_request();
+    let headers = headers();
 
     let mut rows = Vec::new();
     let mut figures = Vec::new();
     for &n in &args.candidates {
-        let plugin_candidates = plugin_candidates(n);
-        let builtin_candidates = builtin_candidates(n);
-        let routing = RoutingConfig {
-            strategy: Strategy::Kv,
-            ..RoutingConfig::default()
-        };
-        let builtin_request = gateway::policy::Request {
-            prompt_blocks: PROMPT_BLOCKS,
-            block_size: BLOCK_SIZE,
-        };
-        let mut rng = StdRng::seed_from_u64(n as u64);
-        // `order` takes its candidates by value, as the request path hands
-        // them over; the clone of n `Arc`s is part of the built-in's cost.
+        let (config, registry) = gateway(n)?;
+        let pool = &registry.pools()[0];
+        let candidates = gather(pool);
+        let facts = facts(&headers);
+        // The built-in policy through the same stage a request goes
+        // through: the pool has no plugin. It takes its candidates by
+        // value, so the clone of n `Arc`s is part of its cost.
         let builtin = time(args.calls, || {
-            let order = gateway::policy::order(
-                black_box(builtin_candidates.clone()),
-                &builtin_request,
-                &routing,
-                &mut rng,
-                0,
-            );
+            let order = decide::decide(&config, pool, black_box(candidates.clone()), &facts)?;
             black_box(order.len());
             Ok(())
         })?;
         let pooled = time(args.calls, || {
-            black_box(policy.route(&request, black_box(&plugin_candidates))?);
+            black_box(plugin_decide(&config, pool, &policy, &candidates, &facts)?);
             Ok(())
         })?;
         let pooled_baseline = time(args.calls, || {
-            black_box(baseline.route(&request, black_box(&plugin_candidates))?);
+            black_box(plugin_decide(
+                &config,
+                pool,
+                &baseline,
+                &candidates,
+                &facts,
+            )?);
             Ok(())
         })?;
+        // A gateway whose pool's workers all just changed, one per call: the
+        // host builds a new table and sends it before `route`.
+        let table_changed = time_prepared(
+            args.fresh_calls,
+            || {
+                let (config, registry) = gateway(n)?;
+                let candidates = gather(&registry.pools()[0]);
+                Ok((config, registry, candidates))
+            },
+            |(config, registry, candidates)| {
+                let pool = &registry.pools()[0];
+                black_box(plugin_decide(config, pool, &policy, candidates, &facts)?);
+                Ok(())
+            },
+        )?;
         let fresh = time(args.fresh_calls, || {
-            black_box(policy.route_fresh(&request, black_box(&plugin_candidates))?);
+            let inputs = PluginInputs::new(&config, pool, &candidates, &facts);
+            let decision = policy.route_fresh(&inputs.request, inputs.table(), &inputs.candidates);
+            black_box(decision?);
             Ok(())
         })?;
-        // What building the plugin's input costs the gateway per request
-        // (strings and labels per candidate), approximated by a deep clone.
+        // What building the plugin's inputs costs the gateway per request,
+        // included in the plugin columns.
         let inputs = time(args.calls, || {
-            black_box(black_box(&plugin_candidates).clone());
+            black_box(PluginInputs::new(
+                &config,
+                pool,
+                black_box(&candidates),
+                &facts,
+            ));
             Ok(())
         })?;
         rows.push(vec![
@@ -134,6 +160,7 @@ pub fn run(args: Args, out: &Path) -> anyhow::Result<()> {
             us(&builtin),
             us(&pooled),
             us(&pooled_baseline),
+            us(&table_changed),
             us(&fresh),
             format!("{:.2} µs", inputs.p50_us),
         ]);
@@ -145,14 +172,18 @@ pub fn run(args: Args, out: &Path) -> anyhow::Result<()> {
                 "p50_us": pooled_baseline.p50_us,
                 "p99_us": pooled_baseline.p99_us,
             },
+            "plugin_table_changed": {
+                "p50_us": table_changed.p50_us,
+                "p99_us": table_changed.p99_us,
+            },
             "plugin_fresh": {"p50_us": fresh.p50_us, "p99_us": fresh.p99_us},
-            "input_clone_p50_us": inputs.p50_us,
+            "inputs_p50_us": inputs.p50_us,
         }));
     }
 
     let failover_kb = failover.len() / 1024;
     anyhow::ensure!(args.swaps > 0, "--swaps must be at least 1");
-    let swap = swaps(&engine, &config, &args, [failover, zone_affinity])?;
+    let swap = swaps(&engine, &plugins, &args, [failover, zone_affinity])?;
 
     let pooled_64 = figures
         .iter()
@@ -162,16 +193,18 @@ pub fn run(args: Args, out: &Path) -> anyhow::Result<()> {
         "## bench policy\n\nLoading the `failover` component ({} KB: compile, link, `init`, sample \
          decisions), median of 5, uncontended: {:.1} ms at the baseline tier (Winch), {:.1} ms \
          at the optimized tier (cranelift).\n\nOne routing decision, single thread, per-call time \
-         over {} calls ({} with a fresh instance): the built-in policy (`kv` strategy) against the \
-         `failover` example plugin called on a recycled, initialised instance (the gateway's way; \
-         optimized tier, and baseline tier for comparison) and on a fresh instance that runs `init` \
-         first (optimized). The last column is the cost of building the plugin's input, which the \
-         gateway pays on top.\n\n{}\n\
+         over {} calls ({} after a change of workers and with a fresh instance), from the \
+         gateway's candidates to the ordered workers: the built-in policy (`kv` strategy) against \
+         the `failover` example plugin on a recycled, initialised instance (the gateway's way; \
+         optimized tier, and baseline tier for comparison), then on the first call after the \
+         pool's workers changed (new table built and sent with `set-workers`, then `route`), and \
+         on a fresh instance that runs `init` and `set-workers` first (optimized). The plugin \
+         columns include building its inputs, shown alone in the last column.\n\n{}\n\
          Swaps: {} new versions written (write + rename) into the watched directory, polled every \
          {} ms, alternating two plugins so each is compiled; latency from the write to the slot \
          serving it (baseline tier), and to its optimized build serving, while another thread calls \
-         the policy in a loop. Each version is written once the previous one is optimized, as \
-         deploys minutes apart would be.\n\n{}\n\
+         the policy with {} candidates in a loop. Each version is written once the previous one is \
+         optimized, as deploys minutes apart would be.\n\n{}\n\
          Goals: pooled p50 with 64 candidates under 20 µs: {}; swap p50 under 100 ms: {}; \
          no failed call: {}.\n",
         failover_kb,
@@ -185,13 +218,15 @@ pub fn run(args: Args, out: &Path) -> anyhow::Result<()> {
                 "built-in kv p50 / p99",
                 "plugin pooled p50 / p99",
                 "baseline tier pooled p50 / p99",
+                "workers changed p50 / p99",
                 "plugin fresh p50 / p99",
-                "input build p50",
+                "plugin inputs p50",
             ],
             &rows
         ),
         swap.count,
-        config.poll_interval_ms,
+        plugins.poll_interval_ms,
+        SWAP_POOL,
         report::table(
             &[
                 "swaps",
@@ -232,7 +267,7 @@ pub fn run(args: Args, out: &Path) -> anyhow::Result<()> {
             "decision": figures,
             "swap": {
                 "swaps": swap.count,
-                "poll_interval_ms": config.poll_interval_ms,
+                "poll_interval_ms": plugins.poll_interval_ms,
                 "p50_ms": swap.p50_ms,
                 "p99_ms": swap.p99_ms,
                 "max_ms": swap.max_ms,
@@ -264,10 +299,30 @@ pub fn run(args: Args, out: &Path) -> anyhow::Result<()> {
         &[
             ("built-in kv", series("builtin_kv")),
             ("plugin, pooled instance", series("plugin_pooled")),
+            ("plugin, workers changed", series("plugin_table_changed")),
             ("plugin, fresh instance", series("plugin_fresh")),
         ],
     )?;
     Ok(())
+}
+
+/// What `decide` does with a plugin in force, minus its fallback: inputs
+/// built, the plugin asked, its positions turned into the workers to try.
+fn plugin_decide(
+    config: &Config,
+    pool: &Pool,
+    plugin: &LoadedPolicy,
+    candidates: &[Candidate],
+    facts: &Facts<'_>,
+) -> Result<Vec<Arc<Worker>>, PluginError> {
+    let inputs = PluginInputs::new(config, pool, candidates, facts);
+    Ok(match inputs.ask(plugin)? {
+        Decision::Route(order) => order
+            .into_iter()
+            .map(|i| candidates[i].worker.clone())
+            .collect(),
+        Decision::Reject { .. } => Vec::new(),
+    })
 }
 
 fn read_wasm(dir: &Path, plugin: &str) -> anyhow::Result<Vec<u8>> {
@@ -284,14 +339,24 @@ fn read_wasm(dir: &Path, plugin: &str) -> anyhow::Result<Vec<u8>> {
 /// Times each call on its own: a call takes microseconds, far above the
 /// clock's ~25 ns, and per-call samples give honest tails.
 fn time(calls: usize, mut call: impl FnMut() -> anyhow::Result<()>) -> anyhow::Result<Timing> {
+    time_prepared(calls, || Ok(()), |()| call())
+}
+
+/// Like [`time`], with an untimed `prepare` before each call.
+fn time_prepared<T>(
+    calls: usize,
+    mut prepare: impl FnMut() -> anyhow::Result<T>,
+    mut call: impl FnMut(&T) -> anyhow::Result<()>,
+) -> anyhow::Result<Timing> {
     // Warm up: the first calls fill the instance pool and the caches.
     for _ in 0..(calls / 10).max(10) {
-        call()?;
+        call(&prepare()?)?;
     }
     let mut samples = Vec::with_capacity(calls);
     for _ in 0..calls.max(1) {
+        let prepared = prepare()?;
         let start = Instant::now();
-        call()?;
+        call(&prepared)?;
         samples.push(start.elapsed().as_secs_f64() * 1e6);
     }
     Ok(Timing {
@@ -317,82 +382,68 @@ fn verdict(met: Option<bool>) -> &'static str {
     }
 }
 
-fn route_request() -> RouteRequest {
-    RouteRequest {
-        model: "llama-3-8b".to_string(),
-        pool: "chat".to_string(),
-        stream: true,
-        prompt_tokens: (PROMPT_BLOCKS * BLOCK_SIZE) as u32,
-        block_size: BLOCK_SIZE as u32,
-        session_key: Some("session-42".to_string()),
-        headers: vec![("x-tenant".to_string(), "acme".to_string())],
-        gateway_zone: "a".to_string(),
-        attempt: 1,
+/// A gateway in zone `a` with one pool (`chat`, model `llama-3-8b`) of `n`
+/// workers over three zones, two versions and two colours. The workers are
+/// never contacted.
+fn gateway(n: usize) -> anyhow::Result<(Config, Registry)> {
+    let mut text = String::from(
+        "zone = \"a\"\n[plugins]\nheaders = [\"x-tenant\"]\n\
+         [[pools]]\nname = \"chat\"\nmodels = [\"llama-3-8b\"]\n",
+    );
+    for i in 0..n {
+        text.push_str(&format!(
+            "[[pools.workers]]\nid = \"worker-{i:03}\"\nurl = \"http://127.0.0.1:1\"\n\
+             zone = \"{}\"\nlabels = {{ version = \"{}\", colour = \"{}\" }}\n",
+            ZONES[i % ZONES.len()],
+            if i % 4 == 0 { "v2" } else { "v1" },
+            if i % 2 == 0 { "blue" } else { "green" },
+        ));
     }
+    let config = Config::from_toml(&text)?;
+    let registry = Registry::from_config(&config)?;
+    Ok((config, registry))
 }
 
-/// `n` workers over three zones, two versions and two colours, with varied
-/// load, overlap and score: deterministic, so runs compare.
-fn plugin_candidates(n: usize) -> Vec<PolicyCandidate> {
-    (0..n)
-        .map(|i| PolicyCandidate {
-            id: worker_id(i),
-            zone: ZONES[i % ZONES.len()].to_string(),
-            labels: vec![
-                Label {
-                    key: "version".to_string(),
-                    value: if i % 4 == 0 { "v2" } else { "v1" }.to_string(),
-                },
-                Label {
-                    key: "colour".to_string(),
-                    value: if i % 2 == 0 { "blue" } else { "green" }.to_string(),
-                },
-            ],
-            health: Health::Healthy,
-            load: Load {
-                in_flight: (i * 7 % 13) as u32,
-                running: Some((i * 5 % 17) as u32),
-                waiting: Some((i % 3) as u32),
-                kv_blocks_used: Some((i * 37 % 1000) as u32),
-                kv_blocks_total: Some(1000),
+/// The pool's candidates with varied load reports, in-flight counts and
+/// overlaps: deterministic, so runs compare.
+fn gather(pool: &Pool) -> Vec<Candidate> {
+    let now = Instant::now();
+    for (i, worker) in pool.workers.iter().enumerate() {
+        worker.report_load(
+            LoadReport {
+                running: i * 5 % 17,
+                waiting: i % 3,
+                kv_blocks_used: i * 37 % 1000,
+                kv_blocks_total: 1000,
+                prefill_tokens_pending: 0,
+                decode_tokens_per_s: 0.0,
             },
-            overlap_blocks: (i * 11 % PROMPT_BLOCKS) as u32,
-            score: (i * 31 % 97) as f64 / 7.0,
-        })
-        .collect()
+            now,
+        );
+    }
+    let mut candidates = candidates::gather(pool, "a", now, Duration::from_secs(3600));
+    for (i, c) in candidates.iter_mut().enumerate() {
+        c.in_flight = (i * 7 % 13) as u32;
+        c.overlap_blocks = (i * 11 % PROMPT_BLOCKS) as u32;
+    }
+    candidates
 }
 
-fn builtin_candidates(n: usize) -> Vec<Candidate> {
-    let breaker = BreakerConfig::default();
-    (0..n)
-        .map(|i| {
-            let zone = ZONES[i % ZONES.len()];
-            let labels = BTreeMap::from([
-                ("version".to_string(), "v1".to_string()),
-                ("colour".to_string(), "blue".to_string()),
-            ]);
-            let worker = Worker::new(
-                worker_id(i),
-                "chat".to_string(),
-                "http://127.0.0.1:1".parse().expect("a valid URI"),
-                zone.to_string(),
-                labels,
-                &breaker,
-            );
-            Candidate {
-                worker: Arc::new(worker),
-                local: zone == "a",
-                in_flight: (i * 7 % 13) as u32,
-                load: None,
-                overlap_blocks: (i * 11 % PROMPT_BLOCKS) as u32,
-                pending_prefill: 0,
-            }
-        })
-        .collect()
+fn headers() -> http::HeaderMap {
+    let mut headers = http::HeaderMap::new();
+    headers.insert("x-tenant", http::HeaderValue::from_static("acme"));
+    headers
 }
 
-fn worker_id(i: usize) -> String {
-    format!("worker-{i:03}")
+fn facts(headers: &http::HeaderMap) -> Facts<'_> {
+    Facts {
+        model: "llama-3-8b",
+        stream: true,
+        prompt_tokens: PROMPT_BLOCKS * BLOCK_SIZE,
+        prompt_blocks: PROMPT_BLOCKS,
+        session_key: Some("session-42".to_string()),
+        headers,
+    }
 }
 
 struct Swaps {
@@ -419,7 +470,7 @@ impl Swaps {
 /// to its optimized build serving.
 fn swaps(
     engine: &PluginEngine,
-    config: &PluginsConfig,
+    plugins: &PluginsConfig,
     args: &Args,
     components: [Vec<u8>; 2],
 ) -> anyhow::Result<Swaps> {
@@ -448,7 +499,7 @@ fn swaps(
         slot.clone(),
     );
     anyhow::ensure!(watcher.poll_once() == 1, "the first version did not load");
-    let handle = watcher.spawn(Duration::from_millis(config.poll_interval_ms));
+    let handle = watcher.spawn(Duration::from_millis(plugins.poll_interval_ms));
 
     let stop = Arc::new(AtomicBool::new(false));
     let calls = Arc::new(AtomicUsize::new(0));
@@ -456,13 +507,18 @@ fn swaps(
     let caller = {
         let (slot, stop, calls, failures) =
             (slot.clone(), stop.clone(), calls.clone(), failures.clone());
+        let (config, registry) = gateway(SWAP_POOL)?;
         std::thread::spawn(move || {
-            let request = route_request();
-            let candidates = plugin_candidates(64);
+            let pool = &registry.pools()[0];
+            let candidates = gather(pool);
+            let headers = headers();
+            let facts = facts(&headers);
             while !stop.load(Ordering::Relaxed) {
                 let kind = match slot.current() {
                     None => Some("no policy"),
-                    Some(policy) => policy.route(&request, &candidates).err().map(|e| e.kind()),
+                    Some(policy) => plugin_decide(&config, pool, &policy, &candidates, &facts)
+                        .err()
+                        .map(|e| e.kind()),
                 };
                 if let Some(kind) = kind {
                     *failures

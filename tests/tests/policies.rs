@@ -4,8 +4,6 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use e2e::*;
@@ -205,44 +203,6 @@ async fn zone_affinity_spills_past_its_threshold() {
     assert_eq!(served_by(&gw.api, &chat("spill", false, 2)).await, "wb");
 }
 
-/// Clients sending requests in a loop until stopped; counts failures.
-fn load(
-    gw: &GatewayProc,
-    clients: usize,
-) -> (
-    Arc<AtomicBool>,
-    Arc<AtomicU32>,
-    Arc<AtomicU32>,
-    Vec<tokio::task::JoinHandle<()>>,
-) {
-    let (stop, ok, failed) = (
-        Arc::new(AtomicBool::new(false)),
-        Arc::new(AtomicU32::new(0)),
-        Arc::new(AtomicU32::new(0)),
-    );
-    let tasks = (0..clients)
-        .map(|i| {
-            let (stop, ok, failed, api) =
-                (stop.clone(), ok.clone(), failed.clone(), gw.api.clone());
-            tokio::spawn(async move {
-                let c = client();
-                while !stop.load(Ordering::Relaxed) {
-                    let sent = c
-                        .post(format!("{api}/v1/chat/completions"))
-                        .json(&chat(&format!("load {i}"), false, 2))
-                        .send()
-                        .await;
-                    match sent {
-                        Ok(r) if r.status() == 200 => ok.fetch_add(1, Ordering::Relaxed),
-                        _ => failed.fetch_add(1, Ordering::Relaxed),
-                    };
-                }
-            })
-        })
-        .collect();
-    (stop, ok, failed, tasks)
-}
-
 #[tokio::test]
 async fn versions_swap_under_load_without_a_failed_request() {
     let dir = temp_dir();
@@ -250,7 +210,7 @@ async fn versions_swap_under_load_without_a_failed_request() {
     let w1 = spawn_worker("w1", "a", WorkerOpts::default()).await;
     let w2 = spawn_worker("w2", "a", WorkerOpts::default()).await;
     let gw = gateway(&[(&w1, ""), (&w2, "")], &dir, "failover", json!({})).await;
-    let (stop, ok, failed, tasks) = load(&gw, 4);
+    let load = Load::start(&gw.api, 4);
     for version in 2..=11 {
         install(&dir, "failover", &version.to_string());
         eventually(Duration::from_secs(20), "new version in force", || async {
@@ -258,14 +218,12 @@ async fn versions_swap_under_load_without_a_failed_request() {
         })
         .await;
     }
-    stop.store(true, Ordering::Relaxed);
-    futures_util::future::join_all(tasks).await;
-    assert_eq!(
-        failed.load(Ordering::Relaxed),
-        0,
-        "no request failed across 10 swaps"
+    let (ok, failures) = load.stop().await;
+    assert!(
+        failures.is_empty(),
+        "no request failed across 10 swaps: {failures:?}"
     );
-    assert!(ok.load(Ordering::Relaxed) > 0);
+    assert!(ok > 0);
     assert_eq!(policy_status(&gw).await["loads"], 11);
 }
 
@@ -276,7 +234,7 @@ async fn hostile_plugins_are_refused_or_contained() {
     let w1 = spawn_worker("w1", "a", WorkerOpts::default()).await;
     let gw = gateway(&[(&w1, "")], &dir, "hostile", json!({"mode": "ok"})).await;
     assert_eq!(policy_status(&gw).await["policy"]["plugin"], "hostile");
-    let (stop, ok, failed, tasks) = load(&gw, 2);
+    let load = Load::start(&gw.api, 2);
     let config_file = dir.join("hostile").join(format!("{POOL}.json"));
 
     // Misbehaving at load time (init or sample decisions): refused, "ok" keeps serving.
@@ -340,14 +298,12 @@ async fn hostile_plugins_are_refused_or_contained() {
         )
         .await;
     }
-    stop.store(true, Ordering::Relaxed);
-    futures_util::future::join_all(tasks).await;
-    assert_eq!(
-        failed.load(Ordering::Relaxed),
-        0,
-        "no request failed because of a plugin"
+    let (ok, failures) = load.stop().await;
+    assert!(
+        failures.is_empty(),
+        "no request failed because of a plugin: {failures:?}"
     );
-    assert!(ok.load(Ordering::Relaxed) > 0);
+    assert!(ok > 0);
     let metrics = metrics_text(&gw).await;
     for kind in ["timeout", "trap"] {
         assert!(

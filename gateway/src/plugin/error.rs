@@ -20,8 +20,8 @@ pub enum PluginError {
     /// The component imports something the host does not offer (files, network, ...).
     #[error("component imports what the host does not offer: {0}")]
     Link(String),
-    /// The component does not export the `llmgw:policy/policy@0.1.0` world.
-    #[error("component is not a policy of llmgw:policy@0.1.0: {0}")]
+    /// The component does not export the `llmgw:policy/policy@0.2.0` world.
+    #[error("component is not a policy of llmgw:policy@0.2.0: {0}")]
     WrongWorld(String),
     /// The guest's `init` refused its config; the message is the guest's.
     #[error("init refused the config: {0}")]
@@ -44,6 +44,9 @@ pub enum PluginError {
     /// No wasm file for the binding (plugin folder or pinned version absent).
     #[error("no such plugin version: {0}")]
     Missing(String),
+    /// The bytes are not the ones their published sha256 names (a torn or tampered upload).
+    #[error("sha256 mismatch: {0}")]
+    Checksum(String),
     #[error("cannot read {path}: {source}")]
     Io {
         path: PathBuf,
@@ -66,6 +69,7 @@ impl PluginError {
             PluginError::OutOfMemory { .. } => "out_of_memory",
             PluginError::InvalidDecision(_) => "invalid_decision",
             PluginError::Missing(_) => "missing",
+            PluginError::Checksum(_) => "checksum",
             PluginError::Io { .. } => "io",
         }
     }

@@ -1,5 +1,6 @@
 //! One initialised instance of a plugin version: its own store, memory and
-//! guest state. Used by one call at a time; dropped after any failure.
+//! guest state, including the worker table it was last sent. Used by one
+//! call at a time; dropped after any failure.
 
 use std::sync::Arc;
 
@@ -10,13 +11,16 @@ use super::bindings::{Policy, PolicyPre};
 use super::engine::PluginEngine;
 use super::error::{Failure, PluginError};
 use super::host::{HostState, Tag};
-use super::{PolicyCandidate, RouteRequest};
+use super::table::WorkerTable;
+use super::{PolicyCandidates, RouteRequest};
 
 pub(crate) struct Instance {
     store: Store<HostState>,
     policy: Policy,
     /// Calls served, so a long-lived instance can be retired (see `MAX_CALLS`).
     pub calls: u32,
+    /// The generation of the worker table the guest holds; 0 before the first.
+    table: u64,
 }
 
 impl Instance {
@@ -63,32 +67,54 @@ impl Instance {
                 store,
                 policy,
                 calls: 0,
+                table: 0,
             }),
             Ok(Err(message)) => Err(PluginError::Init(message)),
             Err(error) => Err(failure(&store).classify(error)),
         }
     }
 
-    /// Calls the guest's `route` within the call deadline.
+    /// Calls the guest's `route`, after `set-workers` if the guest does not
+    /// hold `table` yet; each call within the call deadline.
     pub fn route(
         &mut self,
         engine: &PluginEngine,
         request: &RouteRequest,
-        candidates: &[PolicyCandidate],
+        table: &WorkerTable,
+        candidates: &PolicyCandidates,
     ) -> Result<types::Decision, PluginError> {
-        let limits = engine.limits();
+        let timeout_ms = engine.limits().call_timeout_ms;
         self.calls += 1;
-        let ticks = self.store.data_mut().deadline.arm(limits.call_timeout_ms);
+        if self.table != table.generation() {
+            self.arm(timeout_ms);
+            let sent = self
+                .policy
+                .call_set_workers(&mut self.store, table.workers());
+            sent.map_err(|error| self.failure(engine, timeout_ms, error))?;
+            // Only once the guest took it: after a failure the instance is dropped anyway.
+            self.table = table.generation();
+        }
+        self.arm(timeout_ms);
+        let decided = self.policy.call_route(&mut self.store, request, candidates);
+        decided.map_err(|error| self.failure(engine, timeout_ms, error))
+    }
+
+    fn arm(&mut self, timeout_ms: u64) {
+        let ticks = self.store.data_mut().deadline.arm(timeout_ms);
         self.store.set_epoch_deadline(ticks);
-        self.policy
-            .call_route(&mut self.store, request, candidates)
-            .map_err(|error| {
-                Failure {
-                    memory_exhausted: self.store.data().memory_exhausted,
-                    deadline_ms: limits.call_timeout_ms,
-                    memory_limit_bytes: limits.memory_limit_bytes,
-                }
-                .classify(error)
-            })
+    }
+
+    fn failure(
+        &self,
+        engine: &PluginEngine,
+        deadline_ms: u64,
+        error: wasmtime::Error,
+    ) -> PluginError {
+        Failure {
+            memory_exhausted: self.store.data().memory_exhausted,
+            deadline_ms,
+            memory_limit_bytes: engine.limits().memory_limit_bytes,
+        }
+        .classify(error)
     }
 }

@@ -18,7 +18,8 @@ use super::engine::{PluginEngine, Tier};
 use super::error::PluginError;
 use super::host::{HostState, Tag};
 use super::instance::Instance;
-use super::{sample, PolicyCandidate, RouteRequest};
+use super::table::WorkerTable;
+use super::{sample, PolicyCandidates, RouteRequest};
 
 /// An instance is retired after this many calls, so memory a guest leaks or
 /// fragments a little per call never adds up to its limit.
@@ -124,10 +125,10 @@ impl LoadedPolicy {
             version: version.to_string(),
         });
         let mut first = Instance::new(engine, &code.pre, &tag, config)?;
-        let candidates = sample::candidates();
+        let (table, candidates) = (sample::table(), sample::candidates());
         for request in sample::requests() {
-            let raw = first.route(engine, &request, &candidates)?;
-            decision::check(raw, &candidates)?;
+            let raw = first.route(engine, &request, &table, &candidates)?;
+            decision::check(raw, candidates.worker.len())?;
         }
         Ok(Self {
             info: PolicyInfo {
@@ -145,40 +146,43 @@ impl LoadedPolicy {
         })
     }
 
-    /// Asks the plugin to order `candidates` for `request`.
+    /// Asks the plugin to order `candidates`, which refer into `table`, for `request`.
     ///
     /// Synchronous and bounded by the call deadline (`call_timeout_ms`); an
     /// error means the plugin failed, and the instance that failed is dropped.
     /// When no initialised instance is idle a new one is made (and `init` run)
-    /// within the call.
+    /// within the call; an instance that has not seen `table` is sent it first.
     pub fn route(
         &self,
         request: &RouteRequest,
-        candidates: &[PolicyCandidate],
+        table: &WorkerTable,
+        candidates: &PolicyCandidates,
     ) -> Result<Decision, PluginError> {
         let idle = self.lock_idle().pop();
         let mut instance = match idle {
             Some(instance) => instance,
             None => Instance::new(&self.engine, &self.code.pre, &self.tag, &self.config)?,
         };
-        let raw = instance.route(&self.engine, request, candidates)?;
+        let raw = instance.route(&self.engine, request, table, candidates)?;
         // A decision that fails the check came from a guest that returned
         // normally: its instance is sound and goes back to the pool.
-        let checked = decision::check(raw, candidates);
+        let checked = decision::check(raw, candidates.worker.len());
         self.put_back(instance);
         checked
     }
 
-    /// Like [`route`](Self::route) but on a new instance, `init` included,
-    /// dropped afterwards: the alternative `bench policy` compares against.
+    /// Like [`route`](Self::route) but on a new instance, `init` and
+    /// `set-workers` included, dropped afterwards: the alternative `bench
+    /// policy` compares against.
     pub fn route_fresh(
         &self,
         request: &RouteRequest,
-        candidates: &[PolicyCandidate],
+        table: &WorkerTable,
+        candidates: &PolicyCandidates,
     ) -> Result<Decision, PluginError> {
         let mut instance = Instance::new(&self.engine, &self.code.pre, &self.tag, &self.config)?;
-        let raw = instance.route(&self.engine, request, candidates)?;
-        decision::check(raw, candidates)
+        let raw = instance.route(&self.engine, request, table, candidates)?;
+        decision::check(raw, candidates.worker.len())
     }
 
     pub fn info(&self) -> &PolicyInfo {
@@ -231,7 +235,7 @@ pub(crate) fn compile(
     Ok(Arc::new(Code { pre, sha256, tier }))
 }
 
-pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
+pub fn sha256_hex(bytes: &[u8]) -> String {
     let digest = Sha256::digest(bytes);
     let mut hex = String::with_capacity(64);
     for byte in digest {

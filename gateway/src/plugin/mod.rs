@@ -4,7 +4,8 @@
 //!
 //! `engine` holds the wasmtime engines (baseline and optimized tier) and
 //! linkers of a gateway; `loaded` is one compiled and initialised version
-//! with its recycled instances; `slot` is a pool's policy in force, swapped
+//! with its recycled instances, each sent a pool's `table` of workers only
+//! when it changed; `slot` is a pool's policy in force, swapped
 //! whole, and `upgrade` swaps in a version's optimized build once ready;
 //! `watch` feeds slots from a plugin directory. A plugin's crash
 //! (`PluginError`) is never a decision (`Decision`): the caller falls back
@@ -22,6 +23,7 @@ mod instance;
 mod loaded;
 mod sample;
 mod slot;
+mod table;
 mod upgrade;
 mod watch;
 
@@ -29,7 +31,8 @@ mod watch;
 mod tests;
 
 pub use bindings::llmgw::policy::types::{
-    Candidate as PolicyCandidate, Health, Label, Load, Request as RouteRequest,
+    Candidates as PolicyCandidates, Label, Request as RouteRequest, State as CandidateState,
+    Worker as PolicyWorker,
 };
 pub use config::{OnError, PluginsConfig, PolicyBinding};
 pub use decision::Decision;
@@ -37,4 +40,16 @@ pub use engine::{PluginEngine, Tier};
 pub use error::PluginError;
 pub use loaded::{LoadedPolicy, PolicyInfo};
 pub use slot::{PolicySlot, Refusal, SlotStatus};
+pub use table::WorkerTable;
 pub use watch::{PluginWatcher, WatchHandle};
+
+// For the etcd source, which selects versions and checks bytes as the directory does.
+pub(crate) use dir::{compare_versions, select as select_in_dir};
+pub use loaded::sha256_hex;
+pub(crate) use watch::{is_transient, RETRY_TRANSIENT};
+
+/// Checks that `bytes` are a policy component this host can run, without
+/// initialising it: its config comes later, with a pool's binding.
+pub fn check_component(engine: &PluginEngine, bytes: &[u8]) -> Result<(), PluginError> {
+    loaded::compile(engine, Tier::Baseline, bytes).map(drop)
+}

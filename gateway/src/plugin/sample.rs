@@ -1,14 +1,15 @@
 //! Synthetic requests and candidates a new version must decide on before it
-//! serves: three workers in two zones, with the labels example policies read.
+//! serves: four workers in three zones, with the labels example policies
+//! read, three of them candidates.
 
-use super::bindings::llmgw::policy::types::{Candidate, Health, Label, Load, Request};
+use super::bindings::llmgw::policy::types::{Candidates, Label, Request, State, Worker};
+use super::table::WorkerTable;
 
 /// The model the sample requests name; a plugin can tell them apart by it.
 pub(crate) const MODEL: &str = "llmgw-sample";
 
-/// A candidate with neutral figures, for samples, tests and benchmarks.
-pub(crate) fn candidate(id: &str, zone: &str, labels: &[(&str, &str)]) -> Candidate {
-    Candidate {
+pub(crate) fn worker(id: &str, zone: &str, labels: &[(&str, &str)]) -> Worker {
+    Worker {
         id: id.to_string(),
         zone: zone.to_string(),
         labels: labels
@@ -18,16 +19,23 @@ pub(crate) fn candidate(id: &str, zone: &str, labels: &[(&str, &str)]) -> Candid
                 value: value.to_string(),
             })
             .collect(),
-        health: Health::Healthy,
-        load: Load {
-            in_flight: 0,
-            running: None,
-            waiting: None,
-            kv_blocks_used: None,
-            kv_blocks_total: None,
-        },
-        overlap_blocks: 0,
-        score: 1.0,
+    }
+}
+
+/// The table's `workers` as candidates in that order, with neutral figures
+/// (healthy, idle, no report, score 1), for samples, tests and benchmarks.
+pub(crate) fn candidates_of(workers: &[u32]) -> Candidates {
+    let n = workers.len();
+    Candidates {
+        worker: workers.to_vec(),
+        state: vec![State::empty(); n],
+        in_flight: vec![0; n],
+        running: vec![0; n],
+        waiting: vec![0; n],
+        kv_blocks_used: vec![0; n],
+        kv_blocks_total: vec![0; n],
+        overlap_blocks: vec![0; n],
+        score: vec![1.0; n],
     }
 }
 
@@ -46,26 +54,31 @@ pub(crate) fn request(zone: &str, session_key: Option<&str>) -> Request {
     }
 }
 
-pub(crate) fn candidates() -> Vec<Candidate> {
-    let mut busy = candidate("sample-a2", "a", &[("version", "v2"), ("colour", "green")]);
-    busy.health = Health::HalfOpen;
-    busy.load = Load {
-        in_flight: 40,
-        running: Some(48),
-        waiting: Some(3),
-        kv_blocks_used: Some(900),
-        kv_blocks_total: Some(1000),
-    };
-    busy.score = 9.5;
-    let mut remote = candidate("sample-b1", "b", &[("version", "v1"), ("colour", "blue")]);
-    remote.health = Health::Unknown;
-    remote.overlap_blocks = 2;
-    remote.score = 3.0;
-    vec![
-        candidate("sample-a1", "a", &[("version", "v1"), ("colour", "blue")]),
-        busy,
-        remote,
-    ]
+pub(crate) fn table() -> WorkerTable {
+    WorkerTable::new(vec![
+        worker("sample-a1", "a", &[("version", "v1"), ("colour", "blue")]),
+        worker("sample-a2", "a", &[("version", "v2"), ("colour", "green")]),
+        worker("sample-c1", "c", &[]),
+        worker("sample-b1", "b", &[("version", "v1"), ("colour", "blue")]),
+    ])
+}
+
+/// Three of the table's workers, in another order and with the highest
+/// index first: a guest that answers with worker indices instead of
+/// candidate positions names a candidate that does not exist.
+pub(crate) fn candidates() -> Candidates {
+    let mut c = candidates_of(&[3, 0, 1]);
+    // Remote and not probed yet, holding some of the prompt.
+    c.state[0] = State::UNPROBED;
+    c.overlap_blocks[0] = 2;
+    c.score[0] = 3.0;
+    // Busy, recovering, and reporting its load.
+    c.state[2] = State::HALF_OPEN | State::REPORTED;
+    c.in_flight[2] = 40;
+    (c.running[2], c.waiting[2]) = (48, 3);
+    (c.kv_blocks_used[2], c.kv_blocks_total[2]) = (900, 1000);
+    c.score[2] = 9.5;
+    c
 }
 
 /// Sticky and random paths, both zones, a retry.

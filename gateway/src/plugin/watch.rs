@@ -22,7 +22,7 @@ use super::slot::PolicySlot;
 /// A refusal that may pass on a later try (no free instance slot, a read
 /// racing a write, a deadline missed on a starved machine) is retried after
 /// this long even if nothing changed; others wait for a change.
-const RETRY_TRANSIENT: Duration = Duration::from_secs(10);
+pub(crate) const RETRY_TRANSIENT: Duration = Duration::from_secs(10);
 
 pub struct PluginWatcher {
     engine: PluginEngine,
@@ -207,7 +207,8 @@ fn probe(dir: &std::path::Path, binding: &PolicyBinding, pool: &str) -> Result<P
     })
 }
 
-fn is_transient(error: &PluginError) -> bool {
+/// A refusal that may pass on a later try with the same bytes and config.
+pub(crate) fn is_transient(error: &PluginError) -> bool {
     matches!(
         error,
         PluginError::Instantiate(_) | PluginError::Io { .. } | PluginError::Timeout { .. }

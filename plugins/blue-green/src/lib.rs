@@ -10,7 +10,7 @@
 //!   active ones as a failover tail; when false, no active worker means 503.
 //!   Default: `false`, so the inactive side never sees traffic unasked.
 
-use policy_sdk::{by_score, config, label, reject, route_to, Candidate, Decision, Policy, Request};
+use policy_sdk::{by_score, config, reject, route_to, Candidate, Decision, Policy, Request};
 use serde::Deserialize;
 
 #[derive(Debug, Deserialize)]
@@ -34,8 +34,8 @@ pub struct BlueGreen {
 }
 
 impl BlueGreen {
-    fn is_active(&self, candidate: &Candidate) -> bool {
-        label(candidate, &self.label) == Some(self.active.as_str())
+    fn is_active(&self, candidate: &Candidate<'_>) -> bool {
+        candidate.label(&self.label) == Some(self.active.as_str())
     }
 }
 
@@ -57,7 +57,7 @@ impl Policy for BlueGreen {
         })
     }
 
-    fn route(&self, request: &Request, candidates: &[Candidate]) -> Decision {
+    fn route(&self, request: &Request, candidates: &[Candidate<'_>]) -> Decision {
         let mut ordered = by_score(candidates);
         if !ordered.iter().any(|c| self.is_active(c)) && !self.fallback {
             return reject(
@@ -70,7 +70,7 @@ impl Policy for BlueGreen {
         }
         if self.fallback {
             // Stable: score order holds within the active and the other side.
-            ordered.sort_by_key(|c| !self.is_active(c));
+            ordered.sort_by_cached_key(|c| !self.is_active(c));
         } else {
             ordered.retain(|c| self.is_active(c));
         }
@@ -83,9 +83,10 @@ policy_sdk::export_policy!(BlueGreen);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use policy_sdk::testing::{candidate, request};
+    use policy_sdk::testing::{self, candidate, request, TestCandidate};
+    use policy_sdk::Rejection;
 
-    fn pool() -> Vec<Candidate> {
+    fn pool() -> Vec<TestCandidate> {
         vec![
             candidate("blue-slow")
                 .with_label("colour", "blue")
@@ -100,34 +101,31 @@ mod tests {
         ]
     }
 
-    fn route(config: &str, candidates: &[Candidate]) -> Decision {
-        BlueGreen::init(config)
-            .unwrap()
-            .route(&request(), candidates)
-    }
-
-    fn ids(list: &[&str]) -> Decision {
-        Decision::Route(list.iter().map(|id| id.to_string()).collect())
+    fn route(config: &str, candidates: &[TestCandidate]) -> Result<Vec<String>, Rejection> {
+        testing::route(&BlueGreen::init(config).unwrap(), &request(), candidates)
     }
 
     #[test]
     fn only_the_active_colour_by_score() {
         assert_eq!(
-            route(r#"{"active": "blue"}"#, &pool()),
-            ids(&["blue-fast", "blue-slow"])
+            route(r#"{"active": "blue"}"#, &pool()).unwrap(),
+            ["blue-fast", "blue-slow"]
         );
     }
 
     #[test]
     fn flipping_active_moves_all_traffic() {
-        assert_eq!(route(r#"{"active": "green"}"#, &pool()), ids(&["green-1"]));
+        assert_eq!(
+            route(r#"{"active": "green"}"#, &pool()).unwrap(),
+            ["green-1"]
+        );
     }
 
     #[test]
     fn fallback_puts_everything_else_at_the_tail() {
         assert_eq!(
-            route(r#"{"active": "blue", "fallback": true}"#, &pool()),
-            ids(&["blue-fast", "blue-slow", "plain", "green-1"])
+            route(r#"{"active": "blue", "fallback": true}"#, &pool()).unwrap(),
+            ["blue-fast", "blue-slow", "plain", "green-1"]
         );
     }
 
@@ -135,17 +133,15 @@ mod tests {
     fn fallback_serves_when_the_active_colour_is_gone() {
         let green_only = [candidate("green-1").with_label("colour", "green")];
         assert_eq!(
-            route(r#"{"active": "blue", "fallback": true}"#, &green_only),
-            ids(&["green-1"])
+            route(r#"{"active": "blue", "fallback": true}"#, &green_only).unwrap(),
+            ["green-1"]
         );
     }
 
     #[test]
     fn no_active_worker_without_fallback_is_a_503_naming_the_colour() {
         let green_only = [candidate("green-1").with_label("colour", "green")];
-        let Decision::Reject(rejection) = route(r#"{"active": "blue"}"#, &green_only) else {
-            panic!("expected a rejection");
-        };
+        let rejection = route(r#"{"active": "blue"}"#, &green_only).unwrap_err();
         assert_eq!(rejection.status, 503);
         assert!(
             rejection.message.contains("colour=blue"),
@@ -161,8 +157,8 @@ mod tests {
             candidate("y").with_label("slot", "a"),
         ];
         assert_eq!(
-            route(r#"{"label": "slot", "active": "a"}"#, &candidates),
-            ids(&["y"])
+            route(r#"{"label": "slot", "active": "a"}"#, &candidates).unwrap(),
+            ["y"]
         );
     }
 

@@ -17,8 +17,8 @@
 
 use policy_sdk::host::{self, Level};
 use policy_sdk::{
-    by_score, config, label, random_fraction, reject, route_to, sticky_fraction, Candidate,
-    Decision, Policy, Request,
+    by_score, config, random_fraction, reject, route_to, sticky_fraction, Candidate, Decision,
+    Policy, Request,
 };
 use serde::Deserialize;
 
@@ -98,7 +98,7 @@ impl Policy for Canary {
         })
     }
 
-    fn route(&self, request: &Request, candidates: &[Candidate]) -> Decision {
+    fn route(&self, request: &Request, candidates: &[Candidate<'_>]) -> Decision {
         let chosen = if self.picks_canary(request) {
             &self.canary
         } else {
@@ -106,7 +106,8 @@ impl Policy for Canary {
         };
         let mut ordered = by_score(candidates);
         ordered.retain(|c| {
-            label(c, &self.label).is_some_and(|v| v == self.stable || v == self.canary)
+            c.label(&self.label)
+                .is_some_and(|v| v == self.stable || v == self.canary)
         });
         if ordered.is_empty() {
             return reject(
@@ -122,7 +123,7 @@ impl Policy for Canary {
         }
         // Stable: score order holds within each side; an empty chosen side
         // simply leaves the other side first.
-        ordered.sort_by_key(|c| label(c, &self.label) != Some(chosen.as_str()));
+        ordered.sort_by_cached_key(|c| c.label(&self.label) != Some(chosen.as_str()));
         route_to(request, ordered)
     }
 }
@@ -132,7 +133,8 @@ policy_sdk::export_policy!(Canary);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use policy_sdk::testing::{candidate, request};
+    use policy_sdk::testing::{self, candidate, request, TestCandidate};
+    use policy_sdk::Rejection;
 
     fn policy(percent: f64) -> Canary {
         Canary::init(&format!(
@@ -141,7 +143,7 @@ mod tests {
         .unwrap()
     }
 
-    fn pool() -> Vec<Candidate> {
+    fn pool() -> Vec<TestCandidate> {
         vec![
             candidate("v1-slow")
                 .with_label("version", "v1")
@@ -159,30 +161,31 @@ mod tests {
         ]
     }
 
-    fn ids(list: &[&str]) -> Decision {
-        Decision::Route(list.iter().map(|id| id.to_string()).collect())
+    fn route(
+        policy: &Canary,
+        request: &Request,
+        candidates: &[TestCandidate],
+    ) -> Result<Vec<String>, Rejection> {
+        testing::route(policy, request, candidates)
     }
 
-    fn first(decision: &Decision) -> &str {
-        match decision {
-            Decision::Route(ids) => &ids[0],
-            Decision::Reject(rejection) => panic!("rejected: {}", rejection.message),
-        }
+    fn first(policy: &Canary, request: &Request) -> String {
+        route(policy, request, &pool()).unwrap().remove(0)
     }
 
     fn on_canary(policy: &Canary, session: &str) -> bool {
-        first(&policy.route(&request().with_session(session), &pool())).starts_with("v2")
+        first(policy, &request().with_session(session)).starts_with("v2")
     }
 
     #[test]
     fn chosen_side_by_score_then_other_side_by_score() {
         assert_eq!(
-            policy(0.0).route(&request(), &pool()),
-            ids(&["v1-fast", "v1-slow", "v2-b", "v2-a"])
+            route(&policy(0.0), &request(), &pool()).unwrap(),
+            ["v1-fast", "v1-slow", "v2-b", "v2-a"]
         );
         assert_eq!(
-            policy(100.0).route(&request(), &pool()),
-            ids(&["v2-b", "v2-a", "v1-fast", "v1-slow"])
+            route(&policy(100.0), &request(), &pool()).unwrap(),
+            ["v2-b", "v2-a", "v1-fast", "v1-slow"]
         );
     }
 
@@ -216,7 +219,7 @@ mod tests {
         host::seed_random(3);
         let canary = policy(10.0);
         let hits = (0..5000)
-            .filter(|_| first(&canary.route(&request(), &pool())).starts_with("v2"))
+            .filter(|_| first(&canary, &request()).starts_with("v2"))
             .count();
         assert!((400..600).contains(&hits), "{hits}");
     }
@@ -225,8 +228,8 @@ mod tests {
     fn an_empty_side_sends_its_share_to_the_other() {
         let stable_only = [candidate("v1-a").with_label("version", "v1")];
         assert_eq!(
-            policy(100.0).route(&request(), &stable_only),
-            ids(&["v1-a"])
+            route(&policy(100.0), &request(), &stable_only).unwrap(),
+            ["v1-a"]
         );
     }
 
@@ -236,9 +239,7 @@ mod tests {
             candidate("v3").with_label("version", "v3"),
             candidate("plain"),
         ];
-        let Decision::Reject(rejection) = policy(50.0).route(&request(), &others) else {
-            panic!("expected a rejection");
-        };
+        let rejection = route(&policy(50.0), &request(), &others).unwrap_err();
         assert_eq!(rejection.status, 503);
         assert!(
             rejection.message.contains("version=v2"),
@@ -246,7 +247,6 @@ mod tests {
             rejection.message
         );
     }
-
     #[test]
     fn bad_config_names_every_field_at_fault() {
         for (config, fields) in [

@@ -32,13 +32,17 @@ impl Policy for Failover {
         })
     }
 
-    fn route(&self, request: &Request, candidates: &[Candidate]) -> Decision {
-        let mut ordered = by_score(candidates);
-        // Stable: score order holds within the local and the remote group.
-        // Remote workers cost a cross-zone hop, so they only serve when every
-        // local one has failed.
-        ordered.sort_by_key(|c| c.zone != request.gateway_zone);
-        route_to(request, ordered.into_iter().take(self.max_workers))
+    fn route(&self, request: &Request, candidates: &[Candidate<'_>]) -> Decision {
+        // Score order holds within the local and the remote group. Remote
+        // workers cost a cross-zone hop, so they only serve when every local
+        // one has failed.
+        let (local, remote): (Vec<_>, Vec<_>) = by_score(candidates)
+            .into_iter()
+            .partition(|c| c.zone == request.gateway_zone);
+        route_to(
+            request,
+            local.into_iter().chain(remote).take(self.max_workers),
+        )
     }
 }
 
@@ -47,14 +51,15 @@ policy_sdk::export_policy!(Failover);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use policy_sdk::testing::{candidate, request};
+    use policy_sdk::testing::{self, candidate, request, TestCandidate};
+    use policy_sdk::Rejection;
 
-    fn route(config: &str, request: &Request, candidates: &[Candidate]) -> Decision {
-        Failover::init(config).unwrap().route(request, candidates)
-    }
-
-    fn ids(list: &[&str]) -> Decision {
-        Decision::Route(list.iter().map(|id| id.to_string()).collect())
+    fn route(
+        config: &str,
+        request: &Request,
+        candidates: &[TestCandidate],
+    ) -> Result<Vec<String>, Rejection> {
+        testing::route(&Failover::init(config).unwrap(), request, candidates)
     }
 
     #[test]
@@ -66,8 +71,8 @@ mod tests {
             candidate("a-better").in_zone("a").with_score(1.5),
         ];
         assert_eq!(
-            route("{}", &request().in_zone("a"), &candidates),
-            ids(&["a-better", "a-worse", "b-best", "c-mid"])
+            route("{}", &request().in_zone("a"), &candidates).unwrap(),
+            ["a-better", "a-worse", "b-best", "c-mid"]
         );
     }
 
@@ -78,8 +83,8 @@ mod tests {
             candidate("b1").in_zone("b").with_score(1.0),
         ];
         assert_eq!(
-            route("", &request().in_zone("a"), &candidates),
-            ids(&["b1", "c1"])
+            route("", &request().in_zone("a"), &candidates).unwrap(),
+            ["b1", "c1"]
         );
     }
 
@@ -91,17 +96,14 @@ mod tests {
             candidate("a2").with_score(1.0),
         ];
         assert_eq!(
-            route(r#"{"max_workers": 2}"#, &request(), &candidates),
-            ids(&["a2", "a1"])
+            route(r#"{"max_workers": 2}"#, &request(), &candidates).unwrap(),
+            ["a2", "a1"]
         );
     }
 
     #[test]
     fn no_candidates_is_a_503() {
-        let Decision::Reject(rejection) = route("{}", &request(), &[]) else {
-            panic!("expected a rejection");
-        };
-        assert_eq!(rejection.status, 503);
+        assert_eq!(route("{}", &request(), &[]).unwrap_err().status, 503);
     }
 
     #[test]

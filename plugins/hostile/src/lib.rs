@@ -7,7 +7,7 @@
 //! - `mode` (required): `ok` (routes by score), `loop` (spins forever in
 //!   `route`), `oom` (allocates until memory runs out), `trap` (panics, which
 //!   is a trap in a component), `empty` (routes to no worker), `unknown`
-//!   (routes to a worker that is no candidate), `duplicate` (lists the best
+//!   (routes to a candidate that does not exist), `duplicate` (lists the best
 //!   worker twice), `bad_status` (rejects with status 200), `init_fail`
 //!   (`init` returns an error), `slow_init` (spins forever in `init`).
 //! - `on_model`: misbehave in `route` only for requests of this model and
@@ -60,7 +60,7 @@ impl Policy for Hostile {
         }
     }
 
-    fn route(&self, request: &Request, candidates: &[Candidate]) -> Decision {
+    fn route(&self, request: &Request, candidates: &[Candidate<'_>]) -> Decision {
         let misbehaves = self
             .on_model
             .as_ref()
@@ -75,12 +75,13 @@ impl Policy for Hostile {
             Mode::Oom => hoard(),
             Mode::Trap => panic!("hostile: trap asked for"),
             Mode::Empty => Decision::Route(Vec::new()),
-            Mode::Unknown => Decision::Route(vec!["no-such-worker".to_string()]),
+            // One past the last candidate.
+            Mode::Unknown => Decision::Route(vec![candidates.len() as u32]),
             Mode::Duplicate => {
                 let Some(best) = ordered.first() else {
                     return reject(503, "no candidates");
                 };
-                Decision::Route(vec![best.id.clone(), best.id.clone()])
+                Decision::Route(vec![best.position(), best.position()])
             }
             Mode::BadStatus => reject(200, "a rejection that is a success"),
         }

@@ -1,9 +1,14 @@
 //! The plugin SDK: write a routing policy as a plain Rust type, test it natively, export it as a component.
 //!
 //! A policy crate implements [`Policy`] and calls [`export_policy!`]; on
-//! `wasm32` that exports `init` and `route` of the `llmgw:policy/policy@0.1.0`
-//! world, elsewhere it expands to nothing so the crate's unit tests run on the
-//! build machine.
+//! `wasm32` that exports `init`, `set-workers` and `route` of the
+//! `llmgw:policy/policy@0.2.0` world, elsewhere it expands to nothing so the
+//! crate's unit tests run on the build machine (with [`testing::route`]).
+//!
+//! The world sends a pool's workers apart from each request's figures, which
+//! refer to them by index, and takes candidate positions back; the SDK keeps
+//! the workers and joins them in, so a policy sees each [`Candidate`] whole
+//! and routes by naming candidates ([`route_to`]).
 
 // The generated bindings and `export_policy!` name this crate by its path, which
 // must also resolve from inside it.
@@ -16,10 +21,12 @@ mod slot;
 mod sticky;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+mod view;
 
-pub use order::{by_score, label, reject, route_to};
+pub use order::{by_score, reject, route_to};
 pub use slot::Slot;
 pub use sticky::{random_fraction, sticky_fraction};
+pub use view::{Candidate, Health, Load};
 
 /// Bindings generated once from `wit/policy.wit`, shared by every policy crate.
 pub mod bindings {
@@ -36,9 +43,7 @@ pub mod bindings {
 }
 
 pub use bindings::llmgw::policy::host::Level;
-pub use bindings::llmgw::policy::types::{
-    Candidate, Decision, Health, Label, Load, Rejection, Request,
-};
+pub use bindings::llmgw::policy::types::{Decision, Label, Rejection, Request, Worker};
 
 /// A routing policy: built once from the operator's JSON config, then asked to order candidates.
 pub trait Policy: Send + Sync + 'static {
@@ -47,8 +52,9 @@ pub trait Policy: Send + Sync + 'static {
     where
         Self: Sized;
 
-    /// Orders `candidates` for `request`, or rejects it. Must not panic: a panic is a trap.
-    fn route(&self, request: &Request, candidates: &[Candidate]) -> Decision;
+    /// Orders `candidates` for `request` (usually with [`route_to`]), or
+    /// rejects it. Must not panic: a panic is a trap.
+    fn route(&self, request: &Request, candidates: &[Candidate<'_>]) -> Decision;
 }
 
 /// Items the macros expand to in policy crates; not part of the API.
@@ -57,10 +63,11 @@ pub mod __private {
     pub use wit_bindgen;
 }
 
-/// Exports a [`Policy`] type as the component's `init` and `route`.
+/// Exports a [`Policy`] type as the component's `init`, `set-workers` and `route`.
 ///
-/// The initialised policy lives in a static [`Slot`]: `init` fills it and
-/// `route` reads it, rejecting with 500 until an `init` succeeded.
+/// The initialised policy and the workers live in a static [`Slot`]: `init`
+/// and `set-workers` fill it and `route` reads it, rejecting with 500 until
+/// an `init` succeeded.
 #[macro_export]
 macro_rules! export_policy {
     ($policy:ty) => {
@@ -79,9 +86,13 @@ macro_rules! export_policy {
                     SLOT.init(&config)
                 }
 
+                fn set_workers(workers: ::std::vec::Vec<$crate::Worker>) {
+                    SLOT.set_workers(workers)
+                }
+
                 fn route(
                     request: $crate::Request,
-                    candidates: ::std::vec::Vec<$crate::Candidate>,
+                    candidates: $crate::bindings::llmgw::policy::types::Candidates,
                 ) -> $crate::Decision {
                     SLOT.route(&request, &candidates)
                 }

@@ -1,22 +1,26 @@
-//! The exported component's state: the policy `init` built, read by every `route`.
+//! The exported component's state: the policy `init` built and the workers
+//! `set-workers` sent, read by every `route`.
 
 use std::sync::{PoisonError, RwLock};
 
-use crate::{reject, Candidate, Decision, Policy, Request};
+use crate::bindings::llmgw::policy::types;
+use crate::{reject, view, Decision, Policy, Request, Worker};
 
-/// Holds the policy of one component instance.
+/// Holds the policy and the worker table of one component instance.
 ///
-/// A `RwLock` rather than a `OnceLock` so a later `init` on the same instance
-/// replaces the policy instead of being ignored. On `wasm32-wasip2` there are
-/// no threads, so the lock is never contended.
+/// `RwLock`s rather than `OnceLock`s so a later `init` or `set-workers` on
+/// the same instance replaces what it holds. On `wasm32-wasip2` there are no
+/// threads, so the locks are never contended.
 pub struct Slot<P> {
     policy: RwLock<Option<P>>,
+    workers: RwLock<Vec<Worker>>,
 }
 
 impl<P: Policy> Slot<P> {
     pub const fn new() -> Self {
         Self {
             policy: RwLock::new(None),
+            workers: RwLock::new(Vec::new()),
         }
     }
 
@@ -30,11 +34,23 @@ impl<P: Policy> Slot<P> {
         Ok(())
     }
 
-    /// Asks the policy; before a successful `init` that is a host bug, hence 500.
-    pub fn route(&self, request: &Request, candidates: &[Candidate]) -> Decision {
-        match &*self.policy.read().unwrap_or_else(PoisonError::into_inner) {
-            Some(policy) => policy.route(request, candidates),
-            None => reject(500, "policy called before a successful init"),
+    /// Keeps the pool's workers, which later candidates refer to by index.
+    pub fn set_workers(&self, workers: Vec<Worker>) {
+        *self.workers.write().unwrap_or_else(PoisonError::into_inner) = workers;
+    }
+
+    /// Asks the policy about `candidates` joined with the workers; before a
+    /// successful `init`, or with a candidate whose worker was never sent,
+    /// that is a host bug, hence 500.
+    pub fn route(&self, request: &Request, candidates: &types::Candidates) -> Decision {
+        let policy = self.policy.read().unwrap_or_else(PoisonError::into_inner);
+        let Some(policy) = &*policy else {
+            return reject(500, "policy called before a successful init");
+        };
+        let workers = self.workers.read().unwrap_or_else(PoisonError::into_inner);
+        match view::join(&workers, candidates) {
+            Ok(candidates) => policy.route(request, &candidates),
+            Err(message) => reject(500, message),
         }
     }
 }
@@ -48,8 +64,8 @@ impl<P: Policy> Default for Slot<P> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::route_to;
-    use crate::testing::{candidate, request};
+    use crate::testing::{candidate, request, wire};
+    use crate::{route_to, Candidate};
 
     /// Routes to the first candidate; refuses any config but `ok`.
     struct First;
@@ -62,37 +78,57 @@ mod tests {
             }
         }
 
-        fn route(&self, request: &Request, candidates: &[Candidate]) -> Decision {
+        fn route(&self, request: &Request, candidates: &[Candidate<'_>]) -> Decision {
             route_to(request, candidates.iter().take(1))
+        }
+    }
+
+    /// Candidates on the table's `workers`.
+    fn on(workers: &[u32]) -> types::Candidates {
+        let cs = vec![candidate("w"); workers.len()];
+        wire(&cs, workers.iter().copied())
+    }
+
+    fn status(decision: Decision) -> u16 {
+        match decision {
+            Decision::Reject(rejection) => rejection.status,
+            Decision::Route(order) => panic!("routed to {order:?}"),
         }
     }
 
     #[test]
     fn route_before_init_rejects_with_500() {
         let slot = Slot::<First>::new();
-        let Decision::Reject(rejection) = slot.route(&request(), &[candidate("w1")]) else {
-            panic!("expected a rejection");
-        };
-        assert_eq!(rejection.status, 500);
+        slot.set_workers(vec![candidate("w1").worker]);
+        assert_eq!(status(slot.route(&request(), &on(&[0]))), 500);
     }
 
     #[test]
     fn failed_init_is_reported_and_leaves_slot_empty() {
         let slot = Slot::<First>::new();
         assert_eq!(slot.init("nope"), Err("bad config \"nope\"".to_string()));
-        assert!(matches!(
-            slot.route(&request(), &[candidate("w1")]),
-            Decision::Reject(_)
-        ));
+        slot.set_workers(vec![candidate("w1").worker]);
+        assert_eq!(status(slot.route(&request(), &on(&[0]))), 500);
     }
 
     #[test]
-    fn routes_after_init() {
+    fn a_candidate_of_a_worker_never_sent_rejects_with_500() {
         let slot = Slot::<First>::new();
         slot.init("ok").unwrap();
+        assert_eq!(status(slot.route(&request(), &on(&[0]))), 500);
+    }
+
+    #[test]
+    fn routes_after_init_and_workers() {
+        let slot = Slot::<First>::new();
+        slot.init("ok").unwrap();
+        slot.set_workers(vec![candidate("w1").worker, candidate("w2").worker]);
         assert_eq!(
-            slot.route(&request(), &[candidate("w1"), candidate("w2")]),
-            Decision::Route(vec!["w1".into()])
+            slot.route(&request(), &on(&[1, 0])),
+            Decision::Route(vec![0])
         );
+        // A new table replaces the old one.
+        slot.set_workers(vec![candidate("w3").worker]);
+        assert_eq!(status(slot.route(&request(), &on(&[1]))), 500);
     }
 }

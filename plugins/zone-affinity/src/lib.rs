@@ -30,7 +30,7 @@ pub struct ZoneAffinity {
 
 impl ZoneAffinity {
     /// 0: local and below the threshold, 1: remote and below it, 2: saturated.
-    fn tier(&self, request: &Request, candidate: &Candidate) -> u8 {
+    fn tier(&self, request: &Request, candidate: &Candidate<'_>) -> u8 {
         let load = candidate
             .load
             .in_flight
@@ -58,10 +58,10 @@ impl Policy for ZoneAffinity {
         })
     }
 
-    fn route(&self, request: &Request, candidates: &[Candidate]) -> Decision {
+    fn route(&self, request: &Request, candidates: &[Candidate<'_>]) -> Decision {
         let mut ordered = by_score(candidates);
         // Stable: score order holds within each tier.
-        ordered.sort_by_key(|c| self.tier(request, c));
+        ordered.sort_by_cached_key(|c| self.tier(request, c));
         route_to(request, ordered)
     }
 }
@@ -71,16 +71,11 @@ policy_sdk::export_policy!(ZoneAffinity);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use policy_sdk::testing::{candidate, request};
+    use policy_sdk::testing::{self, candidate, request, TestCandidate};
 
-    fn route(config: &str, candidates: &[Candidate]) -> Decision {
-        ZoneAffinity::init(config)
-            .unwrap()
-            .route(&request().in_zone("a"), candidates)
-    }
-
-    fn ids(list: &[&str]) -> Decision {
-        Decision::Route(list.iter().map(|id| id.to_string()).collect())
+    fn route(config: &str, candidates: &[TestCandidate]) -> Vec<String> {
+        let policy = ZoneAffinity::init(config).unwrap();
+        testing::route(&policy, &request().in_zone("a"), candidates).unwrap()
     }
 
     #[test]
@@ -104,7 +99,7 @@ mod tests {
         ];
         assert_eq!(
             route(r#"{"spill_in_flight": 4}"#, &candidates),
-            ids(&["a-ok", "a-ok-worse", "b-ok", "c-ok", "c-full", "a-full"])
+            ["a-ok", "a-ok-worse", "b-ok", "c-ok", "c-full", "a-full"]
         );
     }
 
@@ -119,10 +114,7 @@ mod tests {
                 .with_score(5.0)
                 .with_running(0),
         ];
-        assert_eq!(
-            route("{}", &candidates),
-            ids(&["b-idle", "a-busy-elsewhere"])
-        );
+        assert_eq!(route("{}", &candidates), ["b-idle", "a-busy-elsewhere"]);
     }
 
     #[test]
@@ -131,12 +123,12 @@ mod tests {
             candidate("a-31").with_in_flight(31),
             candidate("b-0").in_zone("b"),
         ];
-        assert_eq!(route("", &candidates), ids(&["a-31", "b-0"]));
+        assert_eq!(route("", &candidates), ["a-31", "b-0"]);
         let candidates = [
             candidate("a-32").with_in_flight(32),
             candidate("b-0").in_zone("b"),
         ];
-        assert_eq!(route("", &candidates), ids(&["b-0", "a-32"]));
+        assert_eq!(route("", &candidates), ["b-0", "a-32"]);
     }
 
     #[test]

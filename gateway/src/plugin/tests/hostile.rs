@@ -33,7 +33,7 @@ fn misbehaviour_on_every_call_is_refused_at_load() {
 
 #[test]
 fn misbehaviour_on_some_calls_fails_those_calls_only() {
-    let candidates = [candidate("w1", "a", &[]), candidate("w2", "b", &[])];
+    let pool = pool(&[("w1", "a", &[]), ("w2", "b", &[])]);
     let mut evil = request("a", None);
     evil.model = "evil".to_string();
     for (mode, kind) in [
@@ -50,11 +50,11 @@ fn misbehaviour_on_some_calls_fails_those_calls_only() {
             )
             .unwrap_or_else(|error| panic!("{mode} {tier:?}: {error}"));
             for _ in 0..2 {
-                let error = policy.route(&evil, &candidates).unwrap_err();
+                let error = pool.route(&policy, &evil).unwrap_err();
                 assert_eq!(error.kind(), kind, "{mode} {tier:?}: {error}");
                 // The failed instance is gone; the next call gets a sound one.
-                let decision = policy.route(&request("a", None), &candidates).unwrap();
-                assert_eq!(routed(&decision, &candidates), ["w1", "w2"], "{mode}");
+                let decision = pool.route(&policy, &request("a", None)).unwrap();
+                assert_eq!(pool.routed(&decision), ["w1", "w2"], "{mode}");
             }
         }
     }
@@ -65,9 +65,7 @@ fn a_trap_message_says_what_happened() {
     let policy = load("hostile", r#"{"mode": "trap", "on_model": "evil"}"#).unwrap();
     let mut evil = request("a", None);
     evil.model = "evil".to_string();
-    let error = policy
-        .route(&evil, &[candidate("w1", "a", &[])])
-        .unwrap_err();
+    let error = pool(&[("w1", "a", &[])]).route(&policy, &evil).unwrap_err();
     assert!(matches!(error, PluginError::Trap(_)), "{error}");
     assert!(error.to_string().contains("unreachable"), "{error}");
 }
@@ -84,7 +82,10 @@ fn invalid_bytes_do_not_compile() {
         noise.push(x as u8);
     }
     let core_module = b"\0asm\x01\0\0\0".to_vec();
-    let truncated = wasm::bytes("failover")[..1000].to_vec();
+    // One byte short: the last section is cut wherever the sections fall (a
+    // fixed length can end on a section boundary, which is a valid component).
+    let mut truncated = wasm::bytes("failover");
+    truncated.pop();
     for bytes in [noise, core_module, truncated, Vec::new()] {
         let error =
             LoadedPolicy::load(engine(), Tier::Baseline, "bad", "1", &bytes, "{}").unwrap_err();

@@ -10,7 +10,8 @@ use std::sync::OnceLock;
 
 use super::sample;
 use super::{
-    Decision, LoadedPolicy, PluginEngine, PluginsConfig, PolicyCandidate, RouteRequest, Tier,
+    Decision, LoadedPolicy, PluginEngine, PluginsConfig, PolicyCandidates, RouteRequest, Tier,
+    WorkerTable,
 };
 
 /// One engine for every test: engines reserve address space and run a ticker.
@@ -48,18 +49,55 @@ fn load_at(tier: Tier, plugin: &str, config: &str) -> Result<LoadedPolicy, super
     )
 }
 
-fn candidate(id: &str, zone: &str, labels: &[(&str, &str)]) -> PolicyCandidate {
-    sample::candidate(id, zone, labels)
+/// A pool's workers, every one a candidate in the order given, referring to
+/// the table in reverse: the host must not care, and the SDK in the guest
+/// must keep a candidate's position apart from its worker's index.
+struct Pool {
+    table: WorkerTable,
+    candidates: PolicyCandidates,
+}
+
+/// A worker: id, zone and labels.
+type Spec<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)]);
+
+fn pool(workers: &[Spec<'_>]) -> Pool {
+    let n = workers.len() as u32;
+    Pool {
+        table: WorkerTable::new(
+            workers
+                .iter()
+                .rev()
+                .map(|(id, zone, labels)| sample::worker(id, zone, labels))
+                .collect(),
+        ),
+        candidates: sample::candidates_of(&(0..n).rev().collect::<Vec<_>>()),
+    }
+}
+
+impl Pool {
+    fn route(
+        &self,
+        policy: &LoadedPolicy,
+        request: &RouteRequest,
+    ) -> Result<Decision, super::PluginError> {
+        policy.route(request, &self.table, &self.candidates)
+    }
+
+    /// The ids a decision routes to, in order.
+    fn routed(&self, decision: &Decision) -> Vec<&str> {
+        match decision {
+            Decision::Route(order) => order
+                .iter()
+                .map(|&i| {
+                    let worker = self.candidates.worker[i] as usize;
+                    self.table.workers()[worker].id.as_str()
+                })
+                .collect(),
+            Decision::Reject { status, message } => panic!("rejected {status}: {message}"),
+        }
+    }
 }
 
 fn request(zone: &str, session_key: Option<&str>) -> RouteRequest {
     sample::request(zone, session_key)
-}
-
-/// The ids a decision routes to, in order.
-fn routed<'c>(decision: &Decision, candidates: &'c [PolicyCandidate]) -> Vec<&'c str> {
-    match decision {
-        Decision::Route(order) => order.iter().map(|&i| candidates[i].id.as_str()).collect(),
-        Decision::Reject { status, message } => panic!("rejected {status}: {message}"),
-    }
 }

@@ -10,8 +10,15 @@ use std::time::{Duration, Instant};
 use super::*;
 use crate::plugin::{PluginWatcher, PolicyBinding, PolicyInfo, PolicySlot};
 
-fn failover_candidates() -> Vec<PolicyCandidate> {
-    vec![candidate("b1", "b", &[]), candidate("a1", "a", &[])]
+fn failover_pool() -> Pool {
+    pool(&[("b1", "b", &[]), ("a1", "a", &[])])
+}
+
+fn colours() -> Pool {
+    pool(&[
+        ("blue-1", "a", &[("colour", "blue")]),
+        ("green-1", "a", &[("colour", "green")]),
+    ])
 }
 
 /// What the slot shows once its version serves at the optimized tier.
@@ -53,13 +60,11 @@ fn new_bytes_serve_at_baseline_then_optimized() {
     );
     let status = slot.status();
     assert_eq!((status.loads, status.refusals), (1, 0));
-    let candidates = failover_candidates();
-    let decision = slot
-        .current()
-        .unwrap()
-        .route(&request("a", None), &candidates)
+    let pool = failover_pool();
+    let decision = pool
+        .route(&slot.current().unwrap(), &request("a", None))
         .unwrap();
-    assert_eq!(routed(&decision, &candidates), ["a1", "b1"]);
+    assert_eq!(pool.routed(&decision), ["a1", "b1"]);
 
     // A new name for the same bytes reuses the optimized code.
     let renamed = slot
@@ -80,12 +85,9 @@ fn a_config_flipped_before_the_upgrade_is_upgraded_with_it() {
     wait_optimized(&slot);
     let current = slot.current().unwrap();
     assert_eq!(current.config(), r#"{"active": "green"}"#);
-    let candidates = [
-        candidate("blue-1", "a", &[("colour", "blue")]),
-        candidate("green-1", "a", &[("colour", "green")]),
-    ];
-    let decision = current.route(&request("a", None), &candidates).unwrap();
-    assert_eq!(routed(&decision, &candidates), ["green-1"]);
+    let pool = colours();
+    let decision = pool.route(&current, &request("a", None)).unwrap();
+    assert_eq!(pool.routed(&decision), ["green-1"]);
     assert_eq!(slot.status().loads, 2);
 }
 
@@ -119,9 +121,9 @@ fn a_refused_version_leaves_the_old_one_serving() {
     assert_eq!(error.kind(), "trap");
     let current = slot.current().unwrap();
     assert_eq!(current.info().version, "1");
-    let candidates = failover_candidates();
-    let decision = current.route(&request("a", None), &candidates).unwrap();
-    assert_eq!(routed(&decision, &candidates), ["a1", "b1"]);
+    let pool = failover_pool();
+    let decision = pool.route(&current, &request("a", None)).unwrap();
+    assert_eq!(pool.routed(&decision), ["a1", "b1"]);
     let status = slot.status();
     assert_eq!(status.policy.unwrap().version, "1");
     let refusal = status.last_refusal.unwrap();
@@ -145,9 +147,9 @@ fn a_version_held_across_a_swap_keeps_deciding() {
     .unwrap();
     assert_eq!(slot.current().unwrap().info().plugin, "blue-green");
     // Unlabelled workers: blue-green would reject, failover routes.
-    let candidates = failover_candidates();
-    let decision = held.route(&request("a", None), &candidates).unwrap();
-    assert_eq!(routed(&decision, &candidates), ["a1", "b1"]);
+    let pool = failover_pool();
+    let decision = pool.route(&held, &request("a", None)).unwrap();
+    assert_eq!(pool.routed(&decision), ["a1", "b1"]);
     assert_eq!(held.info().plugin, "failover");
 }
 
@@ -242,17 +244,12 @@ fn the_pool_config_file_overrides_the_inline_config() {
     let mut bg = binding("bg");
     bg.config = Some(serde_json::json!({"active": "blue"}));
     watcher.watch("chat", bg, slot.clone());
-    let candidates = [
-        candidate("blue-1", "a", &[("colour", "blue")]),
-        candidate("green-1", "a", &[("colour", "green")]),
-    ];
+    let pool = colours();
     let first = |slot: &PolicySlot| {
-        let decision = slot
-            .current()
-            .unwrap()
-            .route(&request("a", None), &candidates)
+        let decision = pool
+            .route(&slot.current().unwrap(), &request("a", None))
             .unwrap();
-        routed(&decision, &candidates)[0].to_string()
+        pool.routed(&decision)[0].to_string()
     };
 
     assert_eq!(watcher.poll_once(), 1);
@@ -283,7 +280,7 @@ fn swaps_under_concurrent_calls_fail_no_call() {
         let (slot, stop, calls, failures) =
             (slot.clone(), stop.clone(), calls.clone(), failures.clone());
         std::thread::spawn(move || {
-            let candidates = failover_candidates();
+            let pool = failover_pool();
             // (version, tier) as served, each change once, in order.
             let mut served: Vec<(u32, Tier)> = Vec::new();
             while !stop.load(Ordering::Relaxed) {
@@ -292,7 +289,7 @@ fn swaps_under_concurrent_calls_fail_no_call() {
                 if served.last() != Some(&now) {
                     served.push(now);
                 }
-                match policy.route(&request("a", None), &candidates) {
+                match pool.route(&policy, &request("a", None)) {
                     Ok(Decision::Route(order)) if order.len() == 2 => {}
                     other => {
                         eprintln!("failed call: {other:?}");
