@@ -9,6 +9,10 @@ pub struct HealthReport {
     pub worker_id: String,
     pub model: String,
     pub engine: String,
+    /// Where the engine computes: `cpu`, `cuda`, or `sim` (simulated compute).
+    /// Absent from workers older than the field.
+    #[serde(default)]
+    pub backend: String,
     pub block_size: usize,
     pub load: LoadReport,
 }

@@ -89,6 +89,7 @@ pub fn health(app: &App) -> Response<Body> {
         worker_id: app.config.id.clone(),
         model: app.config.model.clone(),
         engine: info.name,
+        backend: info.backend,
         block_size: info.block_size,
         load: app.engine.load(),
     };
@@ -304,6 +305,7 @@ mod tests {
                 ),
                 ("w1", "sim", 16)
             );
+            assert_eq!(report.backend, "sim");
             assert_eq!(report.load.kv_blocks_total, 8192);
         }
     }

@@ -14,7 +14,7 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
 use crate::config::{EngineConfig, EngineKind};
 use crate::kv_cache::{KvCache, SeqId};
-use crate::model::{LlamaCompute, ModelError};
+use crate::model::{load_compute, ModelError};
 use crate::scheduler::{
     Compute, FinishReason, NewSequence, Output, Sampling, Scheduler, SchedulerConfig, TokenUsage,
 };
@@ -51,6 +51,9 @@ pub enum GenerateEvent {
 pub struct EngineInfo {
     /// Reported in `/health`, e.g. `sim`.
     pub name: String,
+    /// Where it computes, reported in `/health` and registrations: `cpu`,
+    /// `cuda`, or `sim` for the simulated engine.
+    pub backend: String,
     pub block_size: usize,
 }
 
@@ -99,8 +102,9 @@ impl BatchEngine {
             },
             KvCache::new(config.num_blocks, config.block_size),
         );
-        let (name, compute): (&str, Box<dyn Compute + Send>) = match config.kind {
+        let (name, backend, compute): (&str, &str, Box<dyn Compute + Send>) = match config.kind {
             EngineKind::Sim => (
+                "sim",
                 "sim",
                 Box::new(SimCompute::new(config.sim.clone(), tokenizer)?),
             ),
@@ -109,12 +113,14 @@ impl BatchEngine {
                     .model_path
                     .as_deref()
                     .expect("validated: llama has a model");
-                let compute = LlamaCompute::load(path, config.num_blocks, config.block_size)?;
-                ("llama", Box::new(compute))
+                let compute =
+                    load_compute(path, config.backend, config.num_blocks, config.block_size)?;
+                ("llama", config.backend.as_str(), compute)
             }
         };
         let info = EngineInfo {
             name: name.to_string(),
+            backend: backend.to_string(),
             block_size: config.block_size,
         };
         BatchEngine::spawn(info, scheduler, compute)

@@ -1,12 +1,14 @@
-//! The `llama` engine on a tiny random model written as GGUF: its tokenizer and
-//! chat template come back from the metadata, its logits match an independent
-//! float64 NumPy implementation, and the engine serves it deterministically.
+//! The `llama` engine on a tiny random model written as GGUF and as a Hugging
+//! Face directory: tokenizer and chat template come back from either, logits
+//! match an independent float64 NumPy implementation and agree across the two
+//! formats, and the engine serves the model deterministically.
 
 mod model_support;
 
 use std::path::Path;
 use std::process::Command;
 
+use model_support::HfDtype;
 use protocol::openai::ChatMessage;
 use workers::engine::{BatchEngine, Engine, GenerateEvent, GenerateRequest};
 use workers::kv_cache::{BlockId, SeqId};
@@ -190,4 +192,131 @@ async fn the_engine_serves_the_model_deterministically() {
     }
     drop(engine);
     std::fs::remove_file(path).unwrap();
+}
+
+/// The plans of the paged-blocks test: a prefill, then a decode batched with a
+/// prefill that reuses two of its blocks; returns the three logits rows.
+fn two_steps(model: &Path, a: &[u32], b: &[u32]) -> Vec<Vec<f32>> {
+    let mut forward = Forward::new(Weights::load(model).unwrap(), 8, 4);
+    let a_blocks = [5, 2, 7];
+    let step1 = StepPlan {
+        items: vec![item(1, Phase::Prefill, &a[..9], 0, &a_blocks)],
+    };
+    let step2 = StepPlan {
+        items: vec![
+            item(1, Phase::Decode, a, 9, &a_blocks),
+            item(2, Phase::Prefill, b, 8, &[5, 2, 3, 6]),
+        ],
+    };
+    [forward.run(&step1), forward.run(&step2)].concat()
+}
+
+fn prompts(trained: &tokenizers::Tokenizer) -> (Vec<u32>, Vec<u32>) {
+    let ids = trained
+        .encode("Rain fell on the quiet town at noon.", true)
+        .unwrap();
+    let a = ids.get_ids()[..10].to_vec();
+    let mut b = a[..8].to_vec();
+    b.extend([40, 41, 42, 43, 44]);
+    (a, b)
+}
+
+#[test]
+fn a_hugging_face_directory_computes_what_the_gguf_file_does() {
+    let trained = model_support::train_tokenizer();
+    let gguf = model_support::write_tiny_model(&trained, "tiny-vs-gguf");
+    let hf = model_support::write_tiny_hf(&trained, "tiny-vs-hf", HfDtype::F32);
+    let (a, b) = prompts(&trained);
+    // The f32 export holds the GGUF file's decoded values, Q and K in Hugging
+    // Face's row order: only the summation order of quantized blocks differs.
+    for (i, (g, h)) in two_steps(&gguf, &a, &b)
+        .iter()
+        .zip(two_steps(&hf, &a, &b))
+        .enumerate()
+    {
+        let diff = g
+            .iter()
+            .zip(&h)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0f32, f32::max);
+        let scale = g.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        eprintln!("logits {i}: GGUF vs HF max |diff| {diff:.2e}, max |logit| {scale:.2}");
+        assert!(diff < 1e-5 * scale.max(1.0), "logits {i} differ by {diff}");
+    }
+    // The tokenizer, EOS and chat template from tokenizer.json and tokenizer_config.json.
+    let from_gguf = workers::model::load_tokenizer(&gguf).unwrap();
+    let from_hf = workers::model::load_tokenizer(&hf).unwrap();
+    let chat = [message("user", "rain at noon, 2024")];
+    let prompt = workers::prompt::chat_tokens(&chat, &from_hf).unwrap();
+    assert_eq!(
+        prompt,
+        workers::prompt::chat_tokens(&chat, &from_gguf).unwrap()
+    );
+    assert_eq!(from_hf.eos_token(), Some(2));
+    std::fs::remove_file(gguf).unwrap();
+    std::fs::remove_dir_all(hf).unwrap();
+}
+
+#[test]
+fn half_precision_exports_match_the_numpy_reference() {
+    let trained = model_support::train_tokenizer();
+    let (a, b) = prompts(&trained);
+    for dtype in [HfDtype::F16, HfDtype::BF16] {
+        let dir = model_support::write_tiny_hf(&trained, "tiny-half", dtype);
+        let ours = two_steps(&dir, &a, &b);
+        let (ref_a, ref_b) = (reference(&dir, &a), reference(&dir, &b));
+        for (i, (ours, theirs)) in ours
+            .iter()
+            .zip([&ref_a[8], &ref_a[9], &ref_b[12]])
+            .enumerate()
+        {
+            let diff = max_diff(ours, theirs);
+            let scale = theirs.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+            eprintln!("{dtype:?} logits {i}: max |diff| {diff:.2e}, max |logit| {scale:.2}");
+            assert!(
+                diff < 1e-3 * scale.max(1.0),
+                "{dtype:?} logits {i} differ by {diff}"
+            );
+        }
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_engine_serves_a_directory_like_the_file() {
+    let trained = model_support::train_tokenizer();
+    let gguf = model_support::write_tiny_model(&trained, "tiny-serve-gguf");
+    let hf = model_support::write_tiny_hf(&trained, "tiny-serve-hf", HfDtype::F32);
+    let mut outputs = Vec::new();
+    for path in [&gguf, &hf] {
+        let config = workers::WorkerConfig {
+            engine: EngineConfig {
+                kind: EngineKind::Llama,
+                model_path: Some(path.clone()),
+                block_size: 4,
+                num_blocks: 64,
+                max_model_len: 128,
+                ..EngineConfig::default()
+            },
+            ..workers::WorkerConfig::default()
+        };
+        config.validate().unwrap();
+        let tok = workers::model::load_tokenizer(path).unwrap();
+        let engine = BatchEngine::start(&config.engine, &tok).unwrap();
+        assert_eq!(engine.info().backend, "cpu");
+        let request = GenerateRequest {
+            prompt: workers::prompt::chat_tokens(&[message("user", "rain")], &tok).unwrap(),
+            max_tokens: 8,
+            seed: Some(1),
+            sampling: Sampling {
+                temperature: 0.0,
+                ..Sampling::default()
+            },
+        };
+        outputs.push(generate(&engine, request).await.0);
+    }
+    assert!(!outputs[0].is_empty());
+    assert_eq!(outputs[0], outputs[1]);
+    std::fs::remove_file(gguf).unwrap();
+    std::fs::remove_dir_all(hf).unwrap();
 }

@@ -4,6 +4,7 @@
 
 use rayon::prelude::*;
 
+use super::matmul::dot_inline as dot;
 use crate::kv_cache::BlockId;
 
 /// K and V of every slot of every block, for every layer.
@@ -82,29 +83,106 @@ pub fn attend(
     let mut out = vec![0.0f32; q.len()];
     let group = heads / kv_heads;
     let scale = 1.0 / (head_dim as f32).sqrt();
-    out.par_chunks_mut(head_dim)
-        .zip(q.par_chunks(head_dim))
-        .enumerate()
-        .for_each(|(i, (out, q))| {
-            let place = &places[i / heads];
-            let kv_at = (i % heads) / group * head_dim;
-            let kv =
-                |pos, which| &store.read(place.blocks, pos, layer, which)[kv_at..kv_at + head_dim];
-            let mut scores: Vec<f32> = (0..=place.position)
-                .map(|pos| scale * q.iter().zip(kv(pos, 0)).map(|(a, b)| a * b).sum::<f32>())
-                .collect();
-            let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let mut total = 0.0;
-            for s in &mut scores {
-                *s = (*s - max).exp();
-                total += *s;
-            }
-            for (pos, s) in scores.iter().enumerate() {
-                let weight = s / total;
-                for (o, v) in out.iter_mut().zip(kv(pos, 1)) {
-                    *o += weight * v;
-                }
-            }
-        });
+    let one = |(i, (out, q)): (usize, (&mut [f32], &[f32]))| {
+        let head = Head {
+            store,
+            layer,
+            place: &places[i / heads],
+            kv_at: (i % heads) / group * head_dim,
+            scale,
+        };
+        head.attend(q, out);
+    };
+    // Decoding a short sequence is a few microseconds of work per head, less than
+    // handing heads to other threads costs.
+    let work: usize = places
+        .iter()
+        .map(|p| (p.position + 1) * heads * head_dim)
+        .sum();
+    if work < PARALLEL_MIN_WORK {
+        out.chunks_mut(head_dim)
+            .zip(q.chunks(head_dim))
+            .enumerate()
+            .for_each(one);
+    } else {
+        out.par_chunks_mut(head_dim)
+            .zip(q.par_chunks(head_dim))
+            .enumerate()
+            .for_each(one);
+    }
     out
+}
+
+/// Multiply-adds (of K, and again of V) below which attention runs on one thread.
+const PARALLEL_MIN_WORK: usize = 1 << 16;
+
+/// One query head of one token, over its KV head's keys and values.
+struct Head<'a> {
+    store: &'a KvStore,
+    layer: usize,
+    place: &'a TokenPlace<'a>,
+    /// Where the KV head starts within a token's K (or V).
+    kv_at: usize,
+    scale: f32,
+}
+
+impl Head<'_> {
+    /// Adds the attention output of `q` to `out` (zeroed). Compiled for AVX-512
+    /// and AVX2 too, chosen at run time, as the matrix products are.
+    fn attend(&self, q: &[f32], out: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::is_x86_feature_detected as has;
+            if has!("avx512f") {
+                // SAFETY: the CPU has AVX-512F, all `attend_avx512` is compiled for.
+                return unsafe { self.attend_avx512(q, out) };
+            }
+            if has!("avx2") {
+                // SAFETY: the CPU has AVX2, all `attend_avx2` is compiled for.
+                return unsafe { self.attend_avx2(q, out) };
+            }
+        }
+        self.attend_any(q, out)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    fn attend_avx512(&self, q: &[f32], out: &mut [f32]) {
+        self.attend_any(q, out)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    fn attend_avx2(&self, q: &[f32], out: &mut [f32]) {
+        self.attend_any(q, out)
+    }
+
+    /// Loops, not closures: a closure is compiled apart from the `target_feature`
+    /// function it sits in, without its features.
+    #[inline(always)]
+    fn attend_any(&self, q: &[f32], out: &mut [f32]) {
+        let mut scores = Vec::with_capacity(self.place.position + 1);
+        for pos in 0..=self.place.position {
+            scores.push(self.scale * dot(q, self.kv(pos, 0, q.len())));
+        }
+        let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let mut total = 0.0;
+        for s in &mut scores {
+            *s = (*s - max).exp();
+            total += *s;
+        }
+        for (pos, s) in scores.iter().enumerate() {
+            let weight = s / total;
+            for (o, v) in out.iter_mut().zip(self.kv(pos, 1, q.len())) {
+                *o += weight * v;
+            }
+        }
+    }
+
+    /// K (`which` 0) or V (1) of this head at `pos`.
+    #[inline(always)]
+    fn kv(&self, pos: usize, which: usize, head_dim: usize) -> &[f32] {
+        let row = self.store.read(self.place.blocks, pos, self.layer, which);
+        &row[self.kv_at..self.kv_at + head_dim]
+    }
 }

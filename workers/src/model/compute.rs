@@ -14,18 +14,30 @@ pub struct LlamaCompute {
 }
 
 impl LlamaCompute {
-    /// Loads the GGUF model at `path`, with KV memory for `num_blocks` blocks of `block_size`.
+    /// Loads the model at `path` (GGUF file or Hugging Face directory), with KV
+    /// memory for `num_blocks` blocks of `block_size`.
     pub fn load(path: &Path, num_blocks: usize, block_size: usize) -> Result<Self, ModelError> {
-        let weights = Weights::load(path)?;
-        Ok(LlamaCompute {
+        Ok(LlamaCompute::new(
+            Weights::load(path)?,
+            num_blocks,
+            block_size,
+        ))
+    }
+
+    pub fn new(weights: Weights, num_blocks: usize, block_size: usize) -> Self {
+        LlamaCompute {
             forward: Forward::new(weights, num_blocks, block_size),
-        })
+        }
     }
 }
 
 impl Compute for LlamaCompute {
     fn step(&mut self, plan: &StepPlan) -> Vec<u32> {
-        let logits = self.forward.run(plan);
+        // On a worker of rayon's pool, so every matrix product of the step forks
+        // from inside the pool instead of waking it from outside (and blocking
+        // this thread) a few hundred times per token.
+        let forward = &mut self.forward;
+        let logits = rayon::scope(|_| forward.run(plan));
         plan.items
             .iter()
             .filter(|item| item.sample)

@@ -48,13 +48,11 @@ impl Forward {
             })
             .collect();
         let rows = places.len();
-        let mut x: Vec<f32> = plan
-            .items
-            .iter()
-            .flat_map(|item| &item.tokens)
-            .flat_map(|&t| &self.weights.embed[t as usize * dim..(t as usize + 1) * dim])
-            .copied()
-            .collect();
+        let mut x = vec![0.0f32; rows * dim];
+        let tokens = plan.items.iter().flat_map(|item| &item.tokens);
+        for (&t, x) in tokens.zip(x.chunks_exact_mut(dim)) {
+            self.weights.embed.rows_into(t as usize, x);
+        }
         let (cos, sin) = self.rotary_tables(&places);
         let mut normed = vec![0.0f32; rows * dim];
         let mut qkv = vec![0.0f32; rows * qkv_dim];
@@ -63,7 +61,7 @@ impl Forward {
         let mut act = vec![0.0f32; rows * h.ffn_dim];
         for (l, layer) in self.weights.layers.iter().enumerate() {
             rms_norm(&x, &layer.attn_norm, h.norm_eps, &mut normed);
-            matmul(&normed, &layer.wqkv, &mut qkv, rows, dim, qkv_dim);
+            matmul(&normed, &layer.wqkv, &mut qkv, rows);
             let mut q = Vec::with_capacity(rows * q_dim);
             for (t, row) in qkv.chunks_exact_mut(qkv_dim).enumerate() {
                 let half = hd / 2;
@@ -81,17 +79,10 @@ impl Forward {
                     .write(places[t].blocks, places[t].position, l, k, v);
             }
             let attn = attend(&self.store, l, &places, &q, h.heads, h.kv_heads, hd);
-            matmul(&attn, &layer.wo, &mut proj, rows, q_dim, dim);
+            matmul(&attn, &layer.wo, &mut proj, rows);
             add(&mut x, &proj);
             rms_norm(&x, &layer.ffn_norm, h.norm_eps, &mut normed);
-            matmul(
-                &normed,
-                &layer.w_gate_up,
-                &mut gate_up,
-                rows,
-                dim,
-                2 * h.ffn_dim,
-            );
+            matmul(&normed, &layer.w_gate_up, &mut gate_up, rows);
             for (a, gu) in act
                 .chunks_exact_mut(h.ffn_dim)
                 .zip(gate_up.chunks_exact(2 * h.ffn_dim))
@@ -101,7 +92,7 @@ impl Forward {
                     *a = g / (1.0 + (-g).exp()) * u;
                 }
             }
-            matmul(&act, &layer.w_down, &mut proj, rows, h.ffn_dim, dim);
+            matmul(&act, &layer.w_down, &mut proj, rows);
             add(&mut x, &proj);
         }
         self.logits(plan, &x)
@@ -122,14 +113,7 @@ impl Forward {
         let mut normed = vec![0.0f32; last.len()];
         rms_norm(&last, &self.weights.out_norm, h.norm_eps, &mut normed);
         let mut logits = vec![0.0f32; rows * h.vocab];
-        matmul(
-            &normed,
-            self.weights.lm_head(),
-            &mut logits,
-            rows,
-            h.dim,
-            h.vocab,
-        );
+        matmul(&normed, self.weights.lm_head(), &mut logits, rows);
         logits.chunks_exact(h.vocab).map(<[f32]>::to_vec).collect()
     }
 

@@ -4,7 +4,7 @@
 use half::f16;
 
 /// Elements per quantization block of Q8_0 and Q4_1.
-const QK: usize = 32;
+pub(super) const QK: usize = 32;
 
 /// The ggml tensor types this loader reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

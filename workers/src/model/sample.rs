@@ -8,9 +8,14 @@ use crate::scheduler::Sampling;
 /// Temperatures at or below this are greedy: dividing by them would overflow.
 const GREEDY_BELOW: f32 = 1e-5;
 
+/// Whether `sampling` takes the most likely token: then only an argmax is needed.
+pub fn is_greedy(sampling: &Sampling) -> bool {
+    sampling.temperature <= GREEDY_BELOW
+}
+
 /// The token to generate at `position` of a sequence seeded with `seed`.
 pub fn sample(logits: &[f32], sampling: &Sampling, seed: u64, position: usize) -> u32 {
-    if sampling.temperature <= GREEDY_BELOW {
+    if is_greedy(sampling) {
         return argmax(logits);
     }
     let mut candidates: Vec<(u32, f32)> = logits

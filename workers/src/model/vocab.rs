@@ -1,5 +1,6 @@
 //! The tokenizer a GGUF file carries in its metadata (`tokenizer.ggml.*`),
-//! rebuilt as a Hugging Face byte-level BPE, with the model's chat template.
+//! rebuilt as a Hugging Face byte-level BPE, with the model's chat template
+//! (a Hugging Face directory's comes from its own files, in `hf`).
 
 use std::path::Path;
 
@@ -21,8 +22,12 @@ use crate::tokenizer::{Tokenizer, TokenizerError};
 const CONTROL: u64 = 3;
 const USER_DEFINED: u64 = 4;
 
-/// Reads the tokenizer, its end-of-sequence token and its chat template from `path`.
+/// Reads the tokenizer, its end-of-sequence token and its chat template from
+/// the model at `path`: a GGUF file or a Hugging Face directory.
 pub fn load_tokenizer(path: &Path) -> Result<Tokenizer, TokenizerError> {
+    if path.is_dir() {
+        return super::hf::load_tokenizer(path);
+    }
     let gguf = Gguf::open(path).map_err(|e| load_error(path, e.to_string()))?;
     from_gguf(&gguf).map_err(|message| load_error(path, message))
 }

@@ -1,6 +1,7 @@
-//! Tiny random-weight Llama models as GGUF files, for tests that must run in
-//! seconds: a GGUF writer (F32, F16, Q8_0 and Q4_1 tensors) and a small
-//! byte-level BPE tokenizer trained with `tokenizers`, stored in the metadata.
+//! Tiny random-weight Llama models for tests that must run in seconds: a GGUF
+//! writer (F32, F16, Q8_0 and Q4_1 tensors) with a small byte-level BPE
+//! tokenizer trained with `tokenizers` stored in the metadata, and the same
+//! weights as a Hugging Face directory (safetensors in f32, f16 or bf16).
 
 use std::path::{Path, PathBuf};
 
@@ -222,6 +223,75 @@ pub fn train_tokenizer() -> tokenizers::Tokenizer {
     tok
 }
 
+/// One tensor of the tiny model: its GGUF name, `[rows, cols]`, its GGUF
+/// encoding, and its values before encoding.
+struct Tensor {
+    name: String,
+    rows: usize,
+    cols: usize,
+    kind: Kind,
+    values: Vec<f32>,
+}
+
+/// The tiny model's random tensors. Random weights stand for already-converted
+/// ones: Q and K rows are in GGUF's permuted order by definition, which the
+/// reference (and the Hugging Face writer) undoes.
+fn tiny_tensors(vocab: usize) -> Vec<Tensor> {
+    let mut noise = Noise(7);
+    let hd = DIM / HEADS;
+    let std = |fan_in: usize| 1.0 / (fan_in as f32).sqrt();
+    let mut out = Vec::new();
+    let mut push = |name: String, rows, cols, kind, values| {
+        out.push(Tensor {
+            name,
+            rows,
+            cols,
+            kind,
+            values,
+        })
+    };
+    push(
+        "token_embd.weight".into(),
+        vocab,
+        DIM,
+        Kind::Q8_0,
+        noise.vec(vocab * DIM, 0.0, 1.0),
+    );
+    for l in 0..LAYERS {
+        let p = |s: &str| format!("blk.{l}.{s}.weight");
+        for (name, rows, cols, kind) in [
+            ("attn_q", HEADS * hd, DIM, Kind::Q4_1),
+            ("attn_k", KV_HEADS * hd, DIM, Kind::F16),
+            ("attn_v", KV_HEADS * hd, DIM, Kind::Q8_0),
+            ("attn_output", DIM, HEADS * hd, Kind::Q4_1),
+            ("ffn_gate", FFN, DIM, Kind::F16),
+            ("ffn_up", FFN, DIM, Kind::Q4_1),
+            ("ffn_down", DIM, FFN, Kind::Q8_0),
+        ] {
+            let values = noise.vec(rows * cols, 0.0, std(cols));
+            push(p(name), rows, cols, kind, values);
+        }
+        for norm in ["attn_norm", "ffn_norm"] {
+            push(p(norm), 1, DIM, Kind::F32, noise.vec(DIM, 1.0, 0.2));
+        }
+    }
+    push(
+        "output_norm.weight".into(),
+        1,
+        DIM,
+        Kind::F32,
+        noise.vec(DIM, 1.0, 0.2),
+    );
+    push(
+        "output.weight".into(),
+        vocab,
+        DIM,
+        Kind::F16,
+        noise.vec(vocab * DIM, 0.0, std(DIM)),
+    );
+    out
+}
+
 /// Writes a tiny random model with `tokenizer`'s vocabulary to a temp file.
 pub fn write_tiny_model(tokenizer: &tokenizers::Tokenizer, name: &str) -> PathBuf {
     let vocab = tokenizer.get_vocab_size(true);
@@ -267,55 +337,174 @@ pub fn write_tiny_model(tokenizer: &tokenizers::Tokenizer, name: &str) -> PathBu
     w.meta("tokenizer.ggml.bos_token_id", Meta::U32(1));
     w.meta("tokenizer.ggml.eos_token_id", Meta::U32(2));
     w.meta("tokenizer.chat_template", Meta::Str(CHAT_TEMPLATE.into()));
-    let mut noise = Noise(7);
-    let hd = DIM / HEADS;
-    let std = |fan_in: usize| 1.0 / (fan_in as f32).sqrt();
-    // Random weights stand for already-converted ones: Q and K rows are in
-    // GGUF's permuted order by definition, which the reference undoes.
-    w.tensor(
-        "token_embd.weight",
-        vocab,
-        DIM,
-        Kind::Q8_0,
-        &noise.vec(vocab * DIM, 0.0, 1.0),
-    );
-    for l in 0..LAYERS {
-        let p = |s: &str| format!("blk.{l}.{s}.weight");
-        let mut m = |name: &str, rows, cols, kind| {
-            w.tensor(
-                &p(name),
-                rows,
-                cols,
-                kind,
-                &noise.vec(rows * cols, 0.0, std(cols)),
-            )
-        };
-        m("attn_q", HEADS * hd, DIM, Kind::Q4_1);
-        m("attn_k", KV_HEADS * hd, DIM, Kind::F16);
-        m("attn_v", KV_HEADS * hd, DIM, Kind::Q8_0);
-        m("attn_output", DIM, HEADS * hd, Kind::Q4_1);
-        m("ffn_gate", FFN, DIM, Kind::F16);
-        m("ffn_up", FFN, DIM, Kind::Q4_1);
-        m("ffn_down", DIM, FFN, Kind::Q8_0);
-        for norm in ["attn_norm", "ffn_norm"] {
-            w.tensor(&p(norm), 1, DIM, Kind::F32, &noise.vec(DIM, 1.0, 0.2));
-        }
+    for t in tiny_tensors(vocab) {
+        w.tensor(&t.name, t.rows, t.cols, t.kind, &t.values);
     }
-    w.tensor(
-        "output_norm.weight",
-        1,
-        DIM,
-        Kind::F32,
-        &noise.vec(DIM, 1.0, 0.2),
-    );
-    w.tensor(
-        "output.weight",
-        vocab,
-        DIM,
-        Kind::F16,
-        &noise.vec(vocab * DIM, 0.0, std(DIM)),
-    );
     let path = std::env::temp_dir().join(format!("{name}-{}.gguf", std::process::id()));
     w.write(&path);
     path
+}
+
+/// Element types of a Hugging Face export.
+#[derive(Clone, Copy, Debug)]
+pub enum HfDtype {
+    F32,
+    F16,
+    BF16,
+}
+
+/// Writes the same tiny model as [`write_tiny_model`] as a Hugging Face
+/// directory: every tensor holds the GGUF file's values after decoding (so an
+/// f32 export computes exactly what the GGUF file does), Q and K rows back in
+/// Hugging Face's order, in `dtype`, over two safetensors shards.
+pub fn write_tiny_hf(tokenizer: &tokenizers::Tokenizer, name: &str, dtype: HfDtype) -> PathBuf {
+    let vocab = tokenizer.get_vocab_size(true);
+    let dir = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut shards: [Vec<ShardTensor>; 2] = Default::default();
+    for t in tiny_tensors(vocab) {
+        let mut values = decoded(t.kind, &t.values);
+        let (hf_name, shard) = hf_name(&t.name);
+        if t.name.contains("attn_q") || t.name.contains("attn_k") {
+            let heads = t.rows / (DIM / HEADS);
+            values = half_split_rotary_rows(&values, heads, t.cols);
+        }
+        let shape = if t.rows == 1 {
+            vec![t.cols]
+        } else {
+            vec![t.rows, t.cols]
+        };
+        let bytes = match dtype {
+            HfDtype::F32 => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            HfDtype::F16 => values
+                .iter()
+                .flat_map(|v| f16::from_f32(*v).to_le_bytes())
+                .collect(),
+            HfDtype::BF16 => values
+                .iter()
+                .flat_map(|v| half::bf16::from_f32(*v).to_le_bytes())
+                .collect(),
+        };
+        shards[shard].push((hf_name, shape, bytes));
+    }
+    let st_dtype = match dtype {
+        HfDtype::F32 => safetensors::Dtype::F32,
+        HfDtype::F16 => safetensors::Dtype::F16,
+        HfDtype::BF16 => safetensors::Dtype::BF16,
+    };
+    for (i, shard) in shards.iter().enumerate() {
+        let views = shard.iter().map(|(name, shape, bytes)| {
+            let view = safetensors::tensor::TensorView::new(st_dtype, shape.clone(), bytes);
+            (name.clone(), view.unwrap())
+        });
+        let file = dir.join(format!("model-0000{}-of-00002.safetensors", i + 1));
+        safetensors::serialize_to_file(views, None, &file).unwrap();
+    }
+    let config = serde_json::json!({
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "hidden_size": DIM,
+        "num_hidden_layers": LAYERS,
+        "num_attention_heads": HEADS,
+        "num_key_value_heads": KV_HEADS,
+        "intermediate_size": FFN,
+        "vocab_size": vocab,
+        "rms_norm_eps": 1e-5,
+        "rope_theta": 10000.0,
+        "rope_scaling": null,
+        "max_position_embeddings": 256,
+        "tie_word_embeddings": false,
+        "hidden_act": "silu",
+        "torch_dtype": format!("{dtype:?}").to_lowercase(),
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+    });
+    let tokenizer_config = serde_json::json!({
+        "chat_template": CHAT_TEMPLATE,
+        "bos_token": "<|im_start|>",
+        "eos_token": {"content": "<|im_end|>", "special": true},
+    });
+    let write = |file: &str, value: &serde_json::Value| {
+        std::fs::write(dir.join(file), serde_json::to_string_pretty(value).unwrap()).unwrap()
+    };
+    write("config.json", &config);
+    write("tokenizer_config.json", &tokenizer_config);
+    tokenizer.save(dir.join("tokenizer.json"), false).unwrap();
+    dir
+}
+
+/// A tensor bound for a safetensors shard: name, shape, little-endian bytes.
+type ShardTensor = (String, Vec<usize>, Vec<u8>);
+
+/// The Hugging Face name of a GGUF tensor, and the shard it goes in.
+fn hf_name(gguf: &str) -> (String, usize) {
+    let name = match gguf {
+        "token_embd.weight" => return ("model.embed_tokens.weight".into(), 0),
+        "output_norm.weight" => return ("model.norm.weight".into(), 1),
+        "output.weight" => return ("lm_head.weight".into(), 1),
+        other => other,
+    };
+    let rest = name.strip_prefix("blk.").unwrap();
+    let (layer, rest) = rest.split_once('.').unwrap();
+    let part = match rest.strip_suffix(".weight").unwrap() {
+        "attn_q" => "self_attn.q_proj",
+        "attn_k" => "self_attn.k_proj",
+        "attn_v" => "self_attn.v_proj",
+        "attn_output" => "self_attn.o_proj",
+        "ffn_gate" => "mlp.gate_proj",
+        "ffn_up" => "mlp.up_proj",
+        "ffn_down" => "mlp.down_proj",
+        "attn_norm" => "input_layernorm",
+        "ffn_norm" => "post_attention_layernorm",
+        other => panic!("unknown tensor {other}"),
+    };
+    let shard = usize::from(layer != "0");
+    (format!("model.layers.{layer}.{part}.weight"), shard)
+}
+
+/// Inverse of llama.cpp's permutation: each head's adjacent-pair rows
+/// `(2i, 2i + 1)` back to halves `(i, i + head_dim / 2)`.
+fn half_split_rotary_rows(w: &[f32], heads: usize, cols: usize) -> Vec<f32> {
+    let head_dim = w.len() / cols / heads;
+    let mut out = vec![0.0; w.len()];
+    for head in 0..heads {
+        for i in 0..head_dim / 2 {
+            for p in 0..2 {
+                let from = head * head_dim + 2 * i + p;
+                let to = head * head_dim + p * head_dim / 2 + i;
+                out[to * cols..(to + 1) * cols].copy_from_slice(&w[from * cols..(from + 1) * cols]);
+            }
+        }
+    }
+    out
+}
+
+/// `values` as a reader of the GGUF file sees them: encoded in `kind`, then decoded.
+fn decoded(kind: Kind, values: &[f32]) -> Vec<f32> {
+    let f16_at = |b: &[u8], at: usize| f16::from_le_bytes([b[at], b[at + 1]]).to_f32();
+    match kind {
+        Kind::F32 => values.to_vec(),
+        Kind::F16 => values.iter().map(|v| f16::from_f32(*v).to_f32()).collect(),
+        Kind::Q8_0 => values
+            .chunks(32)
+            .flat_map(|c| {
+                let b = q8_0(c);
+                let d = f16_at(&b, 0);
+                b[2..]
+                    .iter()
+                    .map(move |&q| d * f32::from(q as i8))
+                    .collect::<Vec<_>>()
+            })
+            .collect(),
+        Kind::Q4_1 => values
+            .chunks(32)
+            .flat_map(|c| {
+                let b = q4_1(c);
+                let (d, m) = (f16_at(&b, 0), f16_at(&b, 2));
+                let lo = b[4..].iter().map(move |&q| d * f32::from(q & 0xF) + m);
+                let hi = b[4..].iter().map(move |&q| d * f32::from(q >> 4) + m);
+                lo.chain(hi).collect::<Vec<_>>()
+            })
+            .collect(),
+    }
 }

@@ -1,11 +1,13 @@
 """An independent Llama forward pass in float64 NumPy, for checking the worker's.
 
-Usage: llama_ref.py MODEL.gguf TOKEN,TOKEN,...  prints the logits of every
-position as JSON, `[[vocab floats] per token]`.
+Usage: llama_ref.py MODEL TOKEN,TOKEN,...  prints the logits of every position
+as JSON, `[[vocab floats] per token]`. MODEL is a GGUF file or a Hugging Face
+directory.
 
-It un-permutes GGUF's Q and K rows back to Hugging Face's layout and applies
-Hugging Face's half-split rotary embedding, so agreeing with the worker (which
-rotates adjacent pairs on the file's rows) shows both conventions meet.
+It un-permutes GGUF's Q and K rows back to Hugging Face's layout (a Hugging
+Face directory already has it) and applies Hugging Face's half-split rotary
+embedding, so agreeing with the worker (which rotates adjacent pairs, on rows it
+permutes when loading a directory) shows both conventions meet.
 """
 
 import json
@@ -16,6 +18,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import gguf_read  # noqa: E402
+import hf_read  # noqa: E402
 
 
 def unpermute(w, heads):
@@ -33,12 +36,61 @@ def rotate_half(x):
     return np.concatenate([-x[..., half:], x[..., :half]], axis=-1)
 
 
-def forward(meta, t, tokens):
-    dim = meta["llama.embedding_length"]
+def from_gguf(path):
+    """Shape and tensors, GGUF-named, with Q and K in Hugging Face's row order."""
+    meta, t, _ = gguf_read.read(path)
     heads = meta["llama.attention.head_count"]
-    kv_heads = meta.get("llama.attention.head_count_kv", heads)
-    eps = meta["llama.attention.layer_norm_rms_epsilon"]
-    base = meta.get("llama.rope.freq_base", 10000.0)
+    shape = {
+        "dim": meta["llama.embedding_length"],
+        "layers": meta["llama.block_count"],
+        "heads": heads,
+        "kv_heads": meta.get("llama.attention.head_count_kv", heads),
+        "eps": meta["llama.attention.layer_norm_rms_epsilon"],
+        "base": meta.get("llama.rope.freq_base", 10000.0),
+    }
+    for i in range(shape["layers"]):
+        q, k = f"blk.{i}.attn_q.weight", f"blk.{i}.attn_k.weight"
+        t[q] = unpermute(t[q], heads)
+        t[k] = unpermute(t[k], shape["kv_heads"])
+    return shape, t
+
+
+HF_NAMES = {
+    "attn_norm": "input_layernorm",
+    "attn_q": "self_attn.q_proj",
+    "attn_k": "self_attn.k_proj",
+    "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj",
+    "ffn_norm": "post_attention_layernorm",
+    "ffn_gate": "mlp.gate_proj",
+    "ffn_up": "mlp.up_proj",
+    "ffn_down": "mlp.down_proj",
+}
+
+
+def from_hf(directory):
+    """Shape and tensors of a Hugging Face directory, renamed to GGUF's names."""
+    c, hf = hf_read.read(directory)
+    shape = {
+        "dim": c["hidden_size"],
+        "layers": c["num_hidden_layers"],
+        "heads": c["num_attention_heads"],
+        "kv_heads": c.get("num_key_value_heads", c["num_attention_heads"]),
+        "eps": c["rms_norm_eps"],
+        "base": c.get("rope_theta", 10000.0),
+    }
+    t = {"token_embd.weight": hf["model.embed_tokens.weight"], "output_norm.weight": hf["model.norm.weight"]}
+    if not c.get("tie_word_embeddings", False):
+        t["output.weight"] = hf["lm_head.weight"]
+    for i in range(shape["layers"]):
+        for ours, theirs in HF_NAMES.items():
+            t[f"blk.{i}.{ours}.weight"] = hf[f"model.layers.{i}.{theirs}.weight"]
+    return shape, t
+
+
+def forward(shape, t, tokens):
+    dim, heads, kv_heads = shape["dim"], shape["heads"], shape["kv_heads"]
+    eps, base = shape["eps"], shape["base"]
     hd = dim // heads
     n = len(tokens)
     x = t["token_embd.weight"][tokens]
@@ -47,11 +99,11 @@ def forward(meta, t, tokens):
     cos = np.cos(np.concatenate([angles, angles], axis=-1))[:, None, :]
     sin = np.sin(np.concatenate([angles, angles], axis=-1))[:, None, :]
     mask = np.triu(np.full((n, n), -np.inf), 1)
-    for i in range(meta["llama.block_count"]):
+    for i in range(shape["layers"]):
         w = lambda name: t[f"blk.{i}.{name}.weight"]
         h = rms_norm(x, w("attn_norm"), eps)
-        q = (h @ unpermute(w("attn_q"), heads).T).reshape(n, heads, hd)
-        k = (h @ unpermute(w("attn_k"), kv_heads).T).reshape(n, kv_heads, hd)
+        q = (h @ w("attn_q").T).reshape(n, heads, hd)
+        k = (h @ w("attn_k").T).reshape(n, kv_heads, hd)
         v = (h @ w("attn_v").T).reshape(n, kv_heads, hd)
         q = q * cos + rotate_half(q) * sin
         k = k * cos + rotate_half(k) * sin
@@ -70,9 +122,10 @@ def forward(meta, t, tokens):
 
 
 def main():
-    meta, tensors, _ = gguf_read.read(sys.argv[1])
+    path = sys.argv[1]
+    shape, tensors = from_hf(path) if os.path.isdir(path) else from_gguf(path)
     tokens = [int(s) for s in sys.argv[2].split(",")]
-    json.dump(forward(meta, tensors, tokens).tolist(), sys.stdout)
+    json.dump(forward(shape, tensors, tokens).tolist(), sys.stdout)
 
 
 if __name__ == "__main__":
