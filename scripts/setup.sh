@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
 # One-time setup on a fresh machine; every step is skipped when already done.
-# Installs: etcd and nats-server (Debian packages, for the control-plane and
-# bus tests), DejaVu fonts (bench charts), the `openai` Python client (its
+# Installs: etcd, etcdctl and nats-server (Debian packages, for the
+# control-plane and bus tests), protoc with its well-known types (the
+# etcd-client crate compiles etcd's protobuf API when built), DejaVu fonts (bench charts), the `openai` Python client (its
 # end-to-end test), numpy (the model's reference forward pass) and the
 # wasm32-wasip2 Rust target (plugins).
 set -euo pipefail
 
 need_apt=()
 command -v etcd >/dev/null || need_apt+=(etcd-server)
+command -v etcdctl >/dev/null || need_apt+=(etcd-client)
 command -v nats-server >/dev/null || need_apt+=(nats-server)
+command -v protoc >/dev/null || need_apt+=(protobuf-compiler)
+[ -f /usr/include/google/protobuf/descriptor.proto ] || need_apt+=(libprotobuf-dev)
 [ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || need_apt+=(fonts-dejavu-core)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: installing ${need_apt[*]}"

@@ -2,6 +2,8 @@
 //! same run. Each subcommand prints a Markdown table and writes JSON and a PNG
 //! chart into `--out`.
 
+mod control;
+mod engine;
 mod index;
 mod load;
 mod overhead;
@@ -26,6 +28,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// The etcd control plane: config put to routed, worker SIGKILL to removal.
+    Control(control::Args),
+    /// The llama engine on the real model: decode, prefill and cached-prefix TTFT against memory bandwidth.
+    Engine(engine::Args),
     /// Small requests straight to a worker and through the gateway, interleaved.
     Overhead(overhead::Args),
     /// Prefix index: KV events applied per second and lookup latency, exact and approximate.
@@ -43,6 +49,8 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     std::fs::create_dir_all(&cli.out)?;
     match cli.command {
+        Command::Control(args) => control::run(args, &cli.out).await,
+        Command::Engine(args) => engine::run(args, &cli.out),
         Command::Overhead(args) => overhead::run(args, &cli.out).await,
         Command::Index(args) => index::run(args, &cli.out),
         Command::Policy(args) => policy::run(args, &cli.out),

@@ -29,7 +29,7 @@ pub async fn handle(admin: Arc<Admin>, req: http::Request<Incoming>) -> Response
         "/ready" => {
             let (status, reason) = if admin.draining.load(Ordering::Relaxed) {
                 (503, "draining")
-            } else if !admin.gateway.registry.any_routable() {
+            } else if !admin.gateway.live().registry.any_routable() {
                 (503, "no_healthy_worker")
             } else {
                 (200, "ready")
@@ -43,8 +43,9 @@ pub async fn handle(admin: Arc<Admin>, req: http::Request<Incoming>) -> Response
 
 fn status(admin: &Admin) -> serde_json::Value {
     let gw = &admin.gateway;
+    let live = gw.live();
     let now = Instant::now();
-    let pools: Vec<_> = gw
+    let pools: Vec<_> = live
         .registry
         .pools()
         .iter()
@@ -72,15 +73,16 @@ fn status(admin: &Admin) -> serde_json::Value {
                 "models": pool.models,
                 "block_size": pool.block_size,
                 "policy": pool.policy.status(),
-                "strategy": gw.config.routing.strategy,
+                "strategy": live.config.routing.strategy,
                 "workers": workers,
             })
         })
         .collect();
     json!({
-        "zone": gw.config.zone,
+        "zone": live.config.zone,
         "draining": admin.draining.load(Ordering::Relaxed),
         "bus": match &gw.bus { None => "none", Some(_) if gw.bus_up() => "connected", Some(_) => "disconnected" },
+        "control": gw.control.as_ref().map(|c| c.status()),
         "pools": pools,
     })
 }

@@ -13,26 +13,32 @@ use protocol::{ApiError, Bus, ErrorKind};
 
 use crate::admit::Admit;
 use crate::body::{self, Body};
-use crate::config::{Config, Strategy};
+use crate::config::Strategy;
 use crate::failover::{self, UpstreamRequest};
+use crate::live::{Live, Shared};
 use crate::parse::{self, Endpoint};
-use crate::pools::Registry;
 use crate::stream::{Labels, Relay};
 use crate::upstream::Upstream;
 use crate::{candidates, decide, error, metrics, tokenize};
 
 /// Everything the request path reads; shared by all connections.
 pub struct Gateway {
-    pub config: Config,
-    pub registry: Arc<Registry>,
+    /// Config and workers in force; a request loads them once.
+    pub live: Shared,
     pub upstream: Upstream,
     pub admit: Admit,
     /// Where workers' KV events and load arrive from, when configured.
     pub bus: Option<Bus>,
     pub load_stale: Duration,
+    /// The etcd control plane's state, when one is configured.
+    pub control: Option<Arc<crate::control::Control>>,
 }
 
 impl Gateway {
+    pub fn live(&self) -> Arc<Live> {
+        self.live.load_full()
+    }
+
     /// Whether workers' events reach this gateway now.
     pub fn bus_up(&self) -> bool {
         self.bus.as_ref().is_some_and(Bus::is_connected)
@@ -57,7 +63,8 @@ pub async fn handle(gw: Arc<Gateway>, req: http::Request<Incoming>) -> Response<
         }
         (&Method::GET, None, "/v1/models") => body::json(
             200,
-            serde_json::to_vec(&ModelList::new(gw.registry.models(), "llmgw")).expect("serializes"),
+            serde_json::to_vec(&ModelList::new(gw.live().registry.models(), "llmgw"))
+                .expect("serializes"),
         ),
         (_, Some(_), _) | (_, None, "/v1/models") => error::response(&ApiError::new(
             ErrorKind::MethodNotAllowed,
@@ -84,9 +91,11 @@ async fn complete(
         .headers
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse().ok());
-    let bytes = parse::read_body(body, declared_len, gw.config.listeners.max_body_bytes).await?;
+    let live = gw.live();
+    let config = &*live.config;
+    let bytes = parse::read_body(body, declared_len, config.listeners.max_body_bytes).await?;
     let parsed = parse::parse(endpoint, &bytes)?;
-    let pool = gw
+    let pool = live
         .registry
         .pool_for(&parsed.model)
         .ok_or_else(|| ApiError::model_not_found(&parsed.model))?;
@@ -97,8 +106,8 @@ async fn complete(
         tokenize::prompt_blocks_of(&pool.tokenizer, pool.block_size, parsed.prompt, bytes.len())
             .await?;
     let now = Instant::now();
-    let routing = &gw.config.routing;
-    let mut candidates = candidates::gather(pool, &gw.config.zone, now, gw.load_stale);
+    let routing = &config.routing;
+    let mut candidates = candidates::gather(pool, &config.zone, now, gw.load_stale);
     pool.prefix.fill(
         routing.strategy,
         gw.bus_up(),
@@ -118,7 +127,7 @@ async fn complete(
         session_key: session_key(&head.headers, parsed.user.as_deref()),
         headers: &head.headers,
     };
-    let order = decide::decide(&gw.config, pool, candidates, &facts)?;
+    let order = decide::decide(config, pool, candidates, &facts)?;
     let order_first_id = order.first().map(|w| w.id.clone());
     // The approximate index learns at decision time, so requests sharing this
     // prefix that arrive during its prefill already follow it.
@@ -146,7 +155,7 @@ async fn complete(
         stream: parsed.stream,
         uncached_tokens: &uncached_tokens,
     };
-    let served = failover::send(&gw.upstream, &gw.config.retry, order, &upstream_req).await?;
+    let served = failover::send(&gw.upstream, &config.retry, order, &upstream_req).await?;
 
     let worker = served.in_flight.worker().clone();
     let overlap = overlap_of(&worker.id);
@@ -159,14 +168,22 @@ async fn complete(
         pool.prefix
             .record(&worker.id, &prompt.hashes, Instant::now());
     }
-    Ok(relay(gw, served, labels, parsed.stream, started, permit))
+    let worker_id_header = config.listeners.worker_id_header;
+    Ok(relay(
+        served,
+        worker_id_header,
+        labels,
+        parsed.stream,
+        started,
+        permit,
+    ))
 }
 
 /// The worker's response on its way to the client: connection headers
 /// dropped, the serving worker named, the body relayed frame by frame.
 fn relay(
-    gw: &Gateway,
     served: failover::Served,
+    worker_id_header: bool,
     labels: &Labels,
     stream: bool,
     started: Instant,
@@ -175,7 +192,7 @@ fn relay(
     let worker_id = served.in_flight.worker().id.clone();
     let (mut parts, upstream_body) = served.response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
-    if gw.config.listeners.worker_id_header {
+    if worker_id_header {
         if let Ok(id) = http::HeaderValue::from_str(&worker_id) {
             parts.headers.insert("x-worker-id", id);
         }

@@ -48,7 +48,55 @@ pub struct Config {
     #[serde(default)]
     pub plugins: PluginsConfig,
     #[serde(default)]
+    pub etcd: EtcdConfig,
+    #[serde(default)]
     pub pools: Vec<PoolConfig>,
+}
+
+/// The control plane: workers register in etcd, and the routing config
+/// ([`RoutingDoc`]) and plugins may live there, replacing this file's.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EtcdConfig {
+    /// etcd endpoints, e.g. `["http://127.0.0.1:2379"]`. Default none: the
+    /// workers, config and plugins of this file only.
+    #[serde(default)]
+    pub endpoints: Vec<String>,
+    /// Key prefix of the fleet. Default `/llmgw`.
+    #[serde(default = "default_etcd_prefix")]
+    pub prefix: String,
+}
+
+/// The routing config as it lives in etcd under `{prefix}/config` (TOML):
+/// the sections that may change while serving. Listeners, TLS, health,
+/// retries, the bus and the plugin host stay in each gateway's own file.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoutingDoc {
+    #[serde(default)]
+    pub routing: RoutingConfig,
+    #[serde(default)]
+    pub pools: Vec<PoolConfig>,
+}
+
+impl RoutingDoc {
+    /// Parses and checks a document as a gateway with a control plane would.
+    pub fn from_toml(text: &str) -> Result<RoutingDoc, ConfigError> {
+        let doc: RoutingDoc = toml::from_str(text)?;
+        let base = Config {
+            etcd: EtcdConfig {
+                endpoints: vec!["http://etcd".to_string()],
+                ..EtcdConfig::default()
+            },
+            ..Config::default()
+        };
+        base.with_doc(doc.clone())?;
+        Ok(doc)
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("a routing document serializes")
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -122,7 +170,7 @@ pub struct BreakerConfig {
     pub max_ejection_ms: u64,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RetryConfig {
     /// Workers tried per request, the first included. Default 3.
@@ -151,7 +199,7 @@ pub enum Strategy {
     RoundRobin,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RoutingConfig {
     /// Default `kv`.
@@ -221,7 +269,7 @@ pub struct UpstreamConfig {
     pub pool_idle_timeout_ms: u64,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PoolConfig {
     pub name: String,
@@ -230,8 +278,8 @@ pub struct PoolConfig {
     /// Tokens per KV block, as the pool's workers hash them. Default 16.
     #[serde(default = "default_block_size")]
     pub block_size: usize,
-    /// `builtin` (the sim's tokenizer), the workers' `.gguf` model file, or
-    /// their `tokenizer.json`. Default `builtin`.
+    /// `builtin` (the sim's tokenizer), the workers' `.gguf` model file or
+    /// Hugging Face directory, or their `tokenizer.json`. Default `builtin`.
     #[serde(default = "default_tokenizer")]
     pub tokenizer: String,
     /// A WASM routing policy for this pool; default none: the built-in one.
@@ -241,7 +289,7 @@ pub struct PoolConfig {
     pub workers: Vec<WorkerConfig>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WorkerConfig {
     pub id: String,
@@ -265,6 +313,17 @@ impl Config {
 
     pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
         let config: Config = toml::from_str(text)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// This config with `doc`'s sections in place of its own, checked whole.
+    pub fn with_doc(&self, doc: RoutingDoc) -> Result<Config, ConfigError> {
+        let config = Config {
+            routing: doc.routing,
+            pools: doc.pools,
+            ..self.clone()
+        };
         config.validate()?;
         Ok(config)
     }
@@ -341,8 +400,15 @@ impl Config {
             );
         }
         self.plugins.validate("plugins", &mut errors);
-        if self.plugins.dir.is_none() && self.pools.iter().any(|p| p.policy.is_some()) {
-            errors.push("plugins.dir: required when a pool binds a policy".to_string());
+        let etcd = !self.etcd.endpoints.is_empty();
+        if !etcd && self.plugins.dir.is_none() && self.pools.iter().any(|p| p.policy.is_some()) {
+            errors.push(
+                "plugins.dir: required when a pool binds a policy and no etcd holds plugins"
+                    .to_string(),
+            );
+        }
+        if !self.etcd.prefix.starts_with('/') {
+            errors.push("etcd.prefix: must start with '/'".to_string());
         }
         if self.breaker.max_ejection_ms < self.breaker.base_ejection_ms {
             errors.push(
@@ -352,8 +418,8 @@ impl Config {
         if self.listeners.api == self.listeners.admin && self.listeners.api.port() != 0 {
             errors.push("listeners.admin: must differ from listeners.api".to_string());
         }
-        if self.pools.is_empty() {
-            errors.push("pools: at least one pool is required".to_string());
+        if self.pools.is_empty() && !etcd {
+            errors.push("pools: at least one pool is required (or etcd to hold them)".to_string());
         }
         let (mut pool_names, mut models, mut worker_ids) =
             (HashSet::new(), HashSet::new(), HashSet::new());
@@ -372,9 +438,9 @@ impl Config {
             if pool.block_size == 0 {
                 errors.push(format!("{key}.block_size: must be greater than 0"));
             }
-            if pool.tokenizer != "builtin" && !Path::new(&pool.tokenizer).is_file() {
+            if pool.tokenizer != "builtin" && !Path::new(&pool.tokenizer).exists() {
                 errors.push(format!(
-                    "{key}.tokenizer: `{}` is neither `builtin` nor a file",
+                    "{key}.tokenizer: `{}` is neither `builtin` nor a file or directory",
                     pool.tokenizer
                 ));
             }
@@ -410,7 +476,7 @@ impl Config {
     }
 }
 
-fn check_worker_url(url: &str) -> Result<(), String> {
+pub(crate) fn check_worker_url(url: &str) -> Result<(), String> {
     let uri: Uri = url
         .parse()
         .map_err(|e| format!("`{url}` is not a URL: {e}"))?;
@@ -450,6 +516,33 @@ impl Default for Listeners {
             max_concurrent_requests: default_max_concurrent_requests(),
             drain_grace_ms: default_drain_grace_ms(),
             worker_id_header: true,
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            zone: default_zone(),
+            listeners: Listeners::default(),
+            health: HealthConfig::default(),
+            breaker: BreakerConfig::default(),
+            retry: RetryConfig::default(),
+            routing: RoutingConfig::default(),
+            upstream: UpstreamConfig::default(),
+            bus: BusConfig::default(),
+            plugins: PluginsConfig::default(),
+            etcd: EtcdConfig::default(),
+            pools: Vec::new(),
+        }
+    }
+}
+
+impl Default for EtcdConfig {
+    fn default() -> Self {
+        EtcdConfig {
+            endpoints: Vec::new(),
+            prefix: protocol::control::DEFAULT_PREFIX.to_string(),
         }
     }
 }
@@ -598,6 +691,9 @@ fn default_approx_max_entries() -> usize {
 fn default_max_blocks_per_worker() -> usize {
     1_000_000
 }
+fn default_etcd_prefix() -> String {
+    protocol::control::DEFAULT_PREFIX.to_string()
+}
 fn default_subject_prefix() -> String {
     "llmgw".to_string()
 }
@@ -679,5 +775,37 @@ mod tests {
         ] {
             assert!(err.contains(needle), "missing {needle} in {err}");
         }
+    }
+
+    #[test]
+    fn routing_doc_round_trips_and_replaces_the_files_sections() {
+        let text = r#"
+            [routing]
+            strategy = "round_robin"
+            [[pools]]
+            name = "q"
+            models = ["m2"]
+            policy = { plugin = "blue-green", config = { active = "blue" } }
+        "#;
+        let doc = RoutingDoc::from_toml(text).unwrap();
+        assert_eq!(RoutingDoc::from_toml(&doc.to_toml()).unwrap(), doc);
+        let file = Config::from_toml(&format!(
+            "{MINIMAL}\n[etcd]\nendpoints = [\"http://e:2379\"]"
+        ))
+        .unwrap();
+        let merged = file.with_doc(doc).unwrap();
+        assert_eq!(merged.routing.strategy, Strategy::RoundRobin);
+        assert_eq!(merged.pools[0].name, "q");
+        assert_eq!(merged.etcd.endpoints, ["http://e:2379"]);
+        // Checked whole, like a file.
+        assert!(RoutingDoc::from_toml("[routing]\nprefill_weight = -1").is_err());
+        assert!(RoutingDoc::from_toml("[listeners]\napi = \"0.0.0.0:1\"").is_err());
+    }
+
+    #[test]
+    fn with_etcd_pools_and_plugin_dir_may_come_later() {
+        let text = "[etcd]\nendpoints = [\"http://e:2379\"]";
+        assert!(Config::from_toml(text).unwrap().pools.is_empty());
+        assert!(Config::from_toml("").is_err());
     }
 }

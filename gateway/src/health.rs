@@ -11,8 +11,9 @@ use http_body_util::{BodyExt, Empty};
 use protocol::HealthReport;
 
 use crate::config::{BreakerConfig, HealthConfig};
+use crate::live::Shared;
 use crate::metrics;
-use crate::pools::{Pool, Registry, Worker};
+use crate::pools::{Pool, Worker};
 use crate::upstream::{self, Upstream};
 
 /// What active probes say of a worker.
@@ -181,11 +182,12 @@ impl Breaker {
 }
 
 /// Probes every worker on `config.interval_ms` until the task is dropped.
-pub async fn run_probes(registry: Arc<Registry>, upstream: Upstream, config: HealthConfig) {
+pub async fn run_probes(live: Shared, upstream: Upstream, config: HealthConfig) {
     let mut tick = tokio::time::interval(Duration::from_millis(config.interval_ms));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
+        let registry = live.load().registry.clone();
         let probes = registry.pools().iter().flat_map(|pool| {
             pool.workers
                 .iter()
@@ -198,7 +200,7 @@ pub async fn run_probes(registry: Arc<Registry>, upstream: Upstream, config: Hea
 async fn probe_one(pool: &Pool, worker: Arc<Worker>, upstream: &Upstream, config: &HealthConfig) {
     let report = tokio::time::timeout(
         Duration::from_millis(config.timeout_ms),
-        fetch_health(&worker, upstream),
+        fetch_report(upstream, &worker.url),
     )
     .await
     .unwrap_or(None);
@@ -224,8 +226,9 @@ async fn probe_one(pool: &Pool, worker: Arc<Worker>, upstream: &Upstream, config
     }
 }
 
-async fn fetch_health(worker: &Worker, upstream: &Upstream) -> Option<HealthReport> {
-    let req = http::Request::get(upstream::uri(&worker.url, "/health"))
+/// A worker's `/health` answer; `None` when it gave none that parses.
+pub async fn fetch_report(upstream: &Upstream, url: &http::Uri) -> Option<HealthReport> {
+    let req = http::Request::get(upstream::uri(url, "/health"))
         .body(Empty::<Bytes>::new().map_err(|e| match e {}).boxed())
         .ok()?;
     let resp = upstream.request(req).await.ok()?;

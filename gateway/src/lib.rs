@@ -4,7 +4,8 @@
 //! A request flows through the modules in this order: `server` (listeners,
 //! tower layers) → `api` → `admit` → `parse` → `candidates` → `policy` →
 //! `failover` (over `upstream`) → `stream` (relay back). `health` keeps the
-//! worker states in `pools` current; `admin` reports them.
+//! worker states in `pools` current; `admin` reports them. `live` is the
+//! config and registry in force, which `control` swaps as etcd changes.
 
 pub mod admin;
 pub mod admit;
@@ -12,12 +13,14 @@ pub mod api;
 pub mod body;
 pub mod candidates;
 pub mod config;
+pub mod control;
 pub mod decide;
 pub mod demo;
 pub mod error;
 pub mod failover;
 pub mod health;
 pub mod index;
+pub mod live;
 pub mod metrics;
 pub mod mirror;
 pub mod parse;

@@ -15,6 +15,13 @@ struct Cli {
     /// Gateway config (TOML).
     #[arg(long, default_value = "config/gateway.toml")]
     config: PathBuf,
+    /// Overrides `etcd.endpoints` (comma-separated): discover workers, and
+    /// take routing config and plugins, from there.
+    #[arg(long, value_delimiter = ',', global = true)]
+    etcd: Vec<String>,
+    /// Overrides `bus.nats_url`: follow workers' KV events and load there.
+    #[arg(long, global = true)]
+    nats: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -54,13 +61,13 @@ async fn main() -> anyhow::Result<()> {
             model,
         }) => gateway::demo::run(api, admin, &plugins, model.as_deref()).await,
         Some(Command::Check) => {
-            Config::from_file(&cli.config)?;
+            load(&cli)?;
             println!("{}: ok", cli.config.display());
             Ok(())
         }
         None => {
             // Checked before any port is bound.
-            let config = Config::from_file(&cli.config)?;
+            let config = load(&cli)?;
             let handle = gateway::start(config)
                 .await
                 .context("starting the gateway")?;
@@ -71,4 +78,20 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// The config file with the command line's overrides, checked whole.
+fn load(cli: &Cli) -> anyhow::Result<Config> {
+    let text = std::fs::read_to_string(&cli.config)
+        .with_context(|| format!("cannot read {}", cli.config.display()))?;
+    let mut config: Config = toml::from_str(&text)
+        .with_context(|| format!("invalid config {}", cli.config.display()))?;
+    if !cli.etcd.is_empty() {
+        config.etcd.endpoints = cli.etcd.clone();
+    }
+    if let Some(nats) = &cli.nats {
+        config.bus.nats_url = Some(nats.clone());
+    }
+    config.validate()?;
+    Ok(config)
 }

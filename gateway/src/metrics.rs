@@ -24,6 +24,9 @@ pub const POLICY_DECISIONS: &str = "llmgw_policy_decisions_total";
 pub const POLICY_ERRORS: &str = "llmgw_policy_errors_total";
 pub const PROMPT_BLOCKS: &str = "llmgw_prompt_blocks_total";
 pub const PROMPT_BLOCKS_CACHED: &str = "llmgw_prompt_blocks_cached_total";
+pub const CONTROL_CHANGES: &str = "llmgw_control_changes_total";
+pub const ETCD_CONNECTED: &str = "llmgw_etcd_connected";
+pub const CONTROL_REVISION: &str = "llmgw_control_revision";
 
 /// The process-wide Prometheus recorder; installed once, however many gateways a process runs.
 pub fn install() -> PrometheusHandle {
@@ -119,4 +122,18 @@ pub fn policy_decision(pool: &str, outcome: &'static str) {
 /// A WASM policy failed a call: `trap`, `timeout`, `out_of_memory`, `invalid_decision`, …
 pub fn policy_error(pool: &str, kind: &'static str) {
     counter!(POLICY_ERRORS, "pool" => pool.to_string(), "kind" => kind).increment(1);
+}
+
+/// A change from etcd: `applied` or `refused`.
+pub fn control_change(outcome: &'static str) {
+    counter!(CONTROL_CHANGES, "outcome" => outcome).increment(1);
+}
+
+pub fn etcd_connected(connected: bool) {
+    gauge!(ETCD_CONNECTED).set(if connected { 1.0 } else { 0.0 });
+}
+
+/// The etcd revision in force.
+pub fn control_revision(revision: i64) {
+    gauge!(CONTROL_REVISION).set(revision as f64);
 }

@@ -11,13 +11,14 @@ use protocol::bus::{Bus, BusError, Subjects, Topic};
 use protocol::{KvEventBatch, KvSnapshot, LoadMessage};
 
 use crate::config::BusConfig;
+use crate::live::Shared;
 use crate::metrics;
 use crate::pools::{Pool, Registry};
 
 /// How often workers still waiting for a snapshot are asked again.
 const RESYNC_RETRY: Duration = Duration::from_secs(1);
 
-pub async fn run(bus: Bus, registry: Arc<Registry>, config: BusConfig) -> Result<(), BusError> {
+pub async fn run(bus: Bus, live: Shared, config: BusConfig) -> Result<(), BusError> {
     let subjects = Subjects::new(&config.subject_prefix);
     let mut kv = bus.subscribe(subjects.all(Topic::Kv)).await?;
     let mut load = bus.subscribe(subjects.all(Topic::Load)).await?;
@@ -29,6 +30,7 @@ pub async fn run(bus: Bus, registry: Arc<Registry>, config: BusConfig) -> Result
         timeout: Duration::from_millis(config.snapshot_timeout_ms),
     };
     loop {
+        let registry = live.load().registry.clone();
         tokio::select! {
             Some(message) = kv.next() => {
                 let Some((pool, worker)) = subjects.parse(Topic::Kv, &message.subject) else { continue };

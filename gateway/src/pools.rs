@@ -7,10 +7,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use http::Uri;
+use protocol::control::Registration;
 use protocol::LoadReport;
 use workers::tokenizer::{Tokenizer, TokenizerError};
 
 use crate::config::{BreakerConfig, Config};
+use crate::decide::PluginTable;
 use crate::health::{Breaker, ProbeState};
 use crate::metrics;
 use crate::plugin::PolicySlot;
@@ -27,10 +29,14 @@ pub struct Pool {
     pub models: Vec<String>,
     pub workers: Vec<Arc<Worker>>,
     pub block_size: usize,
+    /// The config's `tokenizer`, to tell whether a new config changed it.
+    tokenizer_spec: String,
     pub tokenizer: Arc<Tokenizer>,
-    pub prefix: PrefixState,
+    pub prefix: Arc<PrefixState>,
     /// The WASM policy in force; empty means the built-in policy.
     pub policy: Arc<PolicySlot>,
+    /// The workers as that policy sees them, rebuilt when they change.
+    pub plugin_table: Arc<PluginTable>,
     /// Requests routed so far: the round-robin strategy's turn.
     turn: AtomicUsize,
 }
@@ -65,37 +71,98 @@ pub struct Worker {
 }
 
 impl Registry {
+    /// The pools of `config` with their static workers; what a gateway
+    /// without a control plane routes on.
     pub fn from_config(config: &Config) -> Result<Registry, TokenizerError> {
-        let pools: Vec<Arc<Pool>> = config
-            .pools
-            .iter()
-            .map(|p| {
-                Ok(Arc::new(Pool {
-                    name: p.name.clone(),
-                    models: p.models.clone(),
-                    block_size: p.block_size,
-                    tokenizer: tokenize::load(&p.tokenizer)?,
-                    prefix: PrefixState::new(p.block_size, &config.routing),
-                    policy: Arc::new(PolicySlot::new(p.name.clone())),
-                    turn: AtomicUsize::new(0),
-                    workers: p
-                        .workers
-                        .iter()
-                        .map(|w| {
-                            Arc::new(Worker::new(
-                                w.id.clone(),
-                                p.name.clone(),
-                                // Validated in config.
-                                w.url.parse().expect("worker url validated"),
-                                w.zone.clone(),
-                                w.labels.clone(),
-                                &config.breaker,
-                            ))
-                        })
-                        .collect(),
-                }))
-            })
-            .collect::<Result<_, TokenizerError>>()?;
+        Registry::build(config, &[], None)
+    }
+
+    /// The pools of `config` with their static workers plus the `discovered`
+    /// ones registered for them. State carries over from `previous` where
+    /// nothing it depends on changed: a pool's tokenizer, prefix index and
+    /// policy slot (same name, block size and tokenizer), and each worker's
+    /// counters, health and breaker (same pool, id, URL, zone and labels).
+    pub fn build(
+        config: &Config,
+        discovered: &[Registration],
+        previous: Option<&Registry>,
+    ) -> Result<Registry, TokenizerError> {
+        let mut pools = Vec::with_capacity(config.pools.len());
+        for p in &config.pools {
+            let kept = previous
+                .and_then(|r| r.pools.iter().find(|old| old.name == p.name))
+                .filter(|old| old.block_size == p.block_size && old.tokenizer_spec == p.tokenizer);
+            let (tokenizer, prefix, policy, plugin_table) = match kept {
+                // The plugin table checks itself against the workers it is asked about.
+                Some(old) => (
+                    old.tokenizer.clone(),
+                    old.prefix.clone(),
+                    old.policy.clone(),
+                    old.plugin_table.clone(),
+                ),
+                None => (
+                    tokenize::load(&p.tokenizer)?,
+                    Arc::new(PrefixState::new(p.block_size, &config.routing)),
+                    Arc::new(PolicySlot::new(p.name.clone())),
+                    Arc::default(),
+                ),
+            };
+            let statics = p.workers.iter().map(|w| {
+                // Validated in config.
+                let url = w.url.parse().expect("worker url validated");
+                (w.id.as_str(), url, w.zone.as_str(), &w.labels)
+            });
+            let registered = discovered
+                .iter()
+                .filter(|r| r.pool == p.name && !p.workers.iter().any(|w| w.id == r.id))
+                .filter_map(|r| {
+                    Some((
+                        r.id.as_str(),
+                        r.url.parse().ok()?,
+                        r.zone.as_str(),
+                        &r.labels,
+                    ))
+                });
+            let workers: Vec<Arc<Worker>> = statics
+                .chain(registered)
+                .map(|(id, url, zone, labels)| {
+                    let same = kept
+                        .and_then(|old| old.worker(id))
+                        .filter(|w| w.url == url && w.zone == zone && &w.labels == labels);
+                    match same {
+                        Some(w) => w.clone(),
+                        None => Arc::new(Worker::new(
+                            id.to_string(),
+                            p.name.clone(),
+                            url,
+                            zone.to_string(),
+                            labels.clone(),
+                            &config.breaker,
+                        )),
+                    }
+                })
+                .collect();
+            if let Some(old) = kept {
+                // A worker gone (or replaced) took its cache with it.
+                for w in &old.workers {
+                    if !workers.iter().any(|n| Arc::ptr_eq(n, w)) {
+                        prefix.remove_worker(&w.id);
+                    }
+                }
+            }
+            pools.push(Arc::new(Pool {
+                name: p.name.clone(),
+                models: p.models.clone(),
+                block_size: p.block_size,
+                tokenizer_spec: p.tokenizer.clone(),
+                tokenizer,
+                prefix,
+                policy,
+                plugin_table,
+                turn: AtomicUsize::new(0),
+                workers,
+            }));
+        }
         let by_model = pools
             .iter()
             .flat_map(|p| p.models.iter().map(move |m| (m.clone(), p.clone())))
@@ -207,5 +274,74 @@ pub struct Prefill(Arc<Worker>, usize);
 impl Drop for Prefill {
     fn drop(&mut self) {
         self.0.pending_prefill.fetch_sub(self.1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn registration(id: &str, url: &str) -> Registration {
+        Registration {
+            id: id.to_string(),
+            pool: "p".to_string(),
+            url: url.to_string(),
+            zone: "a".to_string(),
+            labels: BTreeMap::new(),
+            model: "m".to_string(),
+            block_size: 16,
+            engine: "sim".to_string(),
+            started_at_ms: 0,
+        }
+    }
+
+    #[test]
+    fn a_rebuild_keeps_the_state_of_what_did_not_change() {
+        let config = Config::from_toml(
+            "[[pools]]\nname = \"p\"\nmodels = [\"m\"]\n[[pools.workers]]\nid = \"s\"\nurl = \"http://h:1\"\n",
+        )
+        .unwrap();
+        let first = Registry::build(
+            &config,
+            &[
+                registration("a", "http://h:2"),
+                registration("b", "http://h:3"),
+            ],
+            None,
+        )
+        .unwrap();
+        let pool = &first.pools()[0];
+        let ids: Vec<_> = pool.workers.iter().map(|w| w.id.as_str()).collect();
+        assert_eq!(ids, ["s", "a", "b"]);
+        let _busy = pool.worker("a").unwrap().start_request();
+
+        // `a` unchanged, `b` moved to another URL, `s` static: only `b` is new.
+        let second = Registry::build(
+            &config,
+            &[
+                registration("a", "http://h:2"),
+                registration("b", "http://h:9"),
+            ],
+            Some(&first),
+        )
+        .unwrap();
+        let again = &second.pools()[0];
+        assert!(Arc::ptr_eq(&pool.policy, &again.policy));
+        assert!(Arc::ptr_eq(&pool.prefix, &again.prefix));
+        assert_eq!(again.worker("a").unwrap().in_flight(), 1);
+        assert!(Arc::ptr_eq(
+            pool.worker("s").unwrap(),
+            again.worker("s").unwrap()
+        ));
+        assert!(!Arc::ptr_eq(
+            pool.worker("b").unwrap(),
+            again.worker("b").unwrap()
+        ));
+
+        // A registration never shadows a static worker of the same id.
+        let third =
+            Registry::build(&config, &[registration("s", "http://h:7")], Some(&second)).unwrap();
+        assert_eq!(third.pools()[0].workers.len(), 1);
+        assert_eq!(third.pools()[0].workers[0].url, "http://h:1/");
     }
 }

@@ -30,7 +30,7 @@ use crate::plugin::{PluginEngine, PluginWatcher, WatchHandle};
 use crate::pools::Registry;
 use crate::tls::{self, TlsError};
 use crate::upstream::Upstream;
-use crate::{error, health, metrics, mirror};
+use crate::{control, error, health, live, metrics, mirror};
 use protocol::Bus;
 
 #[derive(Debug, thiserror::Error)]
@@ -79,8 +79,14 @@ pub async fn start(config: Config) -> Result<Handle, StartError> {
 pub async fn start_on_bus(config: Config, bus: Option<Bus>) -> Result<Handle, StartError> {
     let prometheus = metrics::install();
     // Tokenizers load before any port is bound: a bad path stops startup.
-    let registry = Arc::new(Registry::from_config(&config)?);
-    let plugins = start_plugins(&config, &registry).await?;
+    let registry = Registry::from_config(&config)?;
+    let live = live::shared(config.clone(), registry);
+    let plugins = if config.etcd.endpoints.is_empty() {
+        let registry = live.load().registry.clone();
+        start_plugins(&config, &registry).await?
+    } else {
+        None
+    };
     let tls = config
         .listeners
         .tls
@@ -104,16 +110,28 @@ pub async fn start_on_bus(config: Config, bus: Option<Bus>) -> Result<Handle, St
             source,
         })?;
 
+    let mut background = Vec::new();
+    // With etcd, it feeds the policy slots too; the directory watcher serves embedded mode.
+    let control = if config.etcd.endpoints.is_empty() {
+        None
+    } else {
+        let (control, tasks) = control::start(config.clone(), live.clone()).await;
+        background.extend(tasks);
+        Some(control)
+    };
     let grace = config.listeners.drain_grace();
     let load_stale = Duration::from_millis(config.bus.load_stale_ms);
     let health_config = config.health.clone();
+    let bus_config = config.bus.clone();
+    let idle_timeout = config.listeners.idle_timeout();
+    let backstop = Duration::from_millis(config.retry.total_timeout_ms + 1000);
     let gateway = Arc::new(Gateway {
         admit: Admit::new(config.listeners.max_concurrent_requests),
-        config,
-        registry: registry.clone(),
+        live: live.clone(),
         upstream: upstream.clone(),
         bus: bus.clone(),
         load_stale,
+        control,
     });
     let draining = Arc::new(AtomicBool::new(false));
     let admin = Arc::new(Admin {
@@ -123,12 +141,8 @@ pub async fn start_on_bus(config: Config, bus: Option<Bus>) -> Result<Handle, St
     });
     let (stop, stop_rx) = watch::channel(false);
 
-    let mut background = vec![
-        tokio::spawn(health::run_probes(
-            registry.clone(),
-            upstream,
-            health_config,
-        )),
+    background.extend([
+        tokio::spawn(health::run_probes(live.clone(), upstream, health_config)),
         tokio::spawn(serve_admin(admin_listener, admin)),
         tokio::spawn(async move {
             // Histograms keep raw samples until upkeep folds them.
@@ -137,16 +151,23 @@ pub async fn start_on_bus(config: Config, bus: Option<Bus>) -> Result<Handle, St
                 prometheus.run_upkeep();
             }
         }),
-    ];
+    ]);
     if let Some(bus) = bus {
-        let (registry, bus_config) = (registry.clone(), gateway.config.bus.clone());
+        let live = live.clone();
         background.push(tokio::spawn(async move {
-            if let Err(e) = mirror::run(bus, registry, bus_config).await {
+            if let Err(e) = mirror::run(bus, live, bus_config).await {
                 tracing::error!(error = %e, "cannot follow workers' KV events; routing on approximations");
             }
         }));
     }
-    let api = tokio::spawn(serve_api(api_listener, gateway, tls, stop_rx));
+    let api = tokio::spawn(serve_api(
+        api_listener,
+        gateway,
+        tls,
+        stop_rx,
+        idle_timeout,
+        backstop,
+    ));
     tracing::info!(api = %api_addr, admin = %admin_addr, "gateway started");
     Ok(Handle {
         api_addr,
@@ -237,10 +258,12 @@ async fn serve_api(
     gateway: Arc<Gateway>,
     tls: Option<TlsAcceptor>,
     mut stop: watch::Receiver<bool>,
+    idle_timeout: Duration,
+    backstop: Duration,
 ) {
-    let builder = connection_builder(gateway.config.listeners.idle_timeout());
+    let builder = connection_builder(idle_timeout);
     let graceful = GracefulShutdown::new();
-    let service = api_service(gateway);
+    let service = api_service(gateway, backstop);
     loop {
         let (tcp, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -296,6 +319,7 @@ async fn serve_api(
 /// the mapping of layer errors to OpenAI errors, and a backstop timeout.
 fn api_service(
     gateway: Arc<Gateway>,
+    backstop: Duration,
 ) -> impl Service<
     http::Request<Incoming>,
     Response = http::Response<
@@ -306,9 +330,8 @@ fn api_service(
 > + Clone
        + Send
        + 'static {
-    // The failover loop owns the real deadline; this one only catches a
+    // The failover loop owns the real deadline; `backstop` only catches a
     // handler stuck past it (a client trickling its body, say).
-    let backstop = Duration::from_millis(gateway.config.retry.total_timeout_ms + 1000);
     ServiceBuilder::new()
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
         .layer(PropagateRequestIdLayer::x_request_id())

@@ -18,11 +18,11 @@ pub struct PromptBlocks {
 }
 
 /// A pool's tokenizer: `builtin` (trained once per process, shared), the
-/// workers' GGUF model file (its tokenizer and chat template), or a
-/// `tokenizer.json` path.
+/// workers' GGUF model file or Hugging Face directory (its tokenizer and
+/// chat template), or a `tokenizer.json` path.
 pub fn load(spec: &str) -> Result<Arc<Tokenizer>, TokenizerError> {
     static BUILTIN: OnceLock<Arc<Tokenizer>> = OnceLock::new();
-    if spec.ends_with(".gguf") {
+    if spec.ends_with(".gguf") || std::path::Path::new(spec).is_dir() {
         return workers::model::load_tokenizer(spec.as_ref()).map(Arc::new);
     }
     if spec != "builtin" {

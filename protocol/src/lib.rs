@@ -1,9 +1,11 @@
 //! What the gateway and the workers both speak, defined once: the OpenAI wire
 //! format, the OpenAI error shape, block hashing of prompts, the worker's
-//! health and load reports, KV-cache events, and the bus that carries them.
+//! health and load reports, KV-cache events, the bus that carries them, and
+//! the control plane's keys in etcd.
 
 pub mod blocks;
 pub mod bus;
+pub mod control;
 pub mod error;
 pub mod health;
 pub mod kv;

@@ -7,7 +7,8 @@ pub mod fake;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -125,6 +126,11 @@ pub struct WorkerOpts {
     pub nats: Option<String>,
     /// Tokens per KV block; the test gateways' pools hash with 16.
     pub block_size: usize,
+    /// Register in this etcd, on a lease of `lease_ttl_s`.
+    pub etcd: Option<String>,
+    pub lease_ttl_s: u64,
+    /// Labels registered with the worker.
+    pub labels: Vec<(&'static str, &'static str)>,
 }
 
 impl Default for WorkerOpts {
@@ -135,6 +141,9 @@ impl Default for WorkerOpts {
             prefill_us_per_token: 5,
             nats: None,
             block_size: 16,
+            etcd: None,
+            lease_ttl_s: 10,
+            labels: Vec::new(),
         }
     }
 }
@@ -153,8 +162,9 @@ pub async fn spawn_worker(id: &str, zone: &str, opts: WorkerOpts) -> WorkerProc 
         &config,
         format!(
             "id = \"{id}\"\nlisten = \"{}\"\nmodel = \"{MODEL}\"\nzone = \"{zone}\"\ndrain_grace_ms = 5000\n\
-             [engine]\nkind = \"sim\"\nblock_size = {}\n[engine.sim]\nprefill_us_per_token = {}\ndecode_step_us = {}\ndecode_us_per_seq = 10\n",
-            opts.listen, opts.block_size, opts.prefill_us_per_token, opts.decode_step_us
+             [engine]\nkind = \"sim\"\nblock_size = {}\n[engine.sim]\nprefill_us_per_token = {}\ndecode_step_us = {}\ndecode_us_per_seq = 10\n\
+             [etcd]\nlease_ttl_s = {}\n",
+            opts.listen, opts.block_size, opts.prefill_us_per_token, opts.decode_step_us, opts.lease_ttl_s
         ),
     )
     .unwrap();
@@ -162,6 +172,12 @@ pub async fn spawn_worker(id: &str, zone: &str, opts: WorkerOpts) -> WorkerProc 
     cmd.args(["--pool", POOL]).arg("--config").arg(&config);
     if let Some(nats) = &opts.nats {
         cmd.args(["--nats", nats]);
+    }
+    if let Some(etcd) = &opts.etcd {
+        cmd.args(["--etcd", etcd]);
+    }
+    for (key, value) in &opts.labels {
+        cmd.arg("--label").arg(format!("{key}={value}"));
     }
     let (proc, found) = Proc::spawn(cmd, &["listening on "]).await;
     WorkerProc {
@@ -334,6 +350,78 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// A real etcd on free loopback ports with a data directory of its own.
+pub struct EtcdServer {
+    child: Option<Child>,
+    dir: PathBuf,
+    peer_port: u16,
+    pub port: u16,
+    pub url: String,
+}
+
+impl EtcdServer {
+    pub async fn start() -> EtcdServer {
+        let port = free_port();
+        let mut server = EtcdServer {
+            child: None,
+            dir: temp_dir().join("etcd"),
+            peer_port: free_port(),
+            port,
+            url: format!("http://127.0.0.1:{port}"),
+        };
+        server.restart().await;
+        server
+    }
+
+    /// Starts it again on the same ports and data, as after an outage.
+    pub async fn restart(&mut self) {
+        let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let mut cmd = Command::new("etcd");
+        cmd.arg("--name=e2e")
+            .arg(format!("--data-dir={}", self.dir.display()))
+            .arg(format!("--listen-client-urls={}", self.url))
+            .arg(format!("--advertise-client-urls={}", self.url))
+            .arg(format!("--listen-peer-urls={peer}"))
+            .arg(format!("--initial-advertise-peer-urls={peer}"))
+            .arg(format!("--initial-cluster=e2e={peer}"))
+            .kill_on_drop(true);
+        if std::env::var_os("E2E_LOG").is_none() {
+            cmd.stdout(Stdio::null()).stderr(Stdio::null());
+        }
+        self.child = Some(cmd.spawn().expect("etcd is installed (scripts/setup.sh)"));
+        let health = format!("{}/health", self.url);
+        let client = client();
+        eventually(Duration::from_secs(20), "etcd is healthy", || async {
+            match client.get(&health).send().await {
+                Ok(resp) => resp.text().await.unwrap_or_default().contains("true"),
+                Err(_) => false,
+            }
+        })
+        .await;
+    }
+
+    pub async fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().await.expect("stop etcd");
+        }
+    }
+}
+
+/// Runs `gatewayctl --etcd URL ARGS…`: (success, stdout, stderr).
+pub async fn gatewayctl(etcd: &str, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(bin("gatewayctl"))
+        .args(["--etcd", etcd])
+        .args(args)
+        .output()
+        .await
+        .expect("run gatewayctl");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// A real nats-server on a free loopback port, stopped when dropped.
 pub struct NatsServer {
     child: Option<Child>,
@@ -378,5 +466,69 @@ impl NatsServer {
         if let Some(mut child) = self.child.take() {
             child.kill().await.expect("stop nats-server");
         }
+    }
+}
+
+/// Clients sending chat requests through a gateway in a loop until stopped,
+/// counting answers and keeping the first few failures.
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicU32>,
+    failures: Arc<Mutex<Vec<String>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    pub fn start(api: &str, clients: usize) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok = Arc::new(AtomicU32::new(0));
+        let failures = Arc::new(Mutex::new(Vec::new()));
+        let tasks = (0..clients)
+            .map(|i| {
+                let (stop, ok, failures) = (stop.clone(), ok.clone(), failures.clone());
+                let api = api.to_string();
+                tokio::spawn(async move {
+                    let c = client();
+                    while !stop.load(Ordering::Relaxed) {
+                        let sent = c
+                            .post(format!("{api}/v1/chat/completions"))
+                            .json(&chat(&format!("load {i}"), false, 2))
+                            .send()
+                            .await;
+                        let failure = match sent {
+                            Ok(r) if r.status() == 200 => {
+                                ok.fetch_add(1, Ordering::Relaxed);
+                                continue;
+                            }
+                            Ok(r) => {
+                                format!("{}: {}", r.status(), r.text().await.unwrap_or_default())
+                            }
+                            Err(e) => e.to_string(),
+                        };
+                        failures.lock().unwrap().push(failure);
+                    }
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            ok,
+            failures,
+            tasks,
+        }
+    }
+
+    pub fn ok(&self) -> u32 {
+        self.ok.load(Ordering::Relaxed)
+    }
+
+    /// Stops the clients; returns the answers counted and the failures seen.
+    pub async fn stop(self) -> (u32, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        for task in self.tasks {
+            task.await.expect("load client");
+        }
+        let failures = self.failures.lock().unwrap().clone();
+        (self.ok.load(Ordering::Relaxed), failures)
     }
 }

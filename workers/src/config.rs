@@ -1,6 +1,7 @@
 //! The worker's configuration: a TOML file (or the same struct built in code),
 //! checked as a whole before any port is bound.
 
+use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
@@ -20,12 +21,41 @@ pub struct WorkerConfig {
     pub zone: String,
     /// The pool this worker serves in, naming its bus subjects. Default: `"default"`.
     pub pool: String,
+    /// Free-form labels (version, colour, …) registered for routing policies. Default: none.
+    pub labels: BTreeMap<String, String>,
+    /// The URL gateways reach this worker at, registered in etcd. Default:
+    /// `http://` and the bound address (required when listening on 0.0.0.0).
+    pub advertise_url: Option<String>,
     /// How long a drain waits for in-flight requests before cutting them off. Default: 30000.
     pub drain_grace_ms: u64,
     /// Largest request body accepted; bigger ones get 413. Default: 4 MiB.
     pub max_body_bytes: usize,
     pub engine: EngineConfig,
     pub bus: BusConfig,
+    pub etcd: EtcdConfig,
+}
+
+/// Where this worker registers, so gateways discover it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EtcdConfig {
+    /// etcd endpoints, e.g. `["http://127.0.0.1:2379"]`. Default: none, so
+    /// the worker does not register (gateways list it in their config).
+    pub endpoints: Vec<String>,
+    /// Key prefix of the fleet. Default: `"/llmgw"`.
+    pub prefix: String,
+    /// Seconds the registration outlives the worker's last keep-alive. Default: 10.
+    pub lease_ttl_s: i64,
+}
+
+impl Default for EtcdConfig {
+    fn default() -> Self {
+        EtcdConfig {
+            endpoints: Vec::new(),
+            prefix: protocol::control::DEFAULT_PREFIX.to_string(),
+            lease_ttl_s: protocol::control::DEFAULT_LEASE_TTL_S,
+        }
+    }
 }
 
 /// Where this worker publishes KV events and load for KV-aware gateways.
@@ -60,6 +90,10 @@ impl Default for BusConfig {
 pub struct EngineConfig {
     /// Which engine computes tokens. Default: `sim`.
     pub kind: EngineKind,
+    /// Where the `llama` engine computes: `cpu`, or `cuda` (device 0; pick
+    /// another with `CUDA_VISIBLE_DEVICES`) in a worker built with the `cuda`
+    /// feature. Default: `cpu`.
+    pub backend: Backend,
     /// Tokens per KV cache block (and per hashed prefix block). Default: 16.
     pub block_size: usize,
     /// KV cache capacity in blocks. Default: 8192.
@@ -75,10 +109,12 @@ pub struct EngineConfig {
     /// A `tokenizer.json` to use. Default: none, meaning the built-in tokenizer
     /// (`sim`) or the model file's own (`llama`, which allows no other).
     pub tokenizer_path: Option<PathBuf>,
-    /// The `llama` engine's model, a GGUF file (`scripts/fetch-model.sh` fetches
-    /// SmolLM2-135M-Instruct). Its KV memory is `num_blocks * block_size` tokens of
-    /// `layers * 2 * kv_heads * head_dim` f32s (46 KB per token for SmolLM2),
-    /// committed as blocks are first used. Default: none; required by `llama`.
+    /// The `llama` engine's model: a GGUF file (`scripts/fetch-model.sh` fetches
+    /// SmolLM2-135M-Instruct) or a Hugging Face directory (`config.json`,
+    /// `*.safetensors`, `tokenizer.json`, `tokenizer_config.json`). Its KV
+    /// memory is `num_blocks * block_size` tokens of `layers * 2 * kv_heads *
+    /// head_dim` f32s (46 KB per token for SmolLM2), committed as blocks are
+    /// first used. Default: none; required by `llama`.
     pub model_path: Option<PathBuf>,
     pub sim: SimConfig,
 }
@@ -92,6 +128,25 @@ pub enum EngineKind {
     Sim,
     /// A Llama-family model from `model_path`, computed on the CPU.
     Llama,
+}
+
+/// The hardware a `llama` engine computes on.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    #[default]
+    Cpu,
+    Cuda,
+}
+
+impl Backend {
+    /// The name `/health` and the registry report.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Backend::Cpu => "cpu",
+            Backend::Cuda => "cuda",
+        }
+    }
 }
 
 /// The sim engine's timing model: one step sleeps
@@ -119,6 +174,9 @@ impl Default for WorkerConfig {
             max_body_bytes: 4 * 1024 * 1024,
             engine: EngineConfig::default(),
             bus: BusConfig::default(),
+            labels: BTreeMap::new(),
+            advertise_url: None,
+            etcd: EtcdConfig::default(),
         }
     }
 }
@@ -127,6 +185,7 @@ impl Default for EngineConfig {
     fn default() -> Self {
         EngineConfig {
             kind: EngineKind::Sim,
+            backend: Backend::Cpu,
             block_size: 16,
             num_blocks: 8192,
             max_running: 64,
@@ -220,6 +279,20 @@ impl WorkerConfig {
         check(!self.model.trim().is_empty(), "model: must not be empty");
         check(!self.zone.trim().is_empty(), "zone: must not be empty");
         check(self.max_body_bytes > 0, "max_body_bytes: must be > 0");
+        check(
+            self.etcd.lease_ttl_s >= 2,
+            "etcd.lease_ttl_s: must be at least 2",
+        );
+        check(
+            self.etcd.prefix.starts_with('/'),
+            "etcd.prefix: must start with '/'",
+        );
+        check(
+            self.etcd.endpoints.is_empty()
+                || self.advertise_url.is_some()
+                || !self.listen.ip().is_unspecified(),
+            "advertise_url: required to register in etcd when listening on an unspecified address",
+        );
         let e = &self.engine;
         check(e.block_size > 0, "engine.block_size: must be > 0");
         check(e.num_blocks > 0, "engine.num_blocks: must be > 0");
@@ -251,14 +324,24 @@ impl WorkerConfig {
             (EngineKind::Llama, None) => {
                 problems.push("engine.model_path: the llama engine needs a model file".into())
             }
-            (EngineKind::Llama, Some(path)) if !path.is_file() => problems.push(format!(
-                "engine.model_path: {} is not a file (scripts/fetch-model.sh fetches one)",
-                path.display()
-            )),
+            (EngineKind::Llama, Some(path)) if !path.is_file() && !path.is_dir() => {
+                problems.push(format!(
+                    "engine.model_path: {} is neither a GGUF file nor a model directory \
+                     (scripts/fetch-model.sh fetches one)",
+                    path.display()
+                ))
+            }
             (EngineKind::Sim, Some(_)) => {
                 problems.push("engine.model_path: only the llama engine loads a model".into())
             }
             _ => {}
+        }
+        if e.backend == Backend::Cuda && e.kind != EngineKind::Llama {
+            problems.push("engine.backend: only the llama engine runs on cuda".into());
+        }
+        if e.backend == Backend::Cuda && !cfg!(feature = "cuda") {
+            problems
+                .push("engine.backend: this worker was built without the `cuda` feature".into());
         }
         if e.kind == EngineKind::Llama && e.tokenizer_path.is_some() {
             problems.push(
@@ -346,10 +429,25 @@ mod tests {
         );
         c.engine.model_path = Some("/nonexistent/model.gguf".into());
         let err = c.validate().unwrap_err().to_string();
-        assert!(err.contains("is not a file"), "{err}");
+        assert!(err.contains("is neither a GGUF file"), "{err}");
         let parsed: WorkerConfig =
             toml::from_str("[engine]\nkind = \"llama\"\nmodel_path = \"m.gguf\"").unwrap();
         assert_eq!(parsed.engine.kind, EngineKind::Llama);
+    }
+
+    #[test]
+    fn cuda_needs_the_llama_engine_and_the_feature() {
+        let mut c = WorkerConfig::default();
+        c.engine.backend = Backend::Cuda;
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("only the llama engine runs on cuda"), "{err}");
+        assert_eq!(
+            err.contains("without the `cuda` feature"),
+            !cfg!(feature = "cuda")
+        );
+        let parsed: WorkerConfig = toml::from_str("[engine]\nbackend = \"cuda\"").unwrap();
+        assert_eq!(parsed.engine.backend, Backend::Cuda);
+        assert!(toml::from_str::<WorkerConfig>("[engine]\nbackend = \"tpu\"").is_err());
     }
 
     #[test]

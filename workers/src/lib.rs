@@ -15,6 +15,7 @@ pub mod model;
 mod output;
 pub mod prompt;
 mod publish;
+pub mod register;
 mod respond;
 pub mod scheduler;
 mod server;
@@ -32,12 +33,16 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-pub use config::{BusConfig, ConfigError, EngineConfig, EngineKind, SimConfig, WorkerConfig};
+pub use config::{
+    Backend, BusConfig, ConfigError, EngineConfig, EngineKind, EtcdConfig, SimConfig, WorkerConfig,
+};
 
 use api::App;
 use engine::{BatchEngine, Engine, EngineError};
 use protocol::bus::{Bus, BusError};
+use protocol::control::Registration;
 use publish::Publisher;
+use register::Registered;
 use tokenizer::{Tokenizer, TokenizerError};
 
 /// Why a worker could not start.
@@ -64,6 +69,7 @@ pub struct WorkerHandle {
     draining: Arc<AtomicBool>,
     shutdown: oneshot::Sender<Duration>,
     serving: JoinHandle<()>,
+    registered: Option<Registered>,
 }
 
 /// Checks `config`, loads the tokenizer, starts the engine, binds, and returns
@@ -107,6 +113,27 @@ pub async fn start_on_bus(
         source,
     })?;
     tracing::info!(id = %config.id, model = %config.model, zone = %config.zone, addr = %local_addr, "worker listening");
+    let registered = (!config.etcd.endpoints.is_empty()).then(|| {
+        let info = engine.info();
+        let url = config
+            .advertise_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{local_addr}"));
+        Registered::spawn(
+            &config.etcd,
+            Registration {
+                id: config.id.clone(),
+                pool: config.pool.clone(),
+                url,
+                zone: config.zone.clone(),
+                labels: config.labels.clone(),
+                model: config.model.clone(),
+                block_size: info.block_size,
+                engine: format!("{}/{}", info.name, info.backend),
+                started_at_ms: register::now_ms(),
+            },
+        )
+    });
     let draining = Arc::new(AtomicBool::new(false));
     let app = Arc::new(App {
         config,
@@ -121,6 +148,7 @@ pub async fn start_on_bus(
         draining,
         shutdown,
         serving,
+        registered,
     })
 }
 
@@ -134,9 +162,18 @@ impl WorkerHandle {
         format!("http://{}", self.local_addr)
     }
 
-    /// Drain: `/health` turns 503 "draining", stop accepting, finish in-flight
-    /// requests within `grace`, then stop.
+    /// True while registered in etcd; `None` when the worker does not register.
+    pub fn registered(&self) -> Option<tokio::sync::watch::Receiver<bool>> {
+        self.registered.as_ref().map(Registered::watch)
+    }
+
+    /// Deregister (gateways stop sending new requests), then drain: `/health`
+    /// turns 503 "draining", stop accepting, finish in-flight requests within
+    /// `grace`, then stop.
     pub async fn shutdown(self, grace: Duration) {
+        if let Some(registered) = self.registered {
+            registered.deregister().await;
+        }
         self.draining.store(true, Ordering::SeqCst);
         // A send error means serving already ended; there is nothing to drain.
         let _ = self.shutdown.send(grace);

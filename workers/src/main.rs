@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use tokio::signal::unix::{signal, SignalKind};
-use workers::WorkerConfig;
+use workers::{Backend, EngineKind, WorkerConfig};
 
 /// An OpenAI-compatible inference worker.
 #[derive(Debug, Parser)]
@@ -36,6 +36,30 @@ struct Args {
     /// Overrides `bus.nats_url`: publish KV events and load to this NATS server.
     #[arg(long)]
     nats: Option<String>,
+    /// Overrides `etcd.endpoints` (comma-separated): register there.
+    #[arg(long, value_delimiter = ',')]
+    etcd: Vec<String>,
+    /// Adds a label, `KEY=VALUE`; repeatable.
+    #[arg(long = "label", value_parser = parse_label)]
+    labels: Vec<(String, String)>,
+    /// Overrides `advertise_url`: the URL registered for gateways.
+    #[arg(long)]
+    advertise: Option<String>,
+    /// Overrides `engine.kind`.
+    #[arg(long, value_parser = ["sim", "llama"])]
+    engine: Option<String>,
+    /// Overrides `engine.model_path`: the model the llama engine loads.
+    #[arg(long)]
+    model_path: Option<PathBuf>,
+    /// Overrides `engine.backend`: where the llama engine computes.
+    #[arg(long, value_parser = ["cpu", "cuda"])]
+    backend: Option<String>,
+}
+
+fn parse_label(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("`{text}` is not KEY=VALUE"))
 }
 
 #[tokio::main]
@@ -59,6 +83,22 @@ async fn main() -> anyhow::Result<()> {
     config.zone = args.zone.unwrap_or(config.zone);
     config.pool = args.pool.unwrap_or(config.pool);
     config.bus.nats_url = args.nats.or(config.bus.nats_url);
+    if !args.etcd.is_empty() {
+        config.etcd.endpoints = args.etcd;
+    }
+    config.labels.extend(args.labels);
+    config.advertise_url = args.advertise.or(config.advertise_url);
+    match args.engine.as_deref() {
+        Some("llama") => config.engine.kind = EngineKind::Llama,
+        Some(_) => config.engine.kind = EngineKind::Sim,
+        None => {}
+    }
+    config.engine.model_path = args.model_path.or(config.engine.model_path);
+    match args.backend.as_deref() {
+        Some("cuda") => config.engine.backend = Backend::Cuda,
+        Some(_) => config.engine.backend = Backend::Cpu,
+        None => {}
+    }
     config.validate()?;
     let grace = Duration::from_millis(config.drain_grace_ms);
 

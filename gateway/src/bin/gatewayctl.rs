@@ -1,0 +1,535 @@
+//! `gatewayctl`: the operator's CLI for the etcd control plane. Every write
+//! is checked first as a gateway would check it (the routing document whole;
+//! bound plugins compiled, initialised with their config and sampled), is
+//! refused when another writer got there first, and prints what changed.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use bytes::Bytes;
+use clap::{Parser, Subcommand};
+use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, Txn, TxnOp};
+use gateway::config::{RoutingDoc, UpstreamConfig};
+use gateway::control::artifact;
+use gateway::health::fetch_report;
+use gateway::plugin::{
+    check_component, sha256_hex, LoadedPolicy, PluginEngine, PluginsConfig, Tier,
+};
+use gateway::upstream::Upstream;
+use protocol::control::{Key, Keys, Registration, DEFAULT_PREFIX};
+use serde_json::{json, Value};
+
+#[derive(Parser)]
+#[command(version, about = "Operate a gateway fleet through etcd")]
+struct Cli {
+    /// etcd endpoints, comma-separated.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:2379",
+        global = true
+    )]
+    etcd: Vec<String>,
+    /// Key prefix of the fleet.
+    #[arg(long, default_value = DEFAULT_PREFIX, global = true)]
+    prefix: String,
+    /// JSON output, for scripts.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// The routing config: `[routing]` and `[[pools]]`, as in the gateway's file.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Policy components, per name and version.
+    Plugin {
+        #[command(subcommand)]
+        command: PluginCommand,
+    },
+    /// Points a blue-green pool at COLOUR: new requests move at once,
+    /// requests in flight finish where they are.
+    Flip { pool: String, colour: String },
+    /// Sets a canary pool's share of traffic, 0 to 100.
+    Canary { pool: String, percent: f64 },
+    /// Registered workers with their health and load.
+    Workers,
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Checks a routing config file without writing it.
+    Validate { file: PathBuf },
+    /// Checks a routing config file, then writes it.
+    Put { file: PathBuf },
+    /// Prints the routing config in force.
+    Get,
+}
+
+#[derive(Subcommand)]
+enum PluginCommand {
+    /// Publishes a component as NAME VERSION, with its sha256.
+    Put {
+        name: String,
+        version: String,
+        file: PathBuf,
+        /// Replace a version already published with other bytes.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Lists published plugins.
+    List,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let keys = Keys::new(&cli.prefix);
+    if let Command::Config {
+        command: ConfigCommand::Validate { file },
+    } = &cli.command
+    {
+        let text = read_text(file)?;
+        RoutingDoc::from_toml(&text)?;
+        println!("{}: ok", file.display());
+        return Ok(());
+    }
+    let mut client = connect(&cli.etcd).await?;
+    match cli.command {
+        Command::Config { command } => match command {
+            ConfigCommand::Validate { .. } => unreachable!("handled without etcd"),
+            ConfigCommand::Put { file } => {
+                let text = read_text(&file)?;
+                let doc = RoutingDoc::from_toml(&text)?;
+                let current = current_doc(&mut client, &keys).await?;
+                put_doc(&mut client, &keys, current, &doc, text).await
+            }
+            ConfigCommand::Get => {
+                let got = client.get(keys.config(), None).await?;
+                let Some(kv) = got.kvs().first() else {
+                    bail!("no routing config in etcd under {}", keys.config());
+                };
+                eprintln!("# revision {}", kv.mod_revision());
+                print!("{}", String::from_utf8_lossy(kv.value()));
+                Ok(())
+            }
+        },
+        Command::Plugin { command } => match command {
+            PluginCommand::Put {
+                name,
+                version,
+                file,
+                force,
+            } => put_plugin(&mut client, &keys, &name, &version, &file, force).await,
+            PluginCommand::List => list_plugins(&mut client, &keys, cli.json).await,
+        },
+        Command::Flip { pool, colour } => {
+            edit_binding(&mut client, &keys, &pool, "active", json!(colour)).await
+        }
+        Command::Canary { pool, percent } => {
+            if !(0.0..=100.0).contains(&percent) {
+                bail!("percent must be between 0 and 100, got {percent}");
+            }
+            let percent = if percent.fract() == 0.0 {
+                json!(percent as u64)
+            } else {
+                json!(percent)
+            };
+            edit_binding(&mut client, &keys, &pool, "canary_percent", percent).await
+        }
+        Command::Workers => list_workers(&mut client, &keys, cli.json).await,
+    }
+}
+
+async fn connect(endpoints: &[String]) -> anyhow::Result<Client> {
+    let options = ConnectOptions::new()
+        .with_connect_timeout(Duration::from_secs(3))
+        .with_timeout(Duration::from_secs(10));
+    Client::connect(endpoints, Some(options))
+        .await
+        .with_context(|| format!("cannot reach etcd at {}", endpoints.join(",")))
+}
+
+fn read_text(file: &PathBuf) -> anyhow::Result<String> {
+    std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))
+}
+
+/// The routing document in etcd and its revision; an unparsable one reads as empty.
+async fn current_doc(
+    client: &mut Client,
+    keys: &Keys,
+) -> anyhow::Result<Option<(RoutingDoc, i64)>> {
+    let got = client.get(keys.config(), None).await?;
+    Ok(got.kvs().first().map(|kv| {
+        let doc = std::str::from_utf8(kv.value())
+            .ok()
+            .and_then(|text| toml::from_str(text).ok())
+            .unwrap_or_default();
+        (doc, kv.mod_revision())
+    }))
+}
+
+/// Checks every bound plugin against what etcd holds, then writes `text`
+/// unless the document changed since `current` was read.
+async fn put_doc(
+    client: &mut Client,
+    keys: &Keys,
+    current: Option<(RoutingDoc, i64)>,
+    doc: &RoutingDoc,
+    text: String,
+) -> anyhow::Result<()> {
+    check_bindings(client, keys, doc).await?;
+    let (old, revision) = current.map_or((None, 0), |(doc, rev)| (Some(doc), rev));
+    let changes = diff(old.as_ref(), doc);
+    if changes.is_empty() {
+        println!("unchanged");
+        return Ok(());
+    }
+    // Revision 0 compares as "absent": the first writer wins there too.
+    let txn = Txn::new()
+        .when([Compare::mod_revision(
+            keys.config(),
+            CompareOp::Equal,
+            revision,
+        )])
+        .and_then([TxnOp::put(keys.config(), text, None)]);
+    let done = client.txn(txn).await?;
+    if !done.succeeded() {
+        bail!("the routing config changed while this command ran; nothing written, try again");
+    }
+    let written = done.header().map_or(0, |h| h.revision());
+    for change in changes {
+        println!("{change}");
+    }
+    println!("written at revision {written}");
+    Ok(())
+}
+
+/// Loads each bound plugin as a gateway would: compile, `init` with the
+/// pool's config, sample decisions.
+async fn check_bindings(client: &mut Client, keys: &Keys, doc: &RoutingDoc) -> anyhow::Result<()> {
+    let bound: Vec<_> = doc
+        .pools
+        .iter()
+        .filter_map(|p| Some((p.name.clone(), p.policy.clone()?)))
+        .collect();
+    if bound.is_empty() {
+        return Ok(());
+    }
+    let engine = PluginEngine::new(&PluginsConfig::default())?;
+    for (pool, binding) in bound {
+        let kvs = get_prefix(client, &format!("{}{}/", keys.plugins(), binding.plugin)).await?;
+        let artifact = artifact::in_etcd(keys, &kvs, &binding)?
+            .ok_or_else(|| artifact::missing(&binding))
+            .with_context(|| {
+                format!("pool {pool}: publish it with `gatewayctl plugin put` first")
+            })?;
+        let engine = engine.clone();
+        let (plugin, config) = (binding.plugin.clone(), binding.config_json());
+        tokio::task::spawn_blocking(move || {
+            LoadedPolicy::load(
+                &engine,
+                Tier::Baseline,
+                &plugin,
+                &artifact.version,
+                &artifact.bytes,
+                &config,
+            )
+            .map(drop)
+            .with_context(|| format!("pool {pool}: plugin {plugin} {}", artifact.version))
+        })
+        .await??;
+    }
+    Ok(())
+}
+
+/// Sets `field` of `pool`'s policy config and writes the document back.
+async fn edit_binding(
+    client: &mut Client,
+    keys: &Keys,
+    pool: &str,
+    field: &str,
+    value: Value,
+) -> anyhow::Result<()> {
+    let Some((mut doc, revision)) = current_doc(client, keys).await? else {
+        bail!("no routing config in etcd; put one with `gatewayctl config put` first");
+    };
+    let current = Some((doc.clone(), revision));
+    let Some(binding) = doc
+        .pools
+        .iter_mut()
+        .find(|p| p.name == pool)
+        .map(|p| p.policy.as_mut())
+    else {
+        bail!("no pool `{pool}` in the routing config");
+    };
+    let Some(binding) = binding else {
+        bail!("pool `{pool}` has no policy to configure");
+    };
+    let mut config = binding.config.take().unwrap_or_else(|| json!({}));
+    let Some(object) = config.as_object_mut() else {
+        bail!("pool `{pool}`'s policy config is not a JSON object");
+    };
+    object.insert(field.to_string(), value);
+    binding.config = Some(config);
+    let text = doc.to_toml();
+    // The edited document goes through the same checks as a file.
+    RoutingDoc::from_toml(&text)?;
+    put_doc(client, keys, current, &doc, text).await
+}
+
+async fn put_plugin(
+    client: &mut Client,
+    keys: &Keys,
+    name: &str,
+    version: &str,
+    file: &PathBuf,
+    force: bool,
+) -> anyhow::Result<()> {
+    let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let engine = PluginEngine::new(&PluginsConfig::default())?;
+    let checked = bytes.clone();
+    tokio::task::spawn_blocking(move || check_component(&engine, &checked))
+        .await?
+        .with_context(|| format!("{} is not a policy component", file.display()))?;
+    let sha = sha256_hex(&bytes);
+    let existing = client.get(keys.plugin_sha256(name, version), None).await?;
+    if let Some(kv) = existing.kvs().first() {
+        let published = String::from_utf8_lossy(kv.value()).trim().to_string();
+        if published == sha {
+            println!("unchanged: {name} {version} (sha256 {sha})");
+            return Ok(());
+        }
+        if !force {
+            bail!(
+                "{name} {version} is already published with sha256 {published}; \
+                 versions are immutable: publish a new version (or pass --force)"
+            );
+        }
+    }
+    let size = bytes.len();
+    let txn = Txn::new().and_then([
+        TxnOp::put(keys.plugin_wasm(name, version), bytes, None),
+        TxnOp::put(keys.plugin_sha256(name, version), sha.clone(), None),
+    ]);
+    let done = client.txn(txn).await?;
+    let revision = done.header().map_or(0, |h| h.revision());
+    println!("+ plugin {name} {version}: {size} bytes, sha256 {sha}");
+    println!("written at revision {revision}");
+    Ok(())
+}
+
+async fn list_plugins(client: &mut Client, keys: &Keys, as_json: bool) -> anyhow::Result<()> {
+    let kvs = get_prefix(client, &keys.plugins()).await?;
+    let mut rows = Vec::new();
+    for (key, (bytes, revision)) in &kvs {
+        let Some(Key::PluginWasm { name, version }) = keys.parse(key) else {
+            continue;
+        };
+        let published = kvs
+            .get(&keys.plugin_sha256(&name, &version))
+            .map(|(sha, _)| String::from_utf8_lossy(sha).trim().to_string());
+        let sha = sha256_hex(bytes);
+        rows.push(json!({
+            "name": name,
+            "version": version,
+            "bytes": bytes.len(),
+            "sha256": sha,
+            "sha256_ok": published.as_deref() == Some(sha.as_str()),
+            "revision": revision,
+        }));
+    }
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    println!(
+        "{:<20} {:<12} {:>9} {:<8} SHA256",
+        "NAME", "VERSION", "BYTES", "CHECKED"
+    );
+    for row in rows {
+        println!(
+            "{:<20} {:<12} {:>9} {:<8} {}",
+            row["name"].as_str().unwrap_or_default(),
+            row["version"].as_str().unwrap_or_default(),
+            row["bytes"],
+            if row["sha256_ok"] == true {
+                "ok"
+            } else {
+                "MISMATCH"
+            },
+            row["sha256"].as_str().unwrap_or_default(),
+        );
+    }
+    Ok(())
+}
+
+async fn list_workers(client: &mut Client, keys: &Keys, as_json: bool) -> anyhow::Result<()> {
+    let kvs = get_prefix(client, &keys.workers()).await?;
+    let registrations: Vec<Registration> = kvs
+        .values()
+        .filter_map(|(value, _)| serde_json::from_slice(value).ok())
+        .collect();
+    let upstream = Upstream::new(&UpstreamConfig::default())?;
+    let probes = registrations.iter().map(|r| {
+        let upstream = upstream.clone();
+        async move {
+            let url = r.url.parse().ok()?;
+            tokio::time::timeout(Duration::from_secs(1), fetch_report(&upstream, &url))
+                .await
+                .ok()
+                .flatten()
+        }
+    });
+    let reports = futures_util::future::join_all(probes).await;
+    let rows: Vec<Value> = registrations
+        .iter()
+        .zip(reports)
+        .map(|(r, report)| {
+            json!({
+                "pool": r.pool,
+                "id": r.id,
+                "url": r.url,
+                "zone": r.zone,
+                "labels": r.labels,
+                "model": r.model,
+                "engine": r.engine,
+                "block_size": r.block_size,
+                "started_at_ms": r.started_at_ms,
+                "health": report.as_ref().map_or("unreachable", |h| h.status.as_str()),
+                "load": report.as_ref().map(|h| h.load),
+            })
+        })
+        .collect();
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    println!(
+        "{:<12} {:<14} {:<26} {:<10} {:<11} {:>7} {:>7} {:>6}  LABELS",
+        "POOL", "ID", "URL", "ZONE", "HEALTH", "RUNNING", "WAITING", "KV%"
+    );
+    for row in rows {
+        let load = &row["load"];
+        let kv = match (
+            load["kv_blocks_used"].as_f64(),
+            load["kv_blocks_total"].as_f64(),
+        ) {
+            (Some(used), Some(total)) if total > 0.0 => format!("{:.0}", 100.0 * used / total),
+            _ => "-".to_string(),
+        };
+        let labels: Vec<String> = row["labels"]
+            .as_object()
+            .map(|l| {
+                l.iter()
+                    .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        println!(
+            "{:<12} {:<14} {:<26} {:<10} {:<11} {:>7} {:>7} {:>6}  {}",
+            row["pool"].as_str().unwrap_or_default(),
+            row["id"].as_str().unwrap_or_default(),
+            row["url"].as_str().unwrap_or_default(),
+            row["zone"].as_str().unwrap_or_default(),
+            row["health"].as_str().unwrap_or_default(),
+            load["running"]
+                .as_u64()
+                .map_or("-".to_string(), |n| n.to_string()),
+            load["waiting"]
+                .as_u64()
+                .map_or("-".to_string(), |n| n.to_string()),
+            kv,
+            labels.join(","),
+        );
+    }
+    Ok(())
+}
+
+async fn get_prefix(
+    client: &mut Client,
+    prefix: &str,
+) -> anyhow::Result<BTreeMap<String, (Bytes, i64)>> {
+    let got = client
+        .get(prefix, Some(GetOptions::new().with_prefix()))
+        .await?;
+    Ok(got
+        .kvs()
+        .iter()
+        .map(|kv| {
+            let key = String::from_utf8_lossy(kv.key()).into_owned();
+            (key, (Bytes::copy_from_slice(kv.value()), kv.mod_revision()))
+        })
+        .collect())
+}
+
+/// One line per changed leaf: `~ path: old -> new`, `+ path: new`, `- path: old`.
+fn diff(old: Option<&RoutingDoc>, new: &RoutingDoc) -> Vec<String> {
+    let flat = |doc: Option<&RoutingDoc>| {
+        let mut leaves = BTreeMap::new();
+        if let Some(doc) = doc {
+            flatten(
+                "",
+                &serde_json::to_value(doc).expect("serializes"),
+                &mut leaves,
+            );
+        }
+        leaves
+    };
+    let (old, new) = (flat(old), flat(Some(new)));
+    let mut lines = Vec::new();
+    for (path, value) in &new {
+        match old.get(path) {
+            None => lines.push(format!("+ {path}: {value}")),
+            Some(before) if before != value => lines.push(format!("~ {path}: {before} -> {value}")),
+            Some(_) => {}
+        }
+    }
+    for (path, value) in &old {
+        if !new.contains_key(path) {
+            lines.push(format!("- {path}: {value}"));
+        }
+    }
+    lines
+}
+
+/// Leaves of `value` by path; array items that have a `name` are keyed by it.
+fn flatten(path: &str, value: &Value, leaves: &mut BTreeMap<String, String>) {
+    match value {
+        Value::Object(map) if !map.is_empty() => {
+            for (key, value) in map {
+                let path = if path.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{path}.{key}")
+                };
+                flatten(&path, value, leaves);
+            }
+        }
+        Value::Array(items)
+            if items.iter().all(|i| i.get("name").is_some()) && !items.is_empty() =>
+        {
+            for item in items {
+                let name = item["name"].as_str().unwrap_or_default();
+                flatten(&format!("{path}[{name}]"), item, leaves);
+            }
+        }
+        Value::Null => {}
+        leaf => {
+            leaves.insert(path.to_string(), leaf.to_string());
+        }
+    }
+}

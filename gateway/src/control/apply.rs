@@ -1,0 +1,309 @@
+//! Turns each etcd snapshot into the state in force. The routing document
+//! is checked whole before it replaces the file's sections; registrations
+//! for pools this config routes are merged with the static workers; each
+//! pool's bound plugin goes through [`PolicySlot::try_load`], the path the
+//! directory watcher takes (compile, `init`, sample decisions, swap).
+//! Whatever is refused leaves the last good state serving and says why in
+//! the log, the metrics and `/status`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use protocol::control::{Key, Keys, Registration};
+
+use super::artifact::{self, Artifact};
+use super::follow::Snapshot;
+use super::status::Control;
+use crate::config::{check_worker_url, Config, RoutingDoc};
+use crate::live::{Live, Shared};
+use crate::metrics;
+use crate::plugin::{
+    is_transient, select_in_dir, sha256_hex, PluginEngine, PluginError, PolicyBinding,
+    RETRY_TRANSIENT,
+};
+use crate::pools::Registry;
+
+pub struct Applier {
+    /// This gateway's own config file (with its flags applied).
+    base: Config,
+    keys: Keys,
+    live: Shared,
+    control: Arc<Control>,
+    /// Made at the first plugin to load: its allocator reserves address space.
+    engine: Option<PluginEngine>,
+    /// The revision of the routing document last tried, applied or refused.
+    doc_revision: Option<i64>,
+    /// In force.
+    config: Arc<Config>,
+    workers: Vec<Registration>,
+    /// Per pool, the plugin load last tried.
+    tried: HashMap<String, Try>,
+    /// Per pool, when the last try was refused for a reason that may pass.
+    transient: HashMap<String, Instant>,
+}
+
+/// A plugin load tried for a pool; the same again is not tried twice. A
+/// selection that failed keeps its error in `config`.
+#[derive(PartialEq)]
+struct Try {
+    slot: usize,
+    plugin: String,
+    version: String,
+    sha256: String,
+    config: String,
+}
+
+impl Applier {
+    pub fn new(base: Config, live: Shared, control: Arc<Control>) -> Applier {
+        let config = live.load().config.clone();
+        Applier {
+            keys: Keys::new(&base.etcd.prefix),
+            base,
+            live,
+            control,
+            engine: None,
+            doc_revision: None,
+            config,
+            workers: Vec::new(),
+            tried: HashMap::new(),
+            transient: HashMap::new(),
+        }
+    }
+
+    /// Blocking (tokenizers and plugins may load): call it off the runtime.
+    pub fn apply(&mut self, snapshot: &Snapshot) {
+        let config = self.next_config(snapshot);
+        let (workers, ignored) = registrations(&self.keys, snapshot, &config);
+        let mut rebuilt = None;
+        if !Arc::ptr_eq(&config, &self.config) || workers != self.workers {
+            let previous = self.live.load().registry.clone();
+            match Registry::build(&config, &workers, Some(&previous)) {
+                Ok(registry) => rebuilt = Some(Arc::new(registry)),
+                Err(e) => self.control.refuse(
+                    snapshot.revision,
+                    format!("cannot load a pool's tokenizer: {e}"),
+                ),
+            }
+        }
+        // Plugins load before the swap, so a new pool starts under its policy.
+        match rebuilt {
+            Some(registry) => {
+                self.load_plugins(snapshot, &config, &registry);
+                self.live.store(Arc::new(Live {
+                    config: config.clone(),
+                    registry,
+                }));
+                tracing::info!(
+                    revision = snapshot.revision,
+                    registered = workers.len(),
+                    "control plane state applied"
+                );
+                metrics::control_change("applied");
+                self.control.update(|s| s.applied += 1);
+                self.config = config;
+                self.workers = workers;
+            }
+            None => {
+                let (config, live) = (self.config.clone(), self.live.load_full());
+                self.load_plugins(snapshot, &config, &live.registry);
+            }
+        }
+        let (revision, registered) = (snapshot.revision, self.workers.len());
+        self.control.update(|s| {
+            s.revision = revision;
+            s.registered_workers = registered;
+            s.ignored_registrations = ignored;
+        });
+        metrics::control_revision(revision);
+    }
+
+    /// The config to route on: the file's with the routing document's
+    /// sections once one validates; the one in force when it does not.
+    fn next_config(&mut self, snapshot: &Snapshot) -> Arc<Config> {
+        let doc = snapshot.kvs.get(&self.keys.config());
+        let revision = doc.map(|(_, revision)| *revision);
+        if revision == self.doc_revision {
+            return self.config.clone();
+        }
+        self.doc_revision = revision;
+        let Some((text, revision)) = doc else {
+            tracing::info!("no routing config in etcd; this gateway's file applies");
+            self.control.update(|s| s.config_revision = None);
+            return Arc::new(self.base.clone());
+        };
+        let parsed = std::str::from_utf8(text)
+            .map_err(|e| format!("not UTF-8: {e}"))
+            .and_then(|text| toml::from_str::<RoutingDoc>(text).map_err(|e| e.to_string()))
+            .and_then(|doc| self.base.with_doc(doc).map_err(|e| e.to_string()));
+        match parsed {
+            Ok(config) => {
+                tracing::info!(revision, "routing config from etcd");
+                self.control.update(|s| s.config_revision = Some(*revision));
+                Arc::new(config)
+            }
+            Err(reason) => {
+                self.control.refuse(*revision, reason);
+                self.config.clone()
+            }
+        }
+    }
+
+    /// Loads each pool's bound plugin when its slot, version, bytes or config changed.
+    fn load_plugins(&mut self, snapshot: &Snapshot, config: &Config, registry: &Registry) {
+        for pool in registry.pools() {
+            // A pool rebuilt from scratch has a new, empty slot.
+            let slot = Arc::as_ptr(&pool.policy) as usize;
+            let binding = config
+                .pools
+                .iter()
+                .find(|p| p.name == pool.name)
+                .and_then(|p| p.policy.as_ref());
+            let Some(binding) = binding else {
+                if self.tried.remove(&pool.name).is_some() || pool.policy.current().is_some() {
+                    pool.policy.clear();
+                }
+                continue;
+            };
+            let wanted = binding.version.as_deref().unwrap_or("latest");
+            let artifact = match self.artifact(snapshot, binding) {
+                Ok(artifact) => artifact,
+                Err(error) => {
+                    let tried = Try {
+                        slot,
+                        plugin: binding.plugin.clone(),
+                        version: wanted.to_string(),
+                        sha256: String::new(),
+                        config: error.to_string(),
+                    };
+                    if self.tried.get(&pool.name) != Some(&tried) {
+                        pool.policy.refuse(&binding.plugin, wanted, None, &error);
+                        self.control
+                            .refuse(snapshot.revision, format!("pool {}: {error}", pool.name));
+                        self.tried.insert(pool.name.clone(), tried);
+                    }
+                    continue;
+                }
+            };
+            let init_config = binding.config_json();
+            let tried = Try {
+                slot,
+                plugin: binding.plugin.clone(),
+                version: artifact.version.clone(),
+                sha256: sha256_hex(&artifact.bytes),
+                config: init_config.clone(),
+            };
+            let retry_due = self
+                .transient
+                .get(&pool.name)
+                .is_some_and(|at| at.elapsed() >= RETRY_TRANSIENT);
+            if self.tried.get(&pool.name) == Some(&tried) && !retry_due {
+                continue;
+            }
+            self.tried.insert(pool.name.clone(), tried);
+            let engine = match self.engine() {
+                Ok(engine) => engine,
+                Err(error) => {
+                    pool.policy
+                        .refuse(&binding.plugin, &artifact.version, None, &error);
+                    continue;
+                }
+            };
+            let loaded = pool.policy.try_load(
+                &engine,
+                &binding.plugin,
+                &artifact.version,
+                &artifact.bytes,
+                &init_config,
+            );
+            self.transient.remove(&pool.name);
+            if let Err(error) = loaded {
+                if is_transient(&error) {
+                    self.transient.insert(pool.name.clone(), Instant::now());
+                }
+                self.control.refuse(
+                    snapshot.revision,
+                    format!(
+                        "pool {}: plugin {} {}: {error}",
+                        pool.name, binding.plugin, artifact.version
+                    ),
+                );
+            }
+        }
+    }
+
+    fn engine(&mut self) -> Result<PluginEngine, PluginError> {
+        if self.engine.is_none() {
+            self.engine = Some(PluginEngine::new(&self.base.plugins)?);
+        }
+        Ok(self.engine.clone().expect("just made"))
+    }
+
+    /// The bytes `binding` selects: from etcd, else from the plugin
+    /// directory when one is configured.
+    fn artifact(
+        &self,
+        snapshot: &Snapshot,
+        binding: &PolicyBinding,
+    ) -> Result<Artifact, PluginError> {
+        if let Some(artifact) = artifact::in_etcd(&self.keys, &snapshot.kvs, binding)? {
+            return Ok(artifact);
+        }
+        let Some(dir) = &self.base.plugins.dir else {
+            return Err(artifact::missing(binding));
+        };
+        let selected = select_in_dir(dir, binding)?;
+        let bytes = std::fs::read(&selected.path).map_err(|source| PluginError::Io {
+            path: selected.path.clone(),
+            source,
+        })?;
+        Ok(Artifact {
+            version: selected.version,
+            bytes: bytes.into(),
+        })
+    }
+}
+
+/// The registrations to route to, and why the others are ignored.
+fn registrations(
+    keys: &Keys,
+    snapshot: &Snapshot,
+    config: &Config,
+) -> (Vec<Registration>, Vec<String>) {
+    let (mut routed, mut ignored) = (Vec::new(), Vec::new());
+    for (key, (value, _)) in snapshot.kvs.range(keys.workers()..) {
+        if !key.starts_with(&keys.workers()) {
+            break;
+        }
+        let Some(Key::Worker { pool, id }) = keys.parse(key) else {
+            ignored.push(format!("{key}: not a worker key"));
+            continue;
+        };
+        let registration = match serde_json::from_slice::<Registration>(value) {
+            Ok(r) => r,
+            Err(e) => {
+                ignored.push(format!("{key}: {e}"));
+                continue;
+            }
+        };
+        let problem = if registration.pool != pool || registration.id != id {
+            Some("its pool or id differs from its key".to_string())
+        } else if let Err(reason) = check_worker_url(&registration.url) {
+            Some(reason)
+        } else {
+            match config.pools.iter().find(|p| p.name == pool) {
+                None => Some(format!("no pool `{pool}` in the config")),
+                Some(p) if !p.models.contains(&registration.model) => Some(format!(
+                    "pool `{pool}` does not serve model `{}`",
+                    registration.model
+                )),
+                Some(_) => None,
+            }
+        };
+        match problem {
+            Some(problem) => ignored.push(format!("{key}: {problem}")),
+            None => routed.push(registration),
+        }
+    }
+    (routed, ignored)
+}

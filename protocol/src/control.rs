@@ -1,0 +1,141 @@
+//! The control plane's keys in etcd, and what a worker registers there.
+//!
+//! Everything lives under one prefix (default `/llmgw`), so one etcd serves
+//! several fleets and `etcdctl get --prefix` shows a fleet whole:
+//!
+//! - `{prefix}/workers/{pool}/{id}`: a worker's [`Registration`] (JSON), on its lease;
+//! - `{prefix}/config`: the routing config (TOML: `routing`, `retry`, `pools`);
+//! - `{prefix}/plugins/{name}/{version}/wasm`: a policy component's bytes;
+//! - `{prefix}/plugins/{name}/{version}/sha256`: their hex sha256, checked before loading.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// The key prefix when none is configured.
+pub const DEFAULT_PREFIX: &str = "/llmgw";
+
+/// Lease TTL of a worker's registration when none is configured, in seconds.
+pub const DEFAULT_LEASE_TTL_S: i64 = 10;
+
+/// What a worker puts in etcd so gateways can route to it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Registration {
+    pub id: String,
+    pub pool: String,
+    /// Base URL gateways reach it at.
+    pub url: String,
+    pub zone: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    pub model: String,
+    pub block_size: usize,
+    /// The engine and the backend it computes on, e.g. `sim/sim` or `llama/cuda`.
+    pub engine: String,
+    /// Milliseconds since the Unix epoch.
+    pub started_at_ms: u64,
+}
+
+/// The key layout under one prefix.
+#[derive(Debug, Clone)]
+pub struct Keys {
+    prefix: String,
+}
+
+/// What a key under the prefix names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Key {
+    Worker { pool: String, id: String },
+    Config,
+    PluginWasm { name: String, version: String },
+    PluginSha256 { name: String, version: String },
+}
+
+impl Keys {
+    pub fn new(prefix: &str) -> Keys {
+        Keys {
+            prefix: prefix.trim_end_matches('/').to_string(),
+        }
+    }
+
+    /// Every key of the fleet starts with this.
+    pub fn root(&self) -> String {
+        format!("{}/", self.prefix)
+    }
+
+    pub fn workers(&self) -> String {
+        format!("{}/workers/", self.prefix)
+    }
+
+    pub fn worker(&self, pool: &str, id: &str) -> String {
+        format!("{}/workers/{pool}/{id}", self.prefix)
+    }
+
+    pub fn config(&self) -> String {
+        format!("{}/config", self.prefix)
+    }
+
+    pub fn plugins(&self) -> String {
+        format!("{}/plugins/", self.prefix)
+    }
+
+    pub fn plugin_wasm(&self, name: &str, version: &str) -> String {
+        format!("{}/plugins/{name}/{version}/wasm", self.prefix)
+    }
+
+    pub fn plugin_sha256(&self, name: &str, version: &str) -> String {
+        format!("{}/plugins/{name}/{version}/sha256", self.prefix)
+    }
+
+    /// What `key` names; `None` for keys this layout does not use.
+    pub fn parse(&self, key: &str) -> Option<Key> {
+        let rest = key.strip_prefix(&self.root())?;
+        let parts: Vec<&str> = rest.split('/').collect();
+        let own = |s: &&str| !s.is_empty();
+        match parts.as_slice() {
+            ["config"] => Some(Key::Config),
+            ["workers", pool, id] if own(pool) && own(id) => Some(Key::Worker {
+                pool: pool.to_string(),
+                id: id.to_string(),
+            }),
+            ["plugins", name, version, file] if own(name) && own(version) => {
+                let (name, version) = (name.to_string(), version.to_string());
+                match *file {
+                    "wasm" => Some(Key::PluginWasm { name, version }),
+                    "sha256" => Some(Key::PluginSha256 { name, version }),
+                    _ => None,
+                }
+            }
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_round_trip() {
+        let keys = Keys::new("/fleet/");
+        assert_eq!(keys.worker("p", "w1"), "/fleet/workers/p/w1");
+        assert_eq!(
+            keys.parse(&keys.worker("p", "w1")),
+            Some(Key::Worker {
+                pool: "p".into(),
+                id: "w1".into()
+            })
+        );
+        assert_eq!(keys.parse(&keys.config()), Some(Key::Config));
+        assert_eq!(
+            keys.parse(&keys.plugin_sha256("canary", "0.2.0")),
+            Some(Key::PluginSha256 {
+                name: "canary".into(),
+                version: "0.2.0".into()
+            })
+        );
+        assert_eq!(keys.parse("/fleet/workers/p"), None);
+        assert_eq!(keys.parse("/fleetx/config"), None);
+        assert_eq!(keys.parse("/other/config"), None);
+    }
+}
