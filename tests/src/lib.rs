@@ -19,15 +19,16 @@ pub const MODEL: &str = "sim-llama";
 /// The pool test gateways put their workers in.
 pub const POOL: &str = "sim";
 
-/// A binary of this workspace, built next to the test executable.
+/// A binary of this workspace, built next to the running executable.
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    // target/<profile>/deps/<test> → target/<profile>/<name>
-    let path = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target dir")
-        .join(name);
+    // target/<profile>/deps/<test> (a test) or target/<profile>/<bin> (the
+    // bench) → target/<profile>/<name>
+    let mut dir = exe.parent().expect("target dir");
+    if dir.ends_with("deps") {
+        dir = dir.parent().expect("target dir");
+    }
+    let path = dir.join(name);
     assert!(
         path.exists(),
         "{} is not built: run `cargo build --workspace --bins` first (scripts/test.sh does)",
