@@ -16,4 +16,4 @@ cargo test -p workers --release --test model_smollm2
 # why they skip; the kernels still compile wherever the NVRTC library loads.
 cargo build -p workers --features cuda
 cargo test -p workers --features cuda --lib model::cuda
-cargo test -p workers --features cuda --test cuda_parity
+cargo test -p workers --features cuda --test cuda_parity -- --nocapture
