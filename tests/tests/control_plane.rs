@@ -328,6 +328,25 @@ async fn flip_and_canary_through_gatewayctl_under_load() {
     let (ok, _, err) = gatewayctl(&etcd.url, &["canary", POOL, "140"]).await;
     assert!(!ok && err.contains("between 0 and 100"), "{err}");
 
+    // A document is applied whole or not at all: one that changes the
+    // strategy but binds a version that is not there is refused entirely.
+    let partial = doc(
+        "strategy = \"round_robin\"",
+        "policy = { plugin = \"canary\", version = \"7.7.7\", config = { stable = \"v1\", canary = \"v2\", canary_percent = 0 } }",
+    );
+    etcdctl_put(&etcd, "/llmgw/config", partial.as_bytes()).await;
+    eventually(
+        Duration::from_secs(10),
+        "the partial document refused",
+        || async {
+            let reason = control(&gw).await["last_refusal"]["reason"].clone();
+            reason.as_str().is_some_and(|r| r.contains("7.7.7"))
+        },
+    )
+    .await;
+    assert_eq!(status(&gw).await["pools"][0]["strategy"], "kv");
+    assert_eq!(served_by(&gw.api, &chat("x", false, 2)).await, "green");
+
     // A broken version written with etcdctl (bypassing gatewayctl's checks)
     // is refused by the gateway; the canary keeps serving.
     etcdctl_put(&etcd, "/llmgw/plugins/canary/2.0.0/wasm", b"\0asm garbage").await;

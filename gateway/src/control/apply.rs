@@ -1,8 +1,9 @@
 //! Turns each etcd snapshot into the state in force. The routing document
 //! is checked whole before it replaces the file's sections; registrations
 //! for pools this config routes are merged with the static workers; each
-//! pool's bound plugin goes through [`PolicySlot::try_load`], the path the
-//! directory watcher takes (compile, `init`, sample decisions, swap).
+//! pool's bound plugin goes through the checks the directory watcher's
+//! [`PolicySlot::try_load`] runs (compile, `init`, sample decisions), all
+//! before any swap, so a new document applies whole or not at all.
 //! Whatever is refused leaves the last good state serving and says why in
 //! the log, the metrics and `/status`.
 
@@ -19,8 +20,8 @@ use crate::config::{check_worker_url, Config, RoutingDoc};
 use crate::live::{Live, Shared};
 use crate::metrics;
 use crate::plugin::{
-    is_transient, select_in_dir, sha256_hex, PluginEngine, PluginError, PolicyBinding,
-    RETRY_TRANSIENT,
+    is_transient, select_in_dir, sha256_hex, PluginEngine, PluginError, PolicyBinding, PolicySlot,
+    Prepared, RETRY_TRANSIENT,
 };
 use crate::pools::Registry;
 
@@ -54,6 +55,18 @@ struct Try {
     config: String,
 }
 
+/// The plugin loads one snapshot calls for, checked and not yet swapped in.
+#[derive(Default)]
+struct Plan {
+    ready: Vec<(Arc<PolicySlot>, Prepared)>,
+    /// Pools whose binding was removed.
+    clear: Vec<String>,
+    failures: Vec<String>,
+    /// Pools refused for a reason that may pass.
+    transient: Vec<String>,
+    tried: Vec<(String, Try)>,
+}
+
 impl Applier {
     pub fn new(base: Config, live: Shared, control: Arc<Control>) -> Applier {
         let config = live.load().config.clone();
@@ -73,41 +86,59 @@ impl Applier {
 
     /// Blocking (tokenizers and plugins may load): call it off the runtime.
     pub fn apply(&mut self, snapshot: &Snapshot) {
-        let config = self.next_config(snapshot);
-        let (workers, ignored) = registrations(&self.keys, snapshot, &config);
-        let mut rebuilt = None;
-        if !Arc::ptr_eq(&config, &self.config) || workers != self.workers {
-            let previous = self.live.load().registry.clone();
-            match Registry::build(&config, &workers, Some(&previous)) {
-                Ok(registry) => rebuilt = Some(Arc::new(registry)),
-                Err(e) => self.control.refuse(
-                    snapshot.revision,
-                    format!("cannot load a pool's tokenizer: {e}"),
-                ),
+        let (mut config, mut doc_revision) = self.next_config(snapshot);
+        let (registry, workers, ignored, plan) = loop {
+            let (workers, ignored) = registrations(&self.keys, snapshot, &config);
+            let rebuild = !Arc::ptr_eq(&config, &self.config) || workers != self.workers;
+            let registry = if rebuild {
+                let previous = self.live.load().registry.clone();
+                match Registry::build(&config, &workers, Some(&previous)) {
+                    Ok(registry) => Some(Arc::new(registry)),
+                    Err(e) if doc_revision.is_some() => {
+                        self.refuse_doc(snapshot, format!("cannot load a pool's tokenizer: {e}"));
+                        (config, doc_revision) = (self.config.clone(), None);
+                        continue;
+                    }
+                    Err(e) => {
+                        let reason = format!("cannot load a pool's tokenizer: {e}");
+                        self.control.refuse(snapshot.revision, reason);
+                        None
+                    }
+                }
+            } else {
+                None
+            };
+            let serving = registry
+                .clone()
+                .unwrap_or_else(|| self.live.load().registry.clone());
+            let plan = self.plan_plugins(snapshot, &config, &serving);
+            // A new document applies whole or not at all: each pool it binds
+            // a plugin for must load.
+            if doc_revision.is_some() && !plan.failures.is_empty() {
+                self.refuse_doc(snapshot, plan.failures.join("; "));
+                (config, doc_revision) = (self.config.clone(), None);
+                continue;
             }
+            break (registry, workers, ignored, plan);
+        };
+        self.commit_plugins(snapshot, plan);
+        if let Some(registry) = registry {
+            self.live.store(Arc::new(Live {
+                config: config.clone(),
+                registry,
+            }));
+            tracing::info!(
+                revision = snapshot.revision,
+                registered = workers.len(),
+                "control plane state applied"
+            );
+            metrics::control_change("applied");
+            self.control.update(|s| s.applied += 1);
+            self.config = config;
+            self.workers = workers;
         }
-        // Plugins load before the swap, so a new pool starts under its policy.
-        match rebuilt {
-            Some(registry) => {
-                self.load_plugins(snapshot, &config, &registry);
-                self.live.store(Arc::new(Live {
-                    config: config.clone(),
-                    registry,
-                }));
-                tracing::info!(
-                    revision = snapshot.revision,
-                    registered = workers.len(),
-                    "control plane state applied"
-                );
-                metrics::control_change("applied");
-                self.control.update(|s| s.applied += 1);
-                self.config = config;
-                self.workers = workers;
-            }
-            None => {
-                let (config, live) = (self.config.clone(), self.live.load_full());
-                self.load_plugins(snapshot, &config, &live.registry);
-            }
+        if let Some(revision) = doc_revision {
+            self.control.update(|s| s.config_revision = revision);
         }
         let (revision, registered) = (snapshot.revision, self.workers.len());
         self.control.update(|s| {
@@ -118,19 +149,28 @@ impl Applier {
         metrics::control_revision(revision);
     }
 
+    fn refuse_doc(&self, snapshot: &Snapshot, reason: String) {
+        let revision = snapshot
+            .kvs
+            .get(&self.keys.config())
+            .map_or(snapshot.revision, |(_, revision)| *revision);
+        self.control.refuse(revision, reason);
+    }
+
     /// The config to route on: the file's with the routing document's
-    /// sections once one validates; the one in force when it does not.
-    fn next_config(&mut self, snapshot: &Snapshot) -> Arc<Config> {
+    /// sections once one validates; the one in force when it does not. With
+    /// it, the config revision to report if it applies (`Some(None)`: the
+    /// document was deleted), or `None` when nothing new was read.
+    fn next_config(&mut self, snapshot: &Snapshot) -> (Arc<Config>, Option<Option<i64>>) {
         let doc = snapshot.kvs.get(&self.keys.config());
         let revision = doc.map(|(_, revision)| *revision);
         if revision == self.doc_revision {
-            return self.config.clone();
+            return (self.config.clone(), None);
         }
         self.doc_revision = revision;
         let Some((text, revision)) = doc else {
             tracing::info!("no routing config in etcd; this gateway's file applies");
-            self.control.update(|s| s.config_revision = None);
-            return Arc::new(self.base.clone());
+            return (Arc::new(self.base.clone()), Some(None));
         };
         let parsed = std::str::from_utf8(text)
             .map_err(|e| format!("not UTF-8: {e}"))
@@ -139,18 +179,19 @@ impl Applier {
         match parsed {
             Ok(config) => {
                 tracing::info!(revision, "routing config from etcd");
-                self.control.update(|s| s.config_revision = Some(*revision));
-                Arc::new(config)
+                (Arc::new(config), Some(Some(*revision)))
             }
             Err(reason) => {
                 self.control.refuse(*revision, reason);
-                self.config.clone()
+                (self.config.clone(), None)
             }
         }
     }
 
-    /// Loads each pool's bound plugin when its slot, version, bytes or config changed.
-    fn load_plugins(&mut self, snapshot: &Snapshot, config: &Config, registry: &Registry) {
+    /// Checks each pool's bound plugin whose slot, version, bytes or config
+    /// changed (compile, `init`, sample decisions), without swapping any.
+    fn plan_plugins(&mut self, snapshot: &Snapshot, config: &Config, registry: &Registry) -> Plan {
+        let mut plan = Plan::default();
         for pool in registry.pools() {
             // A pool rebuilt from scratch has a new, empty slot.
             let slot = Arc::as_ptr(&pool.policy) as usize;
@@ -160,8 +201,8 @@ impl Applier {
                 .find(|p| p.name == pool.name)
                 .and_then(|p| p.policy.as_ref());
             let Some(binding) = binding else {
-                if self.tried.remove(&pool.name).is_some() || pool.policy.current().is_some() {
-                    pool.policy.clear();
+                if self.tried.contains_key(&pool.name) || pool.policy.current().is_some() {
+                    plan.clear.push(pool.name.clone());
                 }
                 continue;
             };
@@ -178,9 +219,8 @@ impl Applier {
                     };
                     if self.tried.get(&pool.name) != Some(&tried) {
                         pool.policy.refuse(&binding.plugin, wanted, None, &error);
-                        self.control
-                            .refuse(snapshot.revision, format!("pool {}: {error}", pool.name));
-                        self.tried.insert(pool.name.clone(), tried);
+                        plan.failures.push(format!("pool {}: {error}", pool.name));
+                        plan.tried.push((pool.name.clone(), tried));
                     }
                     continue;
                 }
@@ -200,35 +240,55 @@ impl Applier {
             if self.tried.get(&pool.name) == Some(&tried) && !retry_due {
                 continue;
             }
-            self.tried.insert(pool.name.clone(), tried);
-            let engine = match self.engine() {
-                Ok(engine) => engine,
+            let prepared = self.engine().and_then(|engine| {
+                pool.policy.prepare(
+                    &engine,
+                    &binding.plugin,
+                    &artifact.version,
+                    &artifact.bytes,
+                    &init_config,
+                )
+            });
+            match prepared {
+                Ok(prepared) => plan.ready.push((pool.policy.clone(), prepared)),
                 Err(error) => {
-                    pool.policy
-                        .refuse(&binding.plugin, &artifact.version, None, &error);
-                    continue;
-                }
-            };
-            let loaded = pool.policy.try_load(
-                &engine,
-                &binding.plugin,
-                &artifact.version,
-                &artifact.bytes,
-                &init_config,
-            );
-            self.transient.remove(&pool.name);
-            if let Err(error) = loaded {
-                if is_transient(&error) {
-                    self.transient.insert(pool.name.clone(), Instant::now());
-                }
-                self.control.refuse(
-                    snapshot.revision,
-                    format!(
+                    if is_transient(&error) {
+                        plan.transient.push(pool.name.clone());
+                    }
+                    plan.failures.push(format!(
                         "pool {}: plugin {} {}: {error}",
                         pool.name, binding.plugin, artifact.version
-                    ),
-                );
+                    ));
+                }
             }
+            plan.tried.push((pool.name.clone(), tried));
+        }
+        plan
+    }
+
+    /// Swaps in what `plan` prepared, and remembers what it tried.
+    fn commit_plugins(&mut self, snapshot: &Snapshot, plan: Plan) {
+        if let Some(engine) = &self.engine {
+            for (slot, prepared) in plan.ready {
+                slot.commit(engine, prepared);
+            }
+        }
+        let live = self.live.load();
+        for pool in &plan.clear {
+            if let Some(p) = live.registry.pools().iter().find(|p| &p.name == pool) {
+                p.policy.clear();
+            }
+            self.tried.remove(pool);
+        }
+        for (pool, tried) in plan.tried {
+            self.transient.remove(&pool);
+            self.tried.insert(pool, tried);
+        }
+        for pool in plan.transient {
+            self.transient.insert(pool, Instant::now());
+        }
+        for failure in plan.failures {
+            self.control.refuse(snapshot.revision, failure);
         }
     }
 

@@ -39,7 +39,7 @@ pub use decision::Decision;
 pub use engine::{PluginEngine, Tier};
 pub use error::PluginError;
 pub use loaded::{LoadedPolicy, PolicyInfo};
-pub use slot::{PolicySlot, Refusal, SlotStatus};
+pub use slot::{PolicySlot, Prepared, Refusal, SlotStatus};
 pub use table::WorkerTable;
 pub use watch::{PluginWatcher, WatchHandle};
 

@@ -41,6 +41,13 @@ pub struct SlotStatus {
     pub refusals: u64,
 }
 
+/// A version that passed every check and waits to be swapped in.
+pub struct Prepared {
+    loaded: Arc<LoadedPolicy>,
+    /// Freshly compiled bytes, for the optimizing build once it serves.
+    bytes: Option<Vec<u8>>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Refusal {
     pub plugin: String,
@@ -95,6 +102,21 @@ impl PolicySlot {
         config: &str,
     ) -> Result<Arc<LoadedPolicy>, PluginError> {
         let _loading = self.loading.lock().unwrap_or_else(PoisonError::into_inner);
+        let prepared = self.prepare(engine, plugin, version, bytes, config)?;
+        Ok(self.swap_in(engine, prepared))
+    }
+
+    /// The checks of [`try_load`](Self::try_load) without the swap, so a
+    /// change touching several pools applies only if every one passes. A
+    /// refusal is recorded as with `try_load`.
+    pub fn prepare(
+        &self,
+        engine: &PluginEngine,
+        plugin: &str,
+        version: &str,
+        bytes: &[u8],
+        config: &str,
+    ) -> Result<Prepared, PluginError> {
         let sha256 = sha256_hex(bytes);
         let (loaded, compiled) = match self.current() {
             Some(current) if current.info().sha256 == sha256 => {
@@ -106,31 +128,47 @@ impl PolicySlot {
             ),
         };
         match loaded {
-            Ok(loaded) => {
-                let loaded = Arc::new(loaded);
-                self.current.store(Some(loaded.clone()));
-                if compiled {
-                    let code = loaded.code().clone();
-                    self.upgrader
-                        .request(Arc::downgrade(self), engine, bytes, code);
-                }
-                let mut status = self.lock_status();
-                status.policy = Some(loaded.info().clone());
-                status.loads += 1;
-                tracing::info!(
-                    pool = %self.pool,
-                    plugin,
-                    version,
-                    sha256 = %sha256,
-                    "policy loaded"
-                );
-                Ok(loaded)
-            }
+            Ok(loaded) => Ok(Prepared {
+                loaded: Arc::new(loaded),
+                bytes: compiled.then(|| bytes.to_vec()),
+            }),
             Err(error) => {
                 self.refuse(plugin, version, Some(sha256), &error);
                 Err(error)
             }
         }
+    }
+
+    /// Swaps in a version [`prepare`](Self::prepare)d for this slot.
+    pub fn commit(
+        self: &Arc<Self>,
+        engine: &PluginEngine,
+        prepared: Prepared,
+    ) -> Arc<LoadedPolicy> {
+        let _loading = self.loading.lock().unwrap_or_else(PoisonError::into_inner);
+        self.swap_in(engine, prepared)
+    }
+
+    fn swap_in(self: &Arc<Self>, engine: &PluginEngine, prepared: Prepared) -> Arc<LoadedPolicy> {
+        let loaded = prepared.loaded;
+        self.current.store(Some(loaded.clone()));
+        if let Some(bytes) = prepared.bytes {
+            let code = loaded.code().clone();
+            self.upgrader
+                .request(Arc::downgrade(self), engine, &bytes, code);
+        }
+        let mut status = self.lock_status();
+        status.policy = Some(loaded.info().clone());
+        status.loads += 1;
+        let info = loaded.info();
+        tracing::info!(
+            pool = %self.pool,
+            plugin = %info.plugin,
+            version = %info.version,
+            sha256 = %info.sha256,
+            "policy loaded"
+        );
+        loaded
     }
 
     /// Whether the version serving runs `code`.
