@@ -162,11 +162,6 @@ impl WorkerHandle {
         format!("http://{}", self.local_addr)
     }
 
-    /// True while registered in etcd; `None` when the worker does not register.
-    pub fn registered(&self) -> Option<tokio::sync::watch::Receiver<bool>> {
-        self.registered.as_ref().map(Registered::watch)
-    }
-
     /// Deregister (gateways stop sending new requests), then drain: `/health`
     /// turns 503 "draining", stop accepting, finish in-flight requests within
     /// `grace`, then stop.

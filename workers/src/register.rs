@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use etcd_client::{Client, ConnectOptions, LeaseKeepAliveStream, LeaseKeeper, PutOptions};
 use protocol::control::{Keys, Registration};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::config::EtcdConfig;
@@ -23,7 +23,6 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 pub struct Registered {
     stop: oneshot::Sender<()>,
     task: JoinHandle<()>,
-    registered: watch::Receiver<bool>,
 }
 
 impl Registered {
@@ -32,24 +31,16 @@ impl Registered {
         let key = Keys::new(&config.prefix).worker(&registration.pool, &registration.id);
         let value = serde_json::to_string(&registration).expect("a registration serializes");
         let (stop, stopped) = oneshot::channel();
-        let (registered_tx, registered) = watch::channel(false);
         let session = Session {
             endpoints: config.endpoints.clone(),
             ttl_s: config.lease_ttl_s,
             key,
             value,
-            registered: registered_tx,
         };
         Registered {
             stop,
             task: tokio::spawn(session.run(stopped)),
-            registered,
         }
-    }
-
-    /// True while the record is in etcd as far as this worker knows.
-    pub fn watch(&self) -> watch::Receiver<bool> {
-        self.registered.clone()
     }
 
     /// Deletes the record (revoking its lease) and stops keeping it alive.
@@ -66,7 +57,6 @@ struct Session {
     ttl_s: i64,
     key: String,
     value: String,
-    registered: watch::Sender<bool>,
 }
 
 /// How one lease ended.
@@ -99,7 +89,6 @@ impl Session {
                 }
                 Err(e) => Ended::Lost(e.to_string()),
             };
-            self.registered.send_replace(false);
             match ended {
                 Ended::Stopped => return,
                 Ended::Lost(reason) => {
@@ -127,7 +116,6 @@ impl Session {
             .await?;
         let (keeper, responses) = client.lease_keep_alive(id).await?;
         tracing::info!(key = %self.key, lease = id, ttl_s = self.ttl_s, "registered in etcd");
-        self.registered.send_replace(true);
         Ok(Lease {
             client,
             id,

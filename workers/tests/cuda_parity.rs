@@ -4,37 +4,15 @@
 //! why and passes without running.
 #![cfg(feature = "cuda")]
 
-// The shared generator; this file needs only the GGUF writer and tokenizer.
+// The shared generator; this file needs only the GGUF writer, the tokenizer and plan items.
 #[allow(dead_code)]
 mod model_support;
 
-use workers::kv_cache::{BlockId, SeqId};
+use model_support::plan_item;
+
 use workers::model::cuda::CudaCompute;
 use workers::model::{Forward, Weights};
-use workers::scheduler::{Compute, Phase, PlanItem, Sampling, StepPlan};
-
-fn item(
-    seq: u64,
-    phase: Phase,
-    tokens: &[u32],
-    start: usize,
-    blocks: &[u32],
-    temperature: f32,
-) -> PlanItem {
-    PlanItem {
-        seq: SeqId(seq),
-        phase,
-        start,
-        tokens: tokens[start..].to_vec(),
-        sample: true,
-        seed: 3,
-        sampling: Sampling {
-            temperature,
-            ..Sampling::default()
-        },
-        blocks: blocks.iter().map(|&b| BlockId(b)).collect(),
-    }
-}
+use workers::scheduler::{Compute, Phase, StepPlan};
 
 #[test]
 fn cuda_logits_match_the_cpu() {
@@ -54,12 +32,12 @@ fn cuda_logits_match_the_cpu() {
     // that reuses two of its blocks from the prefix cache.
     let steps = [
         StepPlan {
-            items: vec![item(1, Phase::Prefill, &a[..8], 0, &[5, 2], 0.0)],
+            items: vec![plan_item(1, Phase::Prefill, &a[..8], 0, &[5, 2], 0.0)],
         },
         StepPlan {
             items: vec![
-                item(1, Phase::Decode, a, 8, &[5, 2, 7], 0.0),
-                item(2, Phase::Prefill, &b, 8, &[5, 2, 3], 0.8),
+                plan_item(1, Phase::Decode, a, 8, &[5, 2, 7], 0.0),
+                plan_item(2, Phase::Prefill, &b, 8, &[5, 2, 3], 0.8),
             ],
         },
     ];

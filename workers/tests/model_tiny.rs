@@ -8,12 +8,11 @@ mod model_support;
 use std::path::Path;
 use std::process::Command;
 
-use model_support::HfDtype;
+use model_support::{plan_item, HfDtype};
 use protocol::openai::ChatMessage;
 use workers::engine::{BatchEngine, Engine, GenerateEvent, GenerateRequest};
-use workers::kv_cache::{BlockId, SeqId};
 use workers::model::{Forward, Weights};
-use workers::scheduler::{Phase, PlanItem, Sampling, StepPlan};
+use workers::scheduler::{Phase, Sampling, StepPlan};
 use workers::{EngineConfig, EngineKind};
 
 fn message(role: &str, content: &str) -> ChatMessage {
@@ -60,19 +59,6 @@ fn reference(path: &Path, tokens: &[u32]) -> Vec<Vec<f64>> {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
-fn item(seq: u64, phase: Phase, tokens: &[u32], start: usize, blocks: &[u32]) -> PlanItem {
-    PlanItem {
-        seq: SeqId(seq),
-        phase,
-        start,
-        tokens: tokens[start..].to_vec(),
-        sample: true,
-        seed: 0,
-        sampling: Sampling::default(),
-        blocks: blocks.iter().map(|&b| BlockId(b)).collect(),
-    }
-}
-
 fn max_diff(ours: &[f32], theirs: &[f64]) -> f64 {
     assert_eq!(ours.len(), theirs.len());
     ours.iter()
@@ -85,31 +71,12 @@ fn max_diff(ours: &[f32], theirs: &[f64]) -> f64 {
 fn logits_match_the_numpy_reference_through_paged_blocks() {
     let trained = model_support::train_tokenizer();
     let path = model_support::write_tiny_model(&trained, "tiny-logits");
-    let a: Vec<u32> = trained
-        .encode("Rain fell on the quiet town at noon.", true)
-        .unwrap()
-        .get_ids()
-        .to_vec();
-    assert!(a.len() >= 10, "{a:?}");
-    let a = &a[..10];
-    // B shares A's first two blocks (8 tokens at 4 per block), then goes its own way.
-    let mut b = a[..8].to_vec();
-    b.extend([40, 41, 42, 43, 44]);
-    let mut forward = Forward::new(Weights::load(&path).unwrap(), 8, 4);
-    // Step 1: A's first 9 tokens in blocks scattered over the store.
-    let a_blocks = [5, 2, 7];
-    let step1 = StepPlan {
-        items: vec![item(1, Phase::Prefill, &a[..9], 0, &a_blocks)],
-    };
-    // Step 2, batched: A decodes its 10th token; B prefills after reusing A's two blocks.
-    let step2 = StepPlan {
-        items: vec![
-            item(1, Phase::Decode, a, 9, &a_blocks),
-            item(2, Phase::Prefill, &b, 8, &[5, 2, 3, 6]),
-        ],
-    };
-    let ours = [forward.run(&step1), forward.run(&step2)].concat();
-    let ref_a = reference(&path, a);
+    // A's first 9 tokens prefilled in blocks scattered over the store; then,
+    // batched, A decodes its 10th token while B, sharing A's first two
+    // blocks (8 tokens at 4 per block), prefills the rest.
+    let (a, b) = prompts(&trained);
+    let ours = two_steps(&path, &a, &b);
+    let ref_a = reference(&path, &a);
     let ref_b = reference(&path, &b);
     let theirs = [&ref_a[8], &ref_a[9], &ref_b[12]];
     for (i, (ours, theirs)) in ours.iter().zip(theirs).enumerate() {
@@ -200,12 +167,12 @@ fn two_steps(model: &Path, a: &[u32], b: &[u32]) -> Vec<Vec<f32>> {
     let mut forward = Forward::new(Weights::load(model).unwrap(), 8, 4);
     let a_blocks = [5, 2, 7];
     let step1 = StepPlan {
-        items: vec![item(1, Phase::Prefill, &a[..9], 0, &a_blocks)],
+        items: vec![plan_item(1, Phase::Prefill, &a[..9], 0, &a_blocks, 1.0)],
     };
     let step2 = StepPlan {
         items: vec![
-            item(1, Phase::Decode, a, 9, &a_blocks),
-            item(2, Phase::Prefill, b, 8, &[5, 2, 3, 6]),
+            plan_item(1, Phase::Decode, a, 9, &a_blocks, 1.0),
+            plan_item(2, Phase::Prefill, b, 8, &[5, 2, 3, 6], 1.0),
         ],
     };
     [forward.run(&step1), forward.run(&step2)].concat()

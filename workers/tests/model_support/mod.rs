@@ -508,3 +508,30 @@ fn decoded(kind: Kind, values: &[f32]) -> Vec<f32> {
             .collect(),
     }
 }
+
+/// One sequence's part of a step: `tokens[start..]` over `blocks`, sampled
+/// with `temperature` (0 is greedy) and a fixed seed.
+pub fn plan_item(
+    seq: u64,
+    phase: workers::scheduler::Phase,
+    tokens: &[u32],
+    start: usize,
+    blocks: &[u32],
+    temperature: f32,
+) -> workers::scheduler::PlanItem {
+    use workers::kv_cache::{BlockId, SeqId};
+    use workers::scheduler::{PlanItem, Sampling};
+    PlanItem {
+        seq: SeqId(seq),
+        phase,
+        start,
+        tokens: tokens[start..].to_vec(),
+        sample: true,
+        seed: 3,
+        sampling: Sampling {
+            temperature,
+            ..Sampling::default()
+        },
+        blocks: blocks.iter().map(|&b| BlockId(b)).collect(),
+    }
+}
