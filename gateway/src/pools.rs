@@ -112,6 +112,8 @@ impl Registry {
                 let url = w.url.parse().expect("worker url validated");
                 (w.id.as_str(), url, w.zone.as_str(), &w.labels)
             });
+            // A registration never shadows a static worker of the same id
+            // (the control plane lists it among the ignored ones).
             let registered = discovered
                 .iter()
                 .filter(|r| r.pool == p.name && !p.workers.iter().any(|w| w.id == r.id))

@@ -4,7 +4,8 @@
 //! several fleets and `etcdctl get --prefix` shows a fleet whole:
 //!
 //! - `{prefix}/workers/{pool}/{id}`: a worker's [`Registration`] (JSON), on its lease;
-//! - `{prefix}/config`: the routing config (TOML: `routing`, `retry`, `pools`);
+//! - `{prefix}/config`: the routing config (TOML: `[routing]` and `[[pools]]`
+//!   only; retries, listeners and the rest stay in each gateway's own file);
 //! - `{prefix}/plugins/{name}/{version}/wasm`: a policy component's bytes;
 //! - `{prefix}/plugins/{name}/{version}/sha256`: their hex sha256, checked before loading.
 

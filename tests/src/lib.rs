@@ -351,45 +351,85 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// A real etcd on free loopback ports with a data directory of its own.
+/// A real etcd on free loopback ports with a data directory of its own;
+/// alone, or one member of a cluster.
 pub struct EtcdServer {
     child: Option<Child>,
     dir: PathBuf,
+    name: String,
     peer_port: u16,
+    /// `--initial-cluster`: every member's name and peer URL.
+    cluster: String,
     pub port: u16,
     pub url: String,
 }
 
 impl EtcdServer {
     pub async fn start() -> EtcdServer {
-        let port = free_port();
-        let mut server = EtcdServer {
-            child: None,
-            dir: temp_dir().join("etcd"),
-            peer_port: free_port(),
-            port,
-            url: format!("http://127.0.0.1:{port}"),
-        };
-        server.restart().await;
-        server
+        let mut server = EtcdServer::cluster(1).await;
+        server.pop().expect("one member")
+    }
+
+    /// A cluster of `members` etcd processes, each with its own client URL.
+    pub async fn cluster(members: usize) -> Vec<EtcdServer> {
+        let peer_ports: Vec<u16> = (0..members).map(|_| free_port()).collect();
+        let cluster = peer_ports
+            .iter()
+            .enumerate()
+            .map(|(i, port)| format!("e2e{i}=http://127.0.0.1:{port}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut servers: Vec<EtcdServer> = peer_ports
+            .into_iter()
+            .enumerate()
+            .map(|(i, peer_port)| {
+                let port = free_port();
+                EtcdServer {
+                    child: None,
+                    dir: temp_dir().join("etcd"),
+                    name: format!("e2e{i}"),
+                    peer_port,
+                    cluster: cluster.clone(),
+                    port,
+                    url: format!("http://127.0.0.1:{port}"),
+                }
+            })
+            .collect();
+        // All up before any is asked: a member is healthy only with a quorum.
+        for server in &mut servers {
+            server.spawn();
+        }
+        for server in &servers {
+            server.healthy().await;
+        }
+        servers
     }
 
     /// Starts it again on the same ports and data, as after an outage.
     pub async fn restart(&mut self) {
+        self.spawn();
+        self.healthy().await;
+    }
+
+    fn spawn(&mut self) {
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
         let mut cmd = Command::new("etcd");
-        cmd.arg("--name=e2e")
+        cmd.arg(format!("--name={}", self.name))
             .arg(format!("--data-dir={}", self.dir.display()))
             .arg(format!("--listen-client-urls={}", self.url))
             .arg(format!("--advertise-client-urls={}", self.url))
             .arg(format!("--listen-peer-urls={peer}"))
             .arg(format!("--initial-advertise-peer-urls={peer}"))
-            .arg(format!("--initial-cluster=e2e={peer}"))
+            .arg(format!("--initial-cluster={}", self.cluster))
             .kill_on_drop(true);
         if std::env::var_os("E2E_LOG").is_none() {
             cmd.stdout(Stdio::null()).stderr(Stdio::null());
         }
         self.child = Some(cmd.spawn().expect("etcd is installed (scripts/setup.sh)"));
+    }
+
+    /// Waits until it answers `/health` with a leader.
+    async fn healthy(&self) {
         let health = format!("{}/health", self.url);
         let client = client();
         eventually(Duration::from_secs(20), "etcd is healthy", || async {
@@ -405,6 +445,13 @@ impl EtcdServer {
         if let Some(mut child) = self.child.take() {
             child.kill().await.expect("stop etcd");
         }
+    }
+
+    /// Stops it and deletes its data: the next [`restart`](Self::restart)
+    /// is a new etcd, its revisions counting from 1 again.
+    pub async fn wipe(&mut self) {
+        self.stop().await;
+        std::fs::remove_dir_all(&self.dir).expect("delete etcd's data");
     }
 }
 

@@ -69,10 +69,24 @@ async fn etcdctl_put(etcd: &EtcdServer, key: &str, value: &[u8]) {
     let path = temp_dir().join("value");
     std::fs::write(&path, value).unwrap();
     // `put KEY` reads the value from stdin when none is given: bytes pass unchanged.
+    etcdctl_with(
+        etcd,
+        &["put", key],
+        std::fs::File::open(&path).unwrap().into(),
+    );
+}
+
+/// `etcdctl ARGS…` against `etcd`; its output.
+fn etcdctl(etcd: &EtcdServer, args: &[&str]) -> String {
+    etcdctl_with(etcd, args, std::process::Stdio::null())
+}
+
+fn etcdctl_with(etcd: &EtcdServer, args: &[&str], stdin: std::process::Stdio) -> String {
     let out = std::process::Command::new("etcdctl")
         .env("ETCDCTL_API", "3")
-        .args(["--endpoints", &etcd.url, "put", key])
-        .stdin(std::fs::File::open(&path).unwrap())
+        .args(["--endpoints", &etcd.url])
+        .args(args)
+        .stdin(stdin)
         .output()
         .expect("etcdctl is installed (scripts/setup.sh)");
     assert!(
@@ -80,6 +94,26 @@ async fn etcdctl_put(etcd: &EtcdServer, key: &str, value: &[u8]) {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The value under `key`, and the lease it is on (0: none); `None` when absent.
+fn etcd_get(etcd: &EtcdServer, key: &str) -> Option<(String, i64)> {
+    let value = etcdctl(etcd, &["get", key, "--print-value-only"]);
+    let listed: Value = serde_json::from_str(&etcdctl(etcd, &["get", key, "-w", "json"])).unwrap();
+    let kv = listed["kvs"].get(0)?;
+    // Fields at their zero value are left out of etcdctl's JSON.
+    let lease = kv.get("lease").map_or(0, |l| l.as_i64().unwrap());
+    Some((value.trim_end_matches('\n').to_string(), lease))
+}
+
+/// The revision `gatewayctl` says it wrote at.
+fn written_at(out: &str) -> i64 {
+    out.lines()
+        .find_map(|l| l.strip_prefix("written at revision "))
+        .unwrap_or_else(|| panic!("no revision in {out}"))
+        .parse()
+        .unwrap()
 }
 
 /// The component `scripts/build-plugins.sh` built for `name`.
@@ -149,6 +183,91 @@ async fn workers_register_and_vanish_with_their_lease() {
         || has_workers(&gw, &[]),
     )
     .await;
+}
+
+#[tokio::test]
+async fn a_worker_puts_back_its_deleted_registration_and_never_fights_another() {
+    let etcd = EtcdServer::start().await;
+    let gw = etcd_gateway(&etcd, "").await;
+    // A keep-alive, and with it a check of the key, every second.
+    let opts = WorkerOpts {
+        lease_ttl_s: 3,
+        ..WorkerOpts::default()
+    };
+    let _w1 = registered_worker("w1", &etcd, opts).await;
+    eventually(Duration::from_secs(10), "w1 discovered", || {
+        has_workers(&gw, &["w1"])
+    })
+    .await;
+    let key = format!("/llmgw/workers/{POOL}/w1");
+    let (registered, lease) = etcd_get(&etcd, &key).expect("w1 registered");
+    assert_ne!(lease, 0);
+
+    // Deleted behind its back, lease alive: put back within a few ticks.
+    let deleted = Instant::now();
+    etcdctl(&etcd, &["del", &key]);
+    eventually(
+        Duration::from_secs(5),
+        "the registration put back",
+        || async { etcd_get(&etcd, &key) == Some((registered.clone(), lease)) },
+    )
+    .await;
+    println!("delete to registered again: {:?}", deleted.elapsed());
+    eventually(Duration::from_secs(5), "w1 routed again", || {
+        has_workers(&gw, &["w1"])
+    })
+    .await;
+
+    // Another registration of the same id (here an operator's, on no
+    // lease) is left alone: putting ours back would fight it every tick.
+    let other = registered.replace("\"zone\":\"a\"", "\"zone\":\"b\"");
+    assert_ne!(other, registered);
+    etcdctl_put(&etcd, &key, other.as_bytes()).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(etcd_get(&etcd, &key), Some((other, 0)));
+    // Once the key is free again, it is this worker's again.
+    etcdctl(&etcd, &["del", &key]);
+    eventually(
+        Duration::from_secs(5),
+        "the registration taken back once free",
+        || async { etcd_get(&etcd, &key) == Some((registered.clone(), lease)) },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn registrations_that_cannot_route_are_listed_as_ignored() {
+    let etcd = EtcdServer::start().await;
+    let fixed = spawn_worker("w1", "a", WorkerOpts::default()).await;
+    let extra = format!("[etcd]\nendpoints = [\"{}\"]\n", etcd.url);
+    let gw = spawn_gateway("a", &[&fixed], &extra).await;
+    let _twin = registered_worker("w1", &etcd, WorkerOpts::default()).await;
+    let big = WorkerOpts {
+        block_size: 32,
+        ..WorkerOpts::default()
+    };
+    let _big = registered_worker("big", &etcd, big).await;
+    let _w2 = registered_worker("w2", &etcd, WorkerOpts::default()).await;
+    eventually(
+        Duration::from_secs(10),
+        "w2 routed, the other two ignored",
+        || async {
+            let ignored = control(&gw).await["ignored_registrations"].clone();
+            has_workers(&gw, &["w1", "w2"]).await && ignored.as_array().map(Vec::len) == Some(2)
+        },
+    )
+    .await;
+    let ignored = control(&gw).await["ignored_registrations"].to_string();
+    assert!(
+        ignored.contains("big: block size 32 differs from pool `sim`'s 16"),
+        "{ignored}"
+    );
+    assert!(
+        ignored.contains("w1: pool `sim` has a static worker `w1`"),
+        "{ignored}"
+    );
+    let w1 = e2e::worker_status(&gw, "w1").await;
+    assert_eq!(w1["url"].as_str().unwrap().trim_end_matches('/'), fixed.url);
 }
 
 #[tokio::test]
@@ -371,6 +490,158 @@ async fn flip_and_canary_through_gatewayctl_under_load() {
     assert!(failures.is_empty(), "failed requests: {failures:?}");
 }
 
+#[tokio::test]
+async fn a_document_waiting_for_its_plugin_applies_once_it_is_published() {
+    let etcd = EtcdServer::start().await;
+    let gw = etcd_gateway(&etcd, "").await;
+    let blue = WorkerOpts {
+        labels: vec![("colour", "blue")],
+        ..WorkerOpts::default()
+    };
+    let green = WorkerOpts {
+        labels: vec![("colour", "green")],
+        ..WorkerOpts::default()
+    };
+    let _wb = registered_worker("blue", &etcd, blue).await;
+    let _wg = registered_worker("green", &etcd, green).await;
+    eventually(Duration::from_secs(10), "workers discovered", || {
+        has_workers(&gw, &["blue", "green"])
+    })
+    .await;
+
+    // Written before its plugin, as an operator running etcdctl in the
+    // wrong order would: refused, and kept pending.
+    let waiting = doc(
+        "",
+        "policy = { plugin = \"blue-green\", version = \"1.0.0\", config = { active = \"green\" } }",
+    );
+    etcdctl_put(&etcd, "/llmgw/config", waiting.as_bytes()).await;
+    eventually(
+        Duration::from_secs(10),
+        "the document refused and pending",
+        || async { control(&gw).await["pending_config_revision"].is_i64() },
+    )
+    .await;
+    let c = control(&gw).await;
+    let revision = c["pending_config_revision"].as_i64().unwrap();
+    assert_eq!(
+        c["last_refusal"]["revision"].as_i64(),
+        Some(revision),
+        "{c}"
+    );
+    assert!(
+        c["last_refusal"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("blue-green 1.0.0"),
+        "{c}"
+    );
+    assert!(c["config_revision"].is_null(), "{c}");
+
+    // Publishing the plugin is enough: the document is not written again.
+    let file = plugin_file("blue-green");
+    ctl_ok(
+        &etcd,
+        &[
+            "plugin",
+            "put",
+            "blue-green",
+            "1.0.0",
+            file.to_str().unwrap(),
+        ],
+    )
+    .await;
+    eventually(
+        Duration::from_secs(10),
+        "the pending document applied",
+        || async { control(&gw).await["config_revision"].as_i64() == Some(revision) },
+    )
+    .await;
+    let c = control(&gw).await;
+    assert!(c["pending_config_revision"].is_null(), "{c}");
+    assert_eq!(c["refused"], 1, "retries are not counted again: {c}");
+    assert_eq!(served_by(&gw.api, &chat("x", false, 2)).await, "green");
+
+    // A document that does not validate is not pending: a plugin change
+    // does not try it again.
+    etcdctl_put(&etcd, "/llmgw/config", b"[routing]\nstrategy = 7\n").await;
+    eventually(
+        Duration::from_secs(10),
+        "the bad document refused",
+        || async { control(&gw).await["refused"] == 2 },
+    )
+    .await;
+    let put = ctl_ok(
+        &etcd,
+        &[
+            "plugin",
+            "put",
+            "blue-green",
+            "1.0.1",
+            file.to_str().unwrap(),
+        ],
+    )
+    .await;
+    let published = written_at(&put);
+    eventually(
+        Duration::from_secs(10),
+        "the plugin change seen",
+        || async { control(&gw).await["revision"].as_i64() >= Some(published) },
+    )
+    .await;
+    let c = control(&gw).await;
+    assert_eq!(c["refused"], 2, "{c}");
+    assert!(c["pending_config_revision"].is_null(), "{c}");
+    assert_eq!(c["config_revision"].as_i64(), Some(revision), "{c}");
+}
+
+#[tokio::test]
+async fn publishing_one_version_twice_at_once_lets_one_win() {
+    let etcd = EtcdServer::start().await;
+    let (a, b) = (plugin_file("blue-green"), plugin_file("canary"));
+    let put = |file: &PathBuf| {
+        let args = ["plugin", "put", "shared", "1.0.0", file.to_str().unwrap()].map(String::from);
+        let url = etcd.url.clone();
+        async move {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            gatewayctl(&url, &args).await
+        }
+    };
+    let (put_a, put_b) = tokio::join!(put(&a), put(&b));
+    assert!(
+        put_a.0 != put_b.0,
+        "exactly one publisher wins:\n{put_a:?}\n{put_b:?}"
+    );
+    let (winner, loser, lost) = if put_a.0 {
+        (&a, &b, put_b)
+    } else {
+        (&b, &a, put_a)
+    };
+    assert!(
+        lost.2.contains("already published") || lost.2.contains("published while"),
+        "{lost:?}"
+    );
+    let published = |etcd: &EtcdServer| etcd_get(etcd, "/llmgw/plugins/shared/1.0.0/sha256");
+    let sha = |file: &PathBuf| gateway_sha(&std::fs::read(file).unwrap());
+    assert_eq!(published(&etcd), Some((sha(winner), 0)));
+
+    // --force replaces what it read.
+    let forced = ctl_ok(
+        &etcd,
+        &[
+            "plugin",
+            "put",
+            "shared",
+            "1.0.0",
+            loser.to_str().unwrap(),
+            "--force",
+        ],
+    )
+    .await;
+    assert!(forced.contains("+ plugin shared 1.0.0"), "{forced}");
+    assert_eq!(published(&etcd), Some((sha(loser), 0)));
+}
+
 /// The sha256 `gatewayctl` would publish, computed by `sha256sum`.
 fn gateway_sha(bytes: &[u8]) -> String {
     let path = temp_dir().join("bytes");
@@ -416,6 +687,83 @@ async fn two_gateways_converge() {
         })
         .await;
     }
+}
+
+#[tokio::test]
+async fn a_gateway_on_a_member_without_a_leader_says_so() {
+    let mut cluster = EtcdServer::cluster(3).await;
+    let gw = etcd_gateway(&cluster[0], "").await;
+    eventually(Duration::from_secs(10), "etcd followed", || async {
+        control(&gw).await["etcd"] == "connected"
+    })
+    .await;
+    // A quiet connection stays up: keep-alive pings more often than etcd
+    // allows (5 s) would have it closed every few seconds.
+    let quiet = Instant::now();
+    while quiet.elapsed() < Duration::from_secs(12) {
+        assert_eq!(control(&gw).await["etcd"], "connected");
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    // The member it talks to stays up, cut off from a quorum: it must not
+    // look in sync.
+    cluster[1].stop().await;
+    cluster[2].stop().await;
+    eventually(
+        Duration::from_secs(30),
+        "the member without a leader seen",
+        || async { control(&gw).await["etcd"] == "disconnected" },
+    )
+    .await;
+    cluster[1].restart().await;
+    eventually(Duration::from_secs(20), "etcd followed again", || async {
+        control(&gw).await["etcd"] == "connected"
+    })
+    .await;
+    put_config(&cluster[0], &doc("strategy = \"round_robin\"", "")).await;
+    eventually(
+        Duration::from_secs(10),
+        "a change after the quorum is back applies",
+        || async { status(&gw).await["pools"][0]["strategy"] == "round_robin" },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_gateway_follows_an_etcd_wiped_behind_its_back() {
+    let mut etcd = EtcdServer::start().await;
+    let gw = etcd_gateway(&etcd, "").await;
+    let mut last = 0;
+    for strategy in ["round_robin", "least_load", "round_robin"] {
+        last =
+            written_at(&put_config(&etcd, &doc(&format!("strategy = \"{strategy}\""), "")).await);
+    }
+    eventually(
+        Duration::from_secs(10),
+        "the last document applied",
+        || async { control(&gw).await["config_revision"].as_i64() == Some(last) },
+    )
+    .await;
+
+    etcd.wipe().await;
+    eventually(Duration::from_secs(10), "etcd seen down", || async {
+        control(&gw).await["etcd"] == "disconnected"
+    })
+    .await;
+    etcd.restart().await;
+    // Its revisions start again below the one the gateway followed: a
+    // watch resumed there would wait for ever.
+    let written = written_at(&put_config(&etcd, &doc("strategy = \"least_load\"", "")).await);
+    assert!(written < last, "{written} < {last}");
+    eventually(
+        Duration::from_secs(10),
+        "the new etcd's document applied",
+        || async {
+            let c = control(&gw).await;
+            c["etcd"] == "connected" && c["config_revision"].as_i64() == Some(written)
+        },
+    )
+    .await;
+    assert_eq!(status(&gw).await["pools"][0]["strategy"], "least_load");
 }
 
 #[tokio::test]

@@ -1,7 +1,8 @@
 //! `gatewayctl`: the operator's CLI for the etcd control plane. Every write
 //! is checked first as a gateway would check it (the routing document whole;
 //! bound plugins compiled, initialised with their config and sampled), is
-//! refused when another writer got there first, and prints what changed.
+//! written in a transaction that compares what was read, so it is refused
+//! when another writer got there first, and prints what changed.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -306,26 +307,45 @@ async fn put_plugin(
         .await?
         .with_context(|| format!("{} is not a policy component", file.display()))?;
     let sha = sha256_hex(&bytes);
-    let existing = client.get(keys.plugin_sha256(name, version), None).await?;
-    if let Some(kv) = existing.kvs().first() {
-        let published = String::from_utf8_lossy(kv.value()).trim().to_string();
-        if published == sha {
-            println!("unchanged: {name} {version} (sha256 {sha})");
-            return Ok(());
-        }
-        if !force {
-            bail!(
-                "{name} {version} is already published with sha256 {published}; \
-                 versions are immutable: publish a new version (or pass --force)"
-            );
-        }
+    let (wasm_key, sha_key) = (
+        keys.plugin_wasm(name, version),
+        keys.plugin_sha256(name, version),
+    );
+    let existing = get_prefix(client, &format!("{}{name}/{version}/", keys.plugins())).await?;
+    let revision_of = |key: &str| existing.get(key).map_or(0, |(_, revision)| *revision);
+    let published = existing
+        .get(&sha_key)
+        .map(|(value, _)| String::from_utf8_lossy(value).trim().to_string());
+    if published.as_deref() == Some(sha.as_str()) && existing.contains_key(&wasm_key) {
+        println!("unchanged: {name} {version} (sha256 {sha})");
+        return Ok(());
+    }
+    if !existing.is_empty() && !force {
+        let what = published.map_or_else(
+            || "partly published (no sha256 next to its bytes)".to_string(),
+            |sha| format!("already published with sha256 {sha}"),
+        );
+        bail!(
+            "{name} {version} is {what}; versions are immutable: \
+             publish a new version (or pass --force)"
+        );
     }
     let size = bytes.len();
-    let txn = Txn::new().and_then([
-        TxnOp::put(keys.plugin_wasm(name, version), bytes, None),
-        TxnOp::put(keys.plugin_sha256(name, version), sha.clone(), None),
-    ]);
+    // Compared on what was read (revision 0: absent), so two publishers of
+    // one version cannot both win, and --force replaces only what it saw.
+    let txn = Txn::new()
+        .when([
+            Compare::mod_revision(wasm_key.as_str(), CompareOp::Equal, revision_of(&wasm_key)),
+            Compare::mod_revision(sha_key.as_str(), CompareOp::Equal, revision_of(&sha_key)),
+        ])
+        .and_then([
+            TxnOp::put(wasm_key.as_str(), bytes, None),
+            TxnOp::put(sha_key.as_str(), sha.clone(), None),
+        ]);
     let done = client.txn(txn).await?;
+    if !done.succeeded() {
+        bail!("{name} {version} was published while this command ran; nothing written, try again");
+    }
     let revision = done.header().map_or(0, |h| h.revision());
     println!("+ plugin {name} {version}: {size} bytes, sha256 {sha}");
     println!("written at revision {revision}");

@@ -5,7 +5,10 @@
 //! [`PolicySlot::try_load`] runs (compile, `init`, sample decisions), all
 //! before any swap, so a new document applies whole or not at all.
 //! Whatever is refused leaves the last good state serving and says why in
-//! the log, the metrics and `/status`.
+//! the log, the metrics and `/status`. A document refused for a reason that
+//! may pass (a plugin not published yet, a load that timed out) stays
+//! pending and is tried again; one that does not validate waits for a new
+//! document.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -33,8 +36,12 @@ pub struct Applier {
     control: Arc<Control>,
     /// Made at the first plugin to load: its allocator reserves address space.
     engine: Option<PluginEngine>,
-    /// The revision of the routing document last tried, applied or refused.
+    /// The revision of the routing document last read: applied, refused,
+    /// or pending.
     doc_revision: Option<i64>,
+    /// Set while the document at `doc_revision` is refused for a reason
+    /// that may pass.
+    pending: Option<Pending>,
     /// In force.
     config: Arc<Config>,
     workers: Vec<Registration>,
@@ -42,6 +49,48 @@ pub struct Applier {
     tried: HashMap<String, Try>,
     /// Per pool, when the last try was refused for a reason that may pass.
     transient: HashMap<String, Instant>,
+}
+
+/// A routing document refused for a reason that may pass. Without this,
+/// gateways that refused it (busy, or before its plugin was published)
+/// would keep the old document while later ones run the new.
+struct Pending {
+    /// What was under `plugins/` at the last try; any change there is a
+    /// reason to try again.
+    plugins: PluginKeys,
+    at: Instant,
+    /// Also tried on the retry tick: the reason may pass with nothing
+    /// changing in etcd (a starved machine, the plugin directory on disk).
+    on_tick: bool,
+    reason: String,
+}
+
+impl Pending {
+    fn due(&self, plugins: PluginKeys) -> bool {
+        plugins != self.plugins || (self.on_tick && self.at.elapsed() >= RETRY_TRANSIENT)
+    }
+}
+
+/// A summary of the keys under `plugins/` that changes with any put or
+/// delete there: how many there are and the newest `mod_revision`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct PluginKeys {
+    count: usize,
+    newest: i64,
+}
+
+impl PluginKeys {
+    fn of(keys: &Keys, snapshot: &Snapshot) -> PluginKeys {
+        let prefix = keys.plugins();
+        let (count, newest) = snapshot
+            .kvs
+            .range(prefix.clone()..)
+            .take_while(|(key, _)| key.starts_with(&prefix))
+            .fold((0, 0), |(count, newest), (_, (_, revision))| {
+                (count + 1, newest.max(*revision))
+            });
+        PluginKeys { count, newest }
+    }
 }
 
 /// A plugin load tried for a pool; the same again is not tried twice. A
@@ -77,6 +126,7 @@ impl Applier {
             control,
             engine: None,
             doc_revision: None,
+            pending: None,
             config,
             workers: Vec::new(),
             tried: HashMap::new(),
@@ -95,7 +145,9 @@ impl Applier {
                 match Registry::build(&config, &workers, Some(&previous)) {
                     Ok(registry) => Some(Arc::new(registry)),
                     Err(e) if doc_revision.is_some() => {
-                        self.refuse_doc(snapshot, format!("cannot load a pool's tokenizer: {e}"));
+                        // A tokenizer file or download may come later.
+                        let reason = format!("cannot load a pool's tokenizer: {e}");
+                        self.hold_doc(snapshot, reason, true);
                         (config, doc_revision) = (self.config.clone(), None);
                         continue;
                     }
@@ -115,7 +167,8 @@ impl Applier {
             // A new document applies whole or not at all: each pool it binds
             // a plugin for must load.
             if doc_revision.is_some() && !plan.failures.is_empty() {
-                self.refuse_doc(snapshot, plan.failures.join("; "));
+                let on_tick = !plan.transient.is_empty() || self.base.plugins.dir.is_some();
+                self.hold_doc(snapshot, plan.failures.join("; "), on_tick);
                 (config, doc_revision) = (self.config.clone(), None);
                 continue;
             }
@@ -138,10 +191,13 @@ impl Applier {
             self.workers = workers;
         }
         if let Some(revision) = doc_revision {
+            self.pending = None;
             self.control.update(|s| s.config_revision = revision);
         }
+        let pending = self.pending.as_ref().and(self.doc_revision);
         let (revision, registered) = (snapshot.revision, self.workers.len());
         self.control.update(|s| {
+            s.pending_config_revision = pending;
             s.revision = revision;
             s.registered_workers = registered;
             s.ignored_registrations = ignored;
@@ -149,23 +205,42 @@ impl Applier {
         metrics::control_revision(revision);
     }
 
-    fn refuse_doc(&self, snapshot: &Snapshot, reason: String) {
+    /// Refuses the routing document for a reason that may pass, and keeps
+    /// it pending. A retry refused for the same reason is not counted again.
+    fn hold_doc(&mut self, snapshot: &Snapshot, reason: String, on_tick: bool) {
         let revision = snapshot
             .kvs
             .get(&self.keys.config())
             .map_or(snapshot.revision, |(_, revision)| *revision);
-        self.control.refuse(revision, reason);
+        if self.pending.as_ref().is_some_and(|p| p.reason == reason) {
+            tracing::debug!(revision, %reason, "routing config still refused");
+        } else {
+            self.control.refuse(revision, reason.clone());
+        }
+        self.pending = Some(Pending {
+            plugins: PluginKeys::of(&self.keys, snapshot),
+            at: Instant::now(),
+            on_tick,
+            reason,
+        });
     }
 
     /// The config to route on: the file's with the routing document's
     /// sections once one validates; the one in force when it does not. With
     /// it, the config revision to report if it applies (`Some(None)`: the
-    /// document was deleted), or `None` when nothing new was read.
+    /// document was deleted), or `None` when nothing new was read. A
+    /// pending document is read again when its retry is due.
     fn next_config(&mut self, snapshot: &Snapshot) -> (Arc<Config>, Option<Option<i64>>) {
         let doc = snapshot.kvs.get(&self.keys.config());
         let revision = doc.map(|(_, revision)| *revision);
         if revision == self.doc_revision {
-            return (self.config.clone(), None);
+            let plugins = PluginKeys::of(&self.keys, snapshot);
+            if !self.pending.as_ref().is_some_and(|p| p.due(plugins)) {
+                return (self.config.clone(), None);
+            }
+            tracing::info!(revision, "trying the pending routing config again");
+        } else {
+            self.pending = None;
         }
         self.doc_revision = revision;
         let Some((text, revision)) = doc else {
@@ -357,6 +432,15 @@ fn registrations(
                     "pool `{pool}` does not serve model `{}`",
                     registration.model
                 )),
+                // The pool's prefix index hashes prompts in its own block
+                // size: another one would never match the worker's cache.
+                Some(p) if p.block_size != registration.block_size => Some(format!(
+                    "block size {} differs from pool `{pool}`'s {}",
+                    registration.block_size, p.block_size
+                )),
+                Some(p) if p.workers.iter().any(|w| w.id == id) => {
+                    Some(format!("pool `{pool}` has a static worker `{id}`"))
+                }
                 Some(_) => None,
             }
         };
@@ -366,4 +450,106 @@ fn registrations(
         }
     }
     (routed, ignored)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use bytes::Bytes;
+
+    use super::*;
+
+    fn snapshot(keys: &Keys, registrations: &[Registration]) -> Snapshot {
+        let kvs = registrations
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let value = Bytes::from(serde_json::to_vec(r).unwrap());
+                (keys.worker(&r.pool, &r.id), (value, i as i64 + 1))
+            })
+            .collect();
+        Snapshot { revision: 9, kvs }
+    }
+
+    fn registration(id: &str, block_size: usize) -> Registration {
+        Registration {
+            id: id.to_string(),
+            pool: "p".to_string(),
+            url: "http://h:2".to_string(),
+            zone: "a".to_string(),
+            labels: BTreeMap::new(),
+            model: "m".to_string(),
+            block_size,
+            engine: "sim/sim".to_string(),
+            started_at_ms: 0,
+        }
+    }
+
+    #[test]
+    fn registrations_that_cannot_route_are_listed_with_why() {
+        let config = Config::from_toml(
+            "[[pools]]\nname = \"p\"\nmodels = [\"m\"]\nblock_size = 16\n[[pools.workers]]\nid = \"s\"\nurl = \"http://h:1\"\n",
+        )
+        .unwrap();
+        let keys = Keys::new("/t");
+        let snapshot = snapshot(
+            &keys,
+            &[
+                registration("ok", 16),
+                registration("big", 32),
+                registration("s", 16),
+            ],
+        );
+        let (routed, ignored) = registrations(&keys, &snapshot, &config);
+        let ids: Vec<_> = routed.iter().map(|r| r.id.as_str()).collect();
+        assert_eq!(ids, ["ok"]);
+        assert_eq!(
+            ignored,
+            [
+                "/t/workers/p/big: block size 32 differs from pool `p`'s 16",
+                "/t/workers/p/s: pool `p` has a static worker `s`",
+            ]
+        );
+    }
+
+    #[test]
+    fn any_change_under_plugins_makes_a_pending_document_due() {
+        let keys = Keys::new("/t");
+        let mut snapshot = snapshot(&keys, &[registration("w", 16)]);
+        let (wasm, sha) = (
+            keys.plugin_wasm("x", "1.0.0"),
+            keys.plugin_sha256("x", "1.0.0"),
+        );
+        snapshot.kvs.insert(wasm.clone(), (Bytes::new(), 10));
+        let before = PluginKeys::of(&keys, &snapshot);
+        let pending = Pending {
+            plugins: before,
+            at: Instant::now(),
+            on_tick: true,
+            reason: "missing".to_string(),
+        };
+        assert!(
+            !pending.due(before),
+            "nothing changed, and the tick is not due"
+        );
+        snapshot
+            .kvs
+            .insert(keys.worker("p", "w2"), (Bytes::new(), 11));
+        assert!(
+            !pending.due(PluginKeys::of(&keys, &snapshot)),
+            "a worker's key is not a plugin's"
+        );
+        snapshot.kvs.insert(sha, (Bytes::new(), 12));
+        assert!(pending.due(PluginKeys::of(&keys, &snapshot)), "a put");
+        snapshot.kvs.remove(&wasm);
+        assert!(
+            pending.due(PluginKeys::of(&keys, &snapshot)),
+            "a put then a delete"
+        );
+        snapshot.kvs.insert(wasm, (Bytes::new(), 10));
+        let mut earlier = snapshot.clone();
+        earlier.kvs.retain(|key, _| !key.ends_with("sha256"));
+        assert_eq!(PluginKeys::of(&keys, &earlier), before);
+    }
 }

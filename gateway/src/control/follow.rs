@@ -1,7 +1,8 @@
 //! Follows every key under the fleet's prefix: one get at a revision, then a
 //! watch from the next revision, so no update is missed or seen twice. After
 //! an error it reconnects with backoff and resumes the watch where it
-//! stopped; a revision compacted meanwhile means a fresh get.
+//! stopped; a revision compacted meanwhile, or an etcd whose revision went
+//! back (wiped, or restored from an older snapshot), means a fresh get.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -24,6 +25,8 @@ pub struct Snapshot {
 }
 
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// Between two pings on a quiet connection.
+const KEEP_ALIVE: Duration = Duration::from_secs(10);
 
 /// Publishes a new [`Snapshot`] on `out` after each change, forever.
 pub async fn run(
@@ -62,10 +65,36 @@ async fn follow(
 ) -> Result<(), etcd_client::Error> {
     let options = ConnectOptions::new()
         .with_connect_timeout(Duration::from_secs(2))
-        // Notices a dead etcd behind a silent connection.
-        .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2))
-        .with_keep_alive_while_idle(true);
+        // Notices a dead etcd behind a silent connection. No more often:
+        // etcd answers pings closer than `--grpc-keepalive-min-time`
+        // (default 5 s) by closing the connection, which would drop the
+        // watch every few seconds.
+        .with_keep_alive(KEEP_ALIVE, Duration::from_secs(5))
+        .with_keep_alive_while_idle(true)
+        // A member cut off from its cluster fails the watch instead of
+        // keeping it open with nothing coming: this gateway then shows
+        // `disconnected` and retries, rather than looking in sync.
+        .with_require_leader(true);
     let mut client = Client::connect(endpoints, Some(options)).await?;
+    if let Some(saved) = state.as_ref() {
+        // A watch from a revision etcd has not reached yet waits for it
+        // without a word: check that etcd is not behind what we saw.
+        let now = client
+            .get(
+                root,
+                Some(GetOptions::new().with_prefix().with_count_only()),
+            )
+            .await?;
+        let current = now.header().map_or(0, |h| h.revision());
+        if current < saved.revision {
+            tracing::warn!(
+                saved = saved.revision,
+                current,
+                "etcd is behind the revision followed (wiped or restored); reading everything again"
+            );
+            *state = None;
+        }
+    }
     if state.is_none() {
         let got = client
             .get(root, Some(GetOptions::new().with_prefix()))

@@ -43,8 +43,9 @@ pub async fn start(base: Config, live: Shared) -> (Arc<Control>, Vec<JoinHandle<
     let (applied, mut first) = watch::channel(false);
     let mut applier = Some(apply::Applier::new(base, live, control.clone()));
     let applying = tokio::spawn(async move {
-        // Also now and then without a change, so plugin loads refused for a
-        // reason that may pass (a starved machine) are tried again.
+        // Also now and then without a change, so plugin loads and routing
+        // documents refused for a reason that may pass (a starved machine)
+        // are tried again.
         let mut retry = tokio::time::interval(RETRY_TRANSIENT);
         let mut applied_once = false;
         loop {

@@ -15,9 +15,14 @@ pub struct ControlStatus {
     pub revision: i64,
     /// The revision of the routing document in force; `None`: this gateway's file.
     pub config_revision: Option<i64>,
+    /// The revision of a routing document refused for a reason that may
+    /// pass (a bound plugin not published yet, a load that timed out): it
+    /// is tried again when a plugin key changes, and now and then.
+    pub pending_config_revision: Option<i64>,
     /// Workers registered in etcd and routed to.
     pub registered_workers: usize,
-    /// Registrations ignored, and why (no such pool, a model it does not serve, bad JSON).
+    /// Registrations ignored, and why (no such pool, a model it does not
+    /// serve, another block size, a static worker's id, bad JSON).
     pub ignored_registrations: Vec<String>,
     /// Changes applied and refused since start.
     pub applied: u64,
