@@ -14,7 +14,6 @@ mod gguf;
 mod hf;
 mod matmul;
 mod matrix;
-mod q16;
 mod quant;
 mod sample;
 mod vocab;
