@@ -83,9 +83,15 @@ pub fn models(app: &App) -> Response<Body> {
 
 pub fn health(app: &App) -> Response<Body> {
     let draining = app.draining.load(Ordering::SeqCst);
+    let serving = app.engine.serving();
     let info = app.engine.info();
     let report = HealthReport {
-        status: if draining { "draining" } else { "ok" }.to_string(),
+        status: match (serving, draining) {
+            (false, _) => "failed",
+            (true, true) => "draining",
+            (true, false) => "ok",
+        }
+        .to_string(),
         worker_id: app.config.id.clone(),
         model: app.config.model.clone(),
         engine: info.name,
@@ -93,7 +99,7 @@ pub fn health(app: &App) -> Response<Body> {
         block_size: info.block_size,
         load: app.engine.load(),
     };
-    let status = if draining {
+    let status = if draining || !serving {
         StatusCode::SERVICE_UNAVAILABLE
     } else {
         StatusCode::OK

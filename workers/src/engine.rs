@@ -63,6 +63,10 @@ pub trait Engine: Send + Sync + 'static {
     fn submit(&self, request: GenerateRequest) -> UnboundedReceiver<GenerateEvent>;
     fn load(&self) -> LoadReport;
     fn info(&self) -> EngineInfo;
+    /// False once the engine can serve no more (its thread died, e.g. a
+    /// compute backend's error): `/health` then says so, and gateways eject
+    /// the worker instead of sending it requests that end unanswered.
+    fn serving(&self) -> bool;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -185,6 +189,10 @@ impl Engine for BatchEngine {
 
     fn info(&self) -> EngineInfo {
         self.info.clone()
+    }
+
+    fn serving(&self) -> bool {
+        self.thread.as_ref().is_some_and(|t| !t.is_finished())
     }
 }
 
@@ -425,5 +433,53 @@ mod tests {
             tokio::time::sleep(std::time::Duration::from_millis(1)).await;
         }
         panic!("sequence not freed: {:?}", engine.load());
+    }
+
+    /// A compute backend that fails on its first step, as a GPU error would.
+    struct Broken;
+
+    impl Compute for Broken {
+        fn step(&mut self, _: &crate::scheduler::StepPlan) -> Vec<u32> {
+            panic!("device lost")
+        }
+    }
+
+    #[tokio::test]
+    async fn an_engine_whose_compute_fails_stops_serving() {
+        let config = EngineConfig::default();
+        let scheduler = Scheduler::new(
+            SchedulerConfig {
+                max_running: 1,
+                max_prefill_tokens_per_step: 64,
+                max_model_len: 64,
+                eos_token: None,
+            },
+            KvCache::new(16, 4),
+        );
+        let info = EngineInfo {
+            name: "broken".to_string(),
+            backend: "cpu".to_string(),
+            block_size: config.block_size,
+        };
+        let engine = BatchEngine::spawn(info, scheduler, Box::new(Broken)).unwrap();
+        assert!(engine.serving());
+        let request = GenerateRequest {
+            prompt: vec![1, 2, 3],
+            max_tokens: 2,
+            seed: None,
+            sampling: Sampling::default(),
+        };
+        let events = collect(engine.submit(request)).await;
+        assert!(!events
+            .iter()
+            .any(|e| matches!(e, GenerateEvent::Finished { .. })));
+        // Bounded only so a regression fails instead of hanging.
+        for _ in 0..2000 {
+            if !engine.serving() {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        panic!("a dead engine still says it serves");
     }
 }
