@@ -17,7 +17,14 @@ use workers::scheduler::{Compute, Phase, StepPlan};
 #[test]
 fn cuda_logits_match_the_cpu() {
     if let Err(why) = workers::model::cuda::available() {
-        eprintln!("skipping: no CUDA device ({why})");
+        // The whole chain: the driver's own error says why it cannot start.
+        let mut why: &dyn std::error::Error = &why;
+        let mut reason = why.to_string();
+        while let Some(source) = why.source() {
+            reason = format!("{reason}: {source}");
+            why = source;
+        }
+        eprintln!("skipping: CUDA unavailable ({reason})");
         return;
     }
     let trained = model_support::train_tokenizer();
