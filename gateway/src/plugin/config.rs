@@ -13,8 +13,10 @@ pub struct PluginsConfig {
     /// inline config. Default: none, so only the etcd source can load plugins.
     #[serde(default)]
     pub dir: Option<PathBuf>,
-    /// How often `dir` is checked for new versions and configs. A change is
-    /// served after at most this long plus compile time. Default 50.
+    /// How often `dir` is checked for new versions and configs even when
+    /// nothing was reported: a change the OS reports (inotify) is checked at
+    /// once; one it does not (some network mounts), after at most this long.
+    /// Default 50.
     #[serde(default = "default_poll_interval_ms")]
     pub poll_interval_ms: u64,
     /// Deadline of one `route` call: the guest is interrupted once it has used

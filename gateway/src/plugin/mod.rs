@@ -7,7 +7,8 @@
 //! with its recycled instances, each sent a pool's `table` of workers only
 //! when it changed; `slot` is a pool's policy in force, swapped
 //! whole, and `upgrade` swaps in a version's optimized build once ready;
-//! `watch` feeds slots from a plugin directory. A plugin's crash
+//! `watch` feeds slots from a plugin directory, polled when `wake` reports
+//! a change and on an interval. A plugin's crash
 //! (`PluginError`) is never a decision (`Decision`): the caller falls back
 //! or fails closed.
 
@@ -25,6 +26,7 @@ mod sample;
 mod slot;
 mod table;
 mod upgrade;
+mod wake;
 mod watch;
 
 #[cfg(test)]

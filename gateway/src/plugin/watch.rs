@@ -2,12 +2,12 @@
 //! pool's slot through [`PolicySlot::try_load`], the path the etcd source
 //! shares.
 //!
-//! Polling, not inotify: a `stat` per binding per interval costs nothing
-//! next to a request, works on every filesystem (including network and
-//! container mounts where notifications are lost), and needs no crate.
+//! A poll is a `stat` per binding, nothing next to a request, and works on
+//! every filesystem; `wake` starts one as soon as the OS reports a change,
+//! so a deploy does not wait out the interval.
 
 use std::path::PathBuf;
-use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
@@ -18,6 +18,7 @@ use super::engine::PluginEngine;
 use super::error::PluginError;
 use super::loaded::sha256_hex;
 use super::slot::PolicySlot;
+use super::wake::{self, Signal};
 
 /// A refusal that may pass on a later try (no free instance slot, a read
 /// racing a write, a deadline missed on a starved machine) is retried after
@@ -96,18 +97,23 @@ impl PluginWatcher {
         swapped
     }
 
-    /// Polls every `interval` on a thread of its own until the handle is
+    /// Polls on a thread of its own, as soon as something changed under the
+    /// directory and every `interval` regardless, until the handle is
     /// dropped or stopped. A thread rather than a task: each poll may block
     /// for a compilation, and nothing on the runtime waits for it.
     pub fn spawn(mut self, interval: Duration) -> WatchHandle {
-        let (stop, stopped) = mpsc::channel::<()>();
+        let (stop, signals) = mpsc::channel();
+        let notifier = wake::on_change(&self.dir, stop.clone());
         let thread = std::thread::Builder::new()
             .name("plugin-watch".to_string())
-            .spawn(move || loop {
-                self.poll_once();
-                match stopped.recv_timeout(interval) {
-                    Err(RecvTimeoutError::Timeout) => continue,
-                    Ok(()) | Err(RecvTimeoutError::Disconnected) => return,
+            .spawn(move || {
+                // Notifications last as long as this thread.
+                let _notifier = notifier;
+                loop {
+                    self.poll_once();
+                    if !wake::wait(&signals, interval) {
+                        return;
+                    }
                 }
             })
             .expect("spawning a thread only fails when the process is out of resources");
@@ -217,25 +223,32 @@ pub(crate) fn is_transient(error: &PluginError) -> bool {
 
 /// Stops the watcher thread when dropped (after any poll in progress).
 pub struct WatchHandle {
-    stop: Option<mpsc::Sender<()>>,
+    stop: Option<mpsc::Sender<Signal>>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl WatchHandle {
     /// Stops the watcher and waits for its thread to end.
     pub fn stop(mut self) {
-        self.stop.take();
+        self.signal_stop();
         if let Some(thread) = self.thread.take() {
             // A panic in the watcher has already been reported by the panic hook.
             let _ = thread.join();
+        }
+    }
+
+    fn signal_stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            // Fails only when the thread has already ended.
+            let _ = stop.send(Signal::Stop);
         }
     }
 }
 
 impl Drop for WatchHandle {
     fn drop(&mut self) {
-        // Disconnecting the channel ends the thread's wait; not joined here,
-        // so dropping the handle never blocks an async caller.
-        self.stop.take();
+        // Ends the thread's wait; not joined here, so dropping the handle
+        // never blocks an async caller.
+        self.signal_stop();
     }
 }

@@ -1,6 +1,7 @@
 //! Swaps: a refused version leaves the old one serving, a held version stays
 //! the same, new bytes serve at the baseline tier and then optimized, and
-//! the directory watcher swaps under concurrent calls, never back.
+//! the directory watcher swaps under concurrent calls, never back, and
+//! without waiting for its interval.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -331,4 +332,25 @@ fn swaps_under_concurrent_calls_fail_no_call() {
     assert_eq!(failures.load(Ordering::Relaxed), 0);
     assert!(calls.load(Ordering::Relaxed) > 0);
     assert_eq!(slot.status().loads, 6);
+}
+
+#[test]
+fn a_new_file_is_loaded_without_waiting_for_the_poll_interval() {
+    let dir = TempDir::new("watch-wake");
+    dir.put("routing/1.wasm", &wasm::bytes("failover"));
+    let slot = Arc::new(PolicySlot::new("chat"));
+    let mut watcher = PluginWatcher::new(engine().clone(), dir.path());
+    watcher.watch("chat", binding("routing"), slot.clone());
+    assert_eq!(watcher.poll_once(), 1);
+    // Never polled on its own during the test: only a change wakes it.
+    let handle = watcher.spawn(Duration::from_secs(3600));
+
+    dir.put("routing/2.wasm", &wasm::bytes("zone-affinity"));
+    // Generous: the watcher compiles on a machine shared with the build.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while slot.current().unwrap().info().version != "2" {
+        assert!(Instant::now() < deadline, "version 2 never served");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    handle.stop();
 }
