@@ -144,14 +144,6 @@ impl Registry {
                     }
                 })
                 .collect();
-            if let Some(old) = kept {
-                // A worker gone (or replaced) took its cache with it.
-                for w in &old.workers {
-                    if !workers.iter().any(|n| Arc::ptr_eq(n, w)) {
-                        prefix.remove_worker(&w.id);
-                    }
-                }
-            }
             pools.push(Arc::new(Pool {
                 name: p.name.clone(),
                 models: p.models.clone(),
@@ -170,6 +162,28 @@ impl Registry {
             .flat_map(|p| p.models.iter().map(move |m| (m.clone(), p.clone())))
             .collect();
         Ok(Registry { pools, by_model })
+    }
+
+    /// Forgets, in each prefix index carried over from `previous`, the
+    /// workers this registry no longer has or has replaced: their caches went
+    /// with them. Called once this registry serves, not from `build`: the
+    /// indexes are shared with `previous`, and a registry built for a
+    /// document that is then refused must change nothing.
+    pub fn forget_departed(&self, previous: &Registry) {
+        for pool in &self.pools {
+            let Some(old) = previous
+                .pools
+                .iter()
+                .find(|old| Arc::ptr_eq(&old.prefix, &pool.prefix))
+            else {
+                continue;
+            };
+            for w in &old.workers {
+                if !pool.workers.iter().any(|n| Arc::ptr_eq(n, w)) {
+                    pool.prefix.remove_worker(&w.id);
+                }
+            }
+        }
     }
 
     pub fn pool_for(&self, model: &str) -> Option<&Arc<Pool>> {
@@ -282,6 +296,7 @@ impl Drop for Prefill {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use protocol::blocks::BlockHash;
 
     fn registration(id: &str, url: &str) -> Registration {
         Registration {
@@ -316,6 +331,7 @@ mod tests {
         let ids: Vec<_> = pool.workers.iter().map(|w| w.id.as_str()).collect();
         assert_eq!(ids, ["s", "a", "b"]);
         let _busy = pool.worker("a").unwrap().start_request();
+        pool.prefix.record("b", &[BlockHash(7)], Instant::now());
 
         // `a` unchanged, `b` moved to another URL, `s` static: only `b` is new.
         let second = Registry::build(
@@ -339,6 +355,10 @@ mod tests {
             pool.worker("b").unwrap(),
             again.worker("b").unwrap()
         ));
+        // The replaced `b`'s cache is forgotten once the new registry serves, not before.
+        assert_eq!(again.prefix.sizes().1, 1);
+        second.forget_departed(&first);
+        assert_eq!(again.prefix.sizes().1, 0);
 
         // A registration never shadows a static worker of the same id.
         let third =

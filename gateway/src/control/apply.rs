@@ -176,10 +176,12 @@ impl Applier {
         };
         self.commit_plugins(snapshot, plan);
         if let Some(registry) = registry {
+            let previous = self.live.load().registry.clone();
             self.live.store(Arc::new(Live {
                 config: config.clone(),
-                registry,
+                registry: registry.clone(),
             }));
+            registry.forget_departed(&previous);
             tracing::info!(
                 revision = snapshot.revision,
                 registered = workers.len(),
