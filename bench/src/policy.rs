@@ -12,8 +12,7 @@
 //! version settled, and on the baseline tier for comparison, on a recycled
 //! instance (the gateway's way) and on a fresh one per call.
 //!
-//! Needs the example components: `cargo build --release --target
-//! wasm32-wasip2 -p policy-failover -p policy-zone-affinity`.
+//! Needs the example components: `scripts/build-plugins.sh`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::hint::black_box;
@@ -38,7 +37,7 @@ use crate::report;
 #[derive(clap::Args)]
 pub struct Args {
     /// Where the `policy_*.wasm` components are.
-    #[arg(long, default_value = "target/wasm32-wasip2/release")]
+    #[arg(long, default_value = "target/wasm32-wasip2/plugin")]
     wasm_dir: PathBuf,
     /// Candidate counts to time a decision over.
     #[arg(long, value_delimiter = ',', default_values_t = [8, 64, 256])]
@@ -333,8 +332,7 @@ fn read_wasm(dir: &Path, plugin: &str) -> anyhow::Result<Vec<u8>> {
     let path = dir.join(format!("policy_{plugin}.wasm"));
     std::fs::read(&path).map_err(|error| {
         anyhow::anyhow!(
-            "reading {}: {error}; build the examples first: cargo build --release --target \
-             wasm32-wasip2 -p policy-failover -p policy-zone-affinity",
+            "reading {}: {error}; build the examples first: scripts/build-plugins.sh",
             path.display()
         )
     })
@@ -504,6 +502,18 @@ fn swaps(
         slot.clone(),
     );
     anyhow::ensure!(watcher.poll_once() == 1, "the first version did not load");
+    // Its optimizing compile would otherwise share the cores with the first swap.
+    let start = Instant::now();
+    while slot
+        .current()
+        .is_none_or(|p| p.info().tier != Tier::Optimized)
+    {
+        anyhow::ensure!(
+            start.elapsed() < Duration::from_secs(30),
+            "the first version was not optimized within 30 s"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
     let handle = watcher.spawn(Duration::from_millis(plugins.poll_interval_ms));
 
     let stop = Arc::new(AtomicBool::new(false));

@@ -10,11 +10,20 @@
 //!   active ones as a failover tail; when false, no active worker means 503.
 //!   Default: `false`, so the inactive side never sees traffic unasked.
 
-use policy_sdk::{by_score, config, reject, route_to, Candidate, Decision, Policy, Request};
-use serde::Deserialize;
+#![no_std]
+
+extern crate alloc;
+
+use alloc::format;
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
+
+use policy_sdk::{
+    by_score, config, reject, route_to, Candidate, Decision, Deserialize, Policy, Request,
+};
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(crate = "policy_sdk::serde", deny_unknown_fields)]
 struct RawConfig {
     active: String,
     #[serde(default = "default_label")]
@@ -82,6 +91,8 @@ policy_sdk::export_policy!(BlueGreen);
 
 #[cfg(test)]
 mod tests {
+    use alloc::vec;
+
     use super::*;
     use policy_sdk::testing::{self, candidate, request, TestCandidate};
     use policy_sdk::Rejection;

@@ -15,15 +15,22 @@
 //!   stable to canary, never back.
 //! - `label`: the worker label holding the version. Default: `"version"`.
 
+#![no_std]
+
+extern crate alloc;
+
+use alloc::format;
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
+
 use policy_sdk::host::{self, Level};
 use policy_sdk::{
     by_score, config, random_fraction, reject, route_to, sticky_fraction, Candidate, Decision,
-    Policy, Request,
+    Deserialize, Policy, Request,
 };
-use serde::Deserialize;
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(crate = "policy_sdk::serde", deny_unknown_fields)]
 struct RawConfig {
     stable: String,
     canary: String,
@@ -132,6 +139,8 @@ policy_sdk::export_policy!(Canary);
 
 #[cfg(test)]
 mod tests {
+    use alloc::vec;
+
     use super::*;
     use policy_sdk::testing::{self, candidate, request, TestCandidate};
     use policy_sdk::Rejection;

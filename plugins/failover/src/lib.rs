@@ -4,11 +4,17 @@
 //! - `max_workers`: how many workers the decision lists at most, so a request
 //!   does not wander through the whole pool on a bad day. Default: no limit.
 
-use policy_sdk::{by_score, config, route_to, Candidate, Decision, Policy, Request};
-use serde::Deserialize;
+#![no_std]
+
+extern crate alloc;
+
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
+
+use policy_sdk::{by_score, config, route_to, Candidate, Decision, Deserialize, Policy, Request};
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(crate = "policy_sdk::serde", deny_unknown_fields)]
 struct RawConfig {
     #[serde(default)]
     max_workers: Option<usize>,

@@ -14,13 +14,21 @@
 //!   route by score otherwise, so a version passes the host's sample
 //!   decisions at load time and misbehaves at call time. Default: always.
 
-use std::hint::black_box;
+#![no_std]
 
-use policy_sdk::{by_score, config, reject, route_to, Candidate, Decision, Policy, Request};
-use serde::Deserialize;
+extern crate alloc;
+
+use alloc::string::{String, ToString};
+use alloc::vec;
+use alloc::vec::Vec;
+use core::hint::black_box;
+
+use policy_sdk::{
+    by_score, config, reject, route_to, Candidate, Decision, Deserialize, Policy, Request,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[serde(crate = "policy_sdk::serde", rename_all = "snake_case")]
 enum Mode {
     Ok,
     Loop,
@@ -35,7 +43,7 @@ enum Mode {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(crate = "policy_sdk::serde", deny_unknown_fields)]
 struct RawConfig {
     mode: Mode,
     #[serde(default)]

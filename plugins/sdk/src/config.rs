@@ -1,5 +1,9 @@
 //! Reading a policy's JSON config so that every error names the field at fault.
 
+use alloc::format;
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
+
 use serde::de::DeserializeOwned;
 
 /// Parses `config` into `T`. An empty config reads as `{}`, so a policy whose
@@ -38,6 +42,8 @@ pub fn check(problems: Vec<String>) -> Result<(), String> {
 
 #[cfg(test)]
 mod tests {
+    use alloc::vec;
+
     use super::*;
 
     #[derive(Debug, serde::Deserialize)]

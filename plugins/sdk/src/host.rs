@@ -31,7 +31,8 @@ mod imp {
 /// build machine, and are never compiled into a component.
 #[cfg(not(target_arch = "wasm32"))]
 mod imp {
-    use std::cell::Cell;
+    use core::cell::Cell;
+    use std::thread_local;
     use std::time::{SystemTime, UNIX_EPOCH};
 
     use crate::Level;
@@ -44,7 +45,7 @@ mod imp {
 
     /// Writes to stderr, which the test harness captures per test.
     pub fn log(level: Level, message: &str) {
-        eprintln!("[{level:?}] {message}");
+        std::eprintln!("[{level:?}] {message}");
     }
 
     pub fn now_ms() -> u64 {

@@ -1,5 +1,9 @@
 //! Shared steps of a policy: order by the built-in score, build the decision.
 
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+
 use crate::{Candidate, Decision, Rejection, Request};
 
 /// Candidates from best to worst by the built-in score (lower is better),

@@ -1,26 +1,33 @@
 //! The exported component's state: the policy `init` built and the workers
 //! `set-workers` sent, read by every `route`.
 
-use std::sync::{PoisonError, RwLock};
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::cell::RefCell;
 
 use crate::bindings::llmgw::policy::types;
 use crate::{reject, view, Decision, Policy, Request, Worker};
 
 /// Holds the policy and the worker table of one component instance.
 ///
-/// `RwLock`s rather than `OnceLock`s so a later `init` or `set-workers` on
-/// the same instance replaces what it holds. On `wasm32-wasip2` there are no
-/// threads, so the locks are never contended.
+/// Cells rather than `OnceCell`s so a later `init` or `set-workers` on the
+/// same instance replaces what it holds. No call re-enters another, so no
+/// borrow is ever refused.
 pub struct Slot<P> {
-    policy: RwLock<Option<P>>,
-    workers: RwLock<Vec<Worker>>,
+    policy: RefCell<Option<P>>,
+    workers: RefCell<Vec<Worker>>,
 }
+
+// SAFETY: the component's `static` slot is only touched by its exports, and
+// wasm32 without the `atomics` feature runs one thread: nothing shares it.
+#[cfg(all(target_arch = "wasm32", not(target_feature = "atomics")))]
+unsafe impl<P> Sync for Slot<P> {}
 
 impl<P: Policy> Slot<P> {
     pub const fn new() -> Self {
         Self {
-            policy: RwLock::new(None),
-            workers: RwLock::new(Vec::new()),
+            policy: RefCell::new(None),
+            workers: RefCell::new(Vec::new()),
         }
     }
 
@@ -28,26 +35,24 @@ impl<P: Policy> Slot<P> {
     /// was: the host discards a version whose `init` failed anyway.
     pub fn init(&self, config: &str) -> Result<(), String> {
         let policy = P::init(config)?;
-        // A poisoned lock only means an earlier call trapped mid-way; the
-        // value is replaced whole, so nothing half-written can be seen.
-        *self.policy.write().unwrap_or_else(PoisonError::into_inner) = Some(policy);
+        *self.policy.borrow_mut() = Some(policy);
         Ok(())
     }
 
     /// Keeps the pool's workers, which later candidates refer to by index.
     pub fn set_workers(&self, workers: Vec<Worker>) {
-        *self.workers.write().unwrap_or_else(PoisonError::into_inner) = workers;
+        *self.workers.borrow_mut() = workers;
     }
 
     /// Asks the policy about `candidates` joined with the workers; before a
     /// successful `init`, or with a candidate whose worker was never sent,
     /// that is a host bug, hence 500.
     pub fn route(&self, request: &Request, candidates: &types::Candidates) -> Decision {
-        let policy = self.policy.read().unwrap_or_else(PoisonError::into_inner);
+        let policy = self.policy.borrow();
         let Some(policy) = &*policy else {
             return reject(500, "policy called before a successful init");
         };
-        let workers = self.workers.read().unwrap_or_else(PoisonError::into_inner);
+        let workers = self.workers.borrow();
         match view::join(&workers, candidates) {
             Ok(candidates) => policy.route(request, &candidates),
             Err(message) => reject(500, message),
@@ -63,6 +68,9 @@ impl<P: Policy> Default for Slot<P> {
 
 #[cfg(test)]
 mod tests {
+    use alloc::string::ToString;
+    use alloc::{format, vec};
+
     use super::*;
     use crate::testing::{candidate, request, wire};
     use crate::{route_to, Candidate};

@@ -32,6 +32,8 @@ fn unit_interval(bits: u64) -> f64 {
 
 #[cfg(test)]
 mod tests {
+    use alloc::format;
+
     use super::*;
 
     #[test]

@@ -5,6 +5,10 @@
 //! overlap and score 0; a first-attempt request for model `m` in pool
 //! `default` from a gateway in zone `a`, without a session key.
 
+use alloc::string::{String, ToString};
+use alloc::vec;
+use alloc::vec::Vec;
+
 use crate::bindings::llmgw::policy::types::{self, State};
 use crate::{view, Decision, Health, Label, Load, Policy, Rejection, Request, Worker};
 

@@ -1,6 +1,10 @@
 //! Candidates as a policy sees them: each request's figures joined with the
 //! id, zone and labels of their worker, from the table the host sent last.
 
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+
 use crate::bindings::llmgw::policy::types::{self, State};
 use crate::{Label, Worker};
 
@@ -121,6 +125,8 @@ pub(crate) fn join<'w>(
 
 #[cfg(test)]
 mod tests {
+    use alloc::vec;
+
     use super::*;
     use crate::testing::{candidate, wire};
 

@@ -10,11 +10,17 @@
 //!   count when reported and larger (other gateway replicas send it work too).
 //!   Default: 32.
 
-use policy_sdk::{by_score, config, route_to, Candidate, Decision, Policy, Request};
-use serde::Deserialize;
+#![no_std]
+
+extern crate alloc;
+
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
+
+use policy_sdk::{by_score, config, route_to, Candidate, Decision, Deserialize, Policy, Request};
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(crate = "policy_sdk::serde", deny_unknown_fields)]
 struct RawConfig {
     #[serde(default = "default_spill_in_flight")]
     spill_in_flight: u32,

@@ -1,10 +1,10 @@
 //! The components under test, built once per test process.
 //!
-//! Runs `cargo build --release --target wasm32-wasip2 -p policy-failover
-//! -p policy-canary -p policy-blue-green -p policy-zone-affinity -p
-//! policy-hostile` in the workspace (a no-op when they are fresh), into the
-//! same target directory, and reads
-//! `{target}/wasm32-wasip2/release/{policy_*,not_a_policy}.wasm`. Set
+//! Runs `cargo build --profile plugin --target wasm32-wasip2 -p
+//! policy-failover -p policy-canary -p policy-blue-green -p
+//! policy-zone-affinity -p policy-hostile` in the workspace (a no-op when
+//! they are fresh), into the same target directory, and reads
+//! `{target}/wasm32-wasip2/plugin/{policy_*,not_a_policy}.wasm`. Set
 //! `LLMGW_PLUGIN_WASM_DIR` to a folder of prebuilt files to skip the build.
 
 use std::path::{Path, PathBuf};
@@ -48,7 +48,7 @@ fn build() -> PathBuf {
     let mut command = Command::new(cargo);
     command
         .current_dir(workspace)
-        .args(["build", "--release", "--target", "wasm32-wasip2"])
+        .args(["build", "--profile", "plugin", "--target", "wasm32-wasip2"])
         .arg("--target-dir")
         .arg(&target);
     for package in PACKAGES {
@@ -57,9 +57,9 @@ fn build() -> PathBuf {
     let status = command.status().expect("running cargo");
     assert!(
         status.success(),
-        "building the test components failed; run: cargo build --release --target wasm32-wasip2 -p {} \
+        "building the test components failed; run: cargo build --profile plugin --target wasm32-wasip2 -p {} \
          (rustup target add wasm32-wasip2 if the target is missing)",
         PACKAGES.join(" -p ")
     );
-    target.join("wasm32-wasip2").join("release")
+    target.join("wasm32-wasip2").join("plugin")
 }
