@@ -52,13 +52,10 @@ impl KvStore {
         }
     }
 
-    fn read(&self, blocks: &[BlockId], position: usize, layer: usize, which: usize) -> &[f32] {
-        let (block, slot) = (
-            blocks[position / self.block_size],
-            position % self.block_size,
-        );
-        let at = self.offset(block, layer, which, slot);
-        &self.data[at..at + self.kv_dim]
+    /// K (`which` 0) or V (1) of every slot of `block` in `layer`: `[slot][kv_dim]`.
+    fn plane(&self, block: BlockId, layer: usize, which: usize) -> &[f32] {
+        let at = self.offset(block, layer, which, 0);
+        &self.data[at..at + self.block_size * self.kv_dim]
     }
 }
 
@@ -114,7 +111,7 @@ pub fn attend(
 }
 
 /// Multiply-adds (of K, and again of V) below which attention runs on one thread.
-const PARALLEL_MIN_WORK: usize = 1 << 16;
+const PARALLEL_MIN_WORK: usize = 1 << 15;
 
 /// One query head of one token, over its KV head's keys and values.
 struct Head<'a> {
@@ -161,9 +158,12 @@ impl Head<'_> {
     /// function it sits in, without its features.
     #[inline(always)]
     fn attend_any(&self, q: &[f32], out: &mut [f32]) {
-        let mut scores = Vec::with_capacity(self.place.position + 1);
-        for pos in 0..=self.place.position {
-            scores.push(self.scale * dot(q, self.kv(pos, 0, q.len())));
+        let len = self.place.position + 1;
+        let mut scores = Vec::with_capacity(len);
+        for (plane, slots) in self.planes(0, len) {
+            for row in plane.chunks_exact(self.store.kv_dim).take(slots) {
+                scores.push(self.scale * dot(q, self.head(row, q.len())));
+            }
         }
         let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
         let mut total = 0.0;
@@ -171,18 +171,37 @@ impl Head<'_> {
             *s = (*s - max).exp();
             total += *s;
         }
-        for (pos, s) in scores.iter().enumerate() {
-            let weight = s / total;
-            for (o, v) in out.iter_mut().zip(self.kv(pos, 1, q.len())) {
-                *o += weight * v;
+        let mut weights = scores.iter().map(|s| s / total);
+        for (plane, slots) in self.planes(1, len) {
+            for (row, weight) in plane
+                .chunks_exact(self.store.kv_dim)
+                .zip(&mut weights)
+                .take(slots)
+            {
+                for (o, v) in out.iter_mut().zip(self.head(row, q.len())) {
+                    *o += weight * v;
+                }
             }
         }
     }
 
-    /// K (`which` 0) or V (1) of this head at `pos`.
+    /// K (`which` 0) or V (1) planes of the blocks holding positions `0..len`,
+    /// each with how many of its slots those positions fill.
     #[inline(always)]
-    fn kv(&self, pos: usize, which: usize, head_dim: usize) -> &[f32] {
-        let row = self.store.read(self.place.blocks, pos, self.layer, which);
+    fn planes(&self, which: usize, len: usize) -> impl Iterator<Item = (&[f32], usize)> {
+        let size = self.store.block_size;
+        self.place.blocks[..len.div_ceil(size)]
+            .iter()
+            .enumerate()
+            .map(move |(i, &block)| {
+                let plane = self.store.plane(block, self.layer, which);
+                (plane, size.min(len - i * size))
+            })
+    }
+
+    /// This head's part of a token's K or V row.
+    #[inline(always)]
+    fn head<'r>(&self, row: &'r [f32], head_dim: usize) -> &'r [f32] {
         &row[self.kv_at..self.kv_at + head_dim]
     }
 }

@@ -23,9 +23,15 @@ fn gemm_min_rows(w: &Matrix) -> usize {
     }
 }
 
-/// Output features per parallel task: large enough to amortise scheduling,
-/// small enough that 2-16 threads all get work on a 576-wide layer.
+/// Output features per parallel task of the GEMM: large enough to amortise
+/// scheduling and packing, small enough that 2-16 threads all get work on a
+/// 576-wide layer.
 const BAND: usize = 64;
+
+/// Tasks per thread in the fused products: a whole number, so the threads
+/// end together (64-row bands split a 576-row layer 5:4 between two), and
+/// more than one, so a thread the OS preempts leaves work the others take.
+const BANDS_PER_THREAD: usize = 4;
 
 /// `y[t, n] = Σ_k x[t, k] w[n, k]` with `x: [rows, k]`, `w: [n, k]`, `y: [rows, n]`.
 pub fn matmul(x: &[f32], w: &Matrix, y: &mut [f32], rows: usize) {
@@ -43,10 +49,11 @@ pub fn matmul(x: &[f32], w: &Matrix, y: &mut [f32], rows: usize) {
 /// (`[n, rows]`, so bands are contiguous), then the result is transposed.
 fn small_batch(x: &[f32], w: &Matrix, y: &mut [f32], rows: usize) {
     let n = w.rows();
+    let band = n.div_ceil(rayon::current_num_threads() * BANDS_PER_THREAD);
     let mut yt = vec![0.0f32; n * rows];
-    yt.par_chunks_mut(BAND * rows)
+    yt.par_chunks_mut(band * rows)
         .enumerate()
-        .for_each(|(band, out)| kernels::band(w, band * BAND, x, rows, out));
+        .for_each(|(i, out)| kernels::band(w, i * band, x, rows, out));
     for t in 0..rows {
         for (j, out) in y[t * n..(t + 1) * n].iter_mut().enumerate() {
             *out = yt[j * rows + t];
@@ -149,7 +156,9 @@ mod kernels {
         out: &mut [f32],
     ) {
         let k = w.cols();
-        let xs: [&[f32]; R] = std::array::from_fn(|r| &x[(t0 + r) * k..(t0 + r + 1) * k]);
+        let rows: [&[f32]; R] = std::array::from_fn(|r| &x[(t0 + r) * k..(t0 + r + 1) * k]);
+        // Whole blocks, so reading block `b` of each needs no check per element.
+        let xs: [&[[f32; QK]]; R] = rows.map(|x| x.as_chunks::<QK>().0);
         let mut acc = [[0.0f32; QK]; R];
         let mut tails = [0.0f32; R];
         match &w.data {
@@ -160,7 +169,7 @@ mod kernels {
                 }
                 // Only f32 rows may end in a part block.
                 for r in 0..R {
-                    let x = &xs[r][k - tail.len()..];
+                    let x = &rows[r][k - tail.len()..];
                     tails[r] = tail.iter().zip(x).map(|(a, b)| a * b).sum();
                 }
             }
@@ -180,13 +189,16 @@ mod kernels {
                 let (blocks, _) = quants[n * k / 2..(n + 1) * k / 2].as_chunks::<HALF>();
                 let (dm, _) = scales[2 * n * (k / QK)..2 * (n + 1) * (k / QK)].as_chunks::<2>();
                 for (b, (q, &[d, m])) in blocks.iter().zip(dm).enumerate() {
-                    // Low nibbles, then high ones: each loop runs over whole vectors.
+                    // Through 32-bit lanes: written so, the compiler splits the
+                    // nibbles inside one 128-bit register; from bytes it loaded
+                    // 256 bits and paid a shuffle per block to extract the top half.
+                    let wide = q.map(i32::from);
                     let mut wf = [0.0f32; QK];
                     for i in 0..HALF {
-                        wf[i] = M::mul_add(d, f32::from(q[i] & 0xF), m);
+                        wf[i] = M::mul_add(d, (wide[i] & 0xF) as f32, m);
                     }
                     for i in 0..HALF {
-                        wf[i + HALF] = M::mul_add(d, f32::from(q[i] >> 4), m);
+                        wf[i + HALF] = M::mul_add(d, (wide[i] >> 4) as f32, m);
                     }
                     add::<R, M>(&mut acc, &xs, b, &wf);
                 }
@@ -203,12 +215,12 @@ mod kernels {
     #[inline(always)]
     fn add<const R: usize, M: MulAdd>(
         acc: &mut [[f32; QK]; R],
-        xs: &[&[f32]; R],
+        xs: &[&[[f32; QK]]; R],
         b: usize,
         w: &[f32; QK],
     ) {
         for r in 0..R {
-            let x: &[f32; QK] = xs[r][b * QK..(b + 1) * QK].try_into().unwrap();
+            let x = &xs[r][b];
             for i in 0..QK {
                 acc[r][i] = M::mul_add(w[i], x[i], acc[r][i]);
             }
