@@ -2,8 +2,8 @@
 //! allocator, a panic handler, and the canonical ABI's `cabi_realloc`.
 //!
 //! Without std a policy component imports nothing from WASI, carries no
-//! formatting or unwinding machinery for panics, and is several times
-//! smaller (measured in `bench policy`). The C string functions that
+//! formatting machinery for panic messages, and is about half the size
+//! (`bench policy` prints it). The C string functions that
 //! `core` calls (`memcmp`, …) come from wasi-libc; see `build.rs`.
 
 use core::alloc::Layout;
