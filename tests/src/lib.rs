@@ -48,14 +48,24 @@ pub fn plugins_dir() -> PathBuf {
     dir
 }
 
-/// A fresh directory for one test's files.
+/// A fresh directory for one test's files, under a root of this process's
+/// own. Roots left by earlier test processes that have exited are deleted
+/// first, so repeated runs do not fill the disk.
 pub fn temp_dir() -> PathBuf {
+    static ROOT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     static N: AtomicU32 = AtomicU32::new(0);
-    let dir = std::env::temp_dir().join(format!(
-        "llmgw-e2e-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    ));
+    let root = ROOT.get_or_init(|| {
+        let tmp = std::env::temp_dir();
+        for entry in std::fs::read_dir(&tmp).into_iter().flatten().flatten() {
+            let name = entry.file_name();
+            let pid = name.to_str().and_then(|n| n.strip_prefix("llmgw-e2e-"));
+            if pid.is_some_and(|pid| !Path::new("/proc").join(pid).exists()) {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+        tmp.join(format!("llmgw-e2e-{}", std::process::id()))
+    });
+    let dir = root.join(N.fetch_add(1, Ordering::Relaxed).to_string());
     std::fs::create_dir_all(&dir).expect("create temp dir");
     dir
 }
@@ -452,6 +462,16 @@ impl EtcdServer {
     pub async fn wipe(&mut self) {
         self.stop().await;
         std::fs::remove_dir_all(&self.dir).expect("delete etcd's data");
+    }
+}
+
+/// etcd preallocates 64 MB of log per data directory: delete it with the server.
+impl Drop for EtcdServer {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.child {
+            let _ = child.start_kill();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
