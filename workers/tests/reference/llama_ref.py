@@ -8,6 +8,9 @@ It un-permutes GGUF's Q and K rows back to Hugging Face's layout (a Hugging
 Face directory already has it) and applies Hugging Face's half-split rotary
 embedding, so agreeing with the worker (which rotates adjacent pairs, on rows it
 permutes when loading a directory) shows both conventions meet.
+
+Where the worker rounds activations to 16 bits, before products with quantized
+weights, this rounds them the same way; all else is float64.
 """
 
 import json
@@ -36,11 +39,21 @@ def rotate_half(x):
     return np.concatenate([-x[..., half:], x[..., :half]], axis=-1)
 
 
+def q8_round(x):
+    """The worker's rounding of activations that meet quantized weights: per
+    block of 32, to the nearest multiple of max|x| / 32767, halves to even."""
+    blocks = x.reshape(*x.shape[:-1], -1, 32)
+    d = np.abs(blocks).max(axis=-1, keepdims=True) / 32767
+    q = np.round(blocks / np.where(d > 0, d, 1))
+    return (q * d).reshape(x.shape)
+
+
 def from_gguf(path):
     """Shape and tensors, GGUF-named, with Q and K in Hugging Face's row order."""
-    meta, t, _ = gguf_read.read(path)
+    meta, t, infos = gguf_read.read(path)
     heads = meta["llama.attention.head_count"]
     shape = {
+        "kinds": {name: kind for name, _, kind, _ in infos},
         "dim": meta["llama.embedding_length"],
         "layers": meta["llama.block_count"],
         "heads": heads,
@@ -72,6 +85,7 @@ def from_hf(directory):
     """Shape and tensors of a Hugging Face directory, renamed to GGUF's names."""
     c, hf = hf_read.read(directory)
     shape = {
+        "kinds": {},
         "dim": c["hidden_size"],
         "layers": c["num_hidden_layers"],
         "heads": c["num_attention_heads"],
@@ -99,12 +113,24 @@ def forward(shape, t, tokens):
     cos = np.cos(np.concatenate([angles, angles], axis=-1))[:, None, :]
     sin = np.sin(np.concatenate([angles, angles], axis=-1))[:, None, :]
     mask = np.triu(np.full((n, n), -np.inf), 1)
+
+    def products(h, *names):
+        """`h` times each matrix, as the worker computes them: as one product
+        (it concatenates the matrices), on activations rounded to 16 bits when
+        all of them are quantized alike."""
+        kinds = {shape["kinds"].get(name) for name in names}
+        if len(kinds) == 1 and kinds <= {gguf_read.GGML_Q4_1, gguf_read.GGML_Q8_0}:
+            h = q8_round(h)
+        return [h @ t[name].T for name in names]
+
     for i in range(shape["layers"]):
         w = lambda name: t[f"blk.{i}.{name}.weight"]
+        names = lambda *short: [f"blk.{i}.{s}.weight" for s in short]
         h = rms_norm(x, w("attn_norm"), eps)
-        q = (h @ w("attn_q").T).reshape(n, heads, hd)
-        k = (h @ w("attn_k").T).reshape(n, kv_heads, hd)
-        v = (h @ w("attn_v").T).reshape(n, kv_heads, hd)
+        q, k, v = products(h, *names("attn_q", "attn_k", "attn_v"))
+        q = q.reshape(n, heads, hd)
+        k = k.reshape(n, kv_heads, hd)
+        v = v.reshape(n, kv_heads, hd)
         q = q * cos + rotate_half(q) * sin
         k = k * cos + rotate_half(k) * sin
         group = heads // kv_heads
@@ -113,12 +139,12 @@ def forward(shape, t, tokens):
         scores = np.exp(scores - scores.max(axis=-1, keepdims=True))
         scores /= scores.sum(axis=-1, keepdims=True)
         attn = np.einsum("hqk,khd->qhd", scores, v).reshape(n, dim)
-        x = x + attn @ w("attn_output").T
+        x = x + products(attn, *names("attn_output"))[0]
         h = rms_norm(x, w("ffn_norm"), eps)
-        gate, up = h @ w("ffn_gate").T, h @ w("ffn_up").T
-        x = x + (gate / (1 + np.exp(-gate)) * up) @ w("ffn_down").T
-    head = t.get("output.weight", t["token_embd.weight"])
-    return rms_norm(x, t["output_norm.weight"], eps) @ head.T
+        gate, up = products(h, *names("ffn_gate", "ffn_up"))
+        x = x + products(gate / (1 + np.exp(-gate)) * up, *names("ffn_down"))[0]
+    head = "output.weight" if "output.weight" in t else "token_embd.weight"
+    return products(rms_norm(x, t["output_norm.weight"], eps), head)[0]
 
 
 def main():

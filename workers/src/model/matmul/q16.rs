@@ -1,0 +1,419 @@
+//! Products of quantized weights (Q8_0, Q4_1) with activations rounded to 16
+//! bits per block of [`QK`], in integers.
+//!
+//! Why: widening every weight to f32 (unpack, convert, scale) held a core to
+//! ~6 GB/s of Q4_1, under what memory delivers. With the activations in
+//! integers, one `madd` multiplies 16 pairs, and a block's scales apply once
+//! to its sum. 16 bits, not llama.cpp's 8: a rounded value is within 1/65534
+//! of its block's largest magnitude, where 8 bits (1/254) turned SmolLM2's
+//! greedy answer to "What is the capital of France?" into French verse.
+//! `matmul` rounds on every path, the GEMM's too, so a prompt computes the
+//! same function however it is batched or cached.
+
+use crate::model::matrix::Data;
+use crate::model::quant::QK;
+
+/// Rows of activations, each block `x ≈ d q` with `|q| ≤ 32767`.
+pub struct Q16Rows {
+    quants: Vec<[i16; QK]>,
+    /// Per block: `d`, and `d Σ q`, the rounded block's sum (what a Q4_1
+    /// block's minimum multiplies).
+    scales: Vec<[f32; 2]>,
+    blocks: usize,
+}
+
+/// A block's step `d` (its largest magnitude over 32767) and `1 / d` (0 for
+/// a block of zeros).
+fn step(block: &[f32; QK]) -> (f32, f32) {
+    let amax = block.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let inv = if amax > 0.0 { 32767.0 / amax } else { 0.0 };
+    (amax / 32767.0, inv)
+}
+
+/// The nearest integer to `v` (`|v| ≤ 32767`), halves to even: adding 1.5 × 2²³
+/// leaves no bits for a fraction. `f32::round` is a library call per element
+/// in builds for the baseline x86-64, which lacks SSE4.1's `roundps`.
+fn round(v: f32) -> f32 {
+    const MAGIC: f32 = 12_582_912.0;
+    (v + MAGIC) - MAGIC
+}
+
+/// `x` rounded as [`Q16Rows::quantize`] rounds it, in f32: what the GEMM multiplies.
+pub fn rounded(x: &[f32]) -> Vec<f32> {
+    let mut out = x.to_vec();
+    for block in out.as_chunks_mut::<QK>().0 {
+        let (d, inv) = step(block);
+        for v in block.iter_mut() {
+            *v = round(*v * inv) * d;
+        }
+    }
+    out
+}
+
+/// One row's blocks.
+#[derive(Clone, Copy)]
+struct Row<'a> {
+    quants: &'a [[i16; QK]],
+    scales: &'a [[f32; 2]],
+}
+
+impl Q16Rows {
+    /// `x`: rows of `k`, a multiple of [`QK`] (quantized matrices have whole blocks).
+    pub fn quantize(x: &[f32], k: usize) -> Q16Rows {
+        assert_eq!(k % QK, 0);
+        let (chunks, _) = x.as_chunks::<QK>();
+        let mut quants = Vec::with_capacity(chunks.len());
+        let mut scales = Vec::with_capacity(chunks.len());
+        for block in chunks {
+            let (d, inv) = step(block);
+            let mut q = [0i16; QK];
+            for (q, &v) in q.iter_mut().zip(block) {
+                *q = round(v * inv) as i16;
+            }
+            let sum: i32 = q.iter().map(|&q| i32::from(q)).sum();
+            quants.push(q);
+            scales.push([d, d * sum as f32]);
+        }
+        Q16Rows {
+            quants,
+            scales,
+            blocks: k / QK,
+        }
+    }
+
+    fn row(&self, r: usize) -> Row<'_> {
+        let blocks = r * self.blocks..(r + 1) * self.blocks;
+        Row {
+            quants: &self.quants[blocks.clone()],
+            scales: &self.scales[blocks],
+        }
+    }
+}
+
+/// Rows of `x` taken together: each row of W is unpacked once per group.
+const GROUP: usize = 4;
+
+/// Outputs `n0..n0 + out.len() / rows` of quantized `w` for each row of `x`,
+/// into `out: [width, rows]`.
+pub fn band(w: &Data, k: usize, n0: usize, x: &Q16Rows, rows: usize, out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    let avx2 = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
+    #[cfg(not(target_arch = "x86_64"))]
+    let avx2 = false;
+    let w = Band::of(w, k, n0, out.len() / rows);
+    for t in (0..rows).step_by(GROUP) {
+        let out = Out {
+            y: &mut out[t..],
+            stride: rows,
+        };
+        match (rows - t).min(GROUP) {
+            4 => group::<4>(avx2, &w, x, t, out),
+            3 => group::<3>(avx2, &w, x, t, out),
+            2 => group::<2>(avx2, &w, x, t, out),
+            _ => group::<1>(avx2, &w, x, t, out),
+        }
+    }
+}
+
+/// Rows `n0..n0 + width` of W, in its encoding.
+enum Band<'a> {
+    Q8_0(&'a [f32], &'a [[i8; QK]]),
+    Q4_1(&'a [[f32; 2]], &'a [[u8; QK / 2]]),
+}
+
+impl<'a> Band<'a> {
+    fn of(w: &'a Data, k: usize, n0: usize, width: usize) -> Band<'a> {
+        let blocks = n0 * (k / QK)..(n0 + width) * (k / QK);
+        match w {
+            Data::Q8_0 { scales, quants } => {
+                let (q, _) = quants[n0 * k..(n0 + width) * k].as_chunks();
+                Band::Q8_0(&scales[blocks], q)
+            }
+            Data::Q4_1 { scales, quants } => {
+                let (dm, _) = scales[2 * blocks.start..2 * blocks.end].as_chunks();
+                let (q, _) = quants[n0 * k / 2..(n0 + width) * k / 2].as_chunks();
+                Band::Q4_1(dm, q)
+            }
+            Data::F32(_) => unreachable!("f32 weights take f32 activations"),
+        }
+    }
+}
+
+/// Where the sum of W's row `j` with the group's row `r` goes: `y[j stride + r]`.
+struct Out<'a> {
+    y: &'a mut [f32],
+    stride: usize,
+}
+
+/// The band of W with rows `t..t + R` of `x`.
+#[inline(always)]
+fn group<const R: usize>(avx2: bool, w: &Band, x: &Q16Rows, t: usize, out: Out) {
+    let x: [Row; R] = std::array::from_fn(|r| x.row(t + r));
+    #[cfg(target_arch = "x86_64")]
+    if avx2 {
+        // SAFETY: `avx2` says the CPU has AVX2 and FMA.
+        return unsafe {
+            match *w {
+                Band::Q8_0(d, q) => avx2::q8_0(d, q, &x, out),
+                Band::Q4_1(dm, q) => avx2::q4_1(dm, q, &x, out),
+            }
+        };
+    }
+    match *w {
+        Band::Q8_0(d, q) => portable::q8_0(d, q, &x, out),
+        Band::Q4_1(dm, q) => portable::q4_1(dm, q, &x, out),
+    }
+}
+
+/// The same sums in plain integer arithmetic, for other CPUs.
+mod portable {
+    use super::*;
+
+    pub fn q8_0<const R: usize>(d: &[f32], q: &[[i8; QK]], x: &[Row; R], out: Out) {
+        let blocks = x[0].quants.len();
+        for (j, (d, q)) in d
+            .chunks_exact(blocks)
+            .zip(q.chunks_exact(blocks))
+            .enumerate()
+        {
+            for (r, x) in x.iter().enumerate() {
+                let mut acc = 0.0f32;
+                for (b, (&d, q)) in d.iter().zip(q).enumerate() {
+                    let xq = &x.quants[b];
+                    let sum: i32 = (0..QK).map(|i| i32::from(q[i]) * i32::from(xq[i])).sum();
+                    acc += d * x.scales[b][0] * sum as f32;
+                }
+                out.y[j * out.stride + r] = acc;
+            }
+        }
+    }
+
+    pub fn q4_1<const R: usize>(dm: &[[f32; 2]], q: &[[u8; QK / 2]], x: &[Row; R], out: Out) {
+        let blocks = x[0].quants.len();
+        for (j, (dm, q)) in dm
+            .chunks_exact(blocks)
+            .zip(q.chunks_exact(blocks))
+            .enumerate()
+        {
+            for (r, x) in x.iter().enumerate() {
+                let mut acc = 0.0f32;
+                for (b, (&[d, m], q)) in dm.iter().zip(q).enumerate() {
+                    let xq = &x.quants[b];
+                    let sum: i32 = (0..QK / 2)
+                        .map(|i| {
+                            i32::from(q[i] & 0xF) * i32::from(xq[i])
+                                + i32::from(q[i] >> 4) * i32::from(xq[i + QK / 2])
+                        })
+                        .sum();
+                    let [dx, sx] = x.scales[b];
+                    acc += d * dx * sum as f32 + m * sx;
+                }
+                out.y[j * out.stride + r] = acc;
+            }
+        }
+    }
+}
+
+/// AVX2: `madd` multiplies 16 pairs of i16 and adds adjacent products into 8
+/// lanes of i32 (no overflow: |w| ≤ 128, |x| ≤ 32767); a block's scale
+/// multiplies those lanes as f32 into 8 running sums.
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    use super::*;
+
+    #[target_feature(enable = "avx2,fma")]
+    pub fn q8_0<const R: usize>(d: &[f32], q: &[[i8; QK]], x: &[Row; R], out: Out) {
+        let blocks = x[0].quants.len();
+        let x = x.map(|x| (&x.quants[..blocks], &x.scales[..blocks]));
+        for (j, (d, q)) in d
+            .chunks_exact(blocks)
+            .zip(q.chunks_exact(blocks))
+            .enumerate()
+        {
+            let mut acc = [_mm256_setzero_ps(); R];
+            for (b, (&d, q)) in d.iter().zip(q).enumerate() {
+                let (lo, hi) = halves(q);
+                let w = [_mm256_cvtepi8_epi16(lo), _mm256_cvtepi8_epi16(hi)];
+                for r in 0..R {
+                    let (quants, scales) = x[r];
+                    let scale = _mm256_set1_ps(d * scales[b][0]);
+                    acc[r] = _mm256_fmadd_ps(products(w, &quants[b]), scale, acc[r]);
+                }
+            }
+            for (r, &acc) in acc.iter().enumerate() {
+                out.y[j * out.stride + r] = hsum(acc);
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub fn q4_1<const R: usize>(dm: &[[f32; 2]], q: &[[u8; QK / 2]], x: &[Row; R], out: Out) {
+        let blocks = x[0].quants.len();
+        let x = x.map(|x| (&x.quants[..blocks], &x.scales[..blocks]));
+        let nibble = _mm_set1_epi8(0x0F);
+        for (j, (dm, q)) in dm
+            .chunks_exact(blocks)
+            .zip(q.chunks_exact(blocks))
+            .enumerate()
+        {
+            let mut acc = [_mm256_setzero_ps(); R];
+            let mut mins = [0.0f32; R];
+            for (b, (&[d, m], q)) in dm.iter().zip(q).enumerate() {
+                // SAFETY: reads the 16 bytes of `q`.
+                let q = unsafe { _mm_loadu_si128(q.as_ptr().cast()) };
+                // Elements 0..16 in the low nibbles, 16..32 in the high ones.
+                let lo = _mm_and_si128(q, nibble);
+                let hi = _mm_and_si128(_mm_srli_epi16::<4>(q), nibble);
+                let w = [_mm256_cvtepu8_epi16(lo), _mm256_cvtepu8_epi16(hi)];
+                for r in 0..R {
+                    let (quants, scales) = x[r];
+                    let [dx, sx] = scales[b];
+                    let scale = _mm256_set1_ps(d * dx);
+                    acc[r] = _mm256_fmadd_ps(products(w, &quants[b]), scale, acc[r]);
+                    mins[r] = m.mul_add(sx, mins[r]);
+                }
+            }
+            for r in 0..R {
+                out.y[j * out.stride + r] = hsum(acc[r]) + mins[r];
+            }
+        }
+    }
+
+    /// A Q8_0 block's two 16-byte halves.
+    #[target_feature(enable = "avx2")]
+    fn halves(q: &[i8; QK]) -> (__m128i, __m128i) {
+        let p = q.as_ptr();
+        // SAFETY: reads bytes 0..16 and 16..32 of `q`.
+        unsafe { (_mm_loadu_si128(p.cast()), _mm_loadu_si128(p.add(16).cast())) }
+    }
+
+    /// `w · x` for a block's 32 weights, widened to i16, in 8 lanes of 4 products, as f32.
+    #[target_feature(enable = "avx2")]
+    fn products(w: [__m256i; 2], x: &[i16; QK]) -> __m256 {
+        let p = x.as_ptr();
+        // SAFETY: reads elements 0..16 and 16..32 of `x`.
+        let x = unsafe {
+            [
+                _mm256_loadu_si256(p.cast()),
+                _mm256_loadu_si256(p.add(16).cast()),
+            ]
+        };
+        let sums = _mm256_add_epi32(_mm256_madd_epi16(w[0], x[0]), _mm256_madd_epi16(w[1], x[1]));
+        _mm256_cvtepi32_ps(sums)
+    }
+
+    #[target_feature(enable = "avx2")]
+    fn hsum(v: __m256) -> f32 {
+        let v = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+        let v = _mm_add_ps(v, _mm_movehl_ps(v, v));
+        _mm_cvtss_f32(_mm_add_ss(v, _mm_movehdup_ps(v)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::matrix::Matrix;
+    use crate::model::quant::TensorType;
+
+    #[test]
+    fn rounding_keeps_each_value_within_half_a_step() {
+        let x: Vec<f32> = (0..3 * 64)
+            .map(|i| ((i * 37) as f32 * 0.13).sin() * 3.0)
+            .collect();
+        let q = Q16Rows::quantize(&x, 64);
+        let back = rounded(&x);
+        for ((block, back), &[d, sum]) in x.chunks(QK).zip(back.chunks(QK)).zip(&q.scales) {
+            let amax = block.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            assert_eq!(d, amax / 32767.0);
+            for (a, b) in block.iter().zip(back) {
+                assert!((a - b).abs() <= d / 2.0 * 1.0001, "{a} rounds to {b}");
+            }
+            assert!((sum - back.iter().sum::<f32>()).abs() < 1e-4);
+        }
+        let halves = [2.5, -2.5, 3.5, 0.49999997, -32766.6, 32767.0].map(round);
+        assert_eq!(halves, [2.0, -2.0, 4.0, 0.0, -32767.0, 32767.0]);
+        // The kernels' integers and the GEMM's f32 hold the same values.
+        let from_quants = q.quants.iter().zip(&q.scales);
+        let from_quants: Vec<f32> = from_quants
+            .flat_map(|(q, &[d, _])| q.map(|q| d * f32::from(q)))
+            .collect();
+        assert_eq!(from_quants, back);
+        assert_eq!(rounded(&[0.0; QK]), vec![0.0; QK]);
+    }
+
+    /// Every kernel against the definition, on values whose sums are exact:
+    /// activations whose block maximum is 32767 round to themselves.
+    #[test]
+    fn kernels_compute_the_rounded_product() {
+        let (n, k, rows) = (5, 96, 7);
+        let x: Vec<f32> = (0..rows * k)
+            .map(|i| {
+                if i % QK == 5 {
+                    32767.0
+                } else {
+                    ((i * 31) % 23) as f32 - 11.0
+                }
+            })
+            .collect();
+        let xq = Q16Rows::quantize(&x, k);
+        assert_eq!(rounded(&x), x, "these activations round to themselves");
+        for kind in [TensorType::Q8_0, TensorType::Q4_1] {
+            let bytes: Vec<u8> = match kind {
+                TensorType::Q8_0 => (0..n * k / QK)
+                    .flat_map(|b| {
+                        let d = half::f16::from_f32((b % 3 + 1) as f32).to_le_bytes();
+                        // Small where x is large, so every sum stays exact in f32.
+                        let q = (0..QK).map(move |i| {
+                            if i == 5 {
+                                1
+                            } else {
+                                ((i * 53 + b * 7) % 256) as u8
+                            }
+                        });
+                        d.into_iter().chain(q)
+                    })
+                    .collect(),
+                _ => (0..n * k / QK)
+                    .flat_map(|b| {
+                        let d = half::f16::from_f32((b % 2 + 1) as f32).to_le_bytes();
+                        let m = half::f16::from_f32(-((b % 5) as f32)).to_le_bytes();
+                        let q = (0..QK / 2).map(move |i| ((i * 29 + b) % 256) as u8);
+                        d.into_iter().chain(m).chain(q)
+                    })
+                    .collect(),
+            };
+            let w = Matrix::from_gguf(kind, &bytes, n, k);
+            let wf = w.to_f32();
+            let mut expected = vec![0.0f32; n * rows];
+            for j in 0..n {
+                for t in 0..rows {
+                    let row = &x[t * k..(t + 1) * k];
+                    expected[j * rows + t] = row.iter().zip(&wf[j * k..]).map(|(a, b)| a * b).sum();
+                }
+            }
+            let mut out = vec![f32::NAN; n * rows];
+            band(&w.data, k, 0, &xq, rows, &mut out);
+            assert_eq!(out, expected, "{kind:?}");
+            let mut portable = vec![f32::NAN; n * 4];
+            let x4: [Row; 4] = std::array::from_fn(|r| xq.row(r));
+            let y = Out {
+                y: &mut portable,
+                stride: 4,
+            };
+            match Band::of(&w.data, k, 0, n) {
+                Band::Q8_0(d, q) => portable::q8_0(d, q, &x4, y),
+                Band::Q4_1(dm, q) => portable::q4_1(dm, q, &x4, y),
+            }
+            for j in 0..n {
+                assert_eq!(
+                    portable[j * 4..][..4],
+                    out[j * rows..][..4],
+                    "{kind:?} portable"
+                );
+            }
+        }
+    }
+}
