@@ -93,13 +93,34 @@ impl Q16Rows {
 /// Rows of `x` taken together: each row of W is unpacked once per group.
 const GROUP: usize = 4;
 
+/// The kernels this CPU can run, best first.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Isa {
+    Avx2,
+    Portable,
+}
+
+impl Isa {
+    fn detect() -> Isa {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::is_x86_feature_detected as has;
+            if has!("avx2") && has!("fma") {
+                return Isa::Avx2;
+            }
+        }
+        Isa::Portable
+    }
+}
+
 /// Outputs `n0..n0 + out.len() / rows` of quantized `w` for each row of `x`,
 /// into `out: [width, rows]`.
 pub fn band(w: &Data, k: usize, n0: usize, x: &Q16Rows, rows: usize, out: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    let avx2 = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
-    #[cfg(not(target_arch = "x86_64"))]
-    let avx2 = false;
+    band_with(Isa::detect(), w, k, n0, x, rows, out)
+}
+
+/// [`band`] with the kernels of `isa`, which the CPU must support.
+fn band_with(isa: Isa, w: &Data, k: usize, n0: usize, x: &Q16Rows, rows: usize, out: &mut [f32]) {
     let w = Band::of(w, k, n0, out.len() / rows);
     for t in (0..rows).step_by(GROUP) {
         let out = Out {
@@ -107,10 +128,10 @@ pub fn band(w: &Data, k: usize, n0: usize, x: &Q16Rows, rows: usize, out: &mut [
             stride: rows,
         };
         match (rows - t).min(GROUP) {
-            4 => group::<4>(avx2, &w, x, t, out),
-            3 => group::<3>(avx2, &w, x, t, out),
-            2 => group::<2>(avx2, &w, x, t, out),
-            _ => group::<1>(avx2, &w, x, t, out),
+            4 => group::<4>(isa, &w, x, t, out),
+            3 => group::<3>(isa, &w, x, t, out),
+            2 => group::<2>(isa, &w, x, t, out),
+            _ => group::<1>(isa, &w, x, t, out),
         }
     }
 }
@@ -147,17 +168,14 @@ struct Out<'a> {
 
 /// The band of W with rows `t..t + R` of `x`.
 #[inline(always)]
-fn group<const R: usize>(avx2: bool, w: &Band, x: &Q16Rows, t: usize, out: Out) {
+fn group<const R: usize>(isa: Isa, w: &Band, x: &Q16Rows, t: usize, out: Out) {
     let x: [Row; R] = std::array::from_fn(|r| x.row(t + r));
+    // SAFETY (both arms): `isa` names features the CPU has.
     #[cfg(target_arch = "x86_64")]
-    if avx2 {
-        // SAFETY: `avx2` says the CPU has AVX2 and FMA.
-        return unsafe {
-            match *w {
-                Band::Q8_0(d, q) => avx2::q8_0(d, q, &x, out),
-                Band::Q4_1(dm, q) => avx2::q4_1(dm, q, &x, out),
-            }
-        };
+    match (isa, w) {
+        (Isa::Avx2, &Band::Q8_0(d, q)) => return unsafe { avx2::q8_0(d, q, &x, out) },
+        (Isa::Avx2, &Band::Q4_1(dm, q)) => return unsafe { avx2::q4_1(dm, q, &x, out) },
+        (Isa::Portable, _) => {}
     }
     match *w {
         Band::Q8_0(d, q) => portable::q8_0(d, q, &x, out),
@@ -214,103 +232,8 @@ mod portable {
     }
 }
 
-/// AVX2: `madd` multiplies 16 pairs of i16 and adds adjacent products into 8
-/// lanes of i32 (no overflow: |w| ≤ 128, |x| ≤ 32767); a block's scale
-/// multiplies those lanes as f32 into 8 running sums.
 #[cfg(target_arch = "x86_64")]
-mod avx2 {
-    use std::arch::x86_64::*;
-
-    use super::*;
-
-    #[target_feature(enable = "avx2,fma")]
-    pub fn q8_0<const R: usize>(d: &[f32], q: &[[i8; QK]], x: &[Row; R], out: Out) {
-        let blocks = x[0].quants.len();
-        let x = x.map(|x| (&x.quants[..blocks], &x.scales[..blocks]));
-        for (j, (d, q)) in d
-            .chunks_exact(blocks)
-            .zip(q.chunks_exact(blocks))
-            .enumerate()
-        {
-            let mut acc = [_mm256_setzero_ps(); R];
-            for (b, (&d, q)) in d.iter().zip(q).enumerate() {
-                let (lo, hi) = halves(q);
-                let w = [_mm256_cvtepi8_epi16(lo), _mm256_cvtepi8_epi16(hi)];
-                for r in 0..R {
-                    let (quants, scales) = x[r];
-                    let scale = _mm256_set1_ps(d * scales[b][0]);
-                    acc[r] = _mm256_fmadd_ps(products(w, &quants[b]), scale, acc[r]);
-                }
-            }
-            for (r, &acc) in acc.iter().enumerate() {
-                out.y[j * out.stride + r] = hsum(acc);
-            }
-        }
-    }
-
-    #[target_feature(enable = "avx2,fma")]
-    pub fn q4_1<const R: usize>(dm: &[[f32; 2]], q: &[[u8; QK / 2]], x: &[Row; R], out: Out) {
-        let blocks = x[0].quants.len();
-        let x = x.map(|x| (&x.quants[..blocks], &x.scales[..blocks]));
-        let nibble = _mm_set1_epi8(0x0F);
-        for (j, (dm, q)) in dm
-            .chunks_exact(blocks)
-            .zip(q.chunks_exact(blocks))
-            .enumerate()
-        {
-            let mut acc = [_mm256_setzero_ps(); R];
-            let mut mins = [0.0f32; R];
-            for (b, (&[d, m], q)) in dm.iter().zip(q).enumerate() {
-                // SAFETY: reads the 16 bytes of `q`.
-                let q = unsafe { _mm_loadu_si128(q.as_ptr().cast()) };
-                // Elements 0..16 in the low nibbles, 16..32 in the high ones.
-                let lo = _mm_and_si128(q, nibble);
-                let hi = _mm_and_si128(_mm_srli_epi16::<4>(q), nibble);
-                let w = [_mm256_cvtepu8_epi16(lo), _mm256_cvtepu8_epi16(hi)];
-                for r in 0..R {
-                    let (quants, scales) = x[r];
-                    let [dx, sx] = scales[b];
-                    let scale = _mm256_set1_ps(d * dx);
-                    acc[r] = _mm256_fmadd_ps(products(w, &quants[b]), scale, acc[r]);
-                    mins[r] = m.mul_add(sx, mins[r]);
-                }
-            }
-            for r in 0..R {
-                out.y[j * out.stride + r] = hsum(acc[r]) + mins[r];
-            }
-        }
-    }
-
-    /// A Q8_0 block's two 16-byte halves.
-    #[target_feature(enable = "avx2")]
-    fn halves(q: &[i8; QK]) -> (__m128i, __m128i) {
-        let p = q.as_ptr();
-        // SAFETY: reads bytes 0..16 and 16..32 of `q`.
-        unsafe { (_mm_loadu_si128(p.cast()), _mm_loadu_si128(p.add(16).cast())) }
-    }
-
-    /// `w · x` for a block's 32 weights, widened to i16, in 8 lanes of 4 products, as f32.
-    #[target_feature(enable = "avx2")]
-    fn products(w: [__m256i; 2], x: &[i16; QK]) -> __m256 {
-        let p = x.as_ptr();
-        // SAFETY: reads elements 0..16 and 16..32 of `x`.
-        let x = unsafe {
-            [
-                _mm256_loadu_si256(p.cast()),
-                _mm256_loadu_si256(p.add(16).cast()),
-            ]
-        };
-        let sums = _mm256_add_epi32(_mm256_madd_epi16(w[0], x[0]), _mm256_madd_epi16(w[1], x[1]));
-        _mm256_cvtepi32_ps(sums)
-    }
-
-    #[target_feature(enable = "avx2")]
-    fn hsum(v: __m256) -> f32 {
-        let v = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
-        let v = _mm_add_ps(v, _mm_movehl_ps(v, v));
-        _mm_cvtss_f32(_mm_add_ss(v, _mm_movehdup_ps(v)))
-    }
-}
+mod avx2;
 
 #[cfg(test)]
 mod tests {
@@ -348,7 +271,25 @@ mod tests {
     /// activations whose block maximum is 32767 round to themselves.
     #[test]
     fn kernels_compute_the_rounded_product() {
-        let (n, k, rows) = (5, 96, 7);
+        // Odd and even block counts; 10 blocks take the minimums' vector loop
+        // and its tail. 7 rows of x go as groups of 4 and 3; 1 row alone
+        // takes the kernels' separate sums of even and odd blocks.
+        for k in [96, 320] {
+            for rows in [7, 1] {
+                every_kernel_computes_the_rounded_product(k, rows);
+            }
+        }
+    }
+
+    /// This CPU's kernels and those it would fall back to.
+    fn isas() -> Vec<Isa> {
+        let all = [Isa::Avx2, Isa::Portable];
+        let best = all.iter().position(|&isa| isa == Isa::detect()).unwrap();
+        all[best..].to_vec()
+    }
+
+    fn every_kernel_computes_the_rounded_product(k: usize, rows: usize) {
+        let n = 5;
         let x: Vec<f32> = (0..rows * k)
             .map(|i| {
                 if i % QK == 5 {
@@ -394,25 +335,10 @@ mod tests {
                     expected[j * rows + t] = row.iter().zip(&wf[j * k..]).map(|(a, b)| a * b).sum();
                 }
             }
-            let mut out = vec![f32::NAN; n * rows];
-            band(&w.data, k, 0, &xq, rows, &mut out);
-            assert_eq!(out, expected, "{kind:?}");
-            let mut portable = vec![f32::NAN; n * 4];
-            let x4: [Row; 4] = std::array::from_fn(|r| xq.row(r));
-            let y = Out {
-                y: &mut portable,
-                stride: 4,
-            };
-            match Band::of(&w.data, k, 0, n) {
-                Band::Q8_0(d, q) => portable::q8_0(d, q, &x4, y),
-                Band::Q4_1(dm, q) => portable::q4_1(dm, q, &x4, y),
-            }
-            for j in 0..n {
-                assert_eq!(
-                    portable[j * 4..][..4],
-                    out[j * rows..][..4],
-                    "{kind:?} portable"
-                );
+            for isa in isas() {
+                let mut out = vec![f32::NAN; n * rows];
+                band_with(isa, &w.data, k, 0, &xq, rows, &mut out);
+                assert_eq!(out, expected, "{kind:?}, {isa:?}, k = {k}, rows = {rows}");
             }
         }
     }
