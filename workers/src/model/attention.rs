@@ -4,7 +4,6 @@
 
 use rayon::prelude::*;
 
-use super::matmul::dot_inline as dot;
 use crate::kv_cache::BlockId;
 
 /// K and V of every slot of every block, for every layer.
@@ -78,32 +77,33 @@ pub fn attend(
     head_dim: usize,
 ) -> Vec<f32> {
     let mut out = vec![0.0f32; q.len()];
-    let group = heads / kv_heads;
-    let scale = 1.0 / (head_dim as f32).sqrt();
+    // One task per KV head of each token, with all the query heads that share
+    // it: its keys and values are read once for the group.
+    let group = (heads / kv_heads) * head_dim;
     let one = |(i, (out, q)): (usize, (&mut [f32], &[f32]))| {
-        let head = Head {
+        let heads = Heads {
             store,
             layer,
-            place: &places[i / heads],
-            kv_at: (i % heads) / group * head_dim,
-            scale,
+            place: &places[i / kv_heads],
+            kv_at: (i % kv_heads) * head_dim,
+            head_dim,
         };
-        head.attend(q, out);
+        heads.attend(q, out);
     };
-    // Decoding a short sequence is a few microseconds of work per head, less than
-    // handing heads to other threads costs.
+    // Decoding a short sequence is a few microseconds of work, less than
+    // handing it to other threads costs.
     let work: usize = places
         .iter()
         .map(|p| (p.position + 1) * heads * head_dim)
         .sum();
     if work < PARALLEL_MIN_WORK {
-        out.chunks_mut(head_dim)
-            .zip(q.chunks(head_dim))
+        out.chunks_mut(group)
+            .zip(q.chunks(group))
             .enumerate()
             .for_each(one);
     } else {
-        out.par_chunks_mut(head_dim)
-            .zip(q.par_chunks(head_dim))
+        out.par_chunks_mut(group)
+            .zip(q.par_chunks(group))
             .enumerate()
             .for_each(one);
     }
@@ -113,19 +113,20 @@ pub fn attend(
 /// Multiply-adds (of K, and again of V) below which attention runs on one thread.
 const PARALLEL_MIN_WORK: usize = 1 << 15;
 
-/// One query head of one token, over its KV head's keys and values.
-struct Head<'a> {
+/// The query heads of one token that share a KV head, over its keys and values.
+struct Heads<'a> {
     store: &'a KvStore,
     layer: usize,
     place: &'a TokenPlace<'a>,
     /// Where the KV head starts within a token's K (or V).
     kv_at: usize,
-    scale: f32,
+    head_dim: usize,
 }
 
-impl Head<'_> {
-    /// Adds the attention output of `q` to `out` (zeroed). Compiled for AVX-512
-    /// and AVX2 too, chosen at run time, as the matrix products are.
+impl Heads<'_> {
+    /// Writes the attention output of each head of `q` (`[heads, head_dim]`)
+    /// into `out` (zeroed). Compiled for AVX-512 and AVX2 too, chosen at run
+    /// time, as the matrix products are.
     fn attend(&self, q: &[f32], out: &mut [f32]) {
         #[cfg(target_arch = "x86_64")]
         {
@@ -134,53 +135,65 @@ impl Head<'_> {
                 // SAFETY: the CPU has AVX-512F, all `attend_avx512` is compiled for.
                 return unsafe { self.attend_avx512(q, out) };
             }
-            if has!("avx2") {
-                // SAFETY: the CPU has AVX2, all `attend_avx2` is compiled for.
+            if has!("avx2") && has!("fma") {
+                // SAFETY: the CPU has AVX2 and FMA, all `attend_avx2` is compiled for.
                 return unsafe { self.attend_avx2(q, out) };
             }
         }
-        self.attend_any(q, out)
+        self.attend_any(q, out, dot)
     }
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f")]
     fn attend_avx512(&self, q: &[f32], out: &mut [f32]) {
-        self.attend_any(q, out)
+        self.attend_any(q, out, |a, b| dot_avx512(a, b))
     }
 
     #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2")]
+    #[target_feature(enable = "avx2,fma")]
     fn attend_avx2(&self, q: &[f32], out: &mut [f32]) {
-        self.attend_any(q, out)
+        self.attend_any(q, out, dot)
     }
 
-    /// Loops, not closures: a closure is compiled apart from the `target_feature`
-    /// function it sits in, without its features.
+    /// Inlined into each `target_feature` function above, so its loops take
+    /// their features. `dot` is given: the AVX-512 build needs its own, as the
+    /// compiler vectorized the portable one in 2-lane pieces there.
     #[inline(always)]
-    fn attend_any(&self, q: &[f32], out: &mut [f32]) {
+    fn attend_any(&self, q: &[f32], out: &mut [f32], dot: impl Fn(&[f32], &[f32]) -> f32) {
+        let hd = self.head_dim;
         let len = self.place.position + 1;
-        let mut scores = Vec::with_capacity(len);
+        let scale = 1.0 / (hd as f32).sqrt();
+        // `scores[h * len + t]`: head `h`'s score of position `t`.
+        let mut scores = vec![0.0f32; q.len() / hd * len];
+        let mut t = 0;
         for (plane, slots) in self.planes(0, len) {
-            for row in plane.chunks_exact(self.store.kv_dim).take(slots) {
-                scores.push(self.scale * dot(q, self.head(row, q.len())));
+            for key in plane.chunks_exact(self.store.kv_dim).take(slots) {
+                let key = &key[self.kv_at..self.kv_at + hd];
+                for (h, q) in q.chunks_exact(hd).enumerate() {
+                    scores[h * len + t] = scale * dot(q, key);
+                }
+                t += 1;
             }
         }
-        let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let mut total = 0.0;
-        for s in &mut scores {
-            *s = (*s - max).exp();
-            total += *s;
+        for scores in scores.chunks_exact_mut(len) {
+            let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let mut total = 0.0;
+            for s in scores.iter_mut() {
+                *s = (*s - max).exp();
+                total += *s;
+            }
+            for s in scores.iter_mut() {
+                *s /= total;
+            }
         }
-        let mut weights = scores.iter().map(|s| s / total);
+        let mut t = 0;
         for (plane, slots) in self.planes(1, len) {
-            for (row, weight) in plane
-                .chunks_exact(self.store.kv_dim)
-                .zip(&mut weights)
-                .take(slots)
-            {
-                for (o, v) in out.iter_mut().zip(self.head(row, q.len())) {
-                    *o += weight * v;
+            for value in plane.chunks_exact(self.store.kv_dim).take(slots) {
+                let value = &value[self.kv_at..self.kv_at + hd];
+                for (h, out) in out.chunks_exact_mut(hd).enumerate() {
+                    axpy(scores[h * len + t], value, out);
                 }
+                t += 1;
             }
         }
     }
@@ -198,10 +211,60 @@ impl Head<'_> {
                 (plane, size.min(len - i * size))
             })
     }
+}
 
-    /// This head's part of a token's K or V row.
-    #[inline(always)]
-    fn head<'r>(&self, row: &'r [f32], head_dim: usize) -> &'r [f32] {
-        &row[self.kv_at..self.kv_at + head_dim]
+/// Running sums: an AVX2 register.
+const LANES: usize = 8;
+
+/// `Σ a b`, in `LANES` running sums; inlined, so it takes the caller's target
+/// features.
+#[inline(always)]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let (a_lanes, a_tail) = a.as_chunks::<LANES>();
+    let (b_lanes, b_tail) = b.as_chunks::<LANES>();
+    let mut acc = [0.0f32; LANES];
+    for (a, b) in a_lanes.iter().zip(b_lanes) {
+        for i in 0..LANES {
+            acc[i] += a[i] * b[i];
+        }
+    }
+    let tail: f32 = a_tail.iter().zip(b_tail).map(|(x, y)| x * y).sum();
+    // Halving, which vectorizes, where a sequential sum would not.
+    let mut width = LANES;
+    while width > 1 {
+        width /= 2;
+        for i in 0..width {
+            acc[i] += acc[i + width];
+        }
+    }
+    acc[0] + tail
+}
+
+/// `Σ a b` over 16 lanes, the last load masked to what is left.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn dot_avx512(a: &[f32], b: &[f32]) -> f32 {
+    use std::arch::x86_64::*;
+    let n = a.len().min(b.len());
+    let mut acc = _mm512_setzero_ps();
+    for i in (0..n).step_by(16) {
+        let mask = (u32::MAX >> (32 - (n - i).min(16))) as u16;
+        // SAFETY: the mask keeps both loads within elements `i..n`.
+        let (a, b) = unsafe {
+            (
+                _mm512_maskz_loadu_ps(mask, a.as_ptr().add(i)),
+                _mm512_maskz_loadu_ps(mask, b.as_ptr().add(i)),
+            )
+        };
+        acc = _mm512_fmadd_ps(a, b, acc);
+    }
+    _mm512_reduce_add_ps(acc)
+}
+
+/// `out += a x`.
+#[inline(always)]
+fn axpy(a: f32, x: &[f32], out: &mut [f32]) {
+    for (o, x) in out.iter_mut().zip(x) {
+        *o += a * x;
     }
 }
