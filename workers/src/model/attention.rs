@@ -10,26 +10,43 @@ use crate::kv_cache::BlockId;
 pub struct KvStore {
     layers: usize,
     block_size: usize,
-    kv_dim: usize,
-    /// `[block][layer][k or v][slot][kv_dim]`: a block's data is contiguous, so
-    /// the OS commits memory only for blocks the cache has handed out (the
-    /// zeroed allocation is lazily mapped).
+    kv_heads: usize,
+    head_dim: usize,
+    /// `[block][layer][k or v][kv head][slot][head_dim]`: a block's data is
+    /// contiguous, so the OS commits memory only for blocks the cache has
+    /// handed out (the zeroed allocation is lazily mapped), and so is each KV
+    /// head's part of it, which attention reads as one stream.
     data: Vec<f32>,
 }
 
 impl KvStore {
-    pub fn new(num_blocks: usize, block_size: usize, layers: usize, kv_dim: usize) -> KvStore {
+    pub fn new(
+        num_blocks: usize,
+        block_size: usize,
+        layers: usize,
+        kv_heads: usize,
+        head_dim: usize,
+    ) -> KvStore {
+        let block = layers * 2 * kv_heads * block_size * head_dim;
         KvStore {
             layers,
             block_size,
-            kv_dim,
-            data: vec![0.0; num_blocks * layers * 2 * block_size * kv_dim],
+            kv_heads,
+            head_dim,
+            data: vec![0.0; num_blocks * block],
         }
     }
 
-    fn offset(&self, block: BlockId, layer: usize, which: usize, slot: usize) -> usize {
-        let plane = (block.0 as usize * self.layers + layer) * 2 + which;
-        (plane * self.block_size + slot) * self.kv_dim
+    fn offset(
+        &self,
+        block: BlockId,
+        layer: usize,
+        which: usize,
+        head: usize,
+        slot: usize,
+    ) -> usize {
+        let plane = ((block.0 as usize * self.layers + layer) * 2 + which) * self.kv_heads + head;
+        (plane * self.block_size + slot) * self.head_dim
     }
 
     /// Stores the K and V of the token at `position` of a sequence with `blocks`.
@@ -46,15 +63,18 @@ impl KvStore {
             position % self.block_size,
         );
         for (which, src) in [(0, k), (1, v)] {
-            let at = self.offset(block, layer, which, slot);
-            self.data[at..at + self.kv_dim].copy_from_slice(src);
+            for (head, src) in src.chunks_exact(self.head_dim).enumerate() {
+                let at = self.offset(block, layer, which, head, slot);
+                self.data[at..at + self.head_dim].copy_from_slice(src);
+            }
         }
     }
 
-    /// K (`which` 0) or V (1) of every slot of `block` in `layer`: `[slot][kv_dim]`.
-    fn plane(&self, block: BlockId, layer: usize, which: usize) -> &[f32] {
-        let at = self.offset(block, layer, which, 0);
-        &self.data[at..at + self.block_size * self.kv_dim]
+    /// K (`which` 0) or V (1) of KV head `head` for every slot of `block` in
+    /// `layer`: `[slot][head_dim]`.
+    fn plane(&self, block: BlockId, layer: usize, which: usize, head: usize) -> &[f32] {
+        let at = self.offset(block, layer, which, head, 0);
+        &self.data[at..at + self.block_size * self.head_dim]
     }
 }
 
@@ -85,7 +105,7 @@ pub fn attend(
             store,
             layer,
             place: &places[i / kv_heads],
-            kv_at: (i % kv_heads) * head_dim,
+            kv_head: i % kv_heads,
             head_dim,
         };
         heads.attend(q, out);
@@ -118,8 +138,7 @@ struct Heads<'a> {
     store: &'a KvStore,
     layer: usize,
     place: &'a TokenPlace<'a>,
-    /// Where the KV head starts within a token's K (or V).
-    kv_at: usize,
+    kv_head: usize,
     head_dim: usize,
 }
 
@@ -167,8 +186,7 @@ impl Heads<'_> {
         let mut scores = vec![0.0f32; q.len() / hd * len];
         let mut t = 0;
         for (plane, slots) in self.planes(0, len) {
-            for key in plane.chunks_exact(self.store.kv_dim).take(slots) {
-                let key = &key[self.kv_at..self.kv_at + hd];
+            for key in plane.chunks_exact(hd).take(slots) {
                 for (h, q) in q.chunks_exact(hd).enumerate() {
                     scores[h * len + t] = scale * dot(q, key);
                 }
@@ -188,8 +206,7 @@ impl Heads<'_> {
         }
         let mut t = 0;
         for (plane, slots) in self.planes(1, len) {
-            for value in plane.chunks_exact(self.store.kv_dim).take(slots) {
-                let value = &value[self.kv_at..self.kv_at + hd];
+            for value in plane.chunks_exact(hd).take(slots) {
                 for (h, out) in out.chunks_exact_mut(hd).enumerate() {
                     axpy(scores[h * len + t], value, out);
                 }
@@ -207,7 +224,7 @@ impl Heads<'_> {
             .iter()
             .enumerate()
             .map(move |(i, &block)| {
-                let plane = self.store.plane(block, self.layer, which);
+                let plane = self.store.plane(block, self.layer, which, self.kv_head);
                 (plane, size.min(len - i * size))
             })
     }

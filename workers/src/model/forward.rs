@@ -19,7 +19,7 @@ impl Forward {
     /// `num_blocks` blocks of `block_size` tokens: the geometry of the scheduler's `KvCache`.
     pub fn new(weights: Weights, num_blocks: usize, block_size: usize) -> Forward {
         let h = &weights.hyper;
-        let store = KvStore::new(num_blocks, block_size, h.layers, h.kv_dim());
+        let store = KvStore::new(num_blocks, block_size, h.layers, h.kv_heads, h.head_dim);
         let inv_freq = (0..h.head_dim / 2)
             .map(|i| f64::from(h.rope_base).powf(-2.0 * i as f64 / h.head_dim as f64))
             .collect();
