@@ -8,7 +8,9 @@
 //! of its block's largest magnitude, where 8 bits (1/254) turned SmolLM2's
 //! greedy answer to "What is the capital of France?" into French verse.
 //! `matmul` rounds on every path, the GEMM's too, so a prompt computes the
-//! same function however it is batched or cached.
+//! same function however it is batched or cached. Kernels: `avx2`, `vnni`
+//! (Q4_1 on CPUs with AVX-512 VNNI, ~15% faster on one Zen 4 core) and
+//! `portable`; all compute the same integer sums.
 
 use crate::model::matrix::Data;
 use crate::model::quant::QK;
@@ -16,6 +18,9 @@ use crate::model::quant::QK;
 /// Rows of activations, each block `x ≈ d q` with `|q| ≤ 32767`.
 pub struct Q16Rows {
     quants: Vec<[i16; QK]>,
+    /// The same values as bytes, for `vnni`: `[lo, hi]` with `q = 256 hi + lo`,
+    /// `lo` unsigned and `hi` signed (stored as its bits).
+    bytes: Vec<[[u8; QK]; 2]>,
     /// Per block: `d`, and `d Σ q`, the rounded block's sum (what a Q4_1
     /// block's minimum multiplies).
     scales: Vec<[f32; 2]>,
@@ -54,6 +59,8 @@ pub fn rounded(x: &[f32]) -> Vec<f32> {
 #[derive(Clone, Copy)]
 struct Row<'a> {
     quants: &'a [[i16; QK]],
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    bytes: &'a [[[u8; QK]; 2]],
     scales: &'a [[f32; 2]],
 }
 
@@ -63,6 +70,7 @@ impl Q16Rows {
         assert_eq!(k % QK, 0);
         let (chunks, _) = x.as_chunks::<QK>();
         let mut quants = Vec::with_capacity(chunks.len());
+        let mut bytes = Vec::with_capacity(chunks.len());
         let mut scales = Vec::with_capacity(chunks.len());
         for block in chunks {
             let (d, inv) = step(block);
@@ -71,11 +79,13 @@ impl Q16Rows {
                 *q = round(v * inv) as i16;
             }
             let sum: i32 = q.iter().map(|&q| i32::from(q)).sum();
+            bytes.push([q.map(|q| q as u8), q.map(|q| (q >> 8) as u8)]);
             quants.push(q);
             scales.push([d, d * sum as f32]);
         }
         Q16Rows {
             quants,
+            bytes,
             scales,
             blocks: k / QK,
         }
@@ -85,6 +95,7 @@ impl Q16Rows {
         let blocks = r * self.blocks..(r + 1) * self.blocks;
         Row {
             quants: &self.quants[blocks.clone()],
+            bytes: &self.bytes[blocks.clone()],
             scales: &self.scales[blocks],
         }
     }
@@ -96,6 +107,8 @@ const GROUP: usize = 4;
 /// The kernels this CPU can run, best first.
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Isa {
+    /// AVX2 for Q8_0; `vnni` for Q4_1.
+    Avx512Vnni,
     Avx2,
     Portable,
 }
@@ -106,6 +119,9 @@ impl Isa {
         {
             use std::arch::is_x86_feature_detected as has;
             if has!("avx2") && has!("fma") {
+                if has!("avx512vl") && has!("avx512vnni") {
+                    return Isa::Avx512Vnni;
+                }
                 return Isa::Avx2;
             }
         }
@@ -173,7 +189,10 @@ fn group<const R: usize>(isa: Isa, w: &Band, x: &Q16Rows, t: usize, out: Out) {
     // SAFETY (both arms): `isa` names features the CPU has.
     #[cfg(target_arch = "x86_64")]
     match (isa, w) {
-        (Isa::Avx2, &Band::Q8_0(d, q)) => return unsafe { avx2::q8_0(d, q, &x, out) },
+        (Isa::Avx512Vnni, &Band::Q4_1(dm, q)) => return unsafe { vnni::q4_1(dm, q, &x, out) },
+        (Isa::Avx2 | Isa::Avx512Vnni, &Band::Q8_0(d, q)) => {
+            return unsafe { avx2::q8_0(d, q, &x, out) }
+        }
         (Isa::Avx2, &Band::Q4_1(dm, q)) => return unsafe { avx2::q4_1(dm, q, &x, out) },
         (Isa::Portable, _) => {}
     }
@@ -234,6 +253,8 @@ mod portable {
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod vnni;
 
 #[cfg(test)]
 mod tests {
@@ -283,7 +304,7 @@ mod tests {
 
     /// This CPU's kernels and those it would fall back to.
     fn isas() -> Vec<Isa> {
-        let all = [Isa::Avx2, Isa::Portable];
+        let all = [Isa::Avx512Vnni, Isa::Avx2, Isa::Portable];
         let best = all.iter().position(|&isa| isa == Isa::detect()).unwrap();
         all[best..].to_vec()
     }
