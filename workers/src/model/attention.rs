@@ -4,6 +4,7 @@
 
 use rayon::prelude::*;
 
+use super::matmul::dot_inline as dot;
 use crate::kv_cache::BlockId;
 
 /// K and V of every slot of every block, for every layer.
@@ -228,33 +229,6 @@ impl Heads<'_> {
                 (plane, size.min(len - i * size))
             })
     }
-}
-
-/// Running sums: an AVX2 register.
-const LANES: usize = 8;
-
-/// `Σ a b`, in `LANES` running sums; inlined, so it takes the caller's target
-/// features.
-#[inline(always)]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let (a_lanes, a_tail) = a.as_chunks::<LANES>();
-    let (b_lanes, b_tail) = b.as_chunks::<LANES>();
-    let mut acc = [0.0f32; LANES];
-    for (a, b) in a_lanes.iter().zip(b_lanes) {
-        for i in 0..LANES {
-            acc[i] += a[i] * b[i];
-        }
-    }
-    let tail: f32 = a_tail.iter().zip(b_tail).map(|(x, y)| x * y).sum();
-    // Halving, which vectorizes, where a sequential sum would not.
-    let mut width = LANES;
-    while width > 1 {
-        width /= 2;
-        for i in 0..width {
-            acc[i] += acc[i + width];
-        }
-    }
-    acc[0] + tail
 }
 
 /// `Σ a b` over 16 lanes, the last load masked to what is left.
