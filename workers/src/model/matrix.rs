@@ -1,18 +1,15 @@
 //! A weight matrix in its storage encoding: f32, or GGUF's Q8_0 and Q4_1 blocks
-//! kept quantized and computed in place by `matmul`.
+//! kept quantized (in [`Tiles`]) and computed in place by `matmul`.
 //!
 //! Why in place: decode reads every weight once per token, so its speed is the
 //! memory bandwidth divided by the bytes of the weights, and at 2-16 cores the
 //! unpacking arithmetic too: SmolLM2's Q4_1 file is 97 MB against 538 MB
-//! dequantized to f32. The blocks are split at load into planar scales, widened
-//! to f32 (the kernels would otherwise convert them on every pass; this adds 4
-//! bytes per block of 32), and quants, so the kernels stream each.
-//! F16 and BF16 tensors widen to f32 at load: no file we serve stores its big
-//! matrices that way on the CPU path, and f32 lets the GEMM crate use them as they are.
+//! dequantized to f32. F16 and BF16 tensors widen to f32 at load: no file we
+//! serve stores its big matrices that way on the CPU path, and f32 lets the
+//! GEMM crate use them as they are.
 
-use half::f16;
-
-use super::quant::{TensorType, QK};
+use super::quant::TensorType;
+use super::tiles::Tiles;
 
 /// A row-major `[rows, cols]` matrix; quantized rows are whole blocks of [`QK`].
 #[derive(Debug, Clone, PartialEq)]
@@ -25,17 +22,8 @@ pub struct Matrix {
 #[derive(Debug, Clone, PartialEq)]
 pub(super) enum Data {
     F32(Vec<f32>),
-    /// A scale `d` per block; element `x = d q`.
-    Q8_0 {
-        scales: Vec<f32>,
-        quants: Vec<i8>,
-    },
-    /// `d` then `m` per block, then 16 bytes per block: element `j` in byte
-    /// `j`'s low nibble, `j + 16` in its high one; `x = d q + m`.
-    Q4_1 {
-        scales: Vec<f32>,
-        quants: Vec<u8>,
-    },
+    /// Q8_0 or Q4_1.
+    Tiled(Tiles),
 }
 
 impl Matrix {
@@ -52,23 +40,7 @@ impl Matrix {
     pub fn from_gguf(kind: TensorType, bytes: &[u8], rows: usize, cols: usize) -> Matrix {
         let data = match kind {
             TensorType::F32 | TensorType::F16 => Data::F32(kind.dequantize(bytes, rows * cols)),
-            TensorType::Q8_0 => {
-                let blocks = bytes.chunks_exact(2 + QK);
-                Data::Q8_0 {
-                    scales: blocks.clone().map(|b| half(b, 0)).collect(),
-                    quants: blocks.flat_map(|b| &b[2..]).map(|&q| q as i8).collect(),
-                }
-            }
-            TensorType::Q4_1 => {
-                let blocks = bytes.chunks_exact(4 + QK / 2);
-                Data::Q4_1 {
-                    scales: blocks
-                        .clone()
-                        .flat_map(|b| [half(b, 0), half(b, 2)])
-                        .collect(),
-                    quants: blocks.flat_map(|b| &b[4..]).copied().collect(),
-                }
-            }
+            TensorType::Q8_0 | TensorType::Q4_1 => Data::Tiled(Tiles::new(kind, bytes, rows, cols)),
         };
         Matrix { rows, cols, data }
     }
@@ -80,40 +52,31 @@ impl Matrix {
         let cols = parts[0].cols;
         assert!(parts.iter().all(|p| p.cols == cols));
         let rows = parts.iter().map(|p| p.rows).sum();
-        let same = |a: &Data, b: &Data| std::mem::discriminant(a) == std::mem::discriminant(b);
-        if !parts.iter().all(|p| same(&p.data, &parts[0].data)) {
-            let values = parts.iter().flat_map(Matrix::to_f32).collect();
-            return Matrix::from_f32(rows, cols, values);
-        }
-        let mut parts = parts.into_iter().map(|p| p.data);
-        let mut data = parts.next().expect("at least one part");
-        for part in parts {
-            match (&mut data, part) {
-                (Data::F32(a), Data::F32(b)) => a.extend(b),
-                (
-                    Data::Q8_0 { scales, quants },
-                    Data::Q8_0 {
-                        scales: s,
-                        quants: q,
-                    },
-                ) => {
-                    scales.extend(s);
-                    quants.extend(q);
-                }
-                (
-                    Data::Q4_1 { scales, quants },
-                    Data::Q4_1 {
-                        scales: s,
-                        quants: q,
-                    },
-                ) => {
-                    scales.extend(s);
-                    quants.extend(q);
-                }
-                _ => unreachable!("encodings checked equal"),
+        let kind = parts[0].kind();
+        let data = match kind {
+            Some(kind) if parts.iter().all(|p| p.kind() == Some(kind)) => {
+                let bytes: Vec<u8> = parts.iter().flat_map(Matrix::gguf_rows).collect();
+                Data::Tiled(Tiles::new(kind, &bytes, rows, cols))
             }
-        }
+            _ => Data::F32(parts.iter().flat_map(Matrix::to_f32).collect()),
+        };
         Matrix { rows, cols, data }
+    }
+
+    /// The quantized encoding, if any.
+    fn kind(&self) -> Option<TensorType> {
+        match &self.data {
+            Data::F32(_) => None,
+            Data::Tiled(t) => Some(t.kind),
+        }
+    }
+
+    /// Every row in GGUF's encoding (quantized matrices only).
+    fn gguf_rows(&self) -> Vec<u8> {
+        match &self.data {
+            Data::Tiled(t) => t.gguf_rows(0, self.rows),
+            Data::F32(_) => unreachable!("f32 rows are not re-encoded"),
+        }
     }
 
     pub fn rows(&self) -> usize {
@@ -128,42 +91,19 @@ impl Matrix {
     pub fn bytes(&self) -> usize {
         match &self.data {
             Data::F32(v) => v.len() * 4,
-            Data::Q8_0 { scales, quants } => scales.len() * 4 + quants.len(),
-            Data::Q4_1 { scales, quants } => scales.len() * 4 + quants.len(),
+            Data::Tiled(t) => t.bytes(),
         }
     }
 
     /// Rows `start..start + out.len() / cols`, dequantized into `out`.
     pub fn rows_into(&self, start: usize, out: &mut [f32]) {
-        let (cols, blocks) = (self.cols, self.cols / QK);
+        let cols = self.cols;
         let count = out.len() / cols;
         assert!(start + count <= self.rows && out.len() == count * cols);
         match &self.data {
             Data::F32(v) => out.copy_from_slice(&v[start * cols..(start + count) * cols]),
-            Data::Q8_0 { scales, quants } => {
-                let d = &scales[start * blocks..(start + count) * blocks];
-                let quants = &quants[start * cols..(start + count) * cols];
-                for ((o, q), &d) in out.chunks_exact_mut(QK).zip(quants.chunks_exact(QK)).zip(d) {
-                    for (o, &q) in o.iter_mut().zip(q) {
-                        *o = d * f32::from(q);
-                    }
-                }
-            }
-            Data::Q4_1 { scales, quants } => {
-                let dm = &scales[2 * start * blocks..2 * (start + count) * blocks];
-                let quants = &quants[start * cols / 2..(start + count) * cols / 2];
-                for ((o, q), dm) in out
-                    .chunks_exact_mut(QK)
-                    .zip(quants.chunks_exact(QK / 2))
-                    .zip(dm.chunks_exact(2))
-                {
-                    let (d, m) = (dm[0], dm[1]);
-                    let (lo, hi) = o.split_at_mut(QK / 2);
-                    for ((lo, hi), &q) in lo.iter_mut().zip(hi).zip(q) {
-                        *lo = d * f32::from(q & 0xF) + m;
-                        *hi = d * f32::from(q >> 4) + m;
-                    }
-                }
+            Data::Tiled(t) => {
+                out.copy_from_slice(&t.kind.dequantize(&t.gguf_rows(start, count), out.len()))
             }
         }
     }
@@ -176,14 +116,10 @@ impl Matrix {
     }
 }
 
-/// The little-endian f16 at `b[at..at + 2]`, widened.
-fn half(b: &[u8], at: usize) -> f32 {
-    f16::from_le_bytes([b[at], b[at + 1]]).to_f32()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use half::f16;
 
     /// Two rows of 64 in `kind`, finite and varied.
     fn encoded(kind: TensorType) -> Vec<u8> {
@@ -212,7 +148,7 @@ mod tests {
     }
 
     #[test]
-    fn planar_blocks_dequantize_like_the_file() {
+    fn tiled_blocks_dequantize_like_the_file() {
         for kind in [TensorType::Q8_0, TensorType::Q4_1, TensorType::F16] {
             let bytes = encoded(kind);
             let m = Matrix::from_gguf(kind, &bytes, 2, 64);
@@ -220,17 +156,13 @@ mod tests {
             let mut second = vec![0.0; 64];
             m.rows_into(1, &mut second);
             assert_eq!(second, kind.dequantize(&bytes, 128)[64..]);
-            let scales = match kind {
-                TensorType::Q8_0 => 4 * 2,
-                TensorType::Q4_1 => 4 * 2 * 2,
-                _ => 0,
-            };
-            let bytes = if kind == TensorType::F16 {
+            // f16 widens; the 2 quantized rows are read as a whole tile of 8.
+            let read = if kind == TensorType::F16 {
                 512
             } else {
-                bytes.len() + scales
+                bytes.len() * 4
             };
-            assert_eq!(m.bytes(), bytes);
+            assert_eq!(m.bytes(), read);
         }
     }
 
@@ -238,7 +170,7 @@ mod tests {
     fn concat_keeps_one_encoding_and_widens_mixed_ones() {
         let q = |kind| Matrix::from_gguf(kind, &encoded(kind), 2, 64);
         let same = Matrix::concat(vec![q(TensorType::Q4_1), q(TensorType::Q4_1)]);
-        assert!(matches!(same.data, Data::Q4_1 { .. }));
+        assert!(matches!(&same.data, Data::Tiled(t) if t.kind == TensorType::Q4_1));
         assert_eq!(same.rows(), 4);
         assert_eq!(same.to_f32()[128..], q(TensorType::Q4_1).to_f32()[..]);
         let mixed = Matrix::concat(vec![q(TensorType::Q8_0), q(TensorType::Q4_1)]);

@@ -16,6 +16,7 @@ mod matmul;
 mod matrix;
 mod quant;
 mod sample;
+mod tiles;
 mod vocab;
 mod weights;
 

@@ -13,6 +13,7 @@ mod q16;
 use rayon::prelude::*;
 
 use super::matrix::{Data, Matrix};
+use super::tiles::TILE;
 use q16::Q16Rows;
 
 /// From this many rows on, a GEMM beats the fused products. Its fixed cost
@@ -23,7 +24,7 @@ use q16::Q16Rows;
 fn gemm_min_rows(w: &Matrix) -> usize {
     match w.data {
         Data::F32(_) => 24,
-        Data::Q8_0 { .. } | Data::Q4_1 { .. } => 40,
+        Data::Tiled(_) => 40,
     }
 }
 
@@ -46,23 +47,33 @@ pub fn matmul(x: &[f32], w: &Matrix, y: &mut [f32], rows: usize) {
     let fused = rows < gemm_min_rows(w);
     match &w.data {
         Data::F32(v) if fused => {
-            small_batch(n, y, rows, |n0, out| float::band(v, k, n0, x, rows, out))
+            small_batch(n, 1, y, rows, |n0, out| float::band(v, k, n0, x, rows, out))
         }
         Data::F32(_) => gemm(x, w, y, rows),
-        data if fused => {
+        Data::Tiled(tiles) if fused => {
             let x = Q16Rows::quantize(x, k);
-            small_batch(n, y, rows, |n0, out| q16::band(data, k, n0, &x, rows, out))
+            small_batch(n, TILE, y, rows, |n0, out| {
+                q16::band(tiles, n0, &x, rows, out)
+            })
         }
-        _ => gemm(&q16::rounded(x), w, y, rows),
+        Data::Tiled(_) => gemm(&q16::rounded(x), w, y, rows),
     }
 }
 
-/// Few rows: each task computes a band of outputs for every row with `band(n0,
-/// out)`, into `yt` (`[n, rows]`, so bands are contiguous), then the result is
-/// transposed into `y`.
-fn small_batch(n: usize, y: &mut [f32], rows: usize, band: impl Fn(usize, &mut [f32]) + Sync) {
-    let width = n.div_ceil(rayon::current_num_threads() * BANDS_PER_THREAD);
-    let mut yt = vec![0.0f32; n * rows];
+/// Few rows: each task computes a band of outputs (whole multiples of `unit`,
+/// past `n` up to the next one) for every row with `band(n0, out)`, into `yt`
+/// (`[n, rows]`, so bands are contiguous), then the result is transposed into `y`.
+fn small_batch(
+    n: usize,
+    unit: usize,
+    y: &mut [f32],
+    rows: usize,
+    band: impl Fn(usize, &mut [f32]) + Sync,
+) {
+    let width = n
+        .div_ceil(rayon::current_num_threads() * BANDS_PER_THREAD)
+        .next_multiple_of(unit);
+    let mut yt = vec![0.0f32; n.next_multiple_of(unit) * rows];
     yt.par_chunks_mut(width * rows)
         .enumerate()
         .for_each(|(i, out)| band(i * width, out));

@@ -8,12 +8,14 @@
 //! of its block's largest magnitude, where 8 bits (1/254) turned SmolLM2's
 //! greedy answer to "What is the capital of France?" into French verse.
 //! `matmul` rounds on every path, the GEMM's too, so a prompt computes the
-//! same function however it is batched or cached. Kernels: `avx2`, `vnni`
-//! (Q4_1 on CPUs with AVX-512 VNNI, ~15% faster on one Zen 4 core) and
-//! `portable`; all compute the same integer sums.
+//! same function however it is batched or cached. The weights come as
+//! [`Tiles`] of eight rows. Kernels: `vnni` (CPUs with AVX-512 VNNI), `avx2`
+//! and `portable`; all compute the same integer sums.
 
-use crate::model::matrix::Data;
-use crate::model::quant::QK;
+use half::f16;
+
+use crate::model::quant::{TensorType, QK};
+use crate::model::tiles::{Tiles, TILE};
 
 /// Rows of activations, each block `x ≈ d q` with `|q| ≤ 32767`.
 pub struct Q16Rows {
@@ -24,6 +26,8 @@ pub struct Q16Rows {
     /// Per block: `d`, and `d Σ q`, the rounded block's sum (what a Q4_1
     /// block's minimum multiplies).
     scales: Vec<[f32; 2]>,
+    /// Per block: `Σ hi`, for `vnni`'s Q8_0 products (see there).
+    hi_sums: Vec<i32>,
     blocks: usize,
 }
 
@@ -62,6 +66,8 @@ struct Row<'a> {
     #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     bytes: &'a [[[u8; QK]; 2]],
     scales: &'a [[f32; 2]],
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    hi_sums: &'a [i32],
 }
 
 impl Q16Rows {
@@ -72,6 +78,7 @@ impl Q16Rows {
         let mut quants = Vec::with_capacity(chunks.len());
         let mut bytes = Vec::with_capacity(chunks.len());
         let mut scales = Vec::with_capacity(chunks.len());
+        let mut hi_sums = Vec::with_capacity(chunks.len());
         for block in chunks {
             let (d, inv) = step(block);
             let mut q = [0i16; QK];
@@ -79,7 +86,9 @@ impl Q16Rows {
                 *q = round(v * inv) as i16;
             }
             let sum: i32 = q.iter().map(|&q| i32::from(q)).sum();
-            bytes.push([q.map(|q| q as u8), q.map(|q| (q >> 8) as u8)]);
+            let hi = q.map(|q| (q >> 8) as i8);
+            hi_sums.push(hi.iter().map(|&h| i32::from(h)).sum());
+            bytes.push([q.map(|q| q as u8), hi.map(|h| h as u8)]);
             quants.push(q);
             scales.push([d, d * sum as f32]);
         }
@@ -87,6 +96,7 @@ impl Q16Rows {
             quants,
             bytes,
             scales,
+            hi_sums,
             blocks: k / QK,
         }
     }
@@ -96,7 +106,8 @@ impl Q16Rows {
         Row {
             quants: &self.quants[blocks.clone()],
             bytes: &self.bytes[blocks.clone()],
-            scales: &self.scales[blocks],
+            scales: &self.scales[blocks.clone()],
+            hi_sums: &self.hi_sums[blocks],
         }
     }
 }
@@ -107,7 +118,6 @@ const GROUP: usize = 4;
 /// The kernels this CPU can run, best first.
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Isa {
-    /// AVX2 for Q8_0; `vnni` for Q4_1.
     Avx512Vnni,
     Avx2,
     Portable,
@@ -118,7 +128,7 @@ impl Isa {
         #[cfg(target_arch = "x86_64")]
         {
             use std::arch::is_x86_feature_detected as has;
-            if has!("avx2") && has!("fma") {
+            if has!("avx2") && has!("fma") && has!("f16c") {
                 if has!("avx512vl") && has!("avx512vnni") {
                     return Isa::Avx512Vnni;
                 }
@@ -129,15 +139,17 @@ impl Isa {
     }
 }
 
-/// Outputs `n0..n0 + out.len() / rows` of quantized `w` for each row of `x`,
-/// into `out: [width, rows]`.
-pub fn band(w: &Data, k: usize, n0: usize, x: &Q16Rows, rows: usize, out: &mut [f32]) {
-    band_with(Isa::detect(), w, k, n0, x, rows, out)
+/// Outputs `n0..n0 + out.len() / rows` of `w` for each row of `x`, into
+/// `out: [width, rows]`; `n0` and the width are whole tiles.
+pub fn band(w: &Tiles, n0: usize, x: &Q16Rows, rows: usize, out: &mut [f32]) {
+    band_with(Isa::detect(), w, n0, x, rows, out)
 }
 
 /// [`band`] with the kernels of `isa`, which the CPU must support.
-fn band_with(isa: Isa, w: &Data, k: usize, n0: usize, x: &Q16Rows, rows: usize, out: &mut [f32]) {
-    let w = Band::of(w, k, n0, out.len() / rows);
+fn band_with(isa: Isa, w: &Tiles, n0: usize, x: &Q16Rows, rows: usize, out: &mut [f32]) {
+    let width = out.len() / rows;
+    assert!(n0.is_multiple_of(TILE) && width.is_multiple_of(TILE));
+    let w = Band::of(w, n0 / TILE, width / TILE);
     for t in (0..rows).step_by(GROUP) {
         let out = Out {
             y: &mut out[t..],
@@ -152,26 +164,26 @@ fn band_with(isa: Isa, w: &Data, k: usize, n0: usize, x: &Q16Rows, rows: usize, 
     }
 }
 
-/// Rows `n0..n0 + width` of W, in its encoding.
+/// Tiles `t0..t0 + count` of W, in its encoding: per tile and block, the
+/// scales and the quant bytes of the eight rows (see [`Tiles`]).
 enum Band<'a> {
-    Q8_0(&'a [f32], &'a [[i8; QK]]),
-    Q4_1(&'a [[f32; 2]], &'a [[u8; QK / 2]]),
+    Q8_0(&'a [[f16; TILE]], &'a [[u8; QK * TILE]]),
+    Q4_1(&'a [[f16; 2 * TILE]], &'a [[u8; QK / 2 * TILE]]),
 }
 
 impl<'a> Band<'a> {
-    fn of(w: &'a Data, k: usize, n0: usize, width: usize) -> Band<'a> {
-        let blocks = n0 * (k / QK)..(n0 + width) * (k / QK);
-        match w {
-            Data::Q8_0 { scales, quants } => {
-                let (q, _) = quants[n0 * k..(n0 + width) * k].as_chunks();
-                Band::Q8_0(&scales[blocks], q)
-            }
-            Data::Q4_1 { scales, quants } => {
-                let (dm, _) = scales[2 * blocks.start..2 * blocks.end].as_chunks();
-                let (q, _) = quants[n0 * k / 2..(n0 + width) * k / 2].as_chunks();
-                Band::Q4_1(dm, q)
-            }
-            Data::F32(_) => unreachable!("f32 weights take f32 activations"),
+    fn of(w: &'a Tiles, t0: usize, count: usize) -> Band<'a> {
+        let blocks = t0 * w.blocks..(t0 + count) * w.blocks;
+        match w.kind {
+            TensorType::Q8_0 => Band::Q8_0(
+                &w.scales.as_chunks().0[blocks.clone()],
+                &w.quants.as_chunks().0[blocks],
+            ),
+            TensorType::Q4_1 => Band::Q4_1(
+                &w.scales.as_chunks().0[blocks.clone()],
+                &w.quants.as_chunks().0[blocks],
+            ),
+            _ => unreachable!("tiles are quantized"),
         }
     }
 }
@@ -182,17 +194,25 @@ struct Out<'a> {
     stride: usize,
 }
 
+impl Out<'_> {
+    /// The sums of tile `t`'s eight rows with the group's row `r`.
+    fn tile(&mut self, t: usize, r: usize, sums: [f32; TILE]) {
+        for (i, sum) in sums.into_iter().enumerate() {
+            self.y[(t * TILE + i) * self.stride + r] = sum;
+        }
+    }
+}
+
 /// The band of W with rows `t..t + R` of `x`.
 #[inline(always)]
 fn group<const R: usize>(isa: Isa, w: &Band, x: &Q16Rows, t: usize, out: Out) {
     let x: [Row; R] = std::array::from_fn(|r| x.row(t + r));
-    // SAFETY (both arms): `isa` names features the CPU has.
+    // SAFETY (every arm): `isa` names features the CPU has.
     #[cfg(target_arch = "x86_64")]
     match (isa, w) {
+        (Isa::Avx512Vnni, &Band::Q8_0(d, q)) => return unsafe { vnni::q8_0(d, q, &x, out) },
         (Isa::Avx512Vnni, &Band::Q4_1(dm, q)) => return unsafe { vnni::q4_1(dm, q, &x, out) },
-        (Isa::Avx2 | Isa::Avx512Vnni, &Band::Q8_0(d, q)) => {
-            return unsafe { avx2::q8_0(d, q, &x, out) }
-        }
+        (Isa::Avx2, &Band::Q8_0(d, q)) => return unsafe { avx2::q8_0(d, q, &x, out) },
         (Isa::Avx2, &Band::Q4_1(dm, q)) => return unsafe { avx2::q4_1(dm, q, &x, out) },
         (Isa::Portable, _) => {}
     }
@@ -205,47 +225,62 @@ fn group<const R: usize>(isa: Isa, w: &Band, x: &Q16Rows, t: usize, out: Out) {
 /// The same sums in plain integer arithmetic, for other CPUs.
 mod portable {
     use super::*;
+    use crate::model::tiles::quant_at;
 
-    pub fn q8_0<const R: usize>(d: &[f32], q: &[[i8; QK]], x: &[Row; R], out: Out) {
+    pub fn q8_0<const R: usize>(
+        d: &[[f16; TILE]],
+        q: &[[u8; QK * TILE]],
+        x: &[Row; R],
+        mut out: Out,
+    ) {
         let blocks = x[0].quants.len();
-        for (j, (d, q)) in d
-            .chunks_exact(blocks)
-            .zip(q.chunks_exact(blocks))
-            .enumerate()
-        {
+        let tiles = d.chunks_exact(blocks).zip(q.chunks_exact(blocks));
+        for (t, (d, q)) in tiles.enumerate() {
             for (r, x) in x.iter().enumerate() {
-                let mut acc = 0.0f32;
-                for (b, (&d, q)) in d.iter().zip(q).enumerate() {
-                    let xq = &x.quants[b];
-                    let sum: i32 = (0..QK).map(|i| i32::from(q[i]) * i32::from(xq[i])).sum();
-                    acc += d * x.scales[b][0] * sum as f32;
-                }
-                out.y[j * out.stride + r] = acc;
+                let sums = std::array::from_fn(|row| {
+                    let mut acc = 0.0f32;
+                    for (b, (d, q)) in d.iter().zip(q).enumerate() {
+                        let xq = &x.quants[b];
+                        let sum: i32 = (0..QK)
+                            .map(|i| i32::from(q[quant_at(i, row)] as i8) * i32::from(xq[i]))
+                            .sum();
+                        acc += d[row].to_f32() * x.scales[b][0] * sum as f32;
+                    }
+                    acc
+                });
+                out.tile(t, r, sums);
             }
         }
     }
 
-    pub fn q4_1<const R: usize>(dm: &[[f32; 2]], q: &[[u8; QK / 2]], x: &[Row; R], out: Out) {
+    pub fn q4_1<const R: usize>(
+        dm: &[[f16; 2 * TILE]],
+        q: &[[u8; QK / 2 * TILE]],
+        x: &[Row; R],
+        mut out: Out,
+    ) {
         let blocks = x[0].quants.len();
-        for (j, (dm, q)) in dm
-            .chunks_exact(blocks)
-            .zip(q.chunks_exact(blocks))
-            .enumerate()
-        {
+        let tiles = dm.chunks_exact(blocks).zip(q.chunks_exact(blocks));
+        for (t, (dm, q)) in tiles.enumerate() {
             for (r, x) in x.iter().enumerate() {
-                let mut acc = 0.0f32;
-                for (b, (&[d, m], q)) in dm.iter().zip(q).enumerate() {
-                    let xq = &x.quants[b];
-                    let sum: i32 = (0..QK / 2)
-                        .map(|i| {
-                            i32::from(q[i] & 0xF) * i32::from(xq[i])
-                                + i32::from(q[i] >> 4) * i32::from(xq[i + QK / 2])
-                        })
-                        .sum();
-                    let [dx, sx] = x.scales[b];
-                    acc += d * dx * sum as f32 + m * sx;
-                }
-                out.y[j * out.stride + r] = acc;
+                let sums = std::array::from_fn(|row| {
+                    let mut acc = 0.0f32;
+                    for (b, (dm, q)) in dm.iter().zip(q).enumerate() {
+                        let xq = &x.quants[b];
+                        let sum: i32 = (0..QK / 2)
+                            .map(|i| {
+                                let byte = q[quant_at(i, row)];
+                                i32::from(byte & 0xF) * i32::from(xq[i])
+                                    + i32::from(byte >> 4) * i32::from(xq[i + QK / 2])
+                            })
+                            .sum();
+                        let (d, m) = (dm[row].to_f32(), dm[TILE + row].to_f32());
+                        let [dx, sx] = x.scales[b];
+                        acc += d * dx * sum as f32 + m * sx;
+                    }
+                    acc
+                });
+                out.tile(t, r, sums);
             }
         }
     }
@@ -259,8 +294,7 @@ mod vnni;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::matrix::Matrix;
-    use crate::model::quant::TensorType;
+    use crate::model::matrix::{Data, Matrix};
 
     #[test]
     fn rounding_keeps_each_value_within_half_a_step() {
@@ -292,9 +326,7 @@ mod tests {
     /// activations whose block maximum is 32767 round to themselves.
     #[test]
     fn kernels_compute_the_rounded_product() {
-        // Odd and even block counts; 10 blocks take the minimums' vector loop
-        // and its tail. 7 rows of x go as groups of 4 and 3; 1 row alone
-        // takes the kernels' separate sums of even and odd blocks.
+        // Odd and even block counts; 7 rows of x go as groups of 4 and 3.
         for k in [96, 320] {
             for rows in [7, 1] {
                 every_kernel_computes_the_rounded_product(k, rows);
@@ -310,7 +342,8 @@ mod tests {
     }
 
     fn every_kernel_computes_the_rounded_product(k: usize, rows: usize) {
-        let n = 5;
+        // A whole tile of W's rows and one with 3 rows of padding.
+        let n = 13;
         let x: Vec<f32> = (0..rows * k)
             .map(|i| {
                 if i % QK == 5 {
@@ -349,6 +382,9 @@ mod tests {
             };
             let w = Matrix::from_gguf(kind, &bytes, n, k);
             let wf = w.to_f32();
+            let Data::Tiled(tiles) = &w.data else {
+                unreachable!("quantized")
+            };
             let mut expected = vec![0.0f32; n * rows];
             for j in 0..n {
                 for t in 0..rows {
@@ -357,9 +393,13 @@ mod tests {
                 }
             }
             for isa in isas() {
-                let mut out = vec![f32::NAN; n * rows];
-                band_with(isa, &w.data, k, 0, &xq, rows, &mut out);
-                assert_eq!(out, expected, "{kind:?}, {isa:?}, k = {k}, rows = {rows}");
+                let mut out = vec![f32::NAN; 2 * TILE * rows];
+                band_with(isa, tiles, 0, &xq, rows, &mut out);
+                assert_eq!(
+                    out[..n * rows],
+                    expected,
+                    "{kind:?}, {isa:?}, k = {k}, rows = {rows}"
+                );
             }
         }
     }
