@@ -102,9 +102,7 @@ impl Matrix {
         assert!(start + count <= self.rows && out.len() == count * cols);
         match &self.data {
             Data::F32(v) => out.copy_from_slice(&v[start * cols..(start + count) * cols]),
-            Data::Tiled(t) => {
-                out.copy_from_slice(&t.kind.dequantize(&t.gguf_rows(start, count), out.len()))
-            }
+            Data::Tiled(t) => t.rows_into(start, out),
         }
     }
 

@@ -86,6 +86,42 @@ impl Tiles {
         out
     }
 
+    /// Rows `start..start + out.len() / cols`, dequantized into `out` (what
+    /// the GEMM multiplies): four bytes of a row at a time, as stored.
+    pub fn rows_into(&self, start: usize, out: &mut [f32]) {
+        let (ns, nq) = layout(self.kind);
+        for (row, out) in (start..).zip(out.chunks_exact_mut(self.blocks * QK)) {
+            for (b, out) in out.chunks_exact_mut(QK).enumerate() {
+                let (s, q) = self.block_at(row, b);
+                let d = self.scales[s].to_f32();
+                let fours = (0..nq / 4).map(|g| {
+                    let at = q + quant_at(4 * g, row % TILE);
+                    &self.quants[at..at + 4]
+                });
+                if ns == 1 {
+                    for (out, four) in out.chunks_exact_mut(4).zip(fours) {
+                        for (o, &q) in out.iter_mut().zip(four) {
+                            *o = d * f32::from(q as i8);
+                        }
+                    }
+                } else {
+                    let m = self.scales[s + TILE].to_f32();
+                    let (lo, hi) = out.split_at_mut(QK / 2);
+                    for ((lo, hi), four) in lo
+                        .chunks_exact_mut(4)
+                        .zip(hi.chunks_exact_mut(4))
+                        .zip(fours)
+                    {
+                        for ((lo, hi), &q) in lo.iter_mut().zip(hi).zip(four) {
+                            *lo = d * f32::from(q & 0xF) + m;
+                            *hi = d * f32::from(q >> 4) + m;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     /// Bytes one pass over the tiles reads.
     pub fn bytes(&self) -> usize {
         self.scales.len() * 2 + self.quants.len()
@@ -114,6 +150,13 @@ mod tests {
                 .collect();
             let tiles = Tiles::new(kind, &bytes, rows, cols);
             assert_eq!(tiles.gguf_rows(0, rows), bytes, "{kind:?}");
+            // The same arithmetic as the file's dequantization, bit for bit
+            // (these arbitrary scales include NaN).
+            let mut values = vec![0.0; 2 * cols];
+            tiles.rows_into(8, &mut values);
+            let bits = |v: &[f32]| v.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            let expected = kind.dequantize(&tiles.gguf_rows(8, 2), 2 * cols);
+            assert_eq!(bits(&values), bits(&expected));
             assert_eq!(tiles.bytes(), 16 * 2 * (2 * ns + nq));
             let row = 2 * (2 * ns + nq);
             assert_eq!(tiles.gguf_rows(9, 2), bytes[9 * row..]);
