@@ -2,9 +2,8 @@
 //! live in the physical blocks its block table names, so blocks shared through
 //! the prefix cache are computed once and read by every sequence that shares them.
 
-use rayon::prelude::*;
-
 use super::matmul::dot_inline as dot;
+use super::team::Team;
 use crate::kv_cache::BlockId;
 
 /// K and V of every slot of every block, for every layer.
@@ -88,7 +87,9 @@ pub struct TokenPlace<'a> {
 /// Causal grouped-query attention of every token of the step, each over its own
 /// sequence's positions `0..=position` (all of whose K/V are stored by now).
 /// `q: [tokens, heads, head_dim]`; returns the same shape.
+#[allow(clippy::too_many_arguments)]
 pub fn attend(
+    team: &Team,
     store: &KvStore,
     layer: usize,
     places: &[TokenPlace<'_>],
@@ -101,7 +102,7 @@ pub fn attend(
     // One task per KV head of each token, with all the query heads that share
     // it: its keys and values are read once for the group.
     let group = (heads / kv_heads) * head_dim;
-    let one = |(i, (out, q)): (usize, (&mut [f32], &[f32]))| {
+    let one = |i: usize, out: &mut [f32]| {
         let heads = Heads {
             store,
             layer,
@@ -109,7 +110,7 @@ pub fn attend(
             kv_head: i % kv_heads,
             head_dim,
         };
-        heads.attend(q, out);
+        heads.attend(&q[i * group..(i + 1) * group], out);
     };
     // Decoding a short sequence is a few microseconds of work, less than
     // handing it to other threads costs.
@@ -118,15 +119,11 @@ pub fn attend(
         .map(|p| (p.position + 1) * heads * head_dim)
         .sum();
     if work < PARALLEL_MIN_WORK {
-        out.chunks_mut(group)
-            .zip(q.chunks(group))
-            .enumerate()
-            .for_each(one);
+        for (i, out) in out.chunks_mut(group).enumerate() {
+            one(i, out);
+        }
     } else {
-        out.par_chunks_mut(group)
-            .zip(q.par_chunks(group))
-            .enumerate()
-            .for_each(one);
+        team.for_chunks(&mut out, group, one);
     }
     out
 }

@@ -33,11 +33,7 @@ impl LlamaCompute {
 
 impl Compute for LlamaCompute {
     fn step(&mut self, plan: &StepPlan) -> Vec<u32> {
-        // On a worker of rayon's pool, so every matrix product of the step forks
-        // from inside the pool instead of waking it from outside (and blocking
-        // this thread) a few hundred times per token.
-        let forward = &mut self.forward;
-        let logits = rayon::scope(|_| forward.run(plan));
+        let logits = self.forward.run(plan);
         plan.items
             .iter()
             .filter(|item| item.sample)

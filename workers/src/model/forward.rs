@@ -4,13 +4,15 @@
 
 use super::attention::{attend, KvStore, TokenPlace};
 use super::matmul::matmul;
+use super::team::Team;
 use super::weights::Weights;
 use crate::scheduler::StepPlan;
 
-/// The model and its KV cache memory.
+/// The model, its KV cache memory and the threads that compute on them.
 pub struct Forward {
     weights: Weights,
     store: KvStore,
+    team: &'static Team,
     /// `rope_base^(-2i / head_dim)` for each rotary pair `i`.
     inv_freq: Vec<f64>,
 }
@@ -26,6 +28,7 @@ impl Forward {
         Forward {
             weights,
             store,
+            team: Team::global(),
             inv_freq,
         }
     }
@@ -61,7 +64,7 @@ impl Forward {
         let mut act = vec![0.0f32; rows * h.ffn_dim];
         for (l, layer) in self.weights.layers.iter().enumerate() {
             rms_norm(&x, &layer.attn_norm, h.norm_eps, &mut normed);
-            matmul(&normed, &layer.wqkv, &mut qkv, rows);
+            matmul(self.team, &normed, &layer.wqkv, &mut qkv, rows);
             let mut q = Vec::with_capacity(rows * q_dim);
             for (t, row) in qkv.chunks_exact_mut(qkv_dim).enumerate() {
                 let half = hd / 2;
@@ -78,11 +81,20 @@ impl Forward {
                 self.store
                     .write(places[t].blocks, places[t].position, l, k, v);
             }
-            let attn = attend(&self.store, l, &places, &q, h.heads, h.kv_heads, hd);
-            matmul(&attn, &layer.wo, &mut proj, rows);
+            let attn = attend(
+                self.team,
+                &self.store,
+                l,
+                &places,
+                &q,
+                h.heads,
+                h.kv_heads,
+                hd,
+            );
+            matmul(self.team, &attn, &layer.wo, &mut proj, rows);
             add(&mut x, &proj);
             rms_norm(&x, &layer.ffn_norm, h.norm_eps, &mut normed);
-            matmul(&normed, &layer.w_gate_up, &mut gate_up, rows);
+            matmul(self.team, &normed, &layer.w_gate_up, &mut gate_up, rows);
             for (a, gu) in act
                 .chunks_exact_mut(h.ffn_dim)
                 .zip(gate_up.chunks_exact(2 * h.ffn_dim))
@@ -92,7 +104,7 @@ impl Forward {
                     *a = g / (1.0 + (-g).exp()) * u;
                 }
             }
-            matmul(&act, &layer.w_down, &mut proj, rows);
+            matmul(self.team, &act, &layer.w_down, &mut proj, rows);
             add(&mut x, &proj);
         }
         self.logits(plan, &x)
@@ -113,7 +125,13 @@ impl Forward {
         let mut normed = vec![0.0f32; last.len()];
         rms_norm(&last, &self.weights.out_norm, h.norm_eps, &mut normed);
         let mut logits = vec![0.0f32; rows * h.vocab];
-        matmul(&normed, self.weights.lm_head(), &mut logits, rows);
+        matmul(
+            self.team,
+            &normed,
+            self.weights.lm_head(),
+            &mut logits,
+            rows,
+        );
         logits.chunks_exact(h.vocab).map(<[f32]>::to_vec).collect()
     }
 

@@ -16,6 +16,7 @@ mod matmul;
 mod matrix;
 mod quant;
 mod sample;
+mod team;
 mod tiles;
 mod vocab;
 mod weights;

@@ -1,5 +1,5 @@
-//! `y = x Wᵀ` for a batch of rows, split across rayon's threads by bands of
-//! output features, so every thread reads a disjoint slice of the weights.
+//! `y = x Wᵀ` for a batch of rows, split across a [`Team`]'s threads by bands
+//! of output features, so every thread reads a disjoint slice of the weights.
 //!
 //! Few rows (decode, short prefill chunks) take fused dot products straight
 //! from the stored encoding (`float`, and `q16` for quantized weights, whose
@@ -10,9 +10,8 @@
 mod float;
 mod q16;
 
-use rayon::prelude::*;
-
 use super::matrix::{Data, Matrix};
+use super::team::Team;
 use super::tiles::TILE;
 use q16::Q16Rows;
 
@@ -40,23 +39,23 @@ const BANDS_PER_THREAD: usize = 4;
 
 /// `y[t, n] = Σ_k x[t, k] w[n, k]` with `x: [rows, k]`, `w: [n, k]`, `y: [rows, n]`;
 /// for quantized W, `x` rounded to 16-bit blocks (see `q16`).
-pub fn matmul(x: &[f32], w: &Matrix, y: &mut [f32], rows: usize) {
+pub fn matmul(team: &Team, x: &[f32], w: &Matrix, y: &mut [f32], rows: usize) {
     let (n, k) = (w.rows(), w.cols());
     assert_eq!(x.len(), rows * k);
     assert_eq!(y.len(), rows * n);
     let fused = rows < gemm_min_rows(w);
     match &w.data {
-        Data::F32(v) if fused => {
-            small_batch(n, 1, y, rows, |n0, out| float::band(v, k, n0, x, rows, out))
-        }
-        Data::F32(_) => gemm(x, w, y, rows),
+        Data::F32(v) if fused => small_batch(team, n, 1, y, rows, |n0, out| {
+            float::band(v, k, n0, x, rows, out)
+        }),
+        Data::F32(_) => gemm(team, x, w, y, rows),
         Data::Tiled(tiles) if fused => {
             let x = Q16Rows::quantize(x, k);
-            small_batch(n, TILE, y, rows, |n0, out| {
+            small_batch(team, n, TILE, y, rows, |n0, out| {
                 q16::band(tiles, n0, &x, rows, out)
             })
         }
-        Data::Tiled(_) => gemm(&q16::rounded(x), w, y, rows),
+        Data::Tiled(_) => gemm(team, &q16::rounded(x), w, y, rows),
     }
 }
 
@@ -64,6 +63,7 @@ pub fn matmul(x: &[f32], w: &Matrix, y: &mut [f32], rows: usize) {
 /// past `n` up to the next one) for every row with `band(n0, out)`, into `yt`
 /// (`[n, rows]`, so bands are contiguous), then the result is transposed into `y`.
 fn small_batch(
+    team: &Team,
     n: usize,
     unit: usize,
     y: &mut [f32],
@@ -71,12 +71,10 @@ fn small_batch(
     band: impl Fn(usize, &mut [f32]) + Sync,
 ) {
     let width = n
-        .div_ceil(rayon::current_num_threads() * BANDS_PER_THREAD)
+        .div_ceil(team.threads() * BANDS_PER_THREAD)
         .next_multiple_of(unit);
     let mut yt = vec![0.0f32; n.next_multiple_of(unit) * rows];
-    yt.par_chunks_mut(width * rows)
-        .enumerate()
-        .for_each(|(i, out)| band(i * width, out));
+    team.for_chunks(&mut yt, width * rows, |i, out| band(i * width, out));
     for t in 0..rows {
         for (j, out) in y[t * n..(t + 1) * n].iter_mut().enumerate() {
             *out = yt[j * rows + t];
@@ -105,10 +103,10 @@ impl Out {
     }
 }
 
-fn gemm(x: &[f32], w: &Matrix, y: &mut [f32], rows: usize) {
+fn gemm(team: &Team, x: &[f32], w: &Matrix, y: &mut [f32], rows: usize) {
     let (n, k) = (w.rows(), w.cols());
     let out = Out(y.as_mut_ptr());
-    (0..n.div_ceil(BAND)).into_par_iter().for_each(|band| {
+    team.for_each(n.div_ceil(BAND), |band| {
         let n0 = band * BAND;
         let width = BAND.min(n - n0);
         let dequantized;
@@ -206,7 +204,7 @@ mod tests {
                     })
                     .collect();
                 let mut y = vec![f32::NAN; rows * n];
-                matmul(&x, &w, &mut y, rows);
+                matmul(&Team::new(2), &x, &w, &mut y, rows);
                 assert_eq!(
                     y,
                     naive(&x, &w.to_f32(), rows, k, n),
@@ -227,11 +225,12 @@ mod tests {
         for kind in [TensorType::Q8_0, TensorType::Q4_1] {
             let w = matrix(kind, n, k);
             let expected = naive(&rounded, &w.to_f32(), rows, k, n);
+            let team = Team::new(2);
             let mut gemm = vec![f32::NAN; rows * n];
-            matmul(&x, &w, &mut gemm, rows);
+            matmul(&team, &x, &w, &mut gemm, rows);
             let mut fused = vec![f32::NAN; rows * n];
             for (x, y) in x.chunks(k).zip(fused.chunks_mut(n)) {
-                matmul(x, &w, y, 1);
+                matmul(&team, x, &w, y, 1);
             }
             for (path, y) in [("GEMM", &gemm), ("fused", &fused)] {
                 for (a, b) in y.iter().zip(&expected) {
