@@ -3,7 +3,7 @@
 //! Why not rayon's pool: a decode step runs ~150 short loops (a 0.2-1 MB
 //! matrix product, one layer's attention), and rayon's fork and join cost
 //! 3-5 µs of each (the idle thread has gone to sleep and is woken by a
-//! system call), about a quarter of a batch-1 token on 2 cores. The team's
+//! system call), a tenth or more of a batch-1 token on 2 cores. The team's
 //! helpers spin on a counter for a while after each loop, so the next one
 //! starts them with one store; idle longer than that (between steps, or
 //! while another engine in the process has the cores), they park.
