@@ -4,7 +4,6 @@
 
 use std::ops::Range;
 
-use super::matmul::dot_inline as dot;
 use super::team::Team;
 use crate::kv_cache::BlockId;
 
@@ -14,10 +13,12 @@ pub struct KvStore {
     block_size: usize,
     kv_heads: usize,
     head_dim: usize,
-    /// `[block][layer][k or v][kv head][slot][head_dim]`: a block's data is
-    /// contiguous, so the OS commits memory only for blocks the cache has
-    /// handed out (the zeroed allocation is lazily mapped), and so is each KV
-    /// head's part of it, which attention reads as one stream.
+    /// `[block][layer][k or v][kv head]`, then keys `[head_dim][slot]` and
+    /// values `[slot][head_dim]`: a block's data is contiguous, so the OS
+    /// commits memory only for blocks the cache has handed out (the zeroed
+    /// allocation is lazily mapped), and so is each KV head's part of it,
+    /// which attention reads as one stream. Keys are transposed so a query's
+    /// scores for 16 slots are one vector of sums, with no horizontal adds.
     data: Vec<f32>,
 }
 
@@ -64,16 +65,21 @@ impl KvStore {
             blocks[position / self.block_size],
             position % self.block_size,
         );
-        for (which, src) in [(0, k), (1, v)] {
-            for (head, src) in src.chunks_exact(self.head_dim).enumerate() {
-                let at = self.offset(block, layer, which, head, slot);
-                self.data[at..at + self.head_dim].copy_from_slice(src);
+        let size = self.block_size;
+        for (head, k) in k.chunks_exact(self.head_dim).enumerate() {
+            let at = self.offset(block, layer, 0, head, 0);
+            for (d, &k) in k.iter().enumerate() {
+                self.data[at + d * size + slot] = k;
             }
+        }
+        for (head, v) in v.chunks_exact(self.head_dim).enumerate() {
+            let at = self.offset(block, layer, 1, head, slot);
+            self.data[at..at + self.head_dim].copy_from_slice(v);
         }
     }
 
-    /// K (`which` 0) or V (1) of KV head `head` for every slot of `block` in
-    /// `layer`: `[slot][head_dim]`.
+    /// K (`which` 0, `[head_dim][slot]`) or V (1, `[slot][head_dim]`) of KV
+    /// head `head` for every slot of `block` in `layer`.
     fn plane(&self, block: BlockId, layer: usize, which: usize, head: usize) -> &[f32] {
         let at = self.offset(block, layer, which, head, 0);
         &self.data[at..at + self.block_size * self.head_dim]
@@ -208,40 +214,64 @@ impl Span<'_> {
                 return unsafe { self.attend_avx2(q, part) };
             }
         }
-        self.attend_any(q, part, dot)
+        self.attend_any(q, part, |a, b, c| a * b + c)
     }
 
     #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx512f")]
+    #[target_feature(enable = "avx512f,fma")]
     fn attend_avx512(&self, q: &[f32], part: &mut [f32]) {
-        self.attend_any(q, part, |a, b| dot_avx512(a, b))
+        self.attend_any(q, part, f32::mul_add)
     }
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
     fn attend_avx2(&self, q: &[f32], part: &mut [f32]) {
-        self.attend_any(q, part, dot)
+        self.attend_any(q, part, f32::mul_add)
     }
 
     /// Inlined into each `target_feature` function above, so its loops take
-    /// their features. `dot` is given: the AVX-512 build needs its own, as the
-    /// compiler vectorized the portable one in 2-lane pieces there.
+    /// their features. `madd(a, b, c)` is `a b + c`: fused where the target
+    /// has FMA, plain elsewhere (where `mul_add` would be a library call).
     #[inline(always)]
-    fn attend_any(&self, q: &[f32], part: &mut [f32], dot: impl Fn(&[f32], &[f32]) -> f32) {
+    fn attend_any(&self, q: &[f32], part: &mut [f32], madd: impl Fn(f32, f32, f32) -> f32) {
         let hd = self.head_dim;
         let group = q.len() / hd;
         let len = self.positions.len();
         let scale = 1.0 / (hd as f32).sqrt();
         // `scores[h * len + t]`: head `h`'s score of the span's position `t`.
         let mut scores = vec![0.0f32; group * len];
+        let size = self.store.block_size;
         let mut t = 0;
-        for plane in self.planes(0) {
-            for key in plane.chunks_exact(hd) {
-                for (h, q) in q.chunks_exact(hd).enumerate() {
-                    scores[h * len + t] = scale * dot(q, key);
+        for (b, slots) in self.blocks_covered() {
+            let keys = self
+                .store
+                .plane(self.blocks[b], self.layer, 0, self.kv_head);
+            let n = slots.len();
+            for (h, q) in q.chunks_exact(hd).enumerate() {
+                let scores = &mut scores[h * len + t..][..n];
+                // Sixteen slots at a time, their sums in registers.
+                let mut done = 0;
+                while n - done >= LANES {
+                    let mut acc = [0.0f32; LANES];
+                    for (d, &q) in q.iter().enumerate() {
+                        let at = d * size + slots.start + done;
+                        let k: &[f32; LANES] = keys[at..at + LANES].try_into().unwrap();
+                        for (acc, &k) in acc.iter_mut().zip(k) {
+                            *acc = madd(q, k, *acc);
+                        }
+                    }
+                    scores[done..done + LANES].copy_from_slice(&acc);
+                    done += LANES;
                 }
-                t += 1;
+                for (i, score) in scores.iter_mut().enumerate().skip(done) {
+                    let slot = slots.start + i;
+                    *score = (0..hd).fold(0.0, |acc, d| madd(q[d], keys[d * size + slot], acc));
+                }
+                for score in scores.iter_mut() {
+                    *score *= scale;
+                }
             }
+            t += n;
         }
         let (stats, values) = part.split_at_mut(2 * group);
         for (h, scores) in scores.chunks_exact_mut(len).enumerate() {
@@ -255,8 +285,11 @@ impl Span<'_> {
             stats[group + h] = total;
         }
         let mut t = 0;
-        for plane in self.planes(1) {
-            for value in plane.chunks_exact(hd) {
+        for (b, slots) in self.blocks_covered() {
+            let values_plane = self
+                .store
+                .plane(self.blocks[b], self.layer, 1, self.kv_head);
+            for value in values_plane[slots.start * hd..slots.end * hd].chunks_exact(hd) {
                 for (h, out) in values.chunks_exact_mut(hd).enumerate() {
                     axpy(scores[h * len + t], value, out);
                 }
@@ -265,42 +298,23 @@ impl Span<'_> {
         }
     }
 
-    /// The span's keys (`which` 0) or values (1) in each block it covers:
-    /// `[slot][head_dim]`, cut to the span's slots.
+    /// Each block of the span's positions, as its index in the block table
+    /// and the slots of it the span covers.
     #[inline(always)]
-    fn planes(&self, which: usize) -> impl Iterator<Item = &[f32]> {
-        let (size, hd) = (self.store.block_size, self.head_dim);
+    fn blocks_covered(&self) -> impl Iterator<Item = (usize, Range<usize>)> {
+        let size = self.store.block_size;
         let Range { start, end } = self.positions;
         (start / size..end.div_ceil(size)).map(move |b| {
-            let plane = self
-                .store
-                .plane(self.blocks[b], self.layer, which, self.kv_head);
-            let slots = start.max(b * size) - b * size..end.min((b + 1) * size) - b * size;
-            &plane[slots.start * hd..slots.end * hd]
+            (
+                b,
+                start.max(b * size) - b * size..end.min((b + 1) * size) - b * size,
+            )
         })
     }
 }
 
-/// `Σ a b` over 16 lanes, the last load masked to what is left.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-fn dot_avx512(a: &[f32], b: &[f32]) -> f32 {
-    use std::arch::x86_64::*;
-    let n = a.len().min(b.len());
-    let mut acc = _mm512_setzero_ps();
-    for i in (0..n).step_by(16) {
-        let mask = (u32::MAX >> (32 - (n - i).min(16))) as u16;
-        // SAFETY: the mask keeps both loads within elements `i..n`.
-        let (a, b) = unsafe {
-            (
-                _mm512_maskz_loadu_ps(mask, a.as_ptr().add(i)),
-                _mm512_maskz_loadu_ps(mask, b.as_ptr().add(i)),
-            )
-        };
-        acc = _mm512_fmadd_ps(a, b, acc);
-    }
-    _mm512_reduce_add_ps(acc)
-}
+/// Slots whose scores are summed together: one AVX-512 register of f32.
+const LANES: usize = 16;
 
 /// `out += a x`.
 #[inline(always)]
@@ -346,8 +360,10 @@ mod tests {
 
     #[test]
     fn long_sequences_split_into_spans_match_one_softmax() {
-        // 150 positions: three spans of 50, which blocks of 4 do not align with.
-        let (block_size, kv_heads, heads, hd, len) = (4, 2, 4, 8, 150usize);
+        // 150 positions in spans of 38 (see `attend`), which blocks of 64 do
+        // not align with: runs of 16 slots from a block's start and from
+        // within it, and shorter ones.
+        let (block_size, kv_heads, heads, hd, len) = (64, 2, 4, 8, 150usize);
         let mut store = KvStore::new(64, block_size, 2, kv_heads, hd);
         let blocks: Vec<BlockId> = (0..len.div_ceil(block_size) as u32)
             .map(|i| BlockId((i * 7) % 64))

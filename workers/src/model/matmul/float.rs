@@ -112,19 +112,3 @@ fn hsum<const N: usize>(mut acc: [f32; N]) -> f32 {
     }
     acc[0]
 }
-
-/// `Σ a b` with eight running sums, so the compiler keeps them in a vector
-/// register. Inlined, so it takes the caller's target features.
-#[inline(always)]
-pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let (a_lanes, a_tail) = a.as_chunks::<8>();
-    let (b_lanes, b_tail) = b.as_chunks::<8>();
-    let mut acc = [0.0f32; 8];
-    for (a, b) in a_lanes.iter().zip(b_lanes) {
-        for i in 0..8 {
-            acc[i] += a[i] * b[i];
-        }
-    }
-    let tail: f32 = a_tail.iter().zip(b_tail).map(|(x, y)| x * y).sum();
-    hsum(acc) + tail
-}

@@ -83,12 +83,6 @@ fn small_batch(
     }
 }
 
-/// `Σ a b`, vectorized: inlined, so it takes the caller's target features.
-#[inline(always)]
-pub(super) fn dot_inline(a: &[f32], b: &[f32]) -> f32 {
-    float::dot(a, b)
-}
-
 /// The output pointer shared by the bands, each writing its own columns.
 #[derive(Clone, Copy)]
 struct Out(*mut f32);
