@@ -249,23 +249,20 @@ impl Span<'_> {
             let n = slots.len();
             for (h, q) in q.chunks_exact(hd).enumerate() {
                 let scores = &mut scores[h * len + t..][..n];
-                // Sixteen slots at a time, their sums in registers.
-                let mut done = 0;
-                while n - done >= LANES {
-                    let mut acc = [0.0f32; LANES];
-                    for (d, &q) in q.iter().enumerate() {
-                        let at = d * size + slots.start + done;
-                        let k: &[f32; LANES] = keys[at..at + LANES].try_into().unwrap();
-                        for (acc, &k) in acc.iter_mut().zip(k) {
-                            *acc = madd(q, k, *acc);
-                        }
+                if size < LANES {
+                    for (score, slot) in scores.iter_mut().zip(slots.clone()) {
+                        *score = (0..hd).fold(0.0, |acc, d| madd(q[d], keys[d * size + slot], acc));
                     }
-                    scores[done..done + LANES].copy_from_slice(&acc);
-                    done += LANES;
-                }
-                for (i, score) in scores.iter_mut().enumerate().skip(done) {
-                    let slot = slots.start + i;
-                    *score = (0..hd).fold(0.0, |acc, d| madd(q[d], keys[d * size + slot], acc));
+                } else {
+                    // Sixteen slots at a time; a last run shorter than that
+                    // takes the block's sixteen that end with it.
+                    for done in (0..n).step_by(LANES) {
+                        let first = (slots.start + done).min(size - LANES);
+                        let sums = sixteen(keys, size, first, q, &madd);
+                        let skip = slots.start + done - first;
+                        let count = (n - done).min(LANES);
+                        scores[done..done + count].copy_from_slice(&sums[skip..skip + count]);
+                    }
                 }
                 for score in scores.iter_mut() {
                     *score *= scale;
@@ -315,6 +312,42 @@ impl Span<'_> {
 
 /// Slots whose scores are summed together: one AVX-512 register of f32.
 const LANES: usize = 16;
+
+/// The scores of `q` for slots `first..first + 16` of a block's `keys`
+/// (`[head_dim][size]`), unscaled: four independent sums over `head_dim`, so
+/// the fused adds do not wait on each other.
+#[inline(always)]
+fn sixteen(
+    keys: &[f32],
+    size: usize,
+    first: usize,
+    q: &[f32],
+    madd: &impl Fn(f32, f32, f32) -> f32,
+) -> [f32; LANES] {
+    let row = |d: usize| -> &[f32; LANES] {
+        let at = d * size + first;
+        keys[at..at + LANES].try_into().unwrap()
+    };
+    let mut acc = [[0.0f32; LANES]; 4];
+    // Whole fours of `head_dim`, unrolled so each sum stays in a register.
+    let (fours, rest) = q.as_chunks::<4>();
+    for (i, q4) in fours.iter().enumerate() {
+        for (j, (acc, &q)) in acc.iter_mut().zip(q4).enumerate() {
+            let k = row(4 * i + j);
+            for l in 0..LANES {
+                acc[l] = madd(q, k[l], acc[l]);
+            }
+        }
+    }
+    for (j, &q) in rest.iter().enumerate() {
+        let k = row(4 * fours.len() + j);
+        for l in 0..LANES {
+            acc[0][l] = madd(q, k[l], acc[0][l]);
+        }
+    }
+    let [a, b, c, d] = acc;
+    std::array::from_fn(|i| (a[i] + b[i]) + (c[i] + d[i]))
+}
 
 /// `out += a x`.
 #[inline(always)]
