@@ -161,7 +161,7 @@ pub fn attend(
 /// Spans per thread when a step's positions are split: a whole number, so
 /// the threads end together, and more than one, so a thread the OS preempts
 /// leaves work the others take. A step with many tokens (prefill, large
-/// batches) has that many tasks unsplit, and is not split.
+/// batches) has enough tasks already: its spans are whole sequences.
 const SPANS_PER_THREAD: usize = 4;
 
 /// Fewest positions worth a span of their own: its fixed costs (a task, a
