@@ -158,16 +158,16 @@ impl Team {
     }
 }
 
-/// `data`'s pointer, shared by the tasks of `for_chunks`, which each write
-/// their own chunk.
-struct SendPtr<T>(*mut T);
-// SAFETY: see `for_chunks`: the chunks the tasks take are disjoint.
+/// A pointer shared by the tasks of a loop, each writing its own part of
+/// what it points to (`for_chunks`: its chunk; the GEMM: its columns).
+pub struct SendPtr<T>(pub *mut T);
+// SAFETY: every user has its tasks write disjoint parts, each saying why.
 unsafe impl<T: Send> Send for SendPtr<T> {}
 unsafe impl<T: Send> Sync for SendPtr<T> {}
 
 impl<T> SendPtr<T> {
     /// A method, not field access, so closures capture the whole (Sync) wrapper.
-    fn get(&self) -> *mut T {
+    pub fn get(&self) -> *mut T {
         self.0
     }
 }

@@ -11,7 +11,7 @@ mod float;
 mod q16;
 
 use super::matrix::{Data, Matrix};
-use super::team::Team;
+use super::team::{SendPtr, Team};
 use super::tiles::TILE;
 use q16::Q16Rows;
 
@@ -83,24 +83,10 @@ fn small_batch(
     }
 }
 
-/// The output pointer shared by the bands, each writing its own columns.
-#[derive(Clone, Copy)]
-struct Out(*mut f32);
-// SAFETY: tasks write disjoint columns of `y` (see `gemm`), and `y`'s borrow
-// outlives the parallel loop, which joins before `gemm` returns.
-unsafe impl Send for Out {}
-unsafe impl Sync for Out {}
-
-impl Out {
-    /// A method, not field access, so closures capture the whole (Send) wrapper.
-    fn at(self, i: usize) -> *mut f32 {
-        self.0.wrapping_add(i)
-    }
-}
-
 fn gemm(team: &Team, x: &[f32], w: &Matrix, y: &mut [f32], rows: usize) {
     let (n, k) = (w.rows(), w.cols());
-    let out = Out(y.as_mut_ptr());
+    // Each task writes its own columns of `y` (see below).
+    let out = SendPtr(y.as_mut_ptr());
     team.for_each(n.div_ceil(BAND), |band| {
         let n0 = band * BAND;
         let width = BAND.min(n - n0);
@@ -131,7 +117,7 @@ fn gemm(team: &Team, x: &[f32], w: &Matrix, y: &mut [f32], rows: usize) {
                 1,
                 k as isize,
                 0.0,
-                out.at(n0),
+                out.get().wrapping_add(n0),
                 n as isize,
                 1,
             );
