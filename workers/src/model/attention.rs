@@ -232,67 +232,113 @@ impl Span<'_> {
     /// Inlined into each `target_feature` function above, so its loops take
     /// their features. `madd(a, b, c)` is `a b + c`: fused where the target
     /// has FMA, plain elsewhere (where `mul_add` would be a library call).
+    /// The heads go in chunks of up to [`HEADS`], each chunk reading the keys
+    /// and values once.
     #[inline(always)]
     fn attend_any(&self, q: &[f32], part: &mut [f32], madd: impl Fn(f32, f32, f32) -> f32) {
         let hd = self.head_dim;
         let group = q.len() / hd;
+        let (stats, values) = part.split_at_mut(2 * group);
+        let (maxes, totals) = stats.split_at_mut(group);
+        let chunks = q.chunks(HEADS * hd).zip(values.chunks_mut(HEADS * hd));
+        for (c, (q, out)) in chunks.enumerate() {
+            let heads = c * HEADS..c * HEADS + q.len() / hd;
+            let stats = (&mut maxes[heads.clone()], &mut totals[heads.clone()]);
+            match heads.len() {
+                1 => self.heads::<1>(q, stats, out, &madd),
+                2 => self.heads::<2>(q, stats, out, &madd),
+                3 => self.heads::<3>(q, stats, out, &madd),
+                _ => self.heads::<HEADS>(q, stats, out, &madd),
+            }
+        }
+    }
+
+    /// [`Span::attend_any`] for `G` query heads `q` (`[G, head_dim]`): their
+    /// largest scores and sums into `stats`, their weighted values into `out`.
+    #[inline(always)]
+    fn heads<const G: usize>(
+        &self,
+        q: &[f32],
+        (maxes, totals): (&mut [f32], &mut [f32]),
+        out: &mut [f32],
+        madd: &impl Fn(f32, f32, f32) -> f32,
+    ) {
+        let hd = self.head_dim;
         let len = self.positions.len();
-        let scale = 1.0 / (hd as f32).sqrt();
-        // `scores[h * len + t]`: head `h`'s score of the span's position `t`.
-        let mut scores = vec![0.0f32; group * len];
         let size = self.store.block_size;
+        let q: [&[f32]; G] = std::array::from_fn(|h| &q[h * hd..][..hd]);
+        // `scores[h * len + t]`: head `h`'s score of the span's position `t`.
+        let mut scores = vec![0.0f32; G * len];
         let mut t = 0;
         for (b, slots) in self.blocks_covered() {
-            let keys = self
-                .store
-                .plane(self.blocks[b], self.layer, 0, self.kv_head);
+            let keys = self.plane(b, 0);
             let n = slots.len();
-            for (h, q) in q.chunks_exact(hd).enumerate() {
-                let scores = &mut scores[h * len + t..][..n];
-                if size < LANES {
-                    for (score, slot) in scores.iter_mut().zip(slots.clone()) {
-                        *score = (0..hd).fold(0.0, |acc, d| madd(q[d], keys[d * size + slot], acc));
-                    }
-                } else {
-                    // Sixteen slots at a time; a last run shorter than that
-                    // takes the block's sixteen that end with it.
-                    for done in (0..n).step_by(LANES) {
-                        let first = (slots.start + done).min(size - LANES);
-                        let sums = sixteen(keys, size, first, q, &madd);
-                        let skip = slots.start + done - first;
-                        let count = (n - done).min(LANES);
-                        scores[done..done + count].copy_from_slice(&sums[skip..skip + count]);
+            if size < LANES {
+                for (h, q) in q.iter().enumerate() {
+                    for (i, slot) in slots.clone().enumerate() {
+                        scores[h * len + t + i] =
+                            (0..hd).fold(0.0, |acc, d| madd(q[d], keys[d * size + slot], acc));
                     }
                 }
-                for score in scores.iter_mut() {
-                    *score *= scale;
+            } else {
+                // Sixteen slots at a time; a last run shorter than that takes
+                // the block's sixteen that end with it.
+                for done in (0..n).step_by(LANES) {
+                    let first = (slots.start + done).min(size - LANES);
+                    let sums = sixteen(keys, size, first, &q, madd);
+                    let skip = slots.start + done - first;
+                    let count = (n - done).min(LANES);
+                    for (h, sums) in sums.iter().enumerate() {
+                        scores[h * len + t + done..][..count]
+                            .copy_from_slice(&sums[skip..skip + count]);
+                    }
                 }
             }
             t += n;
         }
-        let (stats, values) = part.split_at_mut(2 * group);
+        let scale = 1.0 / (hd as f32).sqrt();
         for (h, scores) in scores.chunks_exact_mut(len).enumerate() {
-            let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let mut total = 0.0;
+            let max = scores
+                .iter()
+                .fold(f32::NEG_INFINITY, |m, &s| if s > m { s } else { m });
             for s in scores.iter_mut() {
-                *s = (*s - max).exp();
-                total += *s;
+                *s = exp((*s - max) * scale, madd);
             }
-            stats[h] = max;
-            stats[group + h] = total;
+            maxes[h] = max * scale;
+            totals[h] = sum(scores);
         }
         let mut t = 0;
         for (b, slots) in self.blocks_covered() {
-            let values_plane = self
-                .store
-                .plane(self.blocks[b], self.layer, 1, self.kv_head);
-            for value in values_plane[slots.start * hd..slots.end * hd].chunks_exact(hd) {
-                for (h, out) in values.chunks_exact_mut(hd).enumerate() {
-                    axpy(scores[h * len + t], value, out);
+            let values = &self.plane(b, 1)[slots.start * hd..slots.end * hd];
+            let weights: [&[f32]; G] =
+                std::array::from_fn(|h| &scores[h * len + t..][..slots.len()]);
+            if hd.is_multiple_of(64) {
+                for at in (0..hd).step_by(64) {
+                    weigh::<G, 64>(&weights, values, hd, at, out, madd);
                 }
-                t += 1;
+            } else if hd.is_multiple_of(LANES) {
+                for at in (0..hd).step_by(LANES) {
+                    weigh::<G, LANES>(&weights, values, hd, at, out, madd);
+                }
+            } else {
+                for (h, out) in out.chunks_exact_mut(hd).enumerate() {
+                    for (w, value) in weights[h].iter().zip(values.chunks_exact(hd)) {
+                        for (o, v) in out.iter_mut().zip(value) {
+                            *o = madd(*w, *v, *o);
+                        }
+                    }
+                }
             }
+            t += slots.len();
         }
+    }
+
+    /// K (`which` 0, `[head_dim][slot]`) or V (1, `[slot][head_dim]`) of
+    /// the span's KV head in block `b` of its sequence.
+    #[inline(always)]
+    fn plane(&self, b: usize, which: usize) -> &[f32] {
+        self.store
+            .plane(self.blocks[b], self.layer, which, self.kv_head)
     }
 
     /// Each block of the span's positions, as its index in the block table
@@ -313,40 +359,126 @@ impl Span<'_> {
 /// Slots whose scores are summed together: one AVX-512 register of f32.
 const LANES: usize = 16;
 
-/// The scores of `q` for slots `first..first + 16` of a block's `keys`
-/// (`[head_dim][size]`), unscaled: four independent sums over `head_dim`, so
-/// the fused adds do not wait on each other.
+/// Query heads that share one pass over the keys and values: at most four,
+/// so weighing 64 dimensions of each holds 16 sums in AVX-512's 32 registers.
+const HEADS: usize = 4;
+
+/// The scores of each of `G` query heads for slots `first..first + 16` of a
+/// block's `keys` (`[head_dim][size]`), unscaled. Each row of keys is loaded
+/// once for all the heads; each head sums even and odd dimensions apart, so
+/// `2 G` fused adds run at once instead of waiting on each other. (Four
+/// sums per head made the loop too large for the compiler to unroll and
+/// keep the sums in registers.)
 #[inline(always)]
-fn sixteen(
+fn sixteen<const G: usize>(
     keys: &[f32],
     size: usize,
     first: usize,
-    q: &[f32],
+    q: &[&[f32]; G],
     madd: &impl Fn(f32, f32, f32) -> f32,
-) -> [f32; LANES] {
+) -> [[f32; LANES]; G] {
     let row = |d: usize| -> &[f32; LANES] {
         let at = d * size + first;
         keys[at..at + LANES].try_into().unwrap()
     };
-    let mut acc = [[0.0f32; LANES]; 4];
-    // Whole fours of `head_dim`, unrolled so each sum stays in a register.
-    let (fours, rest) = q.as_chunks::<4>();
-    for (i, q4) in fours.iter().enumerate() {
-        for (j, (acc, &q)) in acc.iter_mut().zip(q4).enumerate() {
-            let k = row(4 * i + j);
+    let hd = q[0].len();
+    let pairs: [&[[f32; 2]]; G] = q.map(|q| q.as_chunks::<2>().0);
+    let (mut even, mut odd) = ([[0.0f32; LANES]; G], [[0.0f32; LANES]; G]);
+    #[allow(clippy::needless_range_loop)] // `i` indexes every head's pairs
+    for i in 0..hd / 2 {
+        let q2: [[f32; 2]; G] = std::array::from_fn(|h| pairs[h][i]);
+        let (k0, k1) = (row(2 * i), row(2 * i + 1));
+        for h in 0..G {
             for l in 0..LANES {
-                acc[l] = madd(q, k[l], acc[l]);
+                even[h][l] = madd(q2[h][0], k0[l], even[h][l]);
+            }
+            for l in 0..LANES {
+                odd[h][l] = madd(q2[h][1], k1[l], odd[h][l]);
             }
         }
     }
-    for (j, &q) in rest.iter().enumerate() {
-        let k = row(4 * fours.len() + j);
-        for l in 0..LANES {
-            acc[0][l] = madd(q, k[l], acc[0][l]);
+    if hd % 2 == 1 {
+        let k = row(hd - 1);
+        for h in 0..G {
+            for l in 0..LANES {
+                even[h][l] = madd(q[h][hd - 1], k[l], even[h][l]);
+            }
         }
     }
-    let [a, b, c, d] = acc;
-    std::array::from_fn(|i| (a[i] + b[i]) + (c[i] + d[i]))
+    std::array::from_fn(|h| std::array::from_fn(|l| even[h][l] + odd[h][l]))
+}
+
+/// `out[h] += Σ_t weights[h][t] values[t]` over dimensions `at..at + W` of
+/// `G` heads (`out: [G, head_dim]`, `values: [slot, head_dim]`), the sums
+/// held in registers across the slots: `G W / 16` independent chains.
+#[inline(always)]
+fn weigh<const G: usize, const W: usize>(
+    weights: &[&[f32]; G],
+    values: &[f32],
+    hd: usize,
+    at: usize,
+    out: &mut [f32],
+    madd: &impl Fn(f32, f32, f32) -> f32,
+) {
+    let mut acc: [[f32; W]; G] =
+        std::array::from_fn(|h| out[h * hd + at..][..W].try_into().unwrap());
+    for (t, value) in values.chunks_exact(hd).enumerate() {
+        let value: &[f32; W] = value[at..at + W].try_into().unwrap();
+        for h in 0..G {
+            let w = weights[h][t];
+            for l in 0..W {
+                acc[h][l] = madd(w, value[l], acc[h][l]);
+            }
+        }
+    }
+    for (h, acc) in acc.iter().enumerate() {
+        out[h * hd + at..][..W].copy_from_slice(acc);
+    }
+}
+
+/// `e^x` for `x ≤ 0`, within a few units in the last place, without
+/// branches, so a loop over it vectorizes (libm's `expf` is a call per
+/// value). `x = n ln 2 + r` with `|r| ≤ ln 2 / 2`; `e^r` by Cephes' `expf`
+/// polynomial; `2^n` built in the exponent bits. Below −87, where `e^x`
+/// leaves f32's normal range, it returns `e^−87`.
+#[inline(always)]
+fn exp(x: f32, madd: &impl Fn(f32, f32, f32) -> f32) -> f32 {
+    // Adding 1.5 × 2²³ rounds to an integer, left in the low mantissa bits.
+    const MAGIC: f32 = 12_582_912.0;
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    let x = if x < -87.0 { -87.0 } else { x };
+    let shifted = madd(x, std::f32::consts::LOG2_E, MAGIC);
+    let n = shifted - MAGIC;
+    let r = madd(n, -LN2_LO, madd(n, -LN2_HI, x));
+    let mut p = 1.987_569_1e-4;
+    for c in [
+        1.398_199_9e-3,
+        8.333_452e-3,
+        4.166_579_6e-2,
+        0.166_666_65,
+        0.5,
+    ] {
+        p = madd(p, r, c);
+    }
+    let e_r = madd(p, r * r, r + 1.0);
+    // The low bits hold n mod 2⁹, and −126 ≤ n ≤ 0: 127 + n is the exponent.
+    let pow = f32::from_bits(shifted.to_bits().wrapping_add(127) << 23);
+    e_r * pow
+}
+
+/// `Σ x`, in sixteen lanes so the adds vectorize (one running sum cannot be
+/// reordered).
+#[inline(always)]
+fn sum(x: &[f32]) -> f32 {
+    let (chunks, rest) = x.as_chunks::<LANES>();
+    let mut lanes = [0.0f32; LANES];
+    for chunk in chunks {
+        for l in 0..LANES {
+            lanes[l] += chunk[l];
+        }
+    }
+    lanes.iter().chain(rest).sum()
 }
 
 /// `out += a x`.
@@ -395,12 +527,20 @@ mod tests {
     fn long_sequences_split_into_spans_match_one_softmax() {
         // 150 positions in spans of 38 (see `attend`), which blocks of 64 do
         // not align with: runs of 16 slots from a block's start and from
-        // within it, and shorter ones.
-        let (block_size, kv_heads, heads, hd, len) = (64, 2, 4, 8, 150usize);
-        let mut store = KvStore::new(64, block_size, 2, kv_heads, hd);
-        let blocks: Vec<BlockId> = (0..len.div_ceil(block_size) as u32)
-            .map(|i| BlockId((i * 7) % 64))
-            .collect();
+        // within it, and shorter ones. Head sizes take each path of the values
+        // (64 at a time, 16, one by one), and groups each chunking of heads.
+        for (hd, heads, kv_heads) in [(8, 4, 2), (64, 9, 3), (16, 10, 2), (128, 4, 4)] {
+            spans_match_one_softmax(64, hd, heads, kv_heads);
+        }
+        // Blocks smaller than sixteen slots: scores one by one.
+        spans_match_one_softmax(4, 16, 4, 2);
+    }
+
+    fn spans_match_one_softmax(block_size: usize, hd: usize, heads: usize, kv_heads: usize) {
+        let len = 150usize;
+        let count = len.div_ceil(block_size) as u32;
+        let mut store = KvStore::new(count as usize, block_size, 2, kv_heads, hd);
+        let blocks: Vec<BlockId> = (0..count).map(|i| BlockId((i * 7) % count)).collect();
         let value = |i: usize| ((i * 7919) % 1000) as f32 / 500.0 - 1.0;
         let (mut keys, mut values) = (Vec::new(), Vec::new());
         for p in 0..len {
@@ -432,10 +572,26 @@ mod tests {
                 for (ours, theirs) in out[at..at + group * hd].iter().zip(expected) {
                     assert!(
                         (f64::from(*ours) - theirs).abs() < 1e-5,
-                        "{ours} vs {theirs}"
+                        "{ours} vs {theirs}, head size {hd}, {heads} heads over {kv_heads}"
                     );
                 }
             }
         }
+    }
+
+    #[test]
+    fn exp_is_within_a_few_ulp_of_libm() {
+        let madd = |a: f32, b: f32, c: f32| a.mul_add(b, c);
+        for i in 0..=87_000 {
+            let x = -(i as f32) / 1000.0;
+            let (ours, libm) = (exp(x, &madd), f64::from(x).exp());
+            let ulp = f64::from(f32::EPSILON) * libm;
+            assert!(
+                (f64::from(ours) - libm).abs() <= 2.0 * ulp,
+                "e^{x}: {ours} vs {libm}"
+            );
+        }
+        assert_eq!(exp(0.0, &madd), 1.0);
+        assert_eq!(exp(-1000.0, &madd), exp(-87.0, &madd));
     }
 }
