@@ -232,8 +232,8 @@ impl Span<'_> {
     /// Inlined into each `target_feature` function above, so its loops take
     /// their features. `madd(a, b, c)` is `a b + c`: fused where the target
     /// has FMA, plain elsewhere (where `mul_add` would be a library call).
-    /// The heads go in chunks of up to [`HEADS`], each chunk reading the keys
-    /// and values once.
+    /// The heads go in chunks of up to [`HEADS`], each chunk reading the
+    /// values once.
     #[inline(always)]
     fn attend_any(&self, q: &[f32], part: &mut [f32], madd: impl Fn(f32, f32, f32) -> f32) {
         let hd = self.head_dim;
@@ -285,10 +285,10 @@ impl Span<'_> {
                 // the block's sixteen that end with it.
                 for done in (0..n).step_by(LANES) {
                     let first = (slots.start + done).min(size - LANES);
-                    let sums = sixteen(keys, size, first, &q, madd);
                     let skip = slots.start + done - first;
                     let count = (n - done).min(LANES);
-                    for (h, sums) in sums.iter().enumerate() {
+                    for (h, q) in q.iter().enumerate() {
+                        let sums = sixteen(keys, size, first, q, madd);
                         scores[h * len + t + done..][..count]
                             .copy_from_slice(&sums[skip..skip + count]);
                     }
@@ -363,49 +363,43 @@ const LANES: usize = 16;
 /// so weighing 64 dimensions of each holds 16 sums in AVX-512's 32 registers.
 const HEADS: usize = 4;
 
-/// The scores of each of `G` query heads for slots `first..first + 16` of a
-/// block's `keys` (`[head_dim][size]`), unscaled. Each row of keys is loaded
-/// once for all the heads; each head sums even and odd dimensions apart, so
-/// `2 G` fused adds run at once instead of waiting on each other. (Four
-/// sums per head made the loop too large for the compiler to unroll and
-/// keep the sums in registers.)
+/// The scores of `q` for slots `first..first + 16` of a block's `keys`
+/// (`[head_dim][size]`), unscaled: four independent sums over `head_dim`, so
+/// the fused adds do not wait on each other. One head at a time: summing
+/// several heads' scores in one loop (to load each row of keys once) grew
+/// it past what the compiler unrolls, and it compiled to scalar code with
+/// the sums on the stack.
 #[inline(always)]
-fn sixteen<const G: usize>(
+fn sixteen(
     keys: &[f32],
     size: usize,
     first: usize,
-    q: &[&[f32]; G],
+    q: &[f32],
     madd: &impl Fn(f32, f32, f32) -> f32,
-) -> [[f32; LANES]; G] {
+) -> [f32; LANES] {
     let row = |d: usize| -> &[f32; LANES] {
         let at = d * size + first;
         keys[at..at + LANES].try_into().unwrap()
     };
-    let hd = q[0].len();
-    let pairs: [&[[f32; 2]]; G] = q.map(|q| q.as_chunks::<2>().0);
-    let (mut even, mut odd) = ([[0.0f32; LANES]; G], [[0.0f32; LANES]; G]);
-    #[allow(clippy::needless_range_loop)] // `i` indexes every head's pairs
-    for i in 0..hd / 2 {
-        let q2: [[f32; 2]; G] = std::array::from_fn(|h| pairs[h][i]);
-        let (k0, k1) = (row(2 * i), row(2 * i + 1));
-        for h in 0..G {
+    let mut acc = [[0.0f32; LANES]; 4];
+    // Whole fours of `head_dim`, unrolled so each sum stays in a register.
+    let (fours, rest) = q.as_chunks::<4>();
+    for (i, q4) in fours.iter().enumerate() {
+        for (j, (acc, &q)) in acc.iter_mut().zip(q4).enumerate() {
+            let k = row(4 * i + j);
             for l in 0..LANES {
-                even[h][l] = madd(q2[h][0], k0[l], even[h][l]);
-            }
-            for l in 0..LANES {
-                odd[h][l] = madd(q2[h][1], k1[l], odd[h][l]);
+                acc[l] = madd(q, k[l], acc[l]);
             }
         }
     }
-    if hd % 2 == 1 {
-        let k = row(hd - 1);
-        for h in 0..G {
-            for l in 0..LANES {
-                even[h][l] = madd(q[h][hd - 1], k[l], even[h][l]);
-            }
+    for (j, &q) in rest.iter().enumerate() {
+        let k = row(4 * fours.len() + j);
+        for l in 0..LANES {
+            acc[0][l] = madd(q, k[l], acc[0][l]);
         }
     }
-    std::array::from_fn(|h| std::array::from_fn(|l| even[h][l] + odd[h][l]))
+    let [a, b, c, d] = acc;
+    std::array::from_fn(|i| (a[i] + b[i]) + (c[i] + d[i]))
 }
 
 /// `out[h] += Σ_t weights[h][t] values[t]` over dimensions `at..at + W` of
