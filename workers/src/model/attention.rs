@@ -4,6 +4,7 @@
 
 use std::ops::Range;
 
+use super::exp::exp;
 use super::team::Team;
 use crate::kv_cache::BlockId;
 
@@ -430,37 +431,6 @@ fn weigh<const G: usize, const W: usize>(
     }
 }
 
-/// `e^x` for `x ≤ 0`, within a few units in the last place, without
-/// branches, so a loop over it vectorizes (libm's `expf` is a call per
-/// value). `x = n ln 2 + r` with `|r| ≤ ln 2 / 2`; `e^r` by Cephes' `expf`
-/// polynomial; `2^n` built in the exponent bits. Below −87, where `e^x`
-/// leaves f32's normal range, it returns `e^−87`.
-#[inline(always)]
-fn exp(x: f32, madd: &impl Fn(f32, f32, f32) -> f32) -> f32 {
-    // Adding 1.5 × 2²³ rounds to an integer, left in the low mantissa bits.
-    const MAGIC: f32 = 12_582_912.0;
-    const LN2_HI: f32 = 0.693_359_4;
-    const LN2_LO: f32 = -2.121_944_4e-4;
-    let x = if x < -87.0 { -87.0 } else { x };
-    let shifted = madd(x, std::f32::consts::LOG2_E, MAGIC);
-    let n = shifted - MAGIC;
-    let r = madd(n, -LN2_LO, madd(n, -LN2_HI, x));
-    let mut p = 1.987_569_1e-4;
-    for c in [
-        1.398_199_9e-3,
-        8.333_452e-3,
-        4.166_579_6e-2,
-        0.166_666_65,
-        0.5,
-    ] {
-        p = madd(p, r, c);
-    }
-    let e_r = madd(p, r * r, r + 1.0);
-    // The low bits hold n mod 2⁹, and −126 ≤ n ≤ 0: 127 + n is the exponent.
-    let pow = f32::from_bits(shifted.to_bits().wrapping_add(127) << 23);
-    e_r * pow
-}
-
 /// `Σ x`, in sixteen lanes so the adds vectorize (one running sum cannot be
 /// reordered).
 #[inline(always)]
@@ -571,21 +541,5 @@ mod tests {
                 }
             }
         }
-    }
-
-    #[test]
-    fn exp_is_within_a_few_ulp_of_libm() {
-        let madd = |a: f32, b: f32, c: f32| a.mul_add(b, c);
-        for i in 0..=87_000 {
-            let x = -(i as f32) / 1000.0;
-            let (ours, libm) = (exp(x, &madd), f64::from(x).exp());
-            let ulp = f64::from(f32::EPSILON) * libm;
-            assert!(
-                (f64::from(ours) - libm).abs() <= 2.0 * ulp,
-                "e^{x}: {ours} vs {libm}"
-            );
-        }
-        assert_eq!(exp(0.0, &madd), 1.0);
-        assert_eq!(exp(-1000.0, &madd), exp(-87.0, &madd));
     }
 }

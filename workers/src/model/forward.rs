@@ -3,6 +3,7 @@
 //! batch of rows; only attention looks at which sequence a row belongs to.
 
 use super::attention::{attend, KvStore, TokenPlace};
+use super::exp::exp;
 use super::matmul::matmul;
 use super::team::Team;
 use super::weights::Weights;
@@ -101,7 +102,7 @@ impl Forward {
             {
                 let (g, u) = gu.split_at(h.ffn_dim);
                 for ((a, &g), &u) in a.iter_mut().zip(g).zip(u) {
-                    *a = g / (1.0 + (-g).exp()) * u;
+                    *a = g / (1.0 + exp(-g, &|a, b, c| a * b + c)) * u;
                 }
             }
             matmul(self.team, &act, &layer.w_down, &mut proj, rows);

@@ -9,6 +9,7 @@ mod chat_template;
 mod compute;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+mod exp;
 mod forward;
 mod gguf;
 mod hf;
