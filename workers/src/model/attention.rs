@@ -360,8 +360,8 @@ impl Span<'_> {
 /// Slots whose scores are summed together: one AVX-512 register of f32.
 const LANES: usize = 16;
 
-/// Query heads that share one pass over the keys and values: at most four,
-/// so weighing 64 dimensions of each holds 16 sums in AVX-512's 32 registers.
+/// Query heads whose values are weighed in one pass over them: at most four,
+/// so 64 dimensions of each hold 16 sums in AVX-512's 32 registers.
 const HEADS: usize = 4;
 
 /// The scores of `q` for slots `first..first + 16` of a block's `keys`
@@ -489,10 +489,10 @@ mod tests {
 
     #[test]
     fn long_sequences_split_into_spans_match_one_softmax() {
-        // 150 positions in spans of 38 (see `attend`), which blocks of 64 do
-        // not align with: runs of 16 slots from a block's start and from
-        // within it, and shorter ones. Head sizes take each path of the values
-        // (64 at a time, 16, one by one), and groups each chunking of heads.
+        // 150 positions in spans (see `attend`) that blocks of 64 do not
+        // align with: runs of 16 slots from a block's start and from within
+        // it, and shorter ones. Head sizes take each path of the values (64
+        // at a time, 16, one by one); groups of 2, 3, 5 (4 + 1) and 1 heads.
         for (hd, heads, kv_heads) in [(8, 4, 2), (64, 9, 3), (16, 10, 2), (128, 4, 4)] {
             spans_match_one_softmax(64, hd, heads, kv_heads);
         }
