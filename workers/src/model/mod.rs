@@ -13,6 +13,7 @@ mod exp;
 mod forward;
 mod gguf;
 mod hf;
+mod huge;
 mod matmul;
 mod matrix;
 mod quant;

@@ -14,6 +14,7 @@
 
 use half::f16;
 
+use super::huge::HugeBuf;
 use super::quant::{TensorType, QK};
 
 /// Rows per tile.
@@ -26,9 +27,9 @@ pub struct Tiles {
     pub blocks: usize,
     /// Per tile and block: each scale of the encoding (Q8_0's `d`; Q4_1's
     /// `d`, then `m`) for the eight rows, `[scale][row]`.
-    pub scales: Vec<f16>,
+    pub scales: HugeBuf<f16>,
     /// Per tile and block: byte `i` of row `r`'s block at `(i / 4) 32 + 4 r + i % 4`.
-    pub quants: Vec<u8>,
+    pub quants: HugeBuf<u8>,
 }
 
 /// (scales, quant bytes) in one block of `kind`.
@@ -51,23 +52,24 @@ impl Tiles {
         let (ns, nq) = layout(kind);
         let blocks = cols / QK;
         let tile_blocks = rows.div_ceil(TILE) * blocks;
-        let mut tiles = Tiles {
-            kind,
-            blocks,
-            scales: vec![f16::ZERO; tile_blocks * ns * TILE],
-            quants: vec![0; tile_blocks * nq * TILE],
-        };
+        let mut scales = vec![f16::ZERO; tile_blocks * ns * TILE];
+        let mut quants = vec![0; tile_blocks * nq * TILE];
         for (i, block) in bytes.chunks_exact(2 * ns + nq).enumerate() {
             let (row, b) = (i / blocks, i % blocks);
-            let (s, q) = tiles.block_at(row, b);
+            let (s, q) = offsets(kind, blocks, row, b);
             for (j, scale) in block[..2 * ns].chunks_exact(2).enumerate() {
-                tiles.scales[s + j * TILE] = f16::from_le_bytes([scale[0], scale[1]]);
+                scales[s + j * TILE] = f16::from_le_bytes([scale[0], scale[1]]);
             }
             for (j, &byte) in block[2 * ns..].iter().enumerate() {
-                tiles.quants[q + quant_at(j, row % TILE)] = byte;
+                quants[q + quant_at(j, row % TILE)] = byte;
             }
         }
-        tiles
+        Tiles {
+            kind,
+            blocks,
+            scales: HugeBuf::copy_of(&scales),
+            quants: HugeBuf::copy_of(&quants),
+        }
     }
 
     /// Rows `start..start + count` in GGUF's encoding: what `new` took.
@@ -127,12 +129,17 @@ impl Tiles {
         self.scales.len() * 2 + self.quants.len()
     }
 
-    /// Offsets of row `row`'s first scale and of its tile's quants, in block `b`.
     fn block_at(&self, row: usize, b: usize) -> (usize, usize) {
-        let (ns, nq) = layout(self.kind);
-        let tile_block = row / TILE * self.blocks + b;
-        (tile_block * ns * TILE + row % TILE, tile_block * nq * TILE)
+        offsets(self.kind, self.blocks, row, b)
     }
+}
+
+/// Offsets of row `row`'s first scale and of its tile's quants, in block `b`
+/// of tiles of `kind` with `blocks` per row.
+fn offsets(kind: TensorType, blocks: usize, row: usize, b: usize) -> (usize, usize) {
+    let (ns, nq) = layout(kind);
+    let tile_block = row / TILE * blocks + b;
+    (tile_block * ns * TILE + row % TILE, tile_block * nq * TILE)
 }
 
 #[cfg(test)]
