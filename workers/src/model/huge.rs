@@ -8,8 +8,9 @@
 //! whole 2 MiB-aligned ranges, which a layer's matrices (0.2–1.1 MB in
 //! SmolLM2) are too small to fill alone, so the small ones are carved one
 //! after another from shared mappings of [`CHUNK`] bytes. Every mapping is
-//! advised before anything touches it: Linux's default transparent-huge-page
-//! mode (`madvise`) needs exactly that.
+//! advised before anything touches it: in Linux's transparent-huge-page mode
+//! `madvise` (common, and this project's machines'), only advised memory gets
+//! huge pages, and only at its first fault.
 
 use std::fmt;
 use std::marker::PhantomData;

@@ -129,6 +129,7 @@ impl Tiles {
         self.scales.len() * 2 + self.quants.len()
     }
 
+    /// [`offsets`] in these tiles.
     fn block_at(&self, row: usize, b: usize) -> (usize, usize) {
         offsets(self.kind, self.blocks, row, b)
     }
