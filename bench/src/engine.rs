@@ -57,8 +57,8 @@ pub fn run(args: Args, out: &Path) -> anyhow::Result<()> {
     let weights = Weights::load(&path).with_context(|| format!("loading {}", path.display()))?;
     let h = weights.hyper.clone();
     let weight_bytes = weights.decode_bytes();
-    // f32 K and V, every layer.
-    let kv_bytes_per_token = h.layers * 2 * h.kv_dim() * 4;
+    // f16 K and V, every layer.
+    let kv_bytes_per_token = h.layers * 2 * h.kv_dim() * 2;
     // The most tokens held at once: a long prompt alone, or eight decoding sequences.
     let peak = (args.prompt_tokens + 1).max(8 * (DECODE_PROMPT + args.decode_tokens));
     anyhow::ensure!(

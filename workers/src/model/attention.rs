@@ -4,11 +4,15 @@
 
 use std::ops::Range;
 
+use half::f16;
+
 use super::exp::exp;
 use super::team::Team;
 use crate::kv_cache::BlockId;
 
-/// K and V of every slot of every block, for every layer.
+/// K and V of every slot of every block, for every layer, in f16 (as
+/// llama.cpp's cache by default): attention's time goes mostly to reading
+/// them, and the same memory holds twice the blocks.
 pub struct KvStore {
     layers: usize,
     block_size: usize,
@@ -20,7 +24,7 @@ pub struct KvStore {
     /// allocation is lazily mapped), and so is each KV head's part of it,
     /// which attention reads as one stream. Keys are transposed so a query's
     /// scores for 16 slots are one vector of sums, with no horizontal adds.
-    data: Vec<f32>,
+    data: Vec<f16>,
 }
 
 impl KvStore {
@@ -37,7 +41,7 @@ impl KvStore {
             block_size,
             kv_heads,
             head_dim,
-            data: vec![0.0; num_blocks * block],
+            data: vec![f16::ZERO; num_blocks * block],
         }
     }
 
@@ -70,18 +74,20 @@ impl KvStore {
         for (head, k) in k.chunks_exact(self.head_dim).enumerate() {
             let at = self.offset(block, layer, 0, head, 0);
             for (d, &k) in k.iter().enumerate() {
-                self.data[at + d * size + slot] = k;
+                self.data[at + d * size + slot] = f16::from_f32(k);
             }
         }
         for (head, v) in v.chunks_exact(self.head_dim).enumerate() {
             let at = self.offset(block, layer, 1, head, slot);
-            self.data[at..at + self.head_dim].copy_from_slice(v);
+            for (to, &v) in self.data[at..at + self.head_dim].iter_mut().zip(v) {
+                *to = f16::from_f32(v);
+            }
         }
     }
 
     /// K (`which` 0, `[head_dim][slot]`) or V (1, `[slot][head_dim]`) of KV
     /// head `head` for every slot of `block` in `layer`.
-    fn plane(&self, block: BlockId, layer: usize, which: usize, head: usize) -> &[f32] {
+    fn plane(&self, block: BlockId, layer: usize, which: usize, head: usize) -> &[f16] {
         let at = self.offset(block, layer, which, head, 0);
         &self.data[at..at + self.block_size * self.head_dim]
     }
@@ -206,37 +212,66 @@ impl Span<'_> {
         #[cfg(target_arch = "x86_64")]
         {
             use std::arch::is_x86_feature_detected as has;
-            if has!("avx512f") {
-                // SAFETY: the CPU has AVX-512F, all `attend_avx512` is compiled for.
+            if has!("avx512f") && has!("f16c") {
+                // SAFETY: the CPU has AVX-512F and F16C, all `attend_avx512` is compiled for.
                 return unsafe { self.attend_avx512(q, part) };
             }
-            if has!("avx2") && has!("fma") {
-                // SAFETY: the CPU has AVX2 and FMA, all `attend_avx2` is compiled for.
+            if has!("avx2") && has!("fma") && has!("f16c") {
+                // SAFETY: the CPU has AVX2, FMA and F16C, all `attend_avx2` is compiled for.
                 return unsafe { self.attend_avx2(q, part) };
             }
         }
-        self.attend_any(q, part, |a, b, c| a * b + c)
+        self.attend_any(q, part, |a, b, c| a * b + c, |h| h.map(f16::to_f32))
     }
 
     #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx512f,fma")]
+    #[target_feature(enable = "avx512f,fma,f16c")]
     fn attend_avx512(&self, q: &[f32], part: &mut [f32]) {
-        self.attend_any(q, part, f32::mul_add)
+        use std::arch::x86_64::*;
+        self.attend_any(q, part, f32::mul_add, |h| {
+            let mut out = [0.0f32; LANES];
+            // SAFETY: the CPU has AVX-512F (this function's features); the
+            // load reads `h`'s 32 bytes and the store writes `out`'s 64.
+            unsafe {
+                let wide = _mm512_cvtph_ps(_mm256_loadu_si256(h.as_ptr().cast()));
+                _mm512_storeu_ps(out.as_mut_ptr(), wide);
+            }
+            out
+        })
     }
 
     #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     fn attend_avx2(&self, q: &[f32], part: &mut [f32]) {
-        self.attend_any(q, part, f32::mul_add)
+        use std::arch::x86_64::*;
+        self.attend_any(q, part, f32::mul_add, |h| {
+            let mut out = [0.0f32; LANES];
+            // SAFETY: the CPU has AVX2 and F16C (this function's features);
+            // the loads read `h`'s 32 bytes and the stores write `out`'s 64.
+            unsafe {
+                for half in 0..2 {
+                    let narrow = _mm_loadu_si128(h[8 * half..].as_ptr().cast());
+                    _mm256_storeu_ps(out[8 * half..].as_mut_ptr(), _mm256_cvtph_ps(narrow));
+                }
+            }
+            out
+        })
     }
 
     /// Inlined into each `target_feature` function above, so its loops take
     /// their features. `madd(a, b, c)` is `a b + c`: fused where the target
     /// has FMA, plain elsewhere (where `mul_add` would be a library call).
-    /// The heads go in chunks of up to [`HEADS`], each chunk reading the
+    /// `widen` turns 16 stored values into f32, in one instruction where the
+    /// target has F16C. The heads go in chunks of up to [`HEADS`], each chunk reading the
     /// values once.
     #[inline(always)]
-    fn attend_any(&self, q: &[f32], part: &mut [f32], madd: impl Fn(f32, f32, f32) -> f32) {
+    fn attend_any(
+        &self,
+        q: &[f32],
+        part: &mut [f32],
+        madd: impl Fn(f32, f32, f32) -> f32,
+        widen: impl Fn(&[f16; LANES]) -> [f32; LANES],
+    ) {
         let hd = self.head_dim;
         let group = q.len() / hd;
         let (stats, values) = part.split_at_mut(2 * group);
@@ -246,10 +281,10 @@ impl Span<'_> {
             let heads = c * HEADS..c * HEADS + q.len() / hd;
             let stats = (&mut maxes[heads.clone()], &mut totals[heads.clone()]);
             match heads.len() {
-                1 => self.heads::<1>(q, stats, out, &madd),
-                2 => self.heads::<2>(q, stats, out, &madd),
-                3 => self.heads::<3>(q, stats, out, &madd),
-                _ => self.heads::<HEADS>(q, stats, out, &madd),
+                1 => self.heads::<1>(q, stats, out, &madd, &widen),
+                2 => self.heads::<2>(q, stats, out, &madd, &widen),
+                3 => self.heads::<3>(q, stats, out, &madd, &widen),
+                _ => self.heads::<HEADS>(q, stats, out, &madd, &widen),
             }
         }
     }
@@ -263,6 +298,7 @@ impl Span<'_> {
         (maxes, totals): (&mut [f32], &mut [f32]),
         out: &mut [f32],
         madd: &impl Fn(f32, f32, f32) -> f32,
+        widen: &impl Fn(&[f16; LANES]) -> [f32; LANES],
     ) {
         let hd = self.head_dim;
         let len = self.positions.len();
@@ -277,8 +313,9 @@ impl Span<'_> {
             if size < LANES {
                 for (h, q) in q.iter().enumerate() {
                     for (i, slot) in slots.clone().enumerate() {
-                        scores[h * len + t + i] =
-                            (0..hd).fold(0.0, |acc, d| madd(q[d], keys[d * size + slot], acc));
+                        scores[h * len + t + i] = (0..hd).fold(0.0, |acc, d| {
+                            madd(q[d], keys[d * size + slot].to_f32(), acc)
+                        });
                     }
                 }
             } else {
@@ -289,7 +326,7 @@ impl Span<'_> {
                     let skip = slots.start + done - first;
                     let count = (n - done).min(LANES);
                     for (h, q) in q.iter().enumerate() {
-                        let sums = sixteen(keys, size, first, q, madd);
+                        let sums = sixteen(keys, size, first, q, madd, widen);
                         scores[h * len + t + done..][..count]
                             .copy_from_slice(&sums[skip..skip + count]);
                     }
@@ -315,17 +352,17 @@ impl Span<'_> {
                 std::array::from_fn(|h| &scores[h * len + t..][..slots.len()]);
             if hd.is_multiple_of(64) {
                 for at in (0..hd).step_by(64) {
-                    weigh::<G, 64>(&weights, values, hd, at, out, madd);
+                    weigh::<G, 64>(&weights, values, hd, at, out, madd, widen);
                 }
             } else if hd.is_multiple_of(LANES) {
                 for at in (0..hd).step_by(LANES) {
-                    weigh::<G, LANES>(&weights, values, hd, at, out, madd);
+                    weigh::<G, LANES>(&weights, values, hd, at, out, madd, widen);
                 }
             } else {
                 for (h, out) in out.chunks_exact_mut(hd).enumerate() {
                     for (w, value) in weights[h].iter().zip(values.chunks_exact(hd)) {
                         for (o, v) in out.iter_mut().zip(value) {
-                            *o = madd(*w, *v, *o);
+                            *o = madd(*w, v.to_f32(), *o);
                         }
                     }
                 }
@@ -337,7 +374,7 @@ impl Span<'_> {
     /// K (`which` 0, `[head_dim][slot]`) or V (1, `[slot][head_dim]`) of
     /// the span's KV head in block `b` of its sequence.
     #[inline(always)]
-    fn plane(&self, b: usize, which: usize) -> &[f32] {
+    fn plane(&self, b: usize, which: usize) -> &[f16] {
         self.store
             .plane(self.blocks[b], self.layer, which, self.kv_head)
     }
@@ -372,15 +409,16 @@ const HEADS: usize = 4;
 /// the sums on the stack.
 #[inline(always)]
 fn sixteen(
-    keys: &[f32],
+    keys: &[f16],
     size: usize,
     first: usize,
     q: &[f32],
     madd: &impl Fn(f32, f32, f32) -> f32,
+    widen: &impl Fn(&[f16; LANES]) -> [f32; LANES],
 ) -> [f32; LANES] {
-    let row = |d: usize| -> &[f32; LANES] {
+    let row = |d: usize| -> [f32; LANES] {
         let at = d * size + first;
-        keys[at..at + LANES].try_into().unwrap()
+        widen(keys[at..at + LANES].try_into().unwrap())
     };
     let mut acc = [[0.0f32; LANES]; 4];
     // Whole fours of `head_dim`, unrolled so each sum stays in a register.
@@ -407,18 +445,27 @@ fn sixteen(
 /// `G` heads (`out: [G, head_dim]`, `values: [slot, head_dim]`), the sums
 /// held in registers across the slots: `G W / 16` independent chains.
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 fn weigh<const G: usize, const W: usize>(
     weights: &[&[f32]; G],
-    values: &[f32],
+    values: &[f16],
     hd: usize,
     at: usize,
     out: &mut [f32],
     madd: &impl Fn(f32, f32, f32) -> f32,
+    widen: &impl Fn(&[f16; LANES]) -> [f32; LANES],
 ) {
     let mut acc: [[f32; W]; G] =
         std::array::from_fn(|h| out[h * hd + at..][..W].try_into().unwrap());
     for (t, value) in values.chunks_exact(hd).enumerate() {
-        let value: &[f32; W] = value[at..at + W].try_into().unwrap();
+        let mut wide = [0.0f32; W];
+        for (wide, value) in wide
+            .chunks_exact_mut(LANES)
+            .zip(value[at..at + W].as_chunks().0)
+        {
+            wide.copy_from_slice(&widen(value));
+        }
+        let value = &wide;
         for h in 0..G {
             let w = weights[h][t];
             for l in 0..W {
@@ -511,8 +558,12 @@ mod tests {
             let k: Vec<f32> = (0..kv_heads * hd).map(|i| value(p * 31 + i)).collect();
             let v: Vec<f32> = (0..kv_heads * hd).map(|i| value(p * 57 + i + 3)).collect();
             store.write(&blocks, p, 1, &k, &v);
-            keys.push(k);
-            values.push(v);
+            // What the store holds: f16.
+            let stored = |x: Vec<f32>| -> Vec<f32> {
+                x.into_iter().map(|x| f16::from_f32(x).to_f32()).collect()
+            };
+            keys.push(stored(k));
+            values.push(stored(v));
         }
         // Two tokens: the last position, and one within the first span.
         let places = [len - 1, 20].map(|position| TokenPlace {

@@ -10,7 +10,8 @@ embedding, so agreeing with the worker (which rotates adjacent pairs, on rows it
 permutes when loading a directory) shows both conventions meet.
 
 Where the worker rounds activations to 16 bits, before products with quantized
-weights, this rounds them the same way; all else is float64.
+weights, this rounds them the same way, and it rounds K and V to float16, as
+the worker's cache stores them; all else is float64.
 """
 
 import json
@@ -133,6 +134,7 @@ def forward(shape, t, tokens):
         v = v.reshape(n, kv_heads, hd)
         q = q * cos + rotate_half(q) * sin
         k = k * cos + rotate_half(k) * sin
+        k, v = (a.astype(np.float16).astype(np.float64) for a in (k, v))
         group = heads // kv_heads
         k, v = np.repeat(k, group, axis=1), np.repeat(v, group, axis=1)
         scores = np.einsum("qhd,khd->hqk", q, k) / np.sqrt(hd) + mask
