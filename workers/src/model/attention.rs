@@ -24,7 +24,9 @@ pub struct KvStore {
     /// allocation is lazily mapped), and so is each KV head's part of it,
     /// which attention reads as one stream. Keys are transposed so a query's
     /// scores for 16 slots are one vector of sums, with no horizontal adds.
-    data: Vec<f16>,
+    /// Held as the bits, so the zeroed allocation is one the OS maps lazily
+    /// (`vec!` of zeros gets that for primitive types, not for `f16`).
+    data: Vec<u16>,
 }
 
 impl KvStore {
@@ -41,8 +43,16 @@ impl KvStore {
             block_size,
             kv_heads,
             head_dim,
-            data: vec![f16::ZERO; num_blocks * block],
+            data: vec![0; num_blocks * block],
         }
+    }
+
+    fn data(&self) -> &[f16] {
+        bytemuck::cast_slice(&self.data)
+    }
+
+    fn data_mut(&mut self) -> &mut [f16] {
+        bytemuck::cast_slice_mut(&mut self.data)
     }
 
     fn offset(
@@ -73,13 +83,14 @@ impl KvStore {
         let size = self.block_size;
         for (head, k) in k.chunks_exact(self.head_dim).enumerate() {
             let at = self.offset(block, layer, 0, head, 0);
+            let plane = &mut self.data_mut()[at..];
             for (d, &k) in k.iter().enumerate() {
-                self.data[at + d * size + slot] = f16::from_f32(k);
+                plane[d * size + slot] = f16::from_f32(k);
             }
         }
         for (head, v) in v.chunks_exact(self.head_dim).enumerate() {
             let at = self.offset(block, layer, 1, head, slot);
-            for (to, &v) in self.data[at..at + self.head_dim].iter_mut().zip(v) {
+            for (to, &v) in self.data_mut()[at..at + v.len()].iter_mut().zip(v) {
                 *to = f16::from_f32(v);
             }
         }
@@ -89,7 +100,7 @@ impl KvStore {
     /// head `head` for every slot of `block` in `layer`.
     fn plane(&self, block: BlockId, layer: usize, which: usize, head: usize) -> &[f16] {
         let at = self.offset(block, layer, which, head, 0);
-        &self.data[at..at + self.block_size * self.head_dim]
+        &self.data()[at..at + self.block_size * self.head_dim]
     }
 }
 
@@ -230,8 +241,8 @@ impl Span<'_> {
         use std::arch::x86_64::*;
         self.attend_any(q, part, f32::mul_add, |h| {
             let mut out = [0.0f32; LANES];
-            // SAFETY: the CPU has AVX-512F (this function's features); the
-            // load reads `h`'s 32 bytes and the store writes `out`'s 64.
+            // SAFETY: the CPU has AVX-512F and F16C (this function's
+            // features); the load reads `h`'s 32 bytes, the store writes `out`'s 64.
             unsafe {
                 let wide = _mm512_cvtph_ps(_mm256_loadu_si256(h.as_ptr().cast()));
                 _mm512_storeu_ps(out.as_mut_ptr(), wide);
@@ -249,9 +260,9 @@ impl Span<'_> {
             // SAFETY: the CPU has AVX2 and F16C (this function's features);
             // the loads read `h`'s 32 bytes and the stores write `out`'s 64.
             unsafe {
-                for half in 0..2 {
-                    let narrow = _mm_loadu_si128(h[8 * half..].as_ptr().cast());
-                    _mm256_storeu_ps(out[8 * half..].as_mut_ptr(), _mm256_cvtph_ps(narrow));
+                for i in [0, 8] {
+                    let narrow = _mm_loadu_si128(h[i..].as_ptr().cast());
+                    _mm256_storeu_ps(out[i..].as_mut_ptr(), _mm256_cvtph_ps(narrow));
                 }
             }
             out
@@ -262,8 +273,8 @@ impl Span<'_> {
     /// their features. `madd(a, b, c)` is `a b + c`: fused where the target
     /// has FMA, plain elsewhere (where `mul_add` would be a library call).
     /// `widen` turns 16 stored values into f32, in one instruction where the
-    /// target has F16C. The heads go in chunks of up to [`HEADS`], each chunk reading the
-    /// values once.
+    /// target has F16C. The heads go in chunks of up to [`HEADS`], each chunk
+    /// reading the values once.
     #[inline(always)]
     fn attend_any(
         &self,
