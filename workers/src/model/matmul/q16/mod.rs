@@ -35,21 +35,38 @@ pub struct Q16Rows {
 /// a block of zeros).
 #[inline(always)]
 fn step(block: &[f32; QK]) -> (f32, f32) {
-    // A comparison, not `f32::max`, so it vectorizes; NaN is skipped by both.
-    let amax = block
-        .iter()
-        .fold(0.0f32, |m, v| if v.abs() > m { v.abs() } else { m });
+    // Magnitudes compared as integers, as their bits order them, in eight
+    // lanes: float comparisons kept this loop scalar. NaN's bits are above
+    // infinity's, so a block holding NaN gets a NaN step, and its products
+    // are NaN, as f32 arithmetic would make them.
+    let mut lanes = [0u32; 8];
+    for chunk in block.as_chunks::<8>().0 {
+        for (m, v) in lanes.iter_mut().zip(chunk) {
+            *m = (*m).max(v.to_bits() & 0x7FFF_FFFF);
+        }
+    }
+    let amax = f32::from_bits(lanes.into_iter().fold(0, u32::max));
     let inv = if amax > 0.0 { 32767.0 / amax } else { 0.0 };
     (amax / 32767.0, inv)
 }
 
-/// The nearest integer to `v` (`|v| ≤ 32767`), halves to even: adding 1.5 × 2²³
-/// leaves no bits for a fraction. `f32::round` is a library call per element
-/// in builds for the baseline x86-64, which lacks SSE4.1's `roundps`.
+/// Added to a value, leaves no bits for a fraction: 1.5 × 2²³.
+const MAGIC: f32 = 12_582_912.0;
+
+/// The nearest integer to `v` (`|v| ≤ 32767`), halves to even. `f32::round`
+/// is a library call per element in builds for the baseline x86-64, which
+/// lacks SSE4.1's `roundps`.
 #[inline(always)]
 fn round(v: f32) -> f32 {
-    const MAGIC: f32 = 12_582_912.0;
     (v + MAGIC) - MAGIC
+}
+
+/// [`round`] as an integer, read from the low bits of `v + MAGIC`: the cast
+/// `round(v) as i32` saturates, which kept the quantizing loop scalar. NaN
+/// gives 0, as the cast does.
+#[inline(always)]
+fn round_to_int(v: f32) -> i16 {
+    ((v + MAGIC).to_bits().wrapping_sub(MAGIC.to_bits())) as i16
 }
 
 /// `x` rounded as [`Q16Rows::quantize`] rounds it, in f32: what the GEMM multiplies.
@@ -115,8 +132,7 @@ impl Q16Rows {
             let (q, [lo, hi]) = (&mut self.quants[i], &mut self.bytes[i]);
             let (mut sum, mut hi_sum) = (0, 0);
             for j in 0..QK {
-                // |round(v inv)| ≤ 32767: the cast through i32 does not saturate.
-                let v = round(block[j] * inv) as i32 as i16;
+                let v = round_to_int(block[j] * inv);
                 q[j] = v;
                 lo[j] = v as u8;
                 hi[j] = (v >> 8) as u8;
@@ -347,6 +363,21 @@ mod tests {
             .collect();
         assert_eq!(from_quants, back);
         assert_eq!(rounded(&[0.0; QK]), vec![0.0; QK]);
+    }
+
+    /// A block holding NaN has a NaN step, so its products are NaN, as in
+    /// f32 arithmetic; the other blocks round as usual.
+    #[test]
+    fn a_block_holding_nan_rounds_to_nan() {
+        let mut x = vec![32767.0f32; 2 * QK];
+        x[3] = f32::NAN;
+        let back = rounded(&x);
+        assert!(back[..QK].iter().all(|v| v.is_nan()));
+        assert_eq!(back[QK..], x[QK..]);
+        let q = Q16Rows::quantize(&x, 2 * QK);
+        assert!(q.scales[0][0].is_nan());
+        assert_eq!(q.scales[1][0], 1.0);
+        assert_eq!(q.quants[1], [32767; QK]);
     }
 
     /// Every kernel against the definition, on values whose sums are exact:
