@@ -33,10 +33,12 @@ fn gemm_min_rows(w: &Matrix) -> usize {
 const BAND: usize = 64;
 
 /// Tasks per thread in the fused products: a whole number, so the threads
-/// end together, more than one, so a thread the OS preempts leaves work the
-/// others take, and few, since each band starts its own streams from memory
-/// (at batch 1, SmolLM2's products took 9% longer with 4 than with 2).
-const BANDS_PER_THREAD: usize = 2;
+/// end together, and one, since each band starts its own streams from
+/// memory. At batch 1, SmolLM2's products took 9% longer with 4 per thread
+/// than with 2, and in a probe of its 120 layer products (2026-12-04) 2 per
+/// thread streamed 21 GB/s against 25 GB/s for 1. A thread the OS preempts
+/// leaves its band to the others only if it has not started it.
+const BANDS_PER_THREAD: usize = 1;
 
 /// `y[t, n] = Σ_k x[t, k] w[n, k]` with `x: [rows, k]`, `w: [n, k]`, `y: [rows, n]`;
 /// for quantized W, `x` rounded to 16-bit blocks (see `q16`).
