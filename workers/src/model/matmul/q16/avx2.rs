@@ -15,6 +15,7 @@ pub fn q8_0<const R: usize>(d: &[[f16; TILE]], q: &[[u8; QK * TILE]], x: &[Row; 
     for (t, (d, q)) in tiles.enumerate() {
         let mut acc = [_mm256_setzero_ps(); R];
         for (b, (d, q)) in d.iter().zip(q).enumerate() {
+            prefetch(d, q);
             let mut sums = [[_mm256_setzero_si256(); 2]; R];
             for (g, q) in q.as_chunks::<32>().0.iter().enumerate() {
                 let w = load(q);
@@ -52,6 +53,7 @@ pub fn q4_1<const R: usize>(
         let mut acc = [_mm256_setzero_ps(); R];
         let mut mins = [_mm256_setzero_ps(); R];
         for (b, (dm, q)) in dm.iter().zip(q).enumerate() {
+            prefetch(dm, q);
             let mut sums = [[_mm256_setzero_si256(); 2]; R];
             for (h, q) in q.as_chunks::<32>().0.iter().enumerate() {
                 let q = load(q);
@@ -102,6 +104,22 @@ fn madd_four(sums: &mut [__m256i; 2], w: [__m256i; 2], x: &[i16]) {
 fn rows_of(sums: [__m256i; 2]) -> __m256 {
     let pairs = _mm256_hadd_epi32(sums[0], sums[1]);
     _mm256_cvtepi32_ps(_mm256_permute4x64_epi64::<0b11_01_10_00>(pairs))
+}
+
+/// Asks for the cache lines of the tile block [`PREFETCH`] bytes of quants
+/// past `quants`, and of its scales: a band's weights are one stream of
+/// such blocks, scales and quants each contiguous. Past the band's end it
+/// asks for lines the kernel does not read, which costs nothing but the ask
+/// (a prefetch never faults).
+#[inline]
+#[target_feature(enable = "sse")]
+pub(super) fn prefetch<const S: usize, const Q: usize>(scales: &[f16; S], quants: &[u8; Q]) {
+    let ahead = PREFETCH / Q;
+    let quants = quants.as_ptr().wrapping_add(ahead * Q);
+    for line in (0..Q).step_by(64) {
+        _mm_prefetch::<_MM_HINT_T0>(quants.wrapping_add(line).cast());
+    }
+    _mm_prefetch::<_MM_HINT_T0>(scales.as_ptr().wrapping_add(ahead * S).cast());
 }
 
 /// 32 bytes of a tile.

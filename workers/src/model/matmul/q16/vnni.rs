@@ -11,7 +11,7 @@
 
 use std::arch::x86_64::*;
 
-use super::avx2::{lanes, load, widen, widen_two};
+use super::avx2::{lanes, load, prefetch, widen, widen_two};
 use super::*;
 
 #[target_feature(enable = "avx2,fma,f16c,avx512vl,avx512vnni")]
@@ -22,6 +22,7 @@ pub fn q8_0<const R: usize>(d: &[[f16; TILE]], q: &[[u8; QK * TILE]], x: &[Row; 
     for (t, (d, q)) in tiles.enumerate() {
         let mut acc = [_mm256_setzero_ps(); R];
         for (b, (d, q)) in d.iter().zip(q).enumerate() {
+            prefetch(d, q);
             let mut sums = [Sums::default(); R];
             for (g, q) in q.as_chunks::<32>().0.iter().enumerate() {
                 let w = load(q);
@@ -57,6 +58,7 @@ pub fn q4_1<const R: usize>(
         let mut acc = [_mm256_setzero_ps(); R];
         let mut mins = [_mm256_setzero_ps(); R];
         for (b, (dm, q)) in dm.iter().zip(q).enumerate() {
+            prefetch(dm, q);
             let mut sums = [Sums::default(); R];
             for (h, q) in q.as_chunks::<32>().0.iter().enumerate() {
                 let q = load(q);
