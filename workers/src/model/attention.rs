@@ -146,6 +146,14 @@ pub fn attend(
                 .map(move |p| (i, p..(p + size).min(len)))
         })
         .collect();
+    // A sequence's first token in the step finds its K/V in memory (the
+    // weights have streamed through the caches since it was last read); the
+    // rest of a prefill chunk, after it, finds the same positions in cache.
+    let first = |t: usize| {
+        t == 0
+            || places[t - 1].position + 1 != places[t].position
+            || !std::ptr::eq(places[t - 1].blocks, places[t].blocks)
+    };
     let part_len = group * (head_dim + 2);
     let mut parts = vec![0.0f32; spans.len() * part_len];
     team.for_chunks(&mut parts, part_len, |j, part| {
@@ -157,6 +165,7 @@ pub fn attend(
             kv_head: i % kv_heads,
             head_dim,
             positions: positions.clone(),
+            from_memory: first(i / kv_heads),
         };
         span.attend(&q[i * group * head_dim..][..group * head_dim], part);
     });
@@ -213,6 +222,8 @@ struct Span<'a> {
     kv_head: usize,
     head_dim: usize,
     positions: Range<usize>,
+    /// Its K/V are likely in memory, not in cache: ask for them first.
+    from_memory: bool,
 }
 
 impl Span<'_> {
@@ -284,9 +295,11 @@ impl Span<'_> {
         widen: impl Fn(&[f16; LANES]) -> [f32; LANES],
     ) {
         let hd = self.head_dim;
-        for (b, _) in self.blocks_covered() {
-            prefetch_l2(self.plane(b, 0));
-            prefetch_l2(self.plane(b, 1));
+        if self.from_memory {
+            for (b, _) in self.blocks_covered() {
+                prefetch_l2(self.plane(b, 0));
+                prefetch_l2(self.plane(b, 1));
+            }
         }
         let group = q.len() / hd;
         let (stats, values) = part.split_at_mut(2 * group);
@@ -501,7 +514,10 @@ fn weigh<const G: usize, const W: usize>(
 /// memory. Asked for at once, their misses overlap. Into L2, not L1, whose
 /// few miss buffers the asks would fill: over 96 positions of SmolLM2's 30
 /// layers from memory, attention took 230-263 µs with this, against
-/// 247-322 µs without and no gain into L1 (2026-12-04, 2 threads).
+/// 247-322 µs without and no gain into L1 (2026-12-04, 2 threads). Asking
+/// for lines already in cache costs only the asks, but a prefill's tokens
+/// each read every earlier position: asked for on all of them, prefill of
+/// 640 tokens lost ~2%.
 #[inline(always)]
 fn prefetch_l2(data: &[f16]) {
     #[cfg(target_arch = "x86_64")]
