@@ -8,7 +8,7 @@ scripts/setup.sh
 scripts/build-plugins.sh
 if [ "${1:-}" = "--sim" ]; then
   shift
-  exec cargo run --release -p gateway --bin gateway -- demo "$@"
+  exec cargo run --release -p demo --bin llmgw-demo -- "$@"
 fi
 model="$(scripts/fetch-model.sh)"
-exec cargo run --release -p gateway --bin gateway -- demo --model "$model" "$@"
+exec cargo run --release -p demo --bin llmgw-demo -- --model "$model" "$@"

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use serde_json::json;
 use workers::kv_cache::{KvCache, SeqId};
-use workers::model::{LlamaCompute, Weights};
+use workers::model::{load_weights, LlamaCompute};
 use workers::scheduler::{NewSequence, Output, Sampling, Scheduler, SchedulerConfig};
 
 use crate::report;
@@ -54,7 +54,7 @@ pub fn run(args: Args, out: &Path) -> anyhow::Result<()> {
         Some(path) => path,
         None => default_model()?,
     };
-    let weights = Weights::load(&path).with_context(|| format!("loading {}", path.display()))?;
+    let weights = load_weights(&path).with_context(|| format!("loading {}", path.display()))?;
     let h = weights.hyper.clone();
     let weight_bytes = weights.decode_bytes();
     // f16 K and V, every layer.
@@ -281,8 +281,8 @@ const STRIDE: usize = 97;
 
 impl Text {
     fn new(model: &Path, vocab: usize) -> anyhow::Result<Text> {
-        let tokenizer = workers::model::load_tokenizer(model)?;
-        let tokens = tokenizer.encode(workers::tokenizer::CORPUS)?;
+        let tokenizer = prompt::load(model)?;
+        let tokens = tokenizer.encode(prompt::CORPUS)?;
         anyhow::ensure!(
             tokens.len() > STRIDE && tokens.iter().all(|&t| (t as usize) < vocab),
             "the model's tokenizer does not fit its vocabulary"

@@ -28,11 +28,11 @@ pub fn run(args: Args, out: &Path) -> anyhow::Result<()> {
     for target_tokens in [256usize, 1024, 4096] {
         // Grow the text until the tokenizer says it is long enough.
         let mut text = String::new();
-        while workers::prompt::chat_tokens(&[user(&text)], &tokenizer)?.len() < target_tokens {
+        while prompt::chat_tokens(&[user(&text)], &tokenizer)?.len() < target_tokens {
             text.push_str(words);
         }
         let messages = vec![user(&text)];
-        let tokens = workers::prompt::chat_tokens(&messages, &tokenizer)?.len();
+        let tokens = prompt::chat_tokens(&messages, &tokenizer)?.len();
         let prompt = Prompt::Chat(messages.clone());
         let per_call = |f: &mut dyn FnMut()| {
             let start = Instant::now();

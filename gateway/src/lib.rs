@@ -15,7 +15,6 @@ pub mod candidates;
 pub mod config;
 pub mod control;
 pub mod decide;
-pub mod demo;
 pub mod error;
 pub mod failover;
 pub mod health;

@@ -1,6 +1,5 @@
-//! `gateway`: run the gateway from a config file, check a config, or start the embedded demo.
+//! `gateway`: run the gateway from a config file, or check a config.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Context;
@@ -26,20 +25,6 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// A gateway and three sim workers in one process, no external service.
-    Demo {
-        #[arg(long, default_value = "127.0.0.1:8080")]
-        api: SocketAddr,
-        #[arg(long, default_value = "127.0.0.1:9090")]
-        admin: SocketAddr,
-        /// Plugin directory; the demo pool runs its `failover` policy from there.
-        #[arg(long, default_value = "target/plugins")]
-        plugins: PathBuf,
-        /// A GGUF model the workers run on the CPU (scripts/fetch-model.sh
-        /// fetches SmolLM2-135M-Instruct); without it, sim workers.
-        #[arg(long)]
-        model: Option<PathBuf>,
-    },
     /// Validate the config and exit.
     Check,
 }
@@ -54,12 +39,6 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let cli = Cli::parse();
     match cli.command {
-        Some(Command::Demo {
-            api,
-            admin,
-            plugins,
-            model,
-        }) => gateway::demo::run(api, admin, &plugins, model.as_deref()).await,
         Some(Command::Check) => {
             load(&cli)?;
             println!("{}: ok", cli.config.display());

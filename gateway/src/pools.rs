@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use http::Uri;
 use protocol::control::Registration;
 use protocol::LoadReport;
-use workers::tokenizer::{Tokenizer, TokenizerError};
+use prompt::{Tokenizer, TokenizerError};
 
 use crate::config::{BreakerConfig, Config};
 use crate::decide::PluginTable;

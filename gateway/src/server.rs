@@ -36,7 +36,7 @@ use protocol::Bus;
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("cannot load a pool's tokenizer: {0}")]
-    Tokenizer(#[from] workers::tokenizer::TokenizerError),
+    Tokenizer(#[from] prompt::TokenizerError),
     #[error(transparent)]
     Bus(#[from] protocol::BusError),
     #[error("cannot start the plugin host: {0}")]

@@ -1,12 +1,11 @@
 //! Tokenize: a prompt's token count and block hashes, computed with the pool's
-//! tokenizer and the same prompt rendering as its workers (one function, in
-//! `workers::prompt`), so the gateway's hashes equal the workers'.
+//! tokenizer and the same prompt rendering as its workers (the `prompt`
+//! crate), so the gateway's hashes equal the workers'.
 
 use std::sync::{Arc, OnceLock};
 
 use protocol::{block_hashes, ApiError, BlockHash, ErrorKind};
-use workers::prompt;
-use workers::tokenizer::{Tokenizer, TokenizerError};
+use prompt::{Tokenizer, TokenizerError};
 
 use crate::parse::Prompt;
 
@@ -22,11 +21,8 @@ pub struct PromptBlocks {
 /// chat template), or a `tokenizer.json` path.
 pub fn load(spec: &str) -> Result<Arc<Tokenizer>, TokenizerError> {
     static BUILTIN: OnceLock<Arc<Tokenizer>> = OnceLock::new();
-    if spec.ends_with(".gguf") || std::path::Path::new(spec).is_dir() {
-        return workers::model::load_tokenizer(spec.as_ref()).map(Arc::new);
-    }
     if spec != "builtin" {
-        return Tokenizer::from_file(spec.as_ref()).map(Arc::new);
+        return prompt::load(spec.as_ref()).map(Arc::new);
     }
     if let Some(t) = BUILTIN.get() {
         return Ok(t.clone());

@@ -322,9 +322,8 @@ async fn official_openai_python_client_works() {
 
 #[tokio::test]
 async fn embedded_demo_serves_and_stops_cleanly() {
-    let mut cmd = tokio::process::Command::new(bin("gateway"));
+    let mut cmd = tokio::process::Command::new(bin("llmgw-demo"));
     cmd.args([
-        "demo",
         "--api",
         "127.0.0.1:0",
         "--admin",

@@ -18,11 +18,10 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use crate::config::WorkerConfig;
 use crate::engine::{Engine, GenerateEvent, GenerateRequest};
 use crate::output::{engine_gone, Finish, TextOutput};
-use crate::prompt;
 use crate::respond::{self, Body};
 use crate::scheduler::Sampling;
 use crate::stream::{self, Chunker, Endpoint};
-use crate::tokenizer::Tokenizer;
+use prompt::Tokenizer;
 
 /// What every request handler shares.
 pub struct App {

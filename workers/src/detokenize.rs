@@ -1,7 +1,7 @@
 //! Incremental detokenization: the new text each generated token adds, held
 //! back while the tokens so far end inside a multi-byte character.
 
-use crate::tokenizer::{Tokenizer, TokenizerError};
+use prompt::{Tokenizer, TokenizerError};
 
 /// What a replacement character looks like once byte-level decoding meets half a UTF-8 sequence.
 const REPLACEMENT: char = '\u{FFFD}';

@@ -19,7 +19,7 @@ use crate::scheduler::{
     Compute, FinishReason, NewSequence, Output, Sampling, Scheduler, SchedulerConfig, TokenUsage,
 };
 use crate::sim::SimCompute;
-use crate::tokenizer::{Tokenizer, TokenizerError};
+use prompt::{Tokenizer, TokenizerError};
 
 /// A generation request, already tokenized and checked against the engine's limits.
 #[derive(Debug, Clone)]

@@ -13,7 +13,6 @@ pub mod engine;
 pub mod kv_cache;
 pub mod model;
 mod output;
-pub mod prompt;
 mod publish;
 pub mod register;
 mod respond;
@@ -22,7 +21,6 @@ mod server;
 pub mod sim;
 mod stop;
 mod stream;
-pub mod tokenizer;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -43,7 +41,7 @@ use protocol::bus::{Bus, BusError};
 use protocol::control::Registration;
 use publish::Publisher;
 use register::Registered;
-use tokenizer::{Tokenizer, TokenizerError};
+use prompt::{Tokenizer, TokenizerError};
 
 /// Why a worker could not start.
 #[derive(Debug, thiserror::Error)]
@@ -90,8 +88,7 @@ pub async fn start_on_bus(
 ) -> Result<WorkerHandle, WorkerError> {
     config.validate()?;
     let tokenizer = match (&config.engine.tokenizer_path, &config.engine.model_path) {
-        (Some(path), _) => Tokenizer::from_file(path)?,
-        (None, Some(model)) => model::load_tokenizer(model)?,
+        (Some(path), _) | (None, Some(path)) => prompt::load(path)?,
         (None, None) => Tokenizer::builtin()?,
     };
     let mut engine = BatchEngine::start(&config.engine, &tokenizer)?;

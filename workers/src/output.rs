@@ -10,7 +10,7 @@ use crate::detokenize::Detokenizer;
 use crate::engine::GenerateEvent;
 use crate::scheduler::{FinishReason, TokenUsage};
 use crate::stop::StopMatcher;
-use crate::tokenizer::{Tokenizer, TokenizerError};
+use prompt::{Tokenizer, TokenizerError};
 
 /// Text to send for one engine event, and whether the generation is over.
 #[derive(Debug, Default, PartialEq)]

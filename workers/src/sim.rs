@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use crate::config::SimConfig;
 use crate::scheduler::{Compute, Phase, StepPlan};
-use crate::tokenizer::{Tokenizer, TokenizerError, CORPUS};
+use prompt::{Tokenizer, TokenizerError, CORPUS};
 
 pub struct SimCompute {
     timing: SimConfig,

@@ -11,7 +11,7 @@ mod model_support;
 use model_support::plan_item;
 
 use workers::model::cuda::CudaCompute;
-use workers::model::{Forward, Weights};
+use workers::model::{load_weights, Forward};
 use workers::scheduler::{Compute, Phase, StepPlan};
 
 #[test]
@@ -48,8 +48,8 @@ fn cuda_logits_match_the_cpu() {
             ],
         },
     ];
-    let mut cpu = Forward::new(Weights::load(&path).unwrap(), 8, 4);
-    let mut cuda = CudaCompute::new(&Weights::load(&path).unwrap(), 8, 4).unwrap();
+    let mut cpu = Forward::new(load_weights(&path).unwrap(), 8, 4);
+    let mut cuda = CudaCompute::new(&load_weights(&path).unwrap(), 8, 4).unwrap();
     for (s, step) in steps.iter().enumerate() {
         let (ours, theirs) = (cuda.run(step).unwrap(), cpu.run(step));
         assert_eq!(ours.len(), theirs.len());
@@ -69,7 +69,7 @@ fn cuda_logits_match_the_cpu() {
         }
     }
     // Sampling on the device (greedy) and on the host (temperature), through `Compute`.
-    let mut cuda = CudaCompute::new(&Weights::load(&path).unwrap(), 8, 4).unwrap();
+    let mut cuda = CudaCompute::new(&load_weights(&path).unwrap(), 8, 4).unwrap();
     cuda.step(&steps[0]);
     let tokens = cuda.step(&steps[1]);
     let vocab = trained.get_vocab_size(true) as u32;

@@ -9,7 +9,7 @@ use protocol::openai::ChatMessage;
 use tokio::sync::mpsc::UnboundedReceiver;
 use workers::engine::{BatchEngine, Engine, GenerateEvent, GenerateRequest};
 use workers::scheduler::Sampling;
-use workers::tokenizer::Tokenizer;
+use prompt::Tokenizer;
 use workers::{EngineConfig, EngineKind};
 
 /// Where `scripts/fetch-model.sh` puts the model, or `None` (with a message) to skip.
@@ -38,7 +38,7 @@ fn model() -> Option<PathBuf> {
 }
 
 fn engine(path: PathBuf, max_running: usize) -> (BatchEngine, Tokenizer) {
-    let tokenizer = workers::model::load_tokenizer(&path).unwrap();
+    let tokenizer = prompt::load(&path).unwrap();
     let config = EngineConfig {
         kind: EngineKind::Llama,
         model_path: Some(path),
@@ -56,7 +56,7 @@ fn user(text: &str) -> ChatMessage {
 
 fn greedy(tokenizer: &Tokenizer, question: &str, max_tokens: usize) -> GenerateRequest {
     GenerateRequest {
-        prompt: workers::prompt::chat_tokens(&[user(question)], tokenizer).unwrap(),
+        prompt: prompt::chat_tokens(&[user(question)], tokenizer).unwrap(),
         max_tokens,
         seed: None,
         sampling: Sampling {

@@ -11,7 +11,7 @@ use std::process::Command;
 use model_support::{plan_item, HfDtype};
 use protocol::openai::ChatMessage;
 use workers::engine::{BatchEngine, Engine, GenerateEvent, GenerateRequest};
-use workers::model::{Forward, Weights};
+use workers::model::{load_weights, Forward};
 use workers::scheduler::{Phase, Sampling, StepPlan};
 use workers::{EngineConfig, EngineKind};
 
@@ -23,7 +23,7 @@ fn message(role: &str, content: &str) -> ChatMessage {
 fn tokenizer_and_template_come_from_the_metadata() {
     let trained = model_support::train_tokenizer();
     let path = model_support::write_tiny_model(&trained, "tiny-tokenizer");
-    let tok = workers::model::load_tokenizer(&path).unwrap();
+    let tok = prompt::load(&path).unwrap();
     for text in [
         "The weather over the network, in 2024: 13 degrees.",
         "naïve café 🌧",
@@ -33,7 +33,7 @@ fn tokenizer_and_template_come_from_the_metadata() {
         assert_eq!(tok.decode(&ids).unwrap(), text);
     }
     assert_eq!(tok.eos_token(), Some(2));
-    let ids = workers::prompt::chat_tokens(&[message("user", "rain")], &tok).unwrap();
+    let ids = prompt::chat_tokens(&[message("user", "rain")], &tok).unwrap();
     // Special tokens are single ids: <|im_start|> opens the prompt and the reply cue.
     assert_eq!(ids[0], 1);
     assert_eq!(ids.iter().filter(|&&t| t == 1).count(), 2);
@@ -105,7 +105,7 @@ async fn generate(engine: &BatchEngine, request: GenerateRequest) -> (Vec<u32>, 
 async fn the_engine_serves_the_model_deterministically() {
     let trained = model_support::train_tokenizer();
     let path = model_support::write_tiny_model(&trained, "tiny-engine");
-    let tok = workers::model::load_tokenizer(&path).unwrap();
+    let tok = prompt::load(&path).unwrap();
     let config = EngineConfig {
         kind: EngineKind::Llama,
         model_path: Some(path.clone()),
@@ -118,7 +118,7 @@ async fn the_engine_serves_the_model_deterministically() {
     };
     let engine = BatchEngine::start(&config, &tok).unwrap();
     let request = |text: &str, temperature: f32| GenerateRequest {
-        prompt: workers::prompt::chat_tokens(&[message("user", text)], &tok).unwrap(),
+        prompt: prompt::chat_tokens(&[message("user", text)], &tok).unwrap(),
         max_tokens: 12,
         seed: Some(9),
         sampling: Sampling {
@@ -164,7 +164,7 @@ async fn the_engine_serves_the_model_deterministically() {
 /// The plans of the paged-blocks test: a prefill, then a decode batched with a
 /// prefill that reuses two of its blocks; returns the three logits rows.
 fn two_steps(model: &Path, a: &[u32], b: &[u32]) -> Vec<Vec<f32>> {
-    let mut forward = Forward::new(Weights::load(model).unwrap(), 8, 4);
+    let mut forward = Forward::new(load_weights(model).unwrap(), 8, 4);
     let a_blocks = [5, 2, 7];
     let step1 = StepPlan {
         items: vec![plan_item(1, Phase::Prefill, &a[..9], 0, &a_blocks, 1.0)],
@@ -223,13 +223,13 @@ fn a_hugging_face_directory_brings_the_tokenizer_and_template_of_the_file() {
     let gguf = model_support::write_tiny_model(&trained, "tiny-vs-gguf");
     let hf = model_support::write_tiny_hf(&trained, "tiny-vs-hf", HfDtype::F32);
     // The tokenizer, EOS and chat template from tokenizer.json and tokenizer_config.json.
-    let from_gguf = workers::model::load_tokenizer(&gguf).unwrap();
-    let from_hf = workers::model::load_tokenizer(&hf).unwrap();
+    let from_gguf = prompt::load(&gguf).unwrap();
+    let from_hf = prompt::load(&hf).unwrap();
     let chat = [message("user", "rain at noon, 2024")];
-    let prompt = workers::prompt::chat_tokens(&chat, &from_hf).unwrap();
+    let prompt = prompt::chat_tokens(&chat, &from_hf).unwrap();
     assert_eq!(
         prompt,
-        workers::prompt::chat_tokens(&chat, &from_gguf).unwrap()
+        prompt::chat_tokens(&chat, &from_gguf).unwrap()
     );
     assert_eq!(from_hf.eos_token(), Some(2));
     std::fs::remove_file(gguf).unwrap();
@@ -255,11 +255,11 @@ async fn the_engine_serves_a_directory_like_the_file() {
             ..workers::WorkerConfig::default()
         };
         config.validate().unwrap();
-        let tok = workers::model::load_tokenizer(path).unwrap();
+        let tok = prompt::load(path).unwrap();
         let engine = BatchEngine::start(&config.engine, &tok).unwrap();
         assert_eq!(engine.info().backend, "cpu");
         let request = GenerateRequest {
-            prompt: workers::prompt::chat_tokens(&[message("user", "rain")], &tok).unwrap(),
+            prompt: prompt::chat_tokens(&[message("user", "rain")], &tok).unwrap(),
             max_tokens: 8,
             seed: Some(1),
             sampling: Sampling {

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use gateway::config::{RoutingConfig, Strategy};
 use protocol::Bus;
 use serde_json::json;
-use workers::tokenizer::Tokenizer;
+use prompt::Tokenizer;
 
 use cluster::{Cluster, Sizing};
 use drive::Target;

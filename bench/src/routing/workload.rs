@@ -12,7 +12,7 @@ use protocol::{block_hashes, BlockHash};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
-use workers::tokenizer::{Tokenizer, CORPUS};
+use prompt::{Tokenizer, CORPUS};
 
 /// The shape of the workload.
 pub struct Shape {
@@ -101,7 +101,7 @@ pub fn build(
             .history
             .push(message("user", &format!("{question} Why?")));
         session.turns_left -= 1;
-        let tokens = workers::prompt::chat_tokens(&session.history, tokenizer)?;
+        let tokens = prompt::chat_tokens(&session.history, tokenizer)?;
         requests.push(Request {
             at: Duration::from_secs_f64(at),
             body: body(&session.history, shape.max_tokens),

@@ -1,12 +1,9 @@
 //! The `llama` engine's [`Compute`]: the forward pass, then one sampled token
 //! per item that asks for one.
 
-use std::path::Path;
-
 use super::forward::Forward;
 use super::sample::sample;
 use super::weights::Weights;
-use super::ModelError;
 use crate::scheduler::{Compute, StepPlan};
 
 pub struct LlamaCompute {
@@ -14,16 +11,6 @@ pub struct LlamaCompute {
 }
 
 impl LlamaCompute {
-    /// Loads the model at `path` (GGUF file or Hugging Face directory), with KV
-    /// memory for `num_blocks` blocks of `block_size`.
-    pub fn load(path: &Path, num_blocks: usize, block_size: usize) -> Result<Self, ModelError> {
-        Ok(LlamaCompute::new(
-            Weights::load(path)?,
-            num_blocks,
-            block_size,
-        ))
-    }
-
     pub fn new(weights: Weights, num_blocks: usize, block_size: usize) -> Self {
         LlamaCompute {
             forward: Forward::new(weights, num_blocks, block_size),

@@ -1,259 +1,139 @@
-//! GGUF, llama.cpp's model file: a little-endian header, typed metadata, tensor
-//! infos, then aligned tensor data, read here from a memory map.
+//! A model's weights from a GGUF file: the container is read by
+//! `prompt::gguf`; here each tensor's ggml type is checked and decoded.
 
-use std::collections::HashMap;
-use std::fs::File;
 use std::path::Path;
 
-use memmap2::Mmap;
+use prompt::gguf::{Gguf, Value};
+use rayon::prelude::*;
 
+use super::error::ModelError;
+use super::matrix::Matrix;
 use super::quant::TensorType;
-use super::ModelError;
+use super::weights::{Hyper, LayerParts, Weights};
 
-const MAGIC: &[u8; 4] = b"GGUF";
-const DEFAULT_ALIGNMENT: u64 = 32;
-
-/// One metadata value.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Value {
-    U8(u8),
-    I8(i8),
-    U16(u16),
-    I16(i16),
-    U32(u32),
-    I32(i32),
-    U64(u64),
-    I64(i64),
-    F32(f32),
-    F64(f64),
-    Bool(bool),
-    String(String),
-    Array(Vec<Value>),
-}
-
-impl Value {
-    /// Any integer that fits, since writers differ in the width they pick.
-    pub fn as_u64(&self) -> Option<u64> {
-        match *self {
-            Value::U8(v) => Some(v.into()),
-            Value::U16(v) => Some(v.into()),
-            Value::U32(v) => Some(v.into()),
-            Value::U64(v) => Some(v),
-            Value::I8(v) => u64::try_from(v).ok(),
-            Value::I16(v) => u64::try_from(v).ok(),
-            Value::I32(v) => u64::try_from(v).ok(),
-            Value::I64(v) => u64::try_from(v).ok(),
-            _ => None,
-        }
-    }
-
-    pub fn as_f64(&self) -> Option<f64> {
-        match *self {
-            Value::F32(v) => Some(v.into()),
-            Value::F64(v) => Some(v),
-            _ => self.as_u64().map(|v| v as f64),
-        }
-    }
-
-    pub fn as_str(&self) -> Option<&str> {
-        match self {
-            Value::String(s) => Some(s),
-            _ => None,
-        }
-    }
-
-    pub fn as_array(&self) -> Option<&[Value]> {
-        match self {
-            Value::Array(items) => Some(items),
-            _ => None,
-        }
-    }
-}
-
-/// Where a tensor's data lies in the file.
-#[derive(Debug, Clone)]
-struct TensorInfo {
-    /// `dims[0]` varies fastest: a PyTorch `[out, in]` weight is `[in, out]` here.
-    dims: Vec<usize>,
-    kind: TensorType,
-    /// From the start of the data section.
-    offset: usize,
-}
-
-/// A tensor's raw bytes, still in its file encoding.
-pub struct RawTensor<'a> {
-    pub dims: &'a [usize],
-    pub kind: TensorType,
-    pub bytes: &'a [u8],
-}
-
-/// An open GGUF file.
-pub struct Gguf {
-    map: Mmap,
-    metadata: HashMap<String, Value>,
-    tensors: HashMap<String, TensorInfo>,
-    data_start: usize,
-}
-
-impl Gguf {
-    pub fn open(path: &Path) -> Result<Gguf, ModelError> {
-        let io = |source| ModelError::Io {
-            path: path.to_path_buf(),
-            source,
-        };
-        let file = File::open(path).map_err(io)?;
-        // SAFETY: the map is read-only and private to this process; the model
-        // cache is written once, whole, by a rename, so the file does not change under it.
-        let map = unsafe { Mmap::map(&file) }.map_err(io)?;
-        Gguf::parse(map).map_err(|message| ModelError::Format {
-            path: path.to_path_buf(),
-            message,
+/// Reads the GGUF model at `path`.
+pub fn load_weights(path: &Path) -> Result<Weights, ModelError> {
+    let gguf = &Gguf::open(path)?;
+    let hyper = hyper(path, gguf)?;
+    let h = &hyper;
+    let get = |name: &str, rows: usize, cols: usize| tensor(path, gguf, name, rows, cols);
+    let vector = |name: &str| get(name, 1, h.dim).map(|m| m.to_f32());
+    let layers = (0..h.layers)
+        .into_par_iter()
+        .map(|i| {
+            let p = |s: &str| format!("blk.{i}.{s}.weight");
+            let parts = LayerParts {
+                attn_norm: vector(&p("attn_norm"))?,
+                q: get(&p("attn_q"), h.heads * h.head_dim, h.dim)?,
+                k: get(&p("attn_k"), h.kv_dim(), h.dim)?,
+                v: get(&p("attn_v"), h.kv_dim(), h.dim)?,
+                o: get(&p("attn_output"), h.dim, h.heads * h.head_dim)?,
+                ffn_norm: vector(&p("ffn_norm"))?,
+                gate: get(&p("ffn_gate"), h.ffn_dim, h.dim)?,
+                up: get(&p("ffn_up"), h.ffn_dim, h.dim)?,
+                down: get(&p("ffn_down"), h.dim, h.ffn_dim)?,
+            };
+            Ok(parts.into())
         })
-    }
-
-    fn parse(map: Mmap) -> Result<Gguf, String> {
-        let mut r = Reader {
-            bytes: &map,
-            pos: 0,
-        };
-        if r.take(4)? != MAGIC {
-            return Err("not a GGUF file (bad magic)".into());
-        }
-        let version = r.u32()?;
-        if !(2..=3).contains(&version) {
-            return Err(format!(
-                "GGUF version {version} is not supported (2 or 3 are)"
-            ));
-        }
-        let n_tensors = r.u64()?;
-        let n_kv = r.u64()?;
-        let mut metadata = HashMap::new();
-        for _ in 0..n_kv {
-            let key = r.string()?;
-            let kind = r.u32()?;
-            let value = r.value(kind)?;
-            metadata.insert(key, value);
-        }
-        let mut tensors = HashMap::new();
-        for _ in 0..n_tensors {
-            let name = r.string()?;
-            let n_dims = r.u32()?;
-            let dims = (0..n_dims)
-                .map(|_| r.u64().map(|d| d as usize))
-                .collect::<Result<Vec<_>, _>>()?;
-            let kind = TensorType::from_ggml(r.u32()?)
-                .map_err(|t| format!("tensor {name}: unsupported type {t}"))?;
-            let offset = r.u64()? as usize;
-            tensors.insert(name, TensorInfo { dims, kind, offset });
-        }
-        let alignment = metadata
-            .get("general.alignment")
-            .and_then(Value::as_u64)
-            .unwrap_or(DEFAULT_ALIGNMENT) as usize;
-        if alignment == 0 {
-            return Err("general.alignment is 0".into());
-        }
-        let data_start = r.pos.div_ceil(alignment) * alignment;
-        let gguf = Gguf {
-            map,
-            metadata,
-            tensors,
-            data_start,
-        };
-        // Check every tensor's extent now, so `tensor` cannot fail on a short file later.
-        for (name, info) in &gguf.tensors {
-            let size = info
-                .kind
-                .byte_size(&info.dims)
-                .map_err(|e| format!("tensor {name}: {e}"))?;
-            let end = gguf.data_start + info.offset + size;
-            if end > gguf.map.len() {
-                return Err(format!("tensor {name} runs past the end of the file"));
-            }
-        }
-        Ok(gguf)
-    }
-
-    pub fn metadata(&self, key: &str) -> Option<&Value> {
-        self.metadata.get(key)
-    }
-
-    /// A tensor by name, or `None` if the file has none so named.
-    pub fn tensor(&self, name: &str) -> Option<RawTensor<'_>> {
-        let info = self.tensors.get(name)?;
-        let start = self.data_start + info.offset;
-        let size = info.kind.byte_size(&info.dims).expect("checked at open");
-        Some(RawTensor {
-            dims: &info.dims,
-            kind: info.kind,
-            bytes: &self.map[start..start + size],
-        })
-    }
+        .collect::<Result<Vec<_>, ModelError>>()?;
+    let lm_head = match gguf.tensor_info("output.weight") {
+        Some(_) => Some(get("output.weight", h.vocab, h.dim)?),
+        None => None,
+    };
+    Ok(Weights {
+        embed: get("token_embd.weight", h.vocab, h.dim)?,
+        out_norm: vector("output_norm.weight")?,
+        lm_head,
+        layers,
+        hyper,
+    })
 }
 
-/// A cursor over the header; every read is bounds-checked.
-struct Reader<'a> {
-    bytes: &'a [u8],
-    pos: usize,
+fn hyper(path: &Path, gguf: &Gguf) -> Result<Hyper, ModelError> {
+    let invalid = |message: String| ModelError::Format {
+        path: path.to_path_buf(),
+        message,
+    };
+    let arch = gguf
+        .metadata("general.architecture")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    if arch != "llama" {
+        return Err(invalid(format!(
+            "architecture {arch:?} is not supported (llama is)"
+        )));
+    }
+    let value = |key: &str| {
+        gguf.metadata(&format!("llama.{key}"))
+            .and_then(Value::as_f64)
+            .ok_or_else(|| invalid(format!("metadata llama.{key} is missing or not a number")))
+    };
+    let uint = |key: &str| value(key).map(|v| v as usize);
+    let dim = uint("embedding_length")?;
+    let heads = uint("attention.head_count")?;
+    let kv_heads = uint("attention.head_count_kv").unwrap_or(heads);
+    // llama.vocab_size is optional in GGUF; the token list always has the length.
+    let vocab = match uint("vocab_size") {
+        Ok(v) => v,
+        Err(_) => gguf
+            .metadata("tokenizer.ggml.tokens")
+            .and_then(Value::as_array)
+            .map(<[Value]>::len)
+            .ok_or_else(|| invalid("no vocabulary size".into()))?,
+    };
+    if heads == 0 || dim % heads != 0 {
+        return Err(invalid(format!(
+            "width {dim} is not a multiple of {heads} heads"
+        )));
+    }
+    let head_dim = dim / heads;
+    if uint("rope.dimension_count").is_ok_and(|d| d != head_dim) {
+        return Err(invalid("rotary embeddings must cover whole heads".into()));
+    }
+    let hyper = Hyper {
+        dim,
+        layers: uint("block_count")?,
+        heads,
+        kv_heads,
+        head_dim,
+        ffn_dim: uint("feed_forward_length")?,
+        vocab,
+        norm_eps: value("attention.layer_norm_rms_epsilon")? as f32,
+        rope_base: value("rope.freq_base").unwrap_or(10_000.0) as f32,
+        context_len: uint("context_length")?,
+    };
+    hyper.check().map_err(invalid)?;
+    Ok(hyper)
 }
 
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
-        let end = self
-            .pos
-            .checked_add(n)
-            .filter(|&end| end <= self.bytes.len())
-            .ok_or("the header runs past the end of the file")?;
-        let out = &self.bytes[self.pos..end];
-        self.pos = end;
-        Ok(out)
+/// A tensor, checked to be `[rows, cols]` (GGUF dims `[cols, rows]`) of a
+/// type this engine decodes, and to lie within the file.
+fn tensor(
+    path: &Path,
+    gguf: &Gguf,
+    name: &str,
+    rows: usize,
+    cols: usize,
+) -> Result<Matrix, ModelError> {
+    let invalid = |message: String| ModelError::Format {
+        path: path.to_path_buf(),
+        message: format!("tensor {name}: {message}"),
+    };
+    let info = gguf
+        .tensor_info(name)
+        .ok_or_else(|| invalid("missing".into()))?;
+    let kind = TensorType::from_ggml(info.ggml_type)
+        .map_err(|t| invalid(format!("unsupported type {t}")))?;
+    let count: usize = info.dims.iter().product();
+    if info.dims.first() != Some(&cols) || count != rows * cols {
+        return Err(invalid(format!(
+            "dims {:?}, expected [{cols}, {rows}]",
+            info.dims
+        )));
     }
-
-    fn array<const N: usize>(&mut self) -> Result<[u8; N], String> {
-        Ok(self.take(N)?.try_into().expect("took N bytes"))
-    }
-
-    fn u32(&mut self) -> Result<u32, String> {
-        self.array().map(u32::from_le_bytes)
-    }
-
-    fn u64(&mut self) -> Result<u64, String> {
-        self.array().map(u64::from_le_bytes)
-    }
-
-    fn string(&mut self) -> Result<String, String> {
-        let n = self.u64()? as usize;
-        let bytes = self.take(n)?;
-        String::from_utf8(bytes.to_vec()).map_err(|_| "a string is not UTF-8".to_string())
-    }
-
-    fn value(&mut self, kind: u32) -> Result<Value, String> {
-        Ok(match kind {
-            0 => Value::U8(self.array::<1>()?[0]),
-            1 => Value::I8(i8::from_le_bytes(self.array()?)),
-            2 => Value::U16(u16::from_le_bytes(self.array()?)),
-            3 => Value::I16(i16::from_le_bytes(self.array()?)),
-            4 => Value::U32(self.u32()?),
-            5 => Value::I32(i32::from_le_bytes(self.array()?)),
-            6 => Value::F32(f32::from_le_bytes(self.array()?)),
-            7 => Value::Bool(self.array::<1>()?[0] != 0),
-            8 => Value::String(self.string()?),
-            9 => {
-                let item = self.u32()?;
-                let n = self.u64()?;
-                // Each item takes at least a byte, which bounds a corrupt count.
-                if n > (self.bytes.len() - self.pos) as u64 {
-                    return Err("an array is longer than the file".into());
-                }
-                let items = (0..n)
-                    .map(|_| self.value(item))
-                    .collect::<Result<Vec<_>, _>>()?;
-                Value::Array(items)
-            }
-            10 => Value::U64(self.u64()?),
-            11 => Value::I64(i64::from_le_bytes(self.array()?)),
-            12 => Value::F64(f64::from_le_bytes(self.array()?)),
-            other => return Err(format!("unknown metadata value type {other}")),
-        })
-    }
+    let size = kind.byte_size(&info.dims).map_err(invalid)?;
+    let bytes = gguf
+        .tensor_bytes(info, size)
+        .ok_or_else(|| invalid("runs past the end of the file".into()))?;
+    Ok(Matrix::from_gguf(kind, bytes, rows, cols))
 }

@@ -1,14 +1,14 @@
 //! A Llama-family model, served as the `llama` engine: loading from GGUF or a
 //! Hugging Face directory, the batched forward pass over the paged KV cache on
 //! the CPU (quantized weights computed in place, see `matrix`) or, with the
-//! `cuda` feature, on a GPU (`cuda`), sampling, and the tokenizer and chat
-//! template that come with the model.
+//! `cuda` feature, on a GPU (`cuda`), and sampling. The tokenizer and chat
+//! template that come with the model are read by the `prompt` crate.
 
 mod attention;
-mod chat_template;
 mod compute;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+mod error;
 mod exp;
 mod forward;
 mod gguf;
@@ -20,36 +20,27 @@ mod quant;
 mod sample;
 mod team;
 mod tiles;
-mod vocab;
 mod weights;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use crate::config::Backend;
 use crate::scheduler::Compute;
 
-pub use chat_template::ChatTemplate;
 pub use compute::LlamaCompute;
+pub use error::ModelError;
 pub use forward::Forward;
 pub use matrix::Matrix;
-pub use vocab::load_tokenizer;
 pub use weights::{Hyper, Weights};
 
-/// Why a model could not be loaded.
-#[derive(Debug, thiserror::Error)]
-pub enum ModelError {
-    #[error("cannot read model file {path}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("model file {path}: {message}")]
-    Format { path: PathBuf, message: String },
-    #[error("this worker was built without the cuda backend (cargo feature `cuda`)")]
-    NoCuda,
-    #[cfg(feature = "cuda")]
-    #[error("CUDA backend")]
-    Cuda(#[from] cuda::CudaError),
+/// Reads the model at `path`: a GGUF file, or a Hugging Face directory
+/// (`config.json` and `*.safetensors`).
+pub fn load_weights(path: &Path) -> Result<Weights, ModelError> {
+    if path.is_dir() {
+        hf::load_weights(path)
+    } else {
+        gguf::load_weights(path)
+    }
 }
 
 /// The `llama` engine's compute on `backend`, for the model at `path` (GGUF
@@ -61,10 +52,14 @@ pub fn load_compute(
     block_size: usize,
 ) -> Result<Box<dyn Compute + Send>, ModelError> {
     match backend {
-        Backend::Cpu => Ok(Box::new(LlamaCompute::load(path, num_blocks, block_size)?)),
+        Backend::Cpu => Ok(Box::new(LlamaCompute::new(
+            load_weights(path)?,
+            num_blocks,
+            block_size,
+        ))),
         #[cfg(feature = "cuda")]
         Backend::Cuda => {
-            let weights = Weights::load(path)?;
+            let weights = load_weights(path)?;
             Ok(Box::new(cuda::CudaCompute::new(
                 &weights, num_blocks, block_size,
             )?))

@@ -217,7 +217,7 @@ pub fn train_tokenizer() -> tokenizers::Tokenizer {
     .into();
     tok.train(
         &mut trainer,
-        workers::tokenizer::CORPUS.split_inclusive('\n'),
+        prompt::CORPUS.split_inclusive('\n'),
     )
     .unwrap();
     tok

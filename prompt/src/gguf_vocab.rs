@@ -14,8 +14,8 @@ use tokenizers::{
     PreTokenizerWrapper, TokenizerBuilder,
 };
 
-use super::chat_template::ChatTemplate;
-use super::gguf::{Gguf, Value};
+use crate::chat_template::ChatTemplate;
+use crate::gguf::{Gguf, Value};
 use crate::tokenizer::{Tokenizer, TokenizerError};
 
 /// `tokenizer.ggml.token_type` values (llama.cpp's `llama_token_type`).
@@ -23,11 +23,8 @@ const CONTROL: u64 = 3;
 const USER_DEFINED: u64 = 4;
 
 /// Reads the tokenizer, its end-of-sequence token and its chat template from
-/// the model at `path`: a GGUF file or a Hugging Face directory.
-pub fn load_tokenizer(path: &Path) -> Result<Tokenizer, TokenizerError> {
-    if path.is_dir() {
-        return super::hf::load_tokenizer(path);
-    }
+/// the GGUF file at `path`.
+pub fn load(path: &Path) -> Result<Tokenizer, TokenizerError> {
     let gguf = Gguf::open(path).map_err(|e| load_error(path, e.to_string()))?;
     from_gguf(&gguf).map_err(|message| load_error(path, message))
 }

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::model::ChatTemplate;
+use crate::chat_template::ChatTemplate;
 
 use tokenizers::models::bpe::{BpeTrainer, BPE};
 use tokenizers::models::TrainerWrapper;
@@ -14,7 +14,7 @@ use tokenizers::{
     PreTokenizerWrapper, TokenizerBuilder,
 };
 
-/// The plain English prose the built-in tokenizer learns from and the sim engine recites.
+/// The plain English prose the built-in tokenizer learns from (and the sim engine recites).
 pub const CORPUS: &str = include_str!("corpus.txt");
 
 /// The built-in tokenizer's end-of-sequence token.
@@ -33,7 +33,7 @@ pub enum TokenizerError {
     Codec(String),
 }
 
-/// A tokenizer the engine and server share.
+/// A tokenizer, with the chat template and end of sequence of its model.
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
     eos: Option<u32>,

@@ -1,24 +1,57 @@
-//! The embedded demo: three `sim` workers (two in zone `a`, one in `b`) and a
-//! gateway in front of them, in one process, with no external service: the
-//! workers' KV events reach the gateway over an in-process bus.
+//! `llmgw-demo`, the embedded demo: three workers (two in zone `a`, one in
+//! `b`) and a gateway in front of them, in one process, with no external
+//! service: the workers' KV events reach the gateway over an in-process bus.
+//! A crate of its own, so the `gateway` binary links no inference engine.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
+use clap::Parser;
+use gateway::Config;
 use protocol::Bus;
 use workers::{EngineKind, WorkerConfig};
 
-use crate::config::Config;
-
-pub const MODEL: &str = "sim-llama";
+/// The model name clients ask for from sim workers.
+const MODEL: &str = "sim-llama";
 /// The model name clients ask for when the demo serves the real model.
-pub const REAL_MODEL: &str = "smollm2-135m-instruct";
+const REAL_MODEL: &str = "smollm2-135m-instruct";
 const POOL: &str = "demo";
 const POLICY: &str = "failover";
 
+#[derive(Parser)]
+#[command(
+    version,
+    about = "A gateway and three workers in one process, no external service"
+)]
+struct Cli {
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    api: SocketAddr,
+    #[arg(long, default_value = "127.0.0.1:9090")]
+    admin: SocketAddr,
+    /// Plugin directory; the demo pool runs its `failover` policy from there.
+    #[arg(long, default_value = "target/plugins")]
+    plugins: PathBuf,
+    /// A GGUF model the workers run on the CPU (scripts/fetch-model.sh
+    /// fetches SmolLM2-135M-Instruct); without it, sim workers.
+    #[arg(long)]
+    model: Option<PathBuf>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    run(cli.api, cli.admin, &cli.plugins, cli.model.as_deref()).await
+}
+
 /// Starts the demo and serves until Ctrl-C or SIGTERM: sim workers, or with
 /// `model` (a GGUF file) workers running that model on the CPU.
-pub async fn run(
+async fn run(
     api: SocketAddr,
     admin: SocketAddr,
     plugins: &Path,
@@ -70,7 +103,7 @@ pub async fn run(
         "zone = \"a\"\n[listeners]\napi = \"{api}\"\nadmin = \"{admin}\"\ndrain_grace_ms = 5000\n{policy}\
          [[pools]]\nname = \"{POOL}\"\nmodels = [\"{model_name}\"]\ntokenizer = {tokenizer:?}\n{binding}{pool}"
     ))?;
-    let gateway = crate::start_on_bus(config, Some(bus)).await?;
+    let gateway = gateway::start_on_bus(config, Some(bus)).await?;
     let api = gateway.api_addr();
     println!(
         "gateway  http://{api}   (admin http://{})",
@@ -83,7 +116,7 @@ pub async fn run(
         "\ntry:\n  curl -s http://{api}/v1/chat/completions -H 'content-type: application/json' \\\n    \
          -d '{{\"model\":\"{model_name}\",\"messages\":[{{\"role\":\"user\",\"content\":\"Hello!\"}}]}}'\n\nCtrl-C stops."
     );
-    crate::shutdown_signal().await;
+    gateway::shutdown_signal().await;
     gateway.shutdown().await;
     for worker in handles {
         worker.shutdown(std::time::Duration::from_secs(5)).await;
