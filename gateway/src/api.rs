@@ -1,25 +1,29 @@
-//! The OpenAI API. One function, `complete`, assembles the request path:
-//! admit → parse → tokenize → candidates (with prefix overlap) → decide (WASM
-//! or built-in policy) →
-//! upstream with failover → relay.
+//! The OpenAI API. A completion goes `accept` (admit → read → parse → the
+//! model's pool), then `route` (tokenize → candidates with their prefix
+//! overlap → decide, by WASM or built-in policy → upstream with failover →
+//! relay), each reading top-down.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use http::{Method, Response};
 use hyper::body::Incoming;
 use protocol::openai::ModelList;
 use protocol::{ApiError, Bus, ErrorKind};
 
-use crate::admit::Admit;
+use crate::admit::{Admit, Permit};
 use crate::body::{self, Body};
-use crate::config::Strategy;
-use crate::failover::{self, UpstreamRequest};
+use crate::failover::{self, Learn, Target, UpstreamRequest};
 use crate::live::{Live, Shared};
-use crate::parse::{self, Endpoint};
+use crate::parse::{self, Endpoint, Parsed};
+use crate::pools::Pool;
 use crate::stream::{Labels, Relay};
 use crate::upstream::Upstream;
 use crate::{candidates, decide, error, metrics, tokenize};
+
+/// `/v1/models`' `owned_by` for every model the gateway routes.
+const OWNED_BY: &str = "llmgw";
 
 /// Everything the request path reads; shared by all connections.
 pub struct Gateway {
@@ -53,17 +57,10 @@ pub async fn handle(gw: Arc<Gateway>, req: http::Request<Incoming>) -> Response<
         _ => None,
     };
     match (req.method(), endpoint, path) {
-        (&Method::POST, Some(endpoint), _) => {
-            let mut labels = Labels::default();
-            let response = complete(&gw, req, endpoint, &mut labels)
-                .await
-                .unwrap_or_else(|e| error::response(&e));
-            metrics::request_done(&labels.model, &labels.pool, response.status().as_u16());
-            response
-        }
+        (&Method::POST, Some(endpoint), _) => complete(&gw, req, endpoint).await,
         (&Method::GET, None, "/v1/models") => body::json(
             200,
-            serde_json::to_vec(&ModelList::new(gw.live().registry.models(), "llmgw"))
+            serde_json::to_vec(&ModelList::new(gw.live().registry.models(), OWNED_BY))
                 .expect("serializes"),
         ),
         (_, Some(_), _) | (_, None, "/v1/models") => error::response(&ApiError::new(
@@ -77,101 +74,152 @@ pub async fn handle(gw: Arc<Gateway>, req: http::Request<Incoming>) -> Response<
     }
 }
 
+/// A completion, counted once under its model and pool (empty until known).
 async fn complete(
     gw: &Gateway,
     req: http::Request<Incoming>,
     endpoint: Endpoint,
-    labels: &mut Labels,
-) -> Result<Response<Body>, ApiError> {
+) -> Response<Body> {
     let started = Instant::now();
-    let permit = gw.admit.try_admit()?;
+    let (labels, response) = match accept(gw, req, endpoint).await {
+        Ok(accepted) => {
+            let labels = accepted.labels();
+            let response = route(gw, accepted, &labels, started).await;
+            (labels, response.unwrap_or_else(|e| error::response(&e)))
+        }
+        Err(e) => (Labels::default(), error::response(&e)),
+    };
+    metrics::request_done(&labels.model, &labels.pool, response.status().as_u16());
+    response
+}
 
+/// A request admitted, read, parsed and matched to its model's pool.
+struct Accepted {
+    permit: Permit,
+    headers: http::HeaderMap,
+    body: Bytes,
+    parsed: Parsed,
+    /// Config and workers as they were on arrival, kept to the request's end.
+    live: Arc<Live>,
+    pool: Arc<Pool>,
+    endpoint: Endpoint,
+}
+
+impl Accepted {
+    fn labels(&self) -> Labels {
+        Labels {
+            model: self.parsed.model.clone(),
+            pool: self.pool.name.clone(),
+        }
+    }
+}
+
+/// Admit → read the body → parse → find the model's pool.
+async fn accept(
+    gw: &Gateway,
+    req: http::Request<Incoming>,
+    endpoint: Endpoint,
+) -> Result<Accepted, ApiError> {
+    let permit = gw.admit.try_admit()?;
     let (head, body) = req.into_parts();
     let declared_len = head
         .headers
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse().ok());
     let live = gw.live();
-    let config = &*live.config;
-    let bytes = parse::read_body(body, declared_len, config.listeners.max_body_bytes).await?;
-    let parsed = parse::parse(endpoint, &bytes)?;
+    let body = parse::read_body(body, declared_len, live.config.listeners.max_body_bytes).await?;
+    let parsed = parse::parse(endpoint, &body)?;
     let pool = live
         .registry
         .pool_for(&parsed.model)
-        .ok_or_else(|| ApiError::model_not_found(&parsed.model))?;
-    labels.model = parsed.model.clone();
-    labels.pool = pool.name.clone();
+        .ok_or_else(|| ApiError::model_not_found(&parsed.model))?
+        .clone();
+    Ok(Accepted {
+        permit,
+        headers: head.headers,
+        body,
+        parsed,
+        live,
+        pool,
+        endpoint,
+    })
+}
 
+/// Tokenize → candidates with their prefix overlap → policy → upstream
+/// with failover → relay.
+async fn route(
+    gw: &Gateway,
+    req: Accepted,
+    labels: &Labels,
+    started: Instant,
+) -> Result<Response<Body>, ApiError> {
+    let Accepted {
+        permit,
+        headers,
+        body,
+        parsed,
+        live,
+        pool,
+        endpoint,
+    } = req;
+    let config = &*live.config;
+    let strategy = config.routing.strategy;
     let prompt =
-        tokenize::prompt_blocks_of(&pool.tokenizer, pool.block_size, parsed.prompt, bytes.len())
+        tokenize::prompt_blocks_of(&pool.tokenizer, pool.block_size, parsed.prompt, body.len())
             .await?;
+
     let now = Instant::now();
-    let routing = &config.routing;
-    let mut candidates = candidates::gather(pool, &config.zone, now, gw.load_stale);
-    pool.prefix.fill(
-        routing.strategy,
-        gw.bus_up(),
-        &prompt.hashes,
-        &mut candidates,
-        now,
-    );
-    let overlaps: Vec<(String, u32)> = candidates
-        .iter()
-        .map(|c| (c.worker.id.clone(), c.overlap_blocks))
-        .collect();
+    let overlaps = pool
+        .prefix
+        .overlaps(strategy, gw.bus_up(), &prompt.hashes, &pool.workers, now);
+    let candidates = candidates::gather(&pool, &overlaps, &config.zone, now, gw.load_stale);
+
     let facts = decide::Facts {
         model: &parsed.model,
         stream: parsed.stream,
         prompt_tokens: prompt.tokens,
         prompt_blocks: prompt.hashes.len(),
-        session_key: session_key(&head.headers, parsed.user.as_deref()),
-        headers: &head.headers,
+        session_key: session_key(&headers, parsed.user.as_deref()),
+        headers: &headers,
     };
-    let order = decide::decide(config, pool, candidates, &facts)?;
-    let order_first_id = order.first().map(|w| w.id.clone());
-    // The approximate index learns at decision time, so requests sharing this
-    // prefix that arrive during its prefill already follow it.
-    let learns = matches!(routing.strategy, Strategy::Kv | Strategy::Approx);
-    if let (true, Some(first)) = (learns, order.first()) {
-        pool.prefix.record(&first.id, &prompt.hashes, now);
-    }
-    let overlap_of = |id: &str| overlaps.iter().find(|(w, _)| w == id).map_or(0, |o| o.1);
-    let uncached_tokens = |id: &str| {
-        prompt
-            .tokens
-            .saturating_sub(overlap_of(id) as usize * pool.block_size)
-    };
+    let order = decide::decide(config, &pool, candidates, &facts)?;
 
+    let targets = order
+        .into_iter()
+        .map(|c| Target {
+            uncached_tokens: prompt
+                .tokens
+                .saturating_sub(c.overlap_blocks as usize * pool.block_size),
+            overlap_blocks: c.overlap_blocks,
+            worker: c.worker,
+        })
+        .collect();
     // Set by the request-id layer before this handler runs.
-    let request_id = head
-        .headers
+    let request_id = headers
         .get("x-request-id")
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default();
     let upstream_req = UpstreamRequest {
         path: endpoint.path(),
-        body: bytes,
+        body,
         request_id,
         stream: parsed.stream,
-        uncached_tokens: &uncached_tokens,
+        prefix: Learn {
+            index: &pool.prefix,
+            strategy,
+            hashes: &prompt.hashes,
+        },
     };
-    let served = failover::send(&gw.upstream, &config.retry, order, &upstream_req).await?;
+    let served = failover::send(&gw.upstream, &config.retry, targets, &upstream_req).await?;
 
-    let worker = served.in_flight.worker().clone();
-    let overlap = overlap_of(&worker.id);
+    let worker = served.in_flight.worker();
     tracing::info!(worker = %worker.id, pool = %pool.name, attempts = served.attempts,
-        prompt_blocks = prompt.hashes.len(), overlap_blocks = overlap,
+        prompt_blocks = prompt.hashes.len(), overlap_blocks = served.overlap_blocks,
         status = served.response.status().as_u16(), "routed");
-    metrics::prompt_blocks(&pool.name, prompt.hashes.len(), overlap);
-    if learns && order_first_id.as_deref() != Some(worker.id.as_str()) {
-        // Failed over: the prefix now lives where it was served.
-        pool.prefix
-            .record(&worker.id, &prompt.hashes, Instant::now());
-    }
-    let worker_id_header = config.listeners.worker_id_header;
+    metrics::prompt_blocks(&pool.name, prompt.hashes.len(), served.overlap_blocks);
     Ok(relay(
         served,
-        worker_id_header,
+        config.listeners.worker_id_header,
         labels,
         parsed.stream,
         started,
@@ -187,7 +235,7 @@ fn relay(
     labels: &Labels,
     stream: bool,
     started: Instant,
-    permit: crate::admit::Permit,
+    permit: Permit,
 ) -> Response<Body> {
     let worker_id = served.in_flight.worker().id.clone();
     let (mut parts, upstream_body) = served.response.into_parts();

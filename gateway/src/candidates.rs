@@ -1,13 +1,15 @@
 //! Candidates: the workers of a pool that may take this request now (probe
-//! health and circuit breaker permitting), with the figures routing weighs:
-//! zone, live load, and how much of the prompt each already holds in KV cache.
+//! health and circuit breaker permitting), each with the figures routing
+//! weighs: zone, live load, and how much of the prompt it already holds in
+//! KV cache.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use protocol::LoadReport;
 
-use crate::pools::{Pool, Worker};
+use crate::pools::Pool;
+use crate::worker::Worker;
 
 #[derive(Clone)]
 pub struct Candidate {
@@ -18,7 +20,7 @@ pub struct Candidate {
     pub in_flight: u32,
     /// The worker's own last load report, if fresh; stale or missing is unknown, not idle.
     pub load: Option<LoadReport>,
-    /// Leading prompt blocks the worker holds in KV cache (filled in by the prefix stage).
+    /// Leading prompt blocks the worker holds in KV cache.
     pub overlap_blocks: u32,
     /// Prompt tokens this gateway sent the worker that are not prefilled yet.
     pub pending_prefill: usize,
@@ -40,16 +42,25 @@ impl Candidate {
     }
 }
 
-pub fn gather(pool: &Pool, zone: &str, now: Instant, load_stale: Duration) -> Vec<Candidate> {
+/// The routable workers of `pool`, in its order; `overlaps` holds each pool
+/// worker's leading prompt blocks in that same order (`PrefixState::overlaps`).
+pub fn gather(
+    pool: &Pool,
+    overlaps: &[u32],
+    zone: &str,
+    now: Instant,
+    load_stale: Duration,
+) -> Vec<Candidate> {
     pool.workers
         .iter()
-        .filter(|w| w.probe.lock().unwrap().routable() && w.breaker.lock().unwrap().available(now))
-        .map(|w| Candidate {
+        .zip(overlaps)
+        .filter(|(w, _)| w.routable(now))
+        .map(|(w, &overlap_blocks)| Candidate {
             worker: w.clone(),
             local: w.zone == zone,
             in_flight: w.in_flight(),
             load: w.fresh_load(now, load_stale),
-            overlap_blocks: 0,
+            overlap_blocks,
             pending_prefill: w.pending_prefill(),
         })
         .collect()

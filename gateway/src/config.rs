@@ -1,5 +1,7 @@
-//! Gateway config: a raw serde shape read from TOML (`deny_unknown_fields`),
-//! checked whole into `Config`, every problem reported at once with its key.
+//! Gateway config: the shape written in TOML, in the file or in etcd
+//! (`RawConfig`, `deny_unknown_fields`), checked whole into `Config`, every
+//! problem reported at once with its key. Keys carry their unit
+//! (`timeout_ms`); the checked sections hold `Duration`s and parsed URLs.
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
@@ -10,6 +12,7 @@ use http::Uri;
 use serde::{Deserialize, Serialize};
 
 use crate::plugin::{PluginsConfig, PolicyBinding};
+use crate::worker::WorkerId;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -24,10 +27,10 @@ pub enum ConfigError {
     Invalid(Vec<String>),
 }
 
-/// The whole gateway config.
+/// The whole gateway config as written.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Config {
+pub struct RawConfig {
     /// This gateway's own zone; workers in it are preferred. Default `"default"`.
     #[serde(default = "default_zone")]
     pub zone: String,
@@ -50,6 +53,22 @@ pub struct Config {
     #[serde(default)]
     pub etcd: EtcdConfig,
     #[serde(default)]
+    pub pools: Vec<RawPool>,
+}
+
+/// The whole gateway config, checked: what the gateway runs on.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub zone: String,
+    pub listeners: Listeners,
+    pub health: HealthConfig,
+    pub breaker: BreakerConfig,
+    pub retry: RetryConfig,
+    pub routing: RoutingConfig,
+    pub upstream: UpstreamConfig,
+    pub bus: BusConfig,
+    pub plugins: PluginsConfig,
+    pub etcd: EtcdConfig,
     pub pools: Vec<PoolConfig>,
 }
 
@@ -76,21 +95,23 @@ pub struct RoutingDoc {
     #[serde(default)]
     pub routing: RoutingConfig,
     #[serde(default)]
-    pub pools: Vec<PoolConfig>,
+    pub pools: Vec<RawPool>,
 }
 
 impl RoutingDoc {
     /// Parses and checks a document as a gateway with a control plane would.
     pub fn from_toml(text: &str) -> Result<RoutingDoc, ConfigError> {
         let doc: RoutingDoc = toml::from_str(text)?;
-        let base = Config {
+        RawConfig {
             etcd: EtcdConfig {
                 endpoints: vec!["http://etcd".to_string()],
                 ..EtcdConfig::default()
             },
-            ..Config::default()
-        };
-        base.with_doc(doc.clone())?;
+            routing: doc.routing.clone(),
+            pools: doc.pools.clone(),
+            ..RawConfig::default()
+        }
+        .check()?;
         Ok(doc)
     }
 
@@ -112,8 +133,8 @@ pub struct Listeners {
     #[serde(default)]
     pub tls: Option<TlsConfig>,
     /// Close a client connection idle this long; keep above the load balancer's idle timeout. Default 75000.
-    #[serde(default = "default_idle_timeout_ms")]
-    pub idle_timeout_ms: u64,
+    #[serde(rename = "idle_timeout_ms", with = "millis", default = "default_idle_timeout")]
+    pub idle_timeout: Duration,
     /// Largest request body accepted; larger ones get 413. Default 4 MiB.
     #[serde(default = "default_max_body_bytes")]
     pub max_body_bytes: usize,
@@ -121,8 +142,8 @@ pub struct Listeners {
     #[serde(default = "default_max_concurrent_requests")]
     pub max_concurrent_requests: usize,
     /// Time allowed to in-flight requests after SIGTERM. Default 30000.
-    #[serde(default = "default_drain_grace_ms")]
-    pub drain_grace_ms: u64,
+    #[serde(rename = "drain_grace_ms", with = "millis", default = "default_drain_grace")]
+    pub drain_grace: Duration,
     /// Add `x-worker-id` to responses, naming the worker that served them. Default true.
     #[serde(default = "default_true")]
     pub worker_id_header: bool,
@@ -142,11 +163,11 @@ pub struct TlsConfig {
 #[serde(deny_unknown_fields)]
 pub struct HealthConfig {
     /// Default 1000.
-    #[serde(default = "default_probe_interval_ms")]
-    pub interval_ms: u64,
+    #[serde(rename = "interval_ms", with = "millis", default = "default_probe_interval")]
+    pub interval: Duration,
     /// A probe slower than this fails. Default 1000.
-    #[serde(default = "default_probe_timeout_ms")]
-    pub timeout_ms: u64,
+    #[serde(rename = "timeout_ms", with = "millis", default = "default_probe_timeout")]
+    pub timeout: Duration,
     /// Consecutive failed probes that mark a worker unhealthy. Default 2.
     #[serde(default = "default_two")]
     pub unhealthy_threshold: u32,
@@ -163,11 +184,11 @@ pub struct BreakerConfig {
     #[serde(default = "default_three")]
     pub failure_threshold: u32,
     /// First ejection; each further one in a row doubles it. Default 1000.
-    #[serde(default = "default_base_ejection_ms")]
-    pub base_ejection_ms: u64,
+    #[serde(rename = "base_ejection_ms", with = "millis", default = "default_base_ejection")]
+    pub base_ejection: Duration,
     /// Longest ejection. Default 30000.
-    #[serde(default = "default_max_ejection_ms")]
-    pub max_ejection_ms: u64,
+    #[serde(rename = "max_ejection_ms", with = "millis", default = "default_max_ejection")]
+    pub max_ejection: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -177,11 +198,11 @@ pub struct RetryConfig {
     #[serde(default = "default_three")]
     pub max_attempts: u32,
     /// Time one attempt has to produce response headers (for streams: the first event). Default 30000.
-    #[serde(default = "default_per_try_timeout_ms")]
-    pub per_try_timeout_ms: u64,
+    #[serde(rename = "per_try_timeout_ms", with = "millis", default = "default_per_try_timeout")]
+    pub per_try_timeout: Duration,
     /// Time all attempts together have to produce a response. Default 60000.
-    #[serde(default = "default_total_timeout_ms")]
-    pub total_timeout_ms: u64,
+    #[serde(rename = "total_timeout_ms", with = "millis", default = "default_total_timeout")]
+    pub total_timeout: Duration,
 }
 
 /// How the built-in policy orders candidates.
@@ -197,6 +218,14 @@ pub enum Strategy {
     LeastLoad,
     /// Each candidate in turn; a baseline for benchmarks.
     RoundRobin,
+}
+
+impl Strategy {
+    /// Whether this strategy weighs prefix overlap, and so whether the
+    /// approximate index should learn from its decisions.
+    pub fn uses_cache(self) -> bool {
+        matches!(self, Strategy::Kv | Strategy::Approx)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -226,8 +255,8 @@ pub struct RoutingConfig {
     #[serde(default = "default_balance_rel")]
     pub balance_rel_threshold: f64,
     /// How long the approximate index remembers a routed prompt. Default 120000.
-    #[serde(default = "default_approx_ttl_ms")]
-    pub approx_ttl_ms: u64,
+    #[serde(rename = "approx_ttl_ms", with = "millis", default = "default_approx_ttl")]
+    pub approx_ttl: Duration,
     /// Bound on the approximate index's (block, worker) entries per pool. Default 1000000.
     #[serde(default = "default_approx_max_entries")]
     pub approx_max_entries: usize,
@@ -248,11 +277,11 @@ pub struct BusConfig {
     #[serde(default = "default_subject_prefix")]
     pub subject_prefix: String,
     /// A load report older than this is unknown, not idle. Default 3000.
-    #[serde(default = "default_load_stale_ms")]
-    pub load_stale_ms: u64,
+    #[serde(rename = "load_stale_ms", with = "millis", default = "default_load_stale")]
+    pub load_stale: Duration,
     /// Time a worker has to answer a snapshot request. Default 2000.
-    #[serde(default = "default_snapshot_timeout_ms")]
-    pub snapshot_timeout_ms: u64,
+    #[serde(rename = "snapshot_timeout_ms", with = "millis", default = "default_snapshot_timeout")]
+    pub snapshot_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -262,16 +291,17 @@ pub struct UpstreamConfig {
     #[serde(default)]
     pub ca_path: Option<PathBuf>,
     /// Time to open a connection to a worker. Default 2000.
-    #[serde(default = "default_connect_timeout_ms")]
-    pub connect_timeout_ms: u64,
+    #[serde(rename = "connect_timeout_ms", with = "millis", default = "default_connect_timeout")]
+    pub connect_timeout: Duration,
     /// Close pooled worker connections idle this long. Default 90000.
-    #[serde(default = "default_pool_idle_timeout_ms")]
-    pub pool_idle_timeout_ms: u64,
+    #[serde(rename = "pool_idle_timeout_ms", with = "millis", default = "default_pool_idle_timeout")]
+    pub pool_idle_timeout: Duration,
 }
 
+/// A pool as written.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct PoolConfig {
+pub struct RawPool {
     pub name: String,
     /// Model names this pool serves, as clients send them.
     pub models: Vec<String>,
@@ -286,12 +316,13 @@ pub struct PoolConfig {
     #[serde(default)]
     pub policy: Option<PolicyBinding>,
     #[serde(default)]
-    pub workers: Vec<WorkerConfig>,
+    pub workers: Vec<RawWorker>,
 }
 
+/// A static worker as written.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct WorkerConfig {
+pub struct RawWorker {
     pub id: String,
     /// `http://` or `https://` base URL.
     pub url: String,
@@ -302,41 +333,101 @@ pub struct WorkerConfig {
     pub labels: BTreeMap<String, String>,
 }
 
+/// A pool, checked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PoolConfig {
+    pub name: String,
+    pub models: Vec<String>,
+    pub block_size: usize,
+    pub tokenizer: String,
+    pub policy: Option<PolicyBinding>,
+    pub workers: Vec<WorkerConfig>,
+}
+
+/// A static worker, checked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkerConfig {
+    pub id: WorkerId,
+    /// The base URL, no path.
+    pub url: Uri,
+    pub zone: String,
+    pub labels: BTreeMap<String, String>,
+}
+
 impl Config {
+    /// Reads and checks the config file at `path`.
     pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        Config::from_toml(&text)
+        RawConfig::from_file(path)?.check()
     }
 
+    /// Parses and checks a config.
     pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(text)?;
-        config.validate()?;
-        Ok(config)
+        RawConfig::from_toml(text)?.check()
     }
 
     /// This config with `doc`'s sections in place of its own, checked whole.
     pub fn with_doc(&self, doc: RoutingDoc) -> Result<Config, ConfigError> {
-        let config = Config {
+        RawConfig {
+            zone: self.zone.clone(),
+            listeners: self.listeners.clone(),
+            health: self.health.clone(),
+            breaker: self.breaker.clone(),
+            retry: self.retry.clone(),
             routing: doc.routing,
+            upstream: self.upstream.clone(),
+            bus: self.bus.clone(),
+            plugins: self.plugins.clone(),
+            etcd: self.etcd.clone(),
             pools: doc.pools,
-            ..self.clone()
-        };
-        config.validate()?;
-        Ok(config)
+        }
+        .check()
+    }
+}
+
+impl RawConfig {
+    pub fn from_file(path: &Path) -> Result<RawConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        RawConfig::from_toml(&text)
     }
 
-    /// Every problem at once, each naming its key.
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    pub fn from_toml(text: &str) -> Result<RawConfig, ConfigError> {
+        Ok(toml::from_str(text)?)
+    }
+
+    /// The checked config, or every problem at once, each naming its key.
+    pub fn check(self) -> Result<Config, ConfigError> {
         let mut errors = Vec::new();
+        self.check_sections(&mut errors);
+        let pools = self.check_pools(&mut errors);
+        if !errors.is_empty() {
+            return Err(ConfigError::Invalid(errors));
+        }
+        Ok(Config {
+            zone: self.zone,
+            listeners: self.listeners,
+            health: self.health,
+            breaker: self.breaker,
+            retry: self.retry,
+            routing: self.routing,
+            upstream: self.upstream,
+            bus: self.bus,
+            plugins: self.plugins,
+            etcd: self.etcd,
+            pools,
+        })
+    }
+
+    fn check_sections(&self, errors: &mut Vec<String>) {
         let mut positive = |key: &str, value: u64| {
             if value == 0 {
                 errors.push(format!("{key}: must be greater than 0"));
             }
         };
-        positive("listeners.idle_timeout_ms", self.listeners.idle_timeout_ms);
+        let ms = |d: Duration| d.as_millis() as u64;
+        positive("listeners.idle_timeout_ms", ms(self.listeners.idle_timeout));
         positive(
             "listeners.max_body_bytes",
             self.listeners.max_body_bytes as u64,
@@ -345,8 +436,8 @@ impl Config {
             "listeners.max_concurrent_requests",
             self.listeners.max_concurrent_requests as u64,
         );
-        positive("health.interval_ms", self.health.interval_ms);
-        positive("health.timeout_ms", self.health.timeout_ms);
+        positive("health.interval_ms", ms(self.health.interval));
+        positive("health.timeout_ms", ms(self.health.timeout));
         positive(
             "health.unhealthy_threshold",
             self.health.unhealthy_threshold.into(),
@@ -359,19 +450,19 @@ impl Config {
             "breaker.failure_threshold",
             self.breaker.failure_threshold.into(),
         );
-        positive("breaker.base_ejection_ms", self.breaker.base_ejection_ms);
+        positive("breaker.base_ejection_ms", ms(self.breaker.base_ejection));
         positive("retry.max_attempts", self.retry.max_attempts.into());
-        positive("retry.per_try_timeout_ms", self.retry.per_try_timeout_ms);
-        positive("retry.total_timeout_ms", self.retry.total_timeout_ms);
+        positive("retry.per_try_timeout_ms", ms(self.retry.per_try_timeout));
+        positive("retry.total_timeout_ms", ms(self.retry.total_timeout));
         positive(
             "routing.spill_in_flight",
             self.routing.spill_in_flight.into(),
         );
         positive(
             "upstream.connect_timeout_ms",
-            self.upstream.connect_timeout_ms,
+            ms(self.upstream.connect_timeout),
         );
-        positive("routing.approx_ttl_ms", self.routing.approx_ttl_ms);
+        positive("routing.approx_ttl_ms", ms(self.routing.approx_ttl));
         positive(
             "routing.approx_max_entries",
             self.routing.approx_max_entries as u64,
@@ -380,8 +471,8 @@ impl Config {
             "routing.max_blocks_per_worker",
             self.routing.max_blocks_per_worker as u64,
         );
-        positive("bus.load_stale_ms", self.bus.load_stale_ms);
-        positive("bus.snapshot_timeout_ms", self.bus.snapshot_timeout_ms);
+        positive("bus.load_stale_ms", ms(self.bus.load_stale));
+        positive("bus.snapshot_timeout_ms", ms(self.bus.snapshot_timeout));
         for (key, value) in [
             ("routing.prefill_weight", self.routing.prefill_weight),
             ("routing.decode_weight", self.routing.decode_weight),
@@ -399,7 +490,7 @@ impl Config {
                 "bus.subject_prefix: only letters, digits, '-' and '_' are allowed".to_string(),
             );
         }
-        self.plugins.validate("plugins", &mut errors);
+        self.plugins.validate("plugins", errors);
         let etcd = !self.etcd.endpoints.is_empty();
         if !etcd && self.plugins.dir.is_none() && self.pools.iter().any(|p| p.policy.is_some()) {
             errors.push(
@@ -410,7 +501,7 @@ impl Config {
         if !self.etcd.prefix.starts_with('/') {
             errors.push("etcd.prefix: must start with '/'".to_string());
         }
-        if self.breaker.max_ejection_ms < self.breaker.base_ejection_ms {
+        if self.breaker.max_ejection < self.breaker.base_ejection {
             errors.push(
                 "breaker.max_ejection_ms: must be at least breaker.base_ejection_ms".to_string(),
             );
@@ -421,8 +512,13 @@ impl Config {
         if self.pools.is_empty() && !etcd {
             errors.push("pools: at least one pool is required (or etcd to hold them)".to_string());
         }
+    }
+
+    /// Each pool checked; problems go to `errors`.
+    fn check_pools(&self, errors: &mut Vec<String>) -> Vec<PoolConfig> {
         let (mut pool_names, mut models, mut worker_ids) =
             (HashSet::new(), HashSet::new(), HashSet::new());
+        let mut pools = Vec::with_capacity(self.pools.len());
         for (p, pool) in self.pools.iter().enumerate() {
             let key = format!("pools[{p}]");
             if !protocol::bus::valid_token(&pool.name) {
@@ -433,7 +529,7 @@ impl Config {
                 errors.push(format!("{key}.name: duplicate pool `{}`", pool.name));
             }
             if let Some(policy) = &pool.policy {
-                policy.validate(&format!("{key}.policy"), &mut errors);
+                policy.validate(&format!("{key}.policy"), errors);
             }
             if pool.block_size == 0 {
                 errors.push(format!("{key}.block_size: must be greater than 0"));
@@ -454,6 +550,7 @@ impl Config {
                     ));
                 }
             }
+            let mut workers = Vec::with_capacity(pool.workers.len());
             for (w, worker) in pool.workers.iter().enumerate() {
                 let key = format!("{key}.workers[{w}]");
                 if !protocol::bus::valid_token(&worker.id) {
@@ -463,20 +560,31 @@ impl Config {
                 } else if !worker_ids.insert(&worker.id) {
                     errors.push(format!("{key}.id: duplicate worker id `{}`", worker.id));
                 }
-                if let Err(reason) = check_worker_url(&worker.url) {
-                    errors.push(format!("{key}.url: {reason}"));
+                match worker_url(&worker.url) {
+                    Ok(url) => workers.push(WorkerConfig {
+                        id: WorkerId::from(worker.id.as_str()),
+                        url,
+                        zone: worker.zone.clone(),
+                        labels: worker.labels.clone(),
+                    }),
+                    Err(reason) => errors.push(format!("{key}.url: {reason}")),
                 }
             }
+            pools.push(PoolConfig {
+                name: pool.name.clone(),
+                models: pool.models.clone(),
+                block_size: pool.block_size,
+                tokenizer: pool.tokenizer.clone(),
+                policy: pool.policy.clone(),
+                workers,
+            });
         }
-        if errors.is_empty() {
-            Ok(())
-        } else {
-            Err(ConfigError::Invalid(errors))
-        }
+        pools
     }
 }
 
-pub(crate) fn check_worker_url(url: &str) -> Result<(), String> {
+/// A worker's base URL, parsed: `http://` or `https://`, a host, no path.
+pub(crate) fn worker_url(url: &str) -> Result<Uri, String> {
     let uri: Uri = url
         .parse()
         .map_err(|e| format!("`{url}` is not a URL: {e}"))?;
@@ -493,15 +601,21 @@ pub(crate) fn check_worker_url(url: &str) -> Result<(), String> {
     {
         return Err(format!("`{url}` must be a base URL without a path"));
     }
-    Ok(())
+    Ok(uri)
 }
 
-impl Listeners {
-    pub fn idle_timeout(&self) -> Duration {
-        Duration::from_millis(self.idle_timeout_ms)
+/// A `Duration` written as whole milliseconds, under a key ending `_ms`.
+mod millis {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(d.as_millis() as u64)
     }
-    pub fn drain_grace(&self) -> Duration {
-        Duration::from_millis(self.drain_grace_ms)
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        u64::deserialize(d).map(Duration::from_millis)
     }
 }
 
@@ -511,18 +625,18 @@ impl Default for Listeners {
             api: default_api(),
             admin: default_admin(),
             tls: None,
-            idle_timeout_ms: default_idle_timeout_ms(),
+            idle_timeout: default_idle_timeout(),
             max_body_bytes: default_max_body_bytes(),
             max_concurrent_requests: default_max_concurrent_requests(),
-            drain_grace_ms: default_drain_grace_ms(),
+            drain_grace: default_drain_grace(),
             worker_id_header: true,
         }
     }
 }
 
-impl Default for Config {
+impl Default for RawConfig {
     fn default() -> Self {
-        Config {
+        RawConfig {
             zone: default_zone(),
             listeners: Listeners::default(),
             health: HealthConfig::default(),
@@ -550,8 +664,8 @@ impl Default for EtcdConfig {
 impl Default for HealthConfig {
     fn default() -> Self {
         HealthConfig {
-            interval_ms: default_probe_interval_ms(),
-            timeout_ms: default_probe_timeout_ms(),
+            interval: default_probe_interval(),
+            timeout: default_probe_timeout(),
             unhealthy_threshold: 2,
             healthy_threshold: 2,
         }
@@ -562,8 +676,8 @@ impl Default for BreakerConfig {
     fn default() -> Self {
         BreakerConfig {
             failure_threshold: 3,
-            base_ejection_ms: default_base_ejection_ms(),
-            max_ejection_ms: default_max_ejection_ms(),
+            base_ejection: default_base_ejection(),
+            max_ejection: default_max_ejection(),
         }
     }
 }
@@ -572,8 +686,8 @@ impl Default for RetryConfig {
     fn default() -> Self {
         RetryConfig {
             max_attempts: 3,
-            per_try_timeout_ms: default_per_try_timeout_ms(),
-            total_timeout_ms: default_total_timeout_ms(),
+            per_try_timeout: default_per_try_timeout(),
+            total_timeout: default_total_timeout(),
         }
     }
 }
@@ -588,7 +702,7 @@ impl Default for RoutingConfig {
             remote_zone_cost: default_remote_zone_cost(),
             balance_abs_threshold: default_balance_abs(),
             balance_rel_threshold: default_balance_rel(),
-            approx_ttl_ms: default_approx_ttl_ms(),
+            approx_ttl: default_approx_ttl(),
             approx_max_entries: default_approx_max_entries(),
             max_blocks_per_worker: default_max_blocks_per_worker(),
         }
@@ -600,8 +714,8 @@ impl Default for BusConfig {
         BusConfig {
             nats_url: None,
             subject_prefix: default_subject_prefix(),
-            load_stale_ms: default_load_stale_ms(),
-            snapshot_timeout_ms: default_snapshot_timeout_ms(),
+            load_stale: default_load_stale(),
+            snapshot_timeout: default_snapshot_timeout(),
         }
     }
 }
@@ -610,8 +724,8 @@ impl Default for UpstreamConfig {
     fn default() -> Self {
         UpstreamConfig {
             ca_path: None,
-            connect_timeout_ms: default_connect_timeout_ms(),
-            pool_idle_timeout_ms: default_pool_idle_timeout_ms(),
+            connect_timeout: default_connect_timeout(),
+            pool_idle_timeout: default_pool_idle_timeout(),
         }
     }
 }
@@ -634,8 +748,8 @@ fn default_two() -> u32 {
 fn default_three() -> u32 {
     3
 }
-fn default_idle_timeout_ms() -> u64 {
-    75_000
+fn default_idle_timeout() -> Duration {
+    Duration::from_millis(75_000)
 }
 fn default_max_body_bytes() -> usize {
     4 << 20
@@ -643,26 +757,26 @@ fn default_max_body_bytes() -> usize {
 fn default_max_concurrent_requests() -> usize {
     4096
 }
-fn default_drain_grace_ms() -> u64 {
-    30_000
+fn default_drain_grace() -> Duration {
+    Duration::from_millis(30_000)
 }
-fn default_probe_interval_ms() -> u64 {
-    1000
+fn default_probe_interval() -> Duration {
+    Duration::from_millis(1000)
 }
-fn default_probe_timeout_ms() -> u64 {
-    1000
+fn default_probe_timeout() -> Duration {
+    Duration::from_millis(1000)
 }
-fn default_base_ejection_ms() -> u64 {
-    1000
+fn default_base_ejection() -> Duration {
+    Duration::from_millis(1000)
 }
-fn default_max_ejection_ms() -> u64 {
-    30_000
+fn default_max_ejection() -> Duration {
+    Duration::from_millis(30_000)
 }
-fn default_per_try_timeout_ms() -> u64 {
-    30_000
+fn default_per_try_timeout() -> Duration {
+    Duration::from_millis(30_000)
 }
-fn default_total_timeout_ms() -> u64 {
-    60_000
+fn default_total_timeout() -> Duration {
+    Duration::from_millis(60_000)
 }
 fn default_spill_in_flight() -> u32 {
     32
@@ -682,8 +796,8 @@ fn default_balance_abs() -> u32 {
 fn default_balance_rel() -> f64 {
     2.0
 }
-fn default_approx_ttl_ms() -> u64 {
-    120_000
+fn default_approx_ttl() -> Duration {
+    Duration::from_millis(120_000)
 }
 fn default_approx_max_entries() -> usize {
     1_000_000
@@ -695,13 +809,13 @@ fn default_etcd_prefix() -> String {
     protocol::control::DEFAULT_PREFIX.to_string()
 }
 fn default_subject_prefix() -> String {
-    "llmgw".to_string()
+    protocol::bus::DEFAULT_SUBJECT_PREFIX.to_string()
 }
-fn default_load_stale_ms() -> u64 {
-    3000
+fn default_load_stale() -> Duration {
+    Duration::from_millis(3000)
 }
-fn default_snapshot_timeout_ms() -> u64 {
-    2000
+fn default_snapshot_timeout() -> Duration {
+    Duration::from_millis(2000)
 }
 fn default_block_size() -> usize {
     16
@@ -709,11 +823,11 @@ fn default_block_size() -> usize {
 fn default_tokenizer() -> String {
     "builtin".to_string()
 }
-fn default_connect_timeout_ms() -> u64 {
-    2000
+fn default_connect_timeout() -> Duration {
+    Duration::from_millis(2000)
 }
-fn default_pool_idle_timeout_ms() -> u64 {
-    90_000
+fn default_pool_idle_timeout() -> Duration {
+    Duration::from_millis(90_000)
 }
 
 #[cfg(test)]

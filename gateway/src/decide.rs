@@ -12,18 +12,19 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use arc_swap::ArcSwapOption;
 use protocol::{ApiError, ErrorKind};
 
 use crate::candidates::Candidate;
 use crate::config::{Config, RoutingConfig};
+use crate::health::ProbeState;
 use crate::metrics;
 use crate::plugin::{
-    CandidateState, Decision, Label, LoadedPolicy, OnError, PluginError, PolicyCandidates,
-    PolicyWorker, RouteRequest, WorkerTable,
+    CandidateState, Decision, LoadedPolicy, OnError, PluginError, PolicyCandidates, RouteRequest,
+    WorkerTable,
 };
+use crate::plugin_table::Snapshot;
 use crate::policy;
-use crate::pools::{Pool, Worker};
+use crate::pools::Pool;
 
 /// What the policy stage knows of the request.
 pub struct Facts<'a> {
@@ -35,13 +36,13 @@ pub struct Facts<'a> {
     pub headers: &'a http::HeaderMap,
 }
 
-/// The workers to try, in order, or the policy's rejection.
+/// The candidates to try, in order, or the policy's rejection.
 pub fn decide(
     config: &Config,
     pool: &Pool,
     candidates: Vec<Candidate>,
     facts: &Facts<'_>,
-) -> Result<Vec<Arc<Worker>>, ApiError> {
+) -> Result<Vec<Candidate>, ApiError> {
     let Some(plugin) = pool.policy.current() else {
         return Ok(builtin(config, pool, candidates, facts));
     };
@@ -49,10 +50,7 @@ pub fn decide(
     match call(|| inputs.ask(&plugin)) {
         Ok(Decision::Route(order)) => {
             metrics::policy_decision(&pool.name, "route");
-            Ok(order
-                .into_iter()
-                .map(|i| candidates[i].worker.clone())
-                .collect())
+            Ok(order.into_iter().map(|i| candidates[i].clone()).collect())
         }
         Ok(Decision::Reject { status, message }) => {
             metrics::policy_decision(&pool.name, "reject");
@@ -86,7 +84,9 @@ pub struct PluginInputs {
 
 impl PluginInputs {
     pub fn new(config: &Config, pool: &Pool, candidates: &[Candidate], facts: &Facts<'_>) -> Self {
-        let (table, workers) = pool.plugin_table.locate(&pool.workers, candidates);
+        let (table, workers) = pool
+            .plugin_table
+            .locate(&pool.workers, candidates.iter().map(|c| &c.worker));
         Self {
             request: RouteRequest {
                 model: facts.model.to_string(),
@@ -111,98 +111,12 @@ impl PluginInputs {
 
     /// The table `candidates` refer into.
     pub fn table(&self) -> &WorkerTable {
-        &self.table.table
+        self.table.table()
     }
 
     /// `plugin`'s decision on these inputs; see [`LoadedPolicy::route`].
     pub fn ask(&self, plugin: &LoadedPolicy) -> Result<Decision, PluginError> {
         plugin.route(&self.request, self.table(), &self.candidates)
-    }
-}
-
-/// A pool's workers as plugins see them, kept between requests.
-///
-/// Derived from the workers themselves rather than from config, so workers
-/// that join, leave or are replaced (e.g. re-registered with other labels)
-/// while the gateway runs are picked up: a worker is known by its `Arc`,
-/// whose id, zone and labels never change, and the table is rebuilt when a
-/// candidate's worker is not in it or the pool's worker count differs.
-#[derive(Default)]
-pub struct PluginTable {
-    current: ArcSwapOption<Snapshot>,
-}
-
-struct Snapshot {
-    /// Held, so no worker's address is reused while the table names it.
-    workers: Vec<Arc<Worker>>,
-    table: WorkerTable,
-}
-
-impl PluginTable {
-    /// The table for `candidates`, gathered from `pool_workers`, and each
-    /// candidate's index in it.
-    fn locate(
-        &self,
-        pool_workers: &[Arc<Worker>],
-        candidates: &[Candidate],
-    ) -> (Arc<Snapshot>, Vec<u32>) {
-        if let Some(current) = self.current.load_full() {
-            if current.workers.len() == pool_workers.len() {
-                if let Some(indices) = current.indices(candidates) {
-                    return (current, indices);
-                }
-            }
-        }
-        // The candidates may have been gathered from a worker set that
-        // changed since: they join the table whatever the pool holds now.
-        let mut workers = pool_workers.to_vec();
-        for c in candidates {
-            if !workers.iter().any(|w| Arc::ptr_eq(w, &c.worker)) {
-                workers.push(c.worker.clone());
-            }
-        }
-        let table = WorkerTable::new(workers.iter().map(|w| policy_worker(w)).collect());
-        let snapshot = Arc::new(Snapshot { workers, table });
-        let indices = snapshot
-            .indices(candidates)
-            .expect("every candidate's worker was just added");
-        self.current.store(Some(snapshot.clone()));
-        (snapshot, indices)
-    }
-}
-
-impl Snapshot {
-    /// Each candidate's index in the table, or `None` if one is not in it.
-    fn indices(&self, candidates: &[Candidate]) -> Option<Vec<u32>> {
-        let n = self.workers.len();
-        // Candidates are gathered in the pool's order, so each one's worker
-        // is usually found a few steps past the previous one's.
-        let mut next = 0;
-        candidates
-            .iter()
-            .map(|c| {
-                let found = (0..n)
-                    .map(|step| (next + step) % n)
-                    .find(|&i| Arc::ptr_eq(&self.workers[i], &c.worker))?;
-                next = found + 1;
-                Some(found as u32)
-            })
-            .collect()
-    }
-}
-
-fn policy_worker(worker: &Worker) -> PolicyWorker {
-    PolicyWorker {
-        id: worker.id.clone(),
-        zone: worker.zone.clone(),
-        labels: worker
-            .labels
-            .iter()
-            .map(|(k, v)| Label {
-                key: k.clone(),
-                value: v.clone(),
-            })
-            .collect(),
     }
 }
 
@@ -230,7 +144,7 @@ fn builtin(
     pool: &Pool,
     candidates: Vec<Candidate>,
     facts: &Facts<'_>,
-) -> Vec<Arc<Worker>> {
+) -> Vec<Candidate> {
     policy::order(
         candidates,
         &score_request(pool, facts),
@@ -279,10 +193,10 @@ fn policy_candidates(
     let now = Instant::now();
     for c in candidates {
         let mut state = CandidateState::empty();
-        if c.worker.breaker.lock().unwrap().name(now) == "half_open" {
+        if c.worker.breaker.lock().unwrap().is_half_open(now) {
             state |= CandidateState::HALF_OPEN;
         }
-        if c.worker.probe.lock().unwrap().name() == "unknown" {
+        if *c.worker.probe.lock().unwrap() == ProbeState::Unknown {
             state |= CandidateState::UNPROBED;
         }
         if c.load.is_some() {
@@ -312,71 +226,6 @@ mod tests {
     use super::*;
     use crate::score::tests::cand;
 
-    fn workers(candidates: &[Candidate]) -> Vec<Arc<Worker>> {
-        candidates.iter().map(|c| c.worker.clone()).collect()
-    }
-
-    fn ids(snapshot: &Snapshot, indices: &[u32]) -> Vec<String> {
-        indices
-            .iter()
-            .map(|&i| snapshot.table.workers()[i as usize].id.clone())
-            .collect()
-    }
-
-    #[test]
-    fn the_table_holds_while_the_workers_do_whatever_the_candidates() {
-        let all: Vec<Candidate> = ["a", "b", "c", "d"]
-            .iter()
-            .map(|id| cand(id, true, 0, 0))
-            .collect();
-        let pool = workers(&all);
-        let table = PluginTable::default();
-        let (first, indices) = table.locate(&pool, &all);
-        assert_eq!(indices, [0, 1, 2, 3]);
-        // Fewer candidates (one unhealthy), in another order: same table.
-        let some = [all[3].clone(), all[1].clone(), all[2].clone()];
-        let (second, indices) = table.locate(&pool, &some);
-        assert_eq!(second.table.generation(), first.table.generation());
-        assert_eq!(ids(&second, &indices), ["d", "b", "c"]);
-        assert!(table.locate(&pool, &[]).1.is_empty());
-    }
-
-    #[test]
-    fn a_joined_left_or_replaced_worker_makes_a_new_table() {
-        let all: Vec<Candidate> = ["a", "b"].iter().map(|id| cand(id, true, 0, 0)).collect();
-        let table = PluginTable::default();
-        let generation = |pool: &[Arc<Worker>], candidates: &[Candidate]| {
-            let (snapshot, indices) = table.locate(pool, candidates);
-            assert_eq!(
-                ids(&snapshot, &indices),
-                candidates
-                    .iter()
-                    .map(|c| c.worker.id.clone())
-                    .collect::<Vec<_>>()
-            );
-            snapshot.table.generation()
-        };
-        let start = generation(&workers(&all), &all);
-        assert_eq!(generation(&workers(&all), &all[..1]), start);
-
-        let joined = [all[0].clone(), all[1].clone(), cand("c", false, 0, 0)];
-        let after_join = generation(&workers(&joined), &joined);
-        assert_ne!(after_join, start);
-        let left = generation(&workers(&joined[1..]), &joined[1..]);
-        assert_ne!(left, after_join);
-        // "b" again, but another worker: re-registered with other labels, say.
-        let replaced = [cand("b", true, 0, 0), joined[2].clone()];
-        assert_ne!(generation(&workers(&replaced), &replaced), left);
-    }
-
-    #[test]
-    fn candidates_from_an_older_worker_set_still_find_their_worker() {
-        let old = [cand("a", true, 0, 0), cand("gone", true, 0, 0)];
-        let now = workers(&old[..1]);
-        let (snapshot, indices) = PluginTable::default().locate(&now, &old);
-        assert_eq!(ids(&snapshot, &indices), ["a", "gone"]);
-    }
-
     #[test]
     fn figures_cross_with_what_is_known_of_them() {
         let fresh = cand("fresh", true, 0, 0);
@@ -389,7 +238,7 @@ mod tests {
             ..Default::default()
         });
         // Probed healthy, so only the report is flagged.
-        *reported.worker.probe.lock().unwrap() = crate::health::ProbeState::Healthy { failures: 0 };
+        *reported.worker.probe.lock().unwrap() = ProbeState::Healthy { failures: 0 };
         let request = policy::Request {
             prompt_blocks: 4,
             block_size: 16,

@@ -5,19 +5,29 @@
 //! once a byte went to the client (that happens after this module returns).
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use http::StatusCode;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use protocol::{ApiError, ErrorKind};
+use protocol::{ApiError, BlockHash, ErrorKind};
 
 use crate::body;
-use crate::config::RetryConfig;
+use crate::config::{RetryConfig, Strategy};
 use crate::metrics;
-use crate::pools::{InFlight, Worker};
+use crate::prefix::PrefixState;
 use crate::upstream::{self, Upstream};
+use crate::worker::{InFlight, Worker};
+
+/// One worker to try, with what it already holds of the prompt.
+pub struct Target {
+    pub worker: Arc<Worker>,
+    /// Leading prompt blocks in its KV cache.
+    pub overlap_blocks: u32,
+    /// Prompt tokens it would have to prefill (those not in its cache).
+    pub uncached_tokens: usize,
+}
 
 /// What is sent to every worker tried.
 pub struct UpstreamRequest<'a> {
@@ -25,8 +35,15 @@ pub struct UpstreamRequest<'a> {
     pub body: Bytes,
     pub request_id: &'a str,
     pub stream: bool,
-    /// Prompt tokens a worker would have to prefill (not in its cache).
-    pub uncached_tokens: &'a (dyn Fn(&str) -> usize + Sync),
+    /// The pool's prefix index learns where each attempt sends the prompt.
+    pub prefix: Learn<'a>,
+}
+
+/// The prompt's blocks, and the index that learns where they were sent.
+pub struct Learn<'a> {
+    pub index: &'a PrefixState,
+    pub strategy: Strategy,
+    pub hashes: &'a [BlockHash],
 }
 
 /// A worker's answer that goes back to the client.
@@ -36,6 +53,8 @@ pub struct Served {
     /// A stream's first event, already read off `response`.
     pub first: Option<Bytes>,
     pub attempts: u32,
+    /// Leading prompt blocks the serving worker held.
+    pub overlap_blocks: u32,
 }
 
 /// Why one attempt failed.
@@ -83,14 +102,15 @@ impl Failure {
 pub async fn send(
     upstream: &Upstream,
     retry: &RetryConfig,
-    order: Vec<Arc<Worker>>,
+    order: Vec<Target>,
     req: &UpstreamRequest<'_>,
 ) -> Result<Served, ApiError> {
-    let deadline = Instant::now() + Duration::from_millis(retry.total_timeout_ms);
-    let per_try = Duration::from_millis(retry.per_try_timeout_ms);
+    let deadline = Instant::now() + retry.total_timeout;
+    let per_try = retry.per_try_timeout;
     let mut attempts = 0;
     let mut last: Option<Failure> = None;
-    for worker in order {
+    for target in order {
+        let worker = target.worker;
         let now = Instant::now();
         if attempts >= retry.max_attempts || now >= deadline {
             break;
@@ -103,9 +123,15 @@ pub async fn send(
             metrics::failover(&worker.pool, failure.reason());
         }
         attempts += 1;
+        // Learned as it is sent, so requests sharing this prefix that arrive
+        // during its prefill already follow it, and a failover moves it.
+        let learn = &req.prefix;
+        learn
+            .index
+            .learn(learn.strategy, &worker.id, learn.hashes, now);
         let in_flight = worker.start_request();
         // Until the first byte: then the worker's prefill of this prompt is done.
-        let _prefill = worker.start_prefill((req.uncached_tokens)(&worker.id));
+        let _prefill = worker.start_prefill(target.uncached_tokens);
         let budget = per_try.min(deadline - now);
         let outcome = tokio::time::timeout(budget, attempt(upstream, &worker, req))
             .await
@@ -118,6 +144,7 @@ pub async fn send(
                     response,
                     first,
                     attempts,
+                    overlap_blocks: target.overlap_blocks,
                 });
             }
             Err(failure) => {

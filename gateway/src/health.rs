@@ -1,20 +1,12 @@
 //! Worker health, two ways: active probes of `/health` with consecutive
 //! thresholds, and a passive circuit breaker fed by real requests, with
 //! exponential ejection and a single half-open trial. Both state machines are
-//! pure; `run_probes` is the thin I/O loop around the first.
+//! pure; `probe` is the thin I/O loop around the first, `failover` feeds the
+//! second.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
-use protocol::HealthReport;
-
 use crate::config::{BreakerConfig, HealthConfig};
-use crate::live::Shared;
-use crate::metrics;
-use crate::pools::{Pool, Worker};
-use crate::upstream::{self, Upstream};
 
 /// What active probes say of a worker.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -96,16 +88,25 @@ impl Breaker {
             state: BreakerState::Closed { failures: 0 },
             ejections: 0,
             failure_threshold: config.failure_threshold,
-            base: Duration::from_millis(config.base_ejection_ms),
-            max: Duration::from_millis(config.max_ejection_ms),
+            base: config.base_ejection,
+            max: config.max_ejection,
         }
     }
 
     pub fn name(&self, now: Instant) -> &'static str {
         match self.state {
             BreakerState::Closed { .. } => "closed",
-            BreakerState::Open { until } if now < until => "open",
-            BreakerState::Open { .. } | BreakerState::HalfOpen { .. } => "half_open",
+            _ if self.is_half_open(now) => "half_open",
+            BreakerState::Open { .. } | BreakerState::HalfOpen { .. } => "open",
+        }
+    }
+
+    /// Open past its deadline, or half-open: the next request is a trial.
+    pub fn is_half_open(&self, now: Instant) -> bool {
+        match self.state {
+            BreakerState::Closed { .. } => false,
+            BreakerState::Open { until } => now >= until,
+            BreakerState::HalfOpen { .. } => true,
         }
     }
 
@@ -181,74 +182,14 @@ impl Breaker {
     }
 }
 
-/// Probes every worker on `config.interval_ms` until the task is dropped.
-pub async fn run_probes(live: Shared, upstream: Upstream, config: HealthConfig) {
-    let mut tick = tokio::time::interval(Duration::from_millis(config.interval_ms));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        let registry = live.load().registry.clone();
-        let probes = registry.pools().iter().flat_map(|pool| {
-            pool.workers
-                .iter()
-                .map(|w| probe_one(pool, w.clone(), &upstream, &config))
-        });
-        futures_util::future::join_all(probes).await;
-    }
-}
-
-async fn probe_one(pool: &Pool, worker: Arc<Worker>, upstream: &Upstream, config: &HealthConfig) {
-    let report = tokio::time::timeout(
-        Duration::from_millis(config.timeout_ms),
-        fetch_report(upstream, &worker.url),
-    )
-    .await
-    .unwrap_or(None);
-    let ok = report.as_ref().is_some_and(|r| r.status == "ok");
-    if let Some(report) = report {
-        worker.report_load(report.load, std::time::Instant::now());
-    }
-    let (before, after) = {
-        let mut probe = worker.probe.lock().unwrap();
-        let before = *probe;
-        *probe = before.record(ok, config);
-        (before, *probe)
-    };
-    if before.routable() != after.routable() || before == ProbeState::Unknown {
-        metrics::worker_healthy(&worker.pool, &worker.id, after.routable());
-        if after.routable() {
-            tracing::info!(worker = %worker.id, pool = %worker.pool, "worker healthy");
-        } else {
-            tracing::warn!(worker = %worker.id, pool = %worker.pool, "worker unhealthy");
-            // A dead worker's cache died with it; if it comes back, its events resync it.
-            pool.prefix.remove_worker(&worker.id);
-        }
-    }
-}
-
-/// A worker's `/health` answer; `None` when it gave none that parses.
-pub async fn fetch_report(upstream: &Upstream, url: &http::Uri) -> Option<HealthReport> {
-    let req = http::Request::get(upstream::uri(url, "/health"))
-        .body(Empty::<Bytes>::new().map_err(|e| match e {}).boxed())
-        .ok()?;
-    let resp = upstream.request(req).await.ok()?;
-    let ok_status = resp.status().is_success();
-    let body = resp.into_body().collect().await.ok()?.to_bytes();
-    let mut report: HealthReport = serde_json::from_slice(&body).ok()?;
-    if !ok_status && report.status == "ok" {
-        report.status = "unavailable".to_string();
-    }
-    Some(report)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn health() -> HealthConfig {
         HealthConfig {
-            interval_ms: 1,
-            timeout_ms: 1,
+            interval: Duration::from_millis(1),
+            timeout: Duration::from_millis(1),
             unhealthy_threshold: 2,
             healthy_threshold: 2,
         }
@@ -273,8 +214,8 @@ mod tests {
     fn breaker() -> Breaker {
         Breaker::new(&BreakerConfig {
             failure_threshold: 2,
-            base_ejection_ms: 100,
-            max_ejection_ms: 250,
+            base_ejection: Duration::from_millis(100),
+            max_ejection: Duration::from_millis(250),
         })
     }
 

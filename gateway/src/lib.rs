@@ -24,15 +24,18 @@ pub mod metrics;
 pub mod mirror;
 pub mod parse;
 pub mod plugin;
+pub mod plugin_table;
 pub mod policy;
 pub mod pools;
 pub mod prefix;
+pub mod probe;
 pub mod score;
 pub mod server;
 pub mod stream;
 pub mod tls;
 pub mod tokenize;
 pub mod upstream;
+pub mod worker;
 
 pub use config::Config;
 pub use server::{start, start_on_bus, Handle, StartError};

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use gateway::Config;
+use gateway::config::{Config, RawConfig};
 
 #[derive(Parser)]
 #[command(version, about = "OpenAI-compatible inference gateway")]
@@ -61,16 +61,14 @@ async fn main() -> anyhow::Result<()> {
 
 /// The config file with the command line's overrides, checked whole.
 fn load(cli: &Cli) -> anyhow::Result<Config> {
-    let text = std::fs::read_to_string(&cli.config)
-        .with_context(|| format!("cannot read {}", cli.config.display()))?;
-    let mut config: Config = toml::from_str(&text)
-        .with_context(|| format!("invalid config {}", cli.config.display()))?;
+    let mut raw = RawConfig::from_file(&cli.config)
+        .with_context(|| format!("config {}", cli.config.display()))?;
     if !cli.etcd.is_empty() {
-        config.etcd.endpoints = cli.etcd.clone();
+        raw.etcd.endpoints = cli.etcd.clone();
     }
     if let Some(nats) = &cli.nats {
-        config.bus.nats_url = Some(nats.clone());
+        raw.bus.nats_url = Some(nats.clone());
     }
-    config.validate()?;
-    Ok(config)
+    raw.check()
+        .with_context(|| format!("config {}", cli.config.display()))
 }

@@ -27,7 +27,7 @@ pub async fn run(bus: Bus, live: Shared, config: BusConfig) -> Result<(), BusErr
     let resync = Resync {
         bus: bus.clone(),
         subjects: subjects.clone(),
-        timeout: Duration::from_millis(config.snapshot_timeout_ms),
+        timeout: config.snapshot_timeout,
     };
     loop {
         let registry = live.load().registry.clone();

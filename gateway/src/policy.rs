@@ -6,13 +6,10 @@
 //! or by load alone when the hot-spot guard trips; `least_load` picks by
 //! power of two choices, own zone first; `round_robin` takes turns.
 
-use std::sync::Arc;
-
 use rand::Rng;
 
 use crate::candidates::Candidate;
 use crate::config::{RoutingConfig, Strategy};
-use crate::pools::Worker;
 use crate::score;
 
 /// What a request brings to the decision besides its candidates.
@@ -27,7 +24,7 @@ pub fn order(
     config: &RoutingConfig,
     rng: &mut impl Rng,
     round_robin: usize,
-) -> Vec<Arc<Worker>> {
+) -> Vec<Candidate> {
     // Saturation counts this gateway's own requests, which it knows exactly;
     // reports lag by up to a probe or debounce interval.
     let saturated = |c: &Candidate| c.in_flight >= config.spill_in_flight;
@@ -51,7 +48,7 @@ pub fn order(
                     .partial_cmp(&(b.0, b.1, b.2))
                     .expect("costs are finite")
             });
-            keyed.into_iter().map(|k| k.3.worker).collect()
+            keyed.into_iter().map(|k| k.3).collect()
         }
         Strategy::LeastLoad => least_load(candidates, config.spill_in_flight, rng),
         Strategy::RoundRobin => {
@@ -60,7 +57,7 @@ pub fn order(
                 let n = candidates.len();
                 candidates.rotate_left(round_robin % n);
             }
-            candidates.into_iter().map(|c| c.worker).collect()
+            candidates
         }
     }
 }
@@ -71,7 +68,7 @@ fn least_load(
     mut candidates: Vec<Candidate>,
     spill_in_flight: u32,
     rng: &mut impl Rng,
-) -> Vec<Arc<Worker>> {
+) -> Vec<Candidate> {
     // Tiers: local free, remote free, local saturated, remote saturated.
     let tier = |c: &Candidate| (u8::from(c.in_flight >= spill_in_flight) << 1) | u8::from(!c.local);
     candidates.sort_by_key(|c| (tier(c), c.in_flight));
@@ -96,7 +93,7 @@ fn least_load(
         let chosen = candidates.remove(pick);
         candidates.insert(0, chosen);
     }
-    candidates.into_iter().map(|c| c.worker).collect()
+    candidates
 }
 
 #[cfg(test)]
@@ -105,8 +102,8 @@ mod tests {
     use crate::score::tests::cand;
     use rand::SeedableRng;
 
-    fn ids(order: &[Arc<Worker>]) -> Vec<&str> {
-        order.iter().map(|w| w.id.as_str()).collect()
+    fn ids(order: &[Candidate]) -> Vec<&str> {
+        order.iter().map(|c| c.worker.id.as_str()).collect()
     }
 
     fn config(strategy: Strategy, spill_in_flight: u32) -> RoutingConfig {
@@ -163,7 +160,7 @@ mod tests {
                 cand("c", true, 3, 0),
             ];
             let o = order(cands, &REQ, &c, &mut rng, 0);
-            assert_ne!(o[0].id, "c");
+            assert_ne!(o[0].worker.id, "c");
             assert_eq!(o.len(), 3);
         }
     }
@@ -181,6 +178,7 @@ mod tests {
                 ];
                 seen.insert(
                     order(cands, &REQ, &config(strategy, 100), &mut rng, 0)[0]
+                        .worker
                         .id
                         .clone(),
                 );
@@ -232,7 +230,7 @@ mod tests {
                     cand("a", true, 9, 0),
                     cand("c", true, 0, 0),
                 ];
-                order(cands, &REQ, &c, &mut rng, i)[0].id.clone()
+                order(cands, &REQ, &c, &mut rng, i)[0].worker.id.to_string()
             })
             .collect();
         assert_eq!(firsts, ["a", "b", "c", "a"]);

@@ -1,23 +1,20 @@
-//! The worker registry: pools by model, and each worker's live state (in-flight
-//! count, probe health, circuit breaker) shared by routing, probes and status.
+//! The worker registry: pools by model, each with its workers, tokenizer,
+//! prefix index and policy, rebuilt whole when config or registrations
+//! change and carrying over the state of what did not.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
-use http::Uri;
-use protocol::control::Registration;
-use protocol::LoadReport;
 use prompt::{Tokenizer, TokenizerError};
+use protocol::control::Registration;
 
-use crate::config::{BreakerConfig, Config};
-use crate::decide::PluginTable;
-use crate::health::{Breaker, ProbeState};
-use crate::metrics;
+use crate::config::{worker_url, Config};
 use crate::plugin::PolicySlot;
+use crate::plugin_table::PluginTable;
 use crate::prefix::PrefixState;
 use crate::tokenize;
+use crate::worker::{Worker, WorkerId};
 
 pub struct Registry {
     pools: Vec<Arc<Pool>>,
@@ -49,25 +46,6 @@ impl Pool {
     pub fn worker(&self, id: &str) -> Option<&Arc<Worker>> {
         self.workers.iter().find(|w| w.id == id)
     }
-}
-
-pub struct Worker {
-    pub id: String,
-    pub pool: String,
-    /// Base URL, no path.
-    pub url: Uri,
-    pub zone: String,
-    pub labels: BTreeMap<String, String>,
-    in_flight: AtomicU32,
-    /// Prompt tokens this gateway sent the worker to prefill that have not
-    /// produced a first byte yet: known at once, unlike the worker's report.
-    pending_prefill: AtomicUsize,
-    pub probe: Mutex<ProbeState>,
-    pub breaker: Mutex<Breaker>,
-    /// The worker's last own load report (from probes or the bus), and when it came.
-    reported_load: Mutex<Option<(LoadReport, Instant)>>,
-    /// The block size the worker says it hashes with, once it said so.
-    pub reported_block_size: Mutex<Option<usize>>,
 }
 
 impl Registry {
@@ -107,20 +85,20 @@ impl Registry {
                     Arc::default(),
                 ),
             };
-            let statics = p.workers.iter().map(|w| {
-                // Validated in config.
-                let url = w.url.parse().expect("worker url validated");
-                (w.id.as_str(), url, w.zone.as_str(), &w.labels)
-            });
+            let statics = p
+                .workers
+                .iter()
+                .map(|w| (w.id.as_str(), w.url.clone(), w.zone.as_str(), &w.labels));
             // A registration never shadows a static worker of the same id
             // (the control plane lists it among the ignored ones).
             let registered = discovered
                 .iter()
-                .filter(|r| r.pool == p.name && !p.workers.iter().any(|w| w.id == r.id))
+                .filter(|r| r.pool == p.name && !p.workers.iter().any(|w| w.id == *r.id))
+                // The control plane ignores registrations with bad URLs.
                 .filter_map(|r| {
                     Some((
                         r.id.as_str(),
-                        r.url.parse().ok()?,
+                        worker_url(&r.url).ok()?,
                         r.zone.as_str(),
                         &r.labels,
                     ))
@@ -134,7 +112,7 @@ impl Registry {
                     match same {
                         Some(w) => w.clone(),
                         None => Arc::new(Worker::new(
-                            id.to_string(),
+                            WorkerId::from(id),
                             p.name.clone(),
                             url,
                             zone.to_string(),
@@ -212,91 +190,13 @@ impl Registry {
     }
 }
 
-impl Worker {
-    pub fn new(
-        id: String,
-        pool: String,
-        url: Uri,
-        zone: String,
-        labels: BTreeMap<String, String>,
-        breaker: &BreakerConfig,
-    ) -> Worker {
-        Worker {
-            id,
-            pool,
-            url,
-            zone,
-            labels,
-            in_flight: AtomicU32::new(0),
-            pending_prefill: AtomicUsize::new(0),
-            probe: Mutex::new(ProbeState::default()),
-            breaker: Mutex::new(Breaker::new(breaker)),
-            reported_load: Mutex::new(None),
-            reported_block_size: Mutex::new(None),
-        }
-    }
-
-    pub fn report_load(&self, load: LoadReport, now: Instant) {
-        *self.reported_load.lock().unwrap() = Some((load, now));
-    }
-
-    /// The worker's own load report, unless older than `stale`.
-    pub fn fresh_load(&self, now: Instant, stale: Duration) -> Option<LoadReport> {
-        let reported = *self.reported_load.lock().unwrap();
-        reported.and_then(|(load, at)| (now.saturating_duration_since(at) < stale).then_some(load))
-    }
-
-    pub fn in_flight(&self) -> u32 {
-        self.in_flight.load(Ordering::Relaxed)
-    }
-
-    pub fn pending_prefill(&self) -> usize {
-        self.pending_prefill.load(Ordering::Relaxed)
-    }
-
-    /// Counts `tokens` of prefill against this worker until the guard drops.
-    pub fn start_prefill(self: &Arc<Self>, tokens: usize) -> Prefill {
-        self.pending_prefill.fetch_add(tokens, Ordering::Relaxed);
-        Prefill(self.clone(), tokens)
-    }
-
-    /// Counts a request against this worker until the guard drops.
-    pub fn start_request(self: &Arc<Self>) -> InFlight {
-        let n = self.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
-        metrics::worker_in_flight(&self.pool, &self.id, n);
-        InFlight(self.clone())
-    }
-}
-
-/// One request in flight on a worker; dropping it ends the count.
-pub struct InFlight(Arc<Worker>);
-
-impl InFlight {
-    pub fn worker(&self) -> &Arc<Worker> {
-        &self.0
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        let n = self.0.in_flight.fetch_sub(1, Ordering::Relaxed) - 1;
-        metrics::worker_in_flight(&self.0.pool, &self.0.id, n);
-    }
-}
-
-/// Prefill sent to a worker and not answered yet; dropping it ends the count.
-pub struct Prefill(Arc<Worker>, usize);
-
-impl Drop for Prefill {
-    fn drop(&mut self) {
-        self.0.pending_prefill.fetch_sub(self.1, Ordering::Relaxed);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Strategy;
     use protocol::blocks::BlockHash;
+    use std::collections::BTreeMap;
+    use std::time::Instant;
 
     fn registration(id: &str, url: &str) -> Registration {
         Registration {
@@ -331,7 +231,8 @@ mod tests {
         let ids: Vec<_> = pool.workers.iter().map(|w| w.id.as_str()).collect();
         assert_eq!(ids, ["s", "a", "b"]);
         let _busy = pool.worker("a").unwrap().start_request();
-        pool.prefix.record("b", &[BlockHash(7)], Instant::now());
+        pool.prefix
+            .learn(Strategy::Kv, "b", &[BlockHash(7)], Instant::now());
 
         // `a` unchanged, `b` moved to another URL, `s` static: only `b` is new.
         let second = Registry::build(

@@ -5,14 +5,14 @@
 //! publishes none).
 
 use std::collections::HashSet;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use protocol::{BlockHash, KvEventBatch, KvSnapshot};
 
-use crate::candidates::Candidate;
 use crate::config::{RoutingConfig, Strategy};
 use crate::index::{Applied, ApproxIndex, PrefixIndex};
+use crate::worker::Worker;
 
 pub struct PrefixState {
     exact: Mutex<Exact>,
@@ -33,43 +33,48 @@ impl PrefixState {
                 followed: HashSet::new(),
             }),
             approx: Mutex::new(ApproxIndex::new(
-                Duration::from_millis(routing.approx_ttl_ms),
+                routing.approx_ttl,
                 routing.approx_max_entries,
             )),
         }
     }
 
-    /// Sets each candidate's overlap with the prompt `hashes`: exact where the
-    /// worker's events are followed and the bus is up, approximate elsewhere.
-    pub fn fill(
+    /// How many leading blocks of the prompt `hashes` each of `workers`
+    /// holds, in their order: exact where the worker's events are followed
+    /// and the bus is up, approximate elsewhere; none under a strategy that
+    /// ignores the cache.
+    pub fn overlaps(
         &self,
         strategy: Strategy,
         bus_up: bool,
         hashes: &[BlockHash],
-        candidates: &mut [Candidate],
+        workers: &[Arc<Worker>],
         now: Instant,
-    ) {
-        if hashes.is_empty() || !matches!(strategy, Strategy::Kv | Strategy::Approx) {
-            return;
+    ) -> Vec<u32> {
+        if hashes.is_empty() || !strategy.uses_cache() {
+            return vec![0; workers.len()];
         }
         let approx = self.approx.lock().unwrap().overlaps(hashes, now);
         let exact = (strategy == Strategy::Kv && bus_up).then(|| self.exact.lock().unwrap());
         let exact = exact
             .as_ref()
             .map(|e| (e.index.overlaps(hashes), &e.followed));
-        for c in candidates {
-            c.overlap_blocks = match exact {
-                Some((ref overlaps, followed)) if followed.contains(&c.worker.id) => {
-                    overlaps.blocks(&c.worker.id)
+        workers
+            .iter()
+            .map(|w| match exact {
+                Some((ref overlaps, followed)) if followed.contains(w.id.as_str()) => {
+                    overlaps.blocks(&w.id)
                 }
-                _ => approx.blocks(&c.worker.id),
-            };
-        }
+                _ => approx.blocks(&w.id),
+            })
+            .collect()
     }
 
-    /// Remembers that `worker_id` was sent the prompt `hashes`.
-    pub fn record(&self, worker_id: &str, hashes: &[BlockHash], now: Instant) {
-        if !hashes.is_empty() {
+    /// Remembers that `worker_id` was sent the prompt `hashes`, under a
+    /// strategy that routes by cache: the only place the approximate index
+    /// learns.
+    pub fn learn(&self, strategy: Strategy, worker_id: &str, hashes: &[BlockHash], now: Instant) {
+        if strategy.uses_cache() && !hashes.is_empty() {
             self.approx.lock().unwrap().record(worker_id, hashes, now);
         }
     }
@@ -135,8 +140,19 @@ impl Exact {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::score::tests::cand;
+    use crate::config::BreakerConfig;
     use protocol::{block_hashes, KvEvent};
+
+    fn worker(id: &str) -> Arc<Worker> {
+        Arc::new(Worker::new(
+            id.into(),
+            "p".into(),
+            "http://127.0.0.1:1".parse().unwrap(),
+            "a".into(),
+            Default::default(),
+            &BreakerConfig::default(),
+        ))
+    }
 
     #[test]
     fn followed_workers_use_events_others_the_approximation() {
@@ -155,15 +171,20 @@ mod tests {
                 },
             ],
         });
-        state.record("b", &hashes[..2], now);
-        state.record("a", &hashes, now);
-        let mut cands = vec![cand("a", true, 0, 0), cand("b", true, 0, 0)];
-        state.fill(Strategy::Kv, true, &hashes, &mut cands, now);
-        assert_eq!((cands[0].overlap_blocks, cands[1].overlap_blocks), (3, 2));
+        state.learn(Strategy::Kv, "b", &hashes[..2], now);
+        state.learn(Strategy::Kv, "a", &hashes, now);
+        // A strategy that ignores the cache neither learns nor sees overlaps.
+        state.learn(Strategy::RoundRobin, "c", &hashes, now);
+        let workers = [worker("a"), worker("b"), worker("c")];
+        let overlaps = |bus_up| state.overlaps(Strategy::Kv, bus_up, &hashes, &workers, now);
+        assert_eq!(overlaps(true), [3, 2, 0]);
+        assert_eq!(
+            state.overlaps(Strategy::RoundRobin, true, &hashes, &workers, now),
+            [0, 0, 0]
+        );
 
         // Bus down: the approximation answers for everyone.
-        state.fill(Strategy::Kv, false, &hashes, &mut cands, now);
-        assert_eq!((cands[0].overlap_blocks, cands[1].overlap_blocks), (4, 2));
+        assert_eq!(overlaps(false), [4, 2, 0]);
 
         // A gap stops following `a` until a snapshot comes.
         let gap = state.apply(&KvEventBatch {
@@ -174,8 +195,7 @@ mod tests {
         });
         assert!(gap.needs_resync());
         assert_eq!(state.to_resync(false), ["a"]);
-        state.fill(Strategy::Kv, true, &hashes, &mut cands, now);
-        assert_eq!(cands[0].overlap_blocks, 4);
+        assert_eq!(overlaps(true)[0], 4);
         state.resync(&KvSnapshot {
             worker_id: "a".into(),
             instance: 1,
@@ -183,8 +203,7 @@ mod tests {
             block_size: 4,
             blocks: hashes[..1].to_vec(),
         });
-        state.fill(Strategy::Kv, true, &hashes, &mut cands, now);
-        assert_eq!(cands[0].overlap_blocks, 1);
+        assert_eq!(overlaps(true)[0], 1);
 
         state.remove_worker("a");
         assert!(!state.is_followed("a"));

@@ -28,7 +28,7 @@ pub fn hot_spot(candidates: &[Candidate], w: &RoutingConfig) -> bool {
 pub(crate) mod tests {
     use super::*;
     use crate::config::BreakerConfig;
-    use crate::pools::Worker;
+    use crate::worker::Worker;
     use std::sync::Arc;
 
     pub(crate) fn cand(id: &str, local: bool, in_flight: u32, overlap: u32) -> Candidate {

@@ -30,7 +30,7 @@ use crate::plugin::{PluginEngine, PluginWatcher, WatchHandle};
 use crate::pools::Registry;
 use crate::tls::{self, TlsError};
 use crate::upstream::Upstream;
-use crate::{control, error, health, live, metrics, mirror};
+use crate::{control, error, live, metrics, mirror, probe};
 use protocol::Bus;
 
 #[derive(Debug, thiserror::Error)]
@@ -119,12 +119,12 @@ pub async fn start_on_bus(config: Config, bus: Option<Bus>) -> Result<Handle, St
         background.extend(tasks);
         Some(control)
     };
-    let grace = config.listeners.drain_grace();
-    let load_stale = Duration::from_millis(config.bus.load_stale_ms);
+    let grace = config.listeners.drain_grace;
+    let load_stale = config.bus.load_stale;
     let health_config = config.health.clone();
     let bus_config = config.bus.clone();
-    let idle_timeout = config.listeners.idle_timeout();
-    let backstop = Duration::from_millis(config.retry.total_timeout_ms + 1000);
+    let idle_timeout = config.listeners.idle_timeout;
+    let backstop = config.retry.total_timeout + Duration::from_secs(1);
     let gateway = Arc::new(Gateway {
         admit: Admit::new(config.listeners.max_concurrent_requests),
         live: live.clone(),
@@ -142,7 +142,7 @@ pub async fn start_on_bus(config: Config, bus: Option<Bus>) -> Result<Handle, St
     let (stop, stop_rx) = watch::channel(false);
 
     background.extend([
-        tokio::spawn(health::run_probes(live.clone(), upstream, health_config)),
+        tokio::spawn(probe::run_probes(live.clone(), upstream, health_config)),
         tokio::spawn(serve_admin(admin_listener, admin)),
         tokio::spawn(async move {
             // Histograms keep raw samples until upkeep folds them.

@@ -15,7 +15,7 @@ use hyper::body::Incoming;
 use crate::admit::Permit;
 use crate::body::BoxError;
 use crate::metrics;
-use crate::pools::InFlight;
+use crate::worker::InFlight;
 
 pub struct Relay {
     first: Option<Bytes>,

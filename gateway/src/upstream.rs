@@ -1,8 +1,6 @@
 //! The HTTP client to workers: pooled connections, HTTP/1.1 or HTTP/2, plain or
 //! TLS (`https://` worker URLs), with a connect timeout.
 
-use std::time::Duration;
-
 use http::Uri;
 use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
@@ -24,7 +22,7 @@ impl Upstream {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);
-        http.set_connect_timeout(Some(Duration::from_millis(config.connect_timeout_ms)));
+        http.set_connect_timeout(Some(config.connect_timeout));
         let https = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls::client_config(config.ca_path.as_deref())?)
             .https_or_http()
@@ -32,7 +30,7 @@ impl Upstream {
             .enable_http2()
             .wrap_connector(http);
         let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_millis(config.pool_idle_timeout_ms))
+            .pool_idle_timeout(config.pool_idle_timeout)
             .pool_timer(TokioTimer::new())
             .build(https);
         Ok(Upstream { client })

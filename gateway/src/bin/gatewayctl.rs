@@ -14,7 +14,7 @@ use clap::{Parser, Subcommand};
 use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, Txn, TxnOp};
 use gateway::config::{RoutingDoc, UpstreamConfig};
 use gateway::control::artifact;
-use gateway::health::fetch_report;
+use gateway::probe::fetch_report;
 use gateway::plugin::{
     check_component, sha256_hex, LoadedPolicy, PluginEngine, PluginsConfig, Tier,
 };

@@ -19,7 +19,7 @@ use protocol::control::{Key, Keys, Registration};
 use super::artifact::{self, Artifact};
 use super::follow::Snapshot;
 use super::status::Control;
-use crate::config::{check_worker_url, Config, RoutingDoc};
+use crate::config::{worker_url, Config, RoutingDoc};
 use crate::live::{Live, Shared};
 use crate::metrics;
 use crate::plugin::{
@@ -425,7 +425,7 @@ fn registrations(
         };
         let problem = if registration.pool != pool || registration.id != id {
             Some("its pool or id differs from its key".to_string())
-        } else if let Err(reason) = check_worker_url(&registration.url) {
+        } else if let Err(reason) = worker_url(&registration.url) {
             Some(reason)
         } else {
             match config.pools.iter().find(|p| p.name == pool) {
@@ -440,7 +440,7 @@ fn registrations(
                     "block size {} differs from pool `{pool}`'s {}",
                     registration.block_size, p.block_size
                 )),
-                Some(p) if p.workers.iter().any(|w| w.id == id) => {
+                Some(p) if p.workers.iter().any(|w| w.id == *id) => {
                     Some(format!("pool `{pool}` has a static worker `{id}`"))
                 }
                 Some(_) => None,

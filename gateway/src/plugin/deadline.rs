@@ -15,7 +15,14 @@ use std::time::Duration;
 use rustix::time::{clock_gettime, ClockId};
 use wasmtime::UpdateDeadline;
 
-use super::engine;
+/// The engine's epoch advances this often; deadlines are counted in these ticks.
+pub(crate) const TICK: Duration = Duration::from_millis(1);
+
+/// Ticks covering at least `ms` milliseconds: the epoch may advance right
+/// after the deadline is set, so one more than the whole count.
+fn ticks(ms: u64) -> u64 {
+    ms.div_ceil(TICK.as_millis() as u64) + 1
+}
 
 /// Past the wall deadline, a starved thread gets at most this many budgets of
 /// wall time more: a bound on how long a request can wait on its policy.
@@ -33,7 +40,7 @@ pub(crate) struct Deadline {
 impl Deadline {
     /// Starts a call with `budget_ms`; returns the ticks to set as the epoch deadline.
     pub fn arm(&mut self, budget_ms: u64) -> u64 {
-        let ticks = engine::ticks(budget_ms);
+        let ticks = ticks(budget_ms);
         self.budget = Duration::from_millis(budget_ms);
         self.cap_ticks = ticks.saturating_mul(WALL_CAP_BUDGETS);
         self.expired = None;

@@ -5,7 +5,6 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use serde::Serialize;
 use wasmtime::component::Linker;
@@ -14,11 +13,9 @@ use wasmtime::{
 };
 
 use super::config::PluginsConfig;
+use super::deadline::TICK;
 use super::error::PluginError;
 use super::host::{self, HostState};
-
-/// The epoch advances this often; deadlines are counted in these ticks.
-const TICK: Duration = Duration::from_millis(1);
 
 /// Which compiler built a version's code.
 ///
@@ -118,12 +115,6 @@ impl PluginEngine {
         // Consecutive seeds are fine: `SmallRng::seed_from_u64` scrambles them.
         self.inner.seeds.fetch_add(1, Ordering::Relaxed)
     }
-}
-
-/// Ticks covering at least `ms` milliseconds: the epoch may advance right
-/// after the deadline is set, so one more than the whole count.
-pub(crate) fn ticks(ms: u64) -> u64 {
-    ms.div_ceil(TICK.as_millis() as u64) + 1
 }
 
 impl Compiler {

@@ -12,7 +12,7 @@ use serde::Serialize;
 use super::engine::{PluginEngine, Tier};
 use super::error::PluginError;
 use super::loaded::{sha256_hex, unix_ms, Code, LoadedPolicy, PolicyInfo};
-use super::upgrade::Upgrader;
+use super::upgrade::{Upgradable, Upgrader};
 
 /// One pool's plugin: empty means the built-in policy.
 pub struct PolicySlot {
@@ -171,52 +171,6 @@ impl PolicySlot {
         loaded
     }
 
-    /// Whether the version serving runs `code`.
-    pub(crate) fn runs(&self, code: &Arc<Code>) -> bool {
-        self.current().is_some_and(|current| current.runs(code))
-    }
-
-    /// Swaps in `optimized` for the version serving if it still runs
-    /// `baseline` (a config flip meanwhile kept it), after `init` and the
-    /// samples passed on it; otherwise the version has moved on and the
-    /// build is dropped.
-    pub(crate) fn replace_code(&self, baseline: &Arc<Code>, optimized: Arc<Code>) {
-        let _loading = self.loading.lock().unwrap_or_else(PoisonError::into_inner);
-        let Some(current) = self.current().filter(|current| current.runs(baseline)) else {
-            return;
-        };
-        match current.with_code(optimized) {
-            Ok(loaded) => {
-                let loaded = Arc::new(loaded);
-                self.current.store(Some(loaded.clone()));
-                self.lock_status().policy = Some(loaded.info().clone());
-                tracing::info!(
-                    pool = %self.pool,
-                    plugin = %loaded.info().plugin,
-                    version = %loaded.info().version,
-                    "policy optimized"
-                );
-            }
-            Err(error) => self.keep_baseline(&error),
-        }
-    }
-
-    /// The optimized build failed where the baseline one passed (a deadline
-    /// missed on a busy machine, most likely): the version keeps serving
-    /// as it is, so this is no refusal.
-    pub(crate) fn keep_baseline(&self, error: &PluginError) {
-        tracing::warn!(
-            pool = %self.pool,
-            kind = error.kind(),
-            error = %error,
-            "optimized build failed; the baseline build keeps serving"
-        );
-    }
-
-    pub(crate) fn upgrader(&self) -> &Upgrader {
-        &self.upgrader
-    }
-
     /// Records (and logs) a version that was refused before `try_load` could
     /// read it, e.g. a missing file. The current version keeps serving.
     pub fn refuse(&self, plugin: &str, version: &str, sha256: Option<String>, error: &PluginError) {
@@ -257,5 +211,53 @@ impl PolicySlot {
 
     fn lock_status(&self) -> std::sync::MutexGuard<'_, SlotStatus> {
         self.status.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Upgradable for PolicySlot {
+    /// Whether the version serving runs `code`.
+    fn runs(&self, code: &Arc<Code>) -> bool {
+        self.current().is_some_and(|current| current.runs(code))
+    }
+
+    /// Swaps in `optimized` for the version serving if it still runs
+    /// `baseline` (a config flip meanwhile kept it), after `init` and the
+    /// samples passed on it; otherwise the version has moved on and the
+    /// build is dropped.
+    fn replace_code(&self, baseline: &Arc<Code>, optimized: Arc<Code>) {
+        let _loading = self.loading.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(current) = self.current().filter(|current| current.runs(baseline)) else {
+            return;
+        };
+        match current.with_code(optimized) {
+            Ok(loaded) => {
+                let loaded = Arc::new(loaded);
+                self.current.store(Some(loaded.clone()));
+                self.lock_status().policy = Some(loaded.info().clone());
+                tracing::info!(
+                    pool = %self.pool,
+                    plugin = %loaded.info().plugin,
+                    version = %loaded.info().version,
+                    "policy optimized"
+                );
+            }
+            Err(error) => self.keep_baseline(&error),
+        }
+    }
+
+    /// The optimized build failed where the baseline one passed (a deadline
+    /// missed on a busy machine, most likely): the version keeps serving
+    /// as it is, so this is no refusal.
+    fn keep_baseline(&self, error: &PluginError) {
+        tracing::warn!(
+            pool = %self.pool,
+            kind = error.kind(),
+            error = %error,
+            "optimized build failed; the baseline build keeps serving"
+        );
+    }
+
+    fn upgrader(&self) -> &Upgrader {
+        &self.upgrader
     }
 }

@@ -9,8 +9,20 @@
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 
 use super::engine::{PluginEngine, Tier};
+use super::error::PluginError;
 use super::loaded::{self, Code};
-use super::slot::PolicySlot;
+
+/// What an upgrade acts on: a pool's policy slot. A trait, so that the slot
+/// (which owns its upgrader) and this module do not depend on each other.
+pub(crate) trait Upgradable: Send + Sync + 'static {
+    fn upgrader(&self) -> &Upgrader;
+    /// Whether the version serving runs `code`.
+    fn runs(&self, code: &Arc<Code>) -> bool;
+    /// Serves `optimized` in place of `baseline`, if that still serves.
+    fn replace_code(&self, baseline: &Arc<Code>, optimized: Arc<Code>);
+    /// The optimized build failed; the baseline keeps serving.
+    fn keep_baseline(&self, error: &PluginError);
+}
 
 /// A slot's pending optimization; see the module docs.
 #[derive(Default)]
@@ -35,9 +47,9 @@ struct Job {
 impl Upgrader {
     /// Queues `bytes`, served as `baseline` in `slot`, for optimization,
     /// replacing any job not started yet.
-    pub fn request(
+    pub fn request<S: Upgradable>(
         &self,
-        slot: Weak<PolicySlot>,
+        slot: Weak<S>,
         engine: &PluginEngine,
         bytes: &[u8],
         baseline: Arc<Code>,
@@ -67,7 +79,7 @@ impl Upgrader {
 }
 
 /// Takes jobs until none is left or the slot is gone.
-fn run(slot: &Weak<PolicySlot>) {
+fn run<S: Upgradable>(slot: &Weak<S>) {
     loop {
         let Some(slot) = slot.upgrade() else {
             return;

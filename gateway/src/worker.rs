@@ -1,0 +1,177 @@
+//! One worker as routing sees it: its address, zone and labels, what this
+//! gateway has in flight there, its last load report, and its health (the
+//! pure state machines of `health`, behind locks shared by the request path,
+//! the probes and `/status`).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use http::Uri;
+use protocol::LoadReport;
+use serde::Serialize;
+
+use crate::config::BreakerConfig;
+use crate::health::{Breaker, ProbeState};
+use crate::metrics;
+
+/// A worker's id: unique across the fleet, cheap to clone.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct WorkerId(Arc<str>);
+
+impl Serialize for WorkerId {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.0)
+    }
+}
+
+impl WorkerId {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::ops::Deref for WorkerId {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::borrow::Borrow<str> for WorkerId {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for WorkerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl From<&str> for WorkerId {
+    fn from(id: &str) -> Self {
+        WorkerId(id.into())
+    }
+}
+
+impl PartialEq<str> for WorkerId {
+    fn eq(&self, other: &str) -> bool {
+        &*self.0 == other
+    }
+}
+
+impl PartialEq<&str> for WorkerId {
+    fn eq(&self, other: &&str) -> bool {
+        &*self.0 == *other
+    }
+}
+
+pub struct Worker {
+    pub id: WorkerId,
+    pub pool: String,
+    /// Base URL, no path.
+    pub url: Uri,
+    pub zone: String,
+    pub labels: BTreeMap<String, String>,
+    in_flight: AtomicU32,
+    /// Prompt tokens this gateway sent the worker to prefill that have not
+    /// produced a first byte yet: known at once, unlike the worker's report.
+    pending_prefill: AtomicUsize,
+    pub probe: Mutex<ProbeState>,
+    pub breaker: Mutex<Breaker>,
+    /// The worker's last own load report (from probes or the bus), and when it came.
+    reported_load: Mutex<Option<(LoadReport, Instant)>>,
+    /// The block size the worker says it hashes with, once it said so.
+    pub reported_block_size: Mutex<Option<usize>>,
+}
+
+impl Worker {
+    pub fn new(
+        id: WorkerId,
+        pool: String,
+        url: Uri,
+        zone: String,
+        labels: BTreeMap<String, String>,
+        breaker: &BreakerConfig,
+    ) -> Worker {
+        Worker {
+            id,
+            pool,
+            url,
+            zone,
+            labels,
+            in_flight: AtomicU32::new(0),
+            pending_prefill: AtomicUsize::new(0),
+            probe: Mutex::new(ProbeState::default()),
+            breaker: Mutex::new(Breaker::new(breaker)),
+            reported_load: Mutex::new(None),
+            reported_block_size: Mutex::new(None),
+        }
+    }
+
+    /// Whether routing may consider this worker now: probes say it is up and
+    /// its breaker is not open (a half-open one's trial is taken later).
+    pub fn routable(&self, now: Instant) -> bool {
+        self.probe.lock().unwrap().routable() && self.breaker.lock().unwrap().available(now)
+    }
+
+    pub fn report_load(&self, load: LoadReport, now: Instant) {
+        *self.reported_load.lock().unwrap() = Some((load, now));
+    }
+
+    /// The worker's own load report, unless older than `stale`.
+    pub fn fresh_load(&self, now: Instant, stale: Duration) -> Option<LoadReport> {
+        let reported = *self.reported_load.lock().unwrap();
+        reported.and_then(|(load, at)| (now.saturating_duration_since(at) < stale).then_some(load))
+    }
+
+    pub fn in_flight(&self) -> u32 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    pub fn pending_prefill(&self) -> usize {
+        self.pending_prefill.load(Ordering::Relaxed)
+    }
+
+    /// Counts `tokens` of prefill against this worker until the guard drops.
+    pub fn start_prefill(self: &Arc<Self>, tokens: usize) -> Prefill {
+        self.pending_prefill.fetch_add(tokens, Ordering::Relaxed);
+        Prefill(self.clone(), tokens)
+    }
+
+    /// Counts a request against this worker until the guard drops.
+    pub fn start_request(self: &Arc<Self>) -> InFlight {
+        let n = self.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+        metrics::worker_in_flight(&self.pool, &self.id, n);
+        InFlight(self.clone())
+    }
+}
+
+/// One request in flight on a worker; dropping it ends the count.
+pub struct InFlight(Arc<Worker>);
+
+impl InFlight {
+    pub fn worker(&self) -> &Arc<Worker> {
+        &self.0
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let n = self.0.in_flight.fetch_sub(1, Ordering::Relaxed) - 1;
+        metrics::worker_in_flight(&self.0.pool, &self.0.id, n);
+    }
+}
+
+/// Prefill sent to a worker and not answered yet; dropping it ends the count.
+pub struct Prefill(Arc<Worker>, usize);
+
+impl Drop for Prefill {
+    fn drop(&mut self) {
+        self.0.pending_prefill.fetch_sub(self.1, Ordering::Relaxed);
+    }
+}
