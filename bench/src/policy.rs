@@ -28,7 +28,8 @@ use gateway::plugin::{
     Decision, LoadedPolicy, PluginEngine, PluginError, PluginWatcher, PluginsConfig, PolicyBinding,
     PolicySlot, Tier,
 };
-use gateway::pools::{Pool, Registry, Worker};
+use gateway::pools::{Pool, Registry};
+use gateway::worker::Worker;
 use protocol::LoadReport;
 use serde_json::json;
 
@@ -423,10 +424,13 @@ fn gather(pool: &Pool) -> Vec<Candidate> {
             now,
         );
     }
-    let mut candidates = candidates::gather(pool, "a", now, Duration::from_secs(3600));
+    let overlaps: Vec<u32> = (0..pool.workers.len())
+        .map(|i| (i * 11 % PROMPT_BLOCKS) as u32)
+        .collect();
+    let mut candidates =
+        candidates::gather(pool, &overlaps, "a", now, Duration::from_secs(3600));
     for (i, c) in candidates.iter_mut().enumerate() {
         c.in_flight = (i * 7 % 13) as u32;
-        c.overlap_blocks = (i * 11 % PROMPT_BLOCKS) as u32;
     }
     candidates
 }

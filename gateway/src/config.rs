@@ -316,13 +316,13 @@ pub struct RawPool {
     #[serde(default)]
     pub policy: Option<PolicyBinding>,
     #[serde(default)]
-    pub workers: Vec<RawWorker>,
+    pub workers: Vec<RawStaticWorker>,
 }
 
 /// A static worker as written.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawWorker {
+pub struct RawStaticWorker {
     pub id: String,
     /// `http://` or `https://` base URL.
     pub url: String,
@@ -341,12 +341,12 @@ pub struct PoolConfig {
     pub block_size: usize,
     pub tokenizer: String,
     pub policy: Option<PolicyBinding>,
-    pub workers: Vec<WorkerConfig>,
+    pub workers: Vec<StaticWorker>,
 }
 
 /// A static worker, checked.
 #[derive(Debug, Clone, PartialEq)]
-pub struct WorkerConfig {
+pub struct StaticWorker {
     pub id: WorkerId,
     /// The base URL, no path.
     pub url: Uri,
@@ -561,7 +561,7 @@ impl RawConfig {
                     errors.push(format!("{key}.id: duplicate worker id `{}`", worker.id));
                 }
                 match worker_url(&worker.url) {
-                    Ok(url) => workers.push(WorkerConfig {
+                    Ok(url) => workers.push(StaticWorker {
                         id: WorkerId::from(worker.id.as_str()),
                         url,
                         zone: worker.zone.clone(),

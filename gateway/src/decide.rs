@@ -22,7 +22,7 @@ use crate::plugin::{
     CandidateState, Decision, LoadedPolicy, OnError, PluginError, PolicyCandidates, RouteRequest,
     WorkerTable,
 };
-use crate::plugin_table::Snapshot;
+use crate::plugin_table::TableSnapshot;
 use crate::policy;
 use crate::pools::Pool;
 
@@ -76,7 +76,7 @@ pub fn decide(
 /// builds it (public so `bench policy` times what a request pays).
 pub struct PluginInputs {
     pub request: RouteRequest,
-    table: Arc<Snapshot>,
+    table: Arc<TableSnapshot>,
     /// In the order of the gateway's candidates, so a decision's positions
     /// index those too.
     pub candidates: PolicyCandidates,

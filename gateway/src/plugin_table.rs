@@ -18,10 +18,10 @@ use crate::worker::Worker;
 /// candidate's worker is not in it or the pool's worker count differs.
 #[derive(Default)]
 pub struct PluginTable {
-    current: ArcSwapOption<Snapshot>,
+    current: ArcSwapOption<TableSnapshot>,
 }
 
-pub struct Snapshot {
+pub struct TableSnapshot {
     /// Held, so no worker's address is reused while the table names it.
     workers: Vec<Arc<Worker>>,
     table: WorkerTable,
@@ -34,7 +34,7 @@ impl PluginTable {
         &self,
         pool_workers: &[Arc<Worker>],
         candidates: impl Iterator<Item = &'a Arc<Worker>> + Clone,
-    ) -> (Arc<Snapshot>, Vec<u32>) {
+    ) -> (Arc<TableSnapshot>, Vec<u32>) {
         if let Some(current) = self.current.load_full() {
             if current.workers.len() == pool_workers.len() {
                 if let Some(indices) = current.indices(candidates.clone()) {
@@ -51,7 +51,7 @@ impl PluginTable {
             }
         }
         let table = WorkerTable::new(workers.iter().map(|w| policy_worker(w)).collect());
-        let snapshot = Arc::new(Snapshot { workers, table });
+        let snapshot = Arc::new(TableSnapshot { workers, table });
         let indices = snapshot
             .indices(candidates)
             .expect("every candidate's worker was just added");
@@ -60,7 +60,7 @@ impl PluginTable {
     }
 }
 
-impl Snapshot {
+impl TableSnapshot {
     pub fn table(&self) -> &WorkerTable {
         &self.table
     }
@@ -114,7 +114,7 @@ mod tests {
         ))
     }
 
-    fn ids(snapshot: &Snapshot, indices: &[u32]) -> Vec<String> {
+    fn ids(snapshot: &TableSnapshot, indices: &[u32]) -> Vec<String> {
         indices
             .iter()
             .map(|&i| snapshot.table.workers()[i as usize].id.clone())

@@ -11,6 +11,10 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use tokio::sync::{mpsc, watch};
 
+/// The first token of every subject, unless configured otherwise: the
+/// gateway and its workers must agree on it.
+pub const DEFAULT_SUBJECT_PREFIX: &str = "llmgw";
+
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {
     #[error("invalid NATS URL {url}: {reason}")]
@@ -332,7 +336,7 @@ mod tests {
 
     #[test]
     fn subjects_round_trip() {
-        let subjects = Subjects::new("llmgw");
+        let subjects = Subjects::new(DEFAULT_SUBJECT_PREFIX);
         let s = subjects.worker(Topic::Kv, "pool-1", "w_2");
         assert_eq!(s, "llmgw.kv.pool-1.w_2");
         assert_eq!(subjects.parse(Topic::Kv, &s), Some(("pool-1", "w_2")));

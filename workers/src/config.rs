@@ -77,7 +77,7 @@ impl Default for BusConfig {
     fn default() -> Self {
         BusConfig {
             nats_url: None,
-            subject_prefix: "llmgw".to_string(),
+            subject_prefix: protocol::bus::DEFAULT_SUBJECT_PREFIX.to_string(),
             load_debounce_ms: 50,
             load_heartbeat_ms: 1000,
         }

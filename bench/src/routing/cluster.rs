@@ -92,10 +92,9 @@ impl Cluster {
                 m.id, m.url, m.zone
             ));
         }
-        let mut config = gateway::Config::from_toml(&toml)?;
+        let mut config = gateway::config::RawConfig::from_toml(&toml)?;
         config.routing = routing.clone();
-        config.validate()?;
-        Ok(gateway::start_on_bus(config, Some(bus.clone())).await?)
+        Ok(gateway::start_on_bus(config.check()?, Some(bus.clone())).await?)
     }
 
     pub async fn shutdown(self) {

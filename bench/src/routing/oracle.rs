@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 use gateway::candidates::Candidate;
 use gateway::config::{BreakerConfig, RoutingConfig, Strategy};
 use gateway::policy;
-use gateway::pools::Worker;
+use gateway::worker::Worker;
 use protocol::bus::{Subjects, Topic};
 use protocol::{BlockHash, Bus, KvEvent, KvEventBatch, LoadReport};
 use rand::rngs::StdRng;
@@ -49,7 +49,7 @@ struct Cache {
 impl Caches {
     /// Subscribes to every worker's KV events of the pool and applies them as they come.
     pub async fn follow(bus: &Bus) -> anyhow::Result<(Arc<Caches>, JoinHandle<()>)> {
-        let subjects = Subjects::new("llmgw");
+        let subjects = Subjects::new(protocol::bus::DEFAULT_SUBJECT_PREFIX);
         let mut sub = bus.subscribe(subjects.worker(Topic::Kv, POOL, "*")).await?;
         let caches = Arc::new(Caches::default());
         let applier = caches.clone();
@@ -127,7 +127,7 @@ impl Oracle {
             .iter()
             .map(|m| {
                 let worker = Worker::new(
-                    m.id.clone(),
+                    m.id.as_str().into(),
                     POOL.into(),
                     m.url.parse()?,
                     m.zone.clone(),
@@ -183,7 +183,7 @@ impl Oracle {
         let worker = self
             .workers
             .iter()
-            .position(|(w, _)| Arc::ptr_eq(w, &order[0]))
+            .position(|(w, _)| Arc::ptr_eq(w, &order[0].worker))
             .expect("the policy orders the candidates it was given");
         let uncached = request
             .prompt_tokens

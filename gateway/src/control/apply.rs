@@ -17,7 +17,7 @@ use std::time::Instant;
 use protocol::control::{Key, Keys, Registration};
 
 use super::artifact::{self, Artifact};
-use super::follow::Snapshot;
+use super::follow::EtcdSnapshot;
 use super::status::Control;
 use crate::config::{worker_url, Config, RoutingDoc};
 use crate::live::{Live, Shared};
@@ -80,7 +80,7 @@ struct PluginKeys {
 }
 
 impl PluginKeys {
-    fn of(keys: &Keys, snapshot: &Snapshot) -> PluginKeys {
+    fn of(keys: &Keys, snapshot: &EtcdSnapshot) -> PluginKeys {
         let prefix = keys.plugins();
         let (count, newest) = snapshot
             .kvs
@@ -135,7 +135,7 @@ impl Applier {
     }
 
     /// Blocking (tokenizers and plugins may load): call it off the runtime.
-    pub fn apply(&mut self, snapshot: &Snapshot) {
+    pub fn apply(&mut self, snapshot: &EtcdSnapshot) {
         let (mut config, mut doc_revision) = self.next_config(snapshot);
         let (registry, workers, ignored, plan) = loop {
             let (workers, ignored) = registrations(&self.keys, snapshot, &config);
@@ -209,7 +209,7 @@ impl Applier {
 
     /// Refuses the routing document for a reason that may pass, and keeps
     /// it pending. A retry refused for the same reason is not counted again.
-    fn hold_doc(&mut self, snapshot: &Snapshot, reason: String, on_tick: bool) {
+    fn hold_doc(&mut self, snapshot: &EtcdSnapshot, reason: String, on_tick: bool) {
         let revision = snapshot
             .kvs
             .get(&self.keys.config())
@@ -232,7 +232,7 @@ impl Applier {
     /// it, the config revision to report if it applies (`Some(None)`: the
     /// document was deleted), or `None` when nothing new was read. A
     /// pending document is read again when its retry is due.
-    fn next_config(&mut self, snapshot: &Snapshot) -> (Arc<Config>, Option<Option<i64>>) {
+    fn next_config(&mut self, snapshot: &EtcdSnapshot) -> (Arc<Config>, Option<Option<i64>>) {
         let doc = snapshot.kvs.get(&self.keys.config());
         let revision = doc.map(|(_, revision)| *revision);
         if revision == self.doc_revision {
@@ -267,7 +267,7 @@ impl Applier {
 
     /// Checks each pool's bound plugin whose slot, version, bytes or config
     /// changed (compile, `init`, sample decisions), without swapping any.
-    fn plan_plugins(&mut self, snapshot: &Snapshot, config: &Config, registry: &Registry) -> Plan {
+    fn plan_plugins(&mut self, snapshot: &EtcdSnapshot, config: &Config, registry: &Registry) -> Plan {
         let mut plan = Plan::default();
         for pool in registry.pools() {
             // A pool rebuilt from scratch has a new, empty slot.
@@ -344,7 +344,7 @@ impl Applier {
     }
 
     /// Swaps in what `plan` prepared, and remembers what it tried.
-    fn commit_plugins(&mut self, snapshot: &Snapshot, plan: Plan) {
+    fn commit_plugins(&mut self, snapshot: &EtcdSnapshot, plan: Plan) {
         if let Some(engine) = &self.engine {
             for (slot, prepared) in plan.ready {
                 slot.commit(engine, prepared);
@@ -380,7 +380,7 @@ impl Applier {
     /// directory when one is configured.
     fn artifact(
         &self,
-        snapshot: &Snapshot,
+        snapshot: &EtcdSnapshot,
         binding: &PolicyBinding,
     ) -> Result<Artifact, PluginError> {
         if let Some(artifact) = artifact::in_etcd(&self.keys, &snapshot.kvs, binding)? {
@@ -404,7 +404,7 @@ impl Applier {
 /// The registrations to route to, and why the others are ignored.
 fn registrations(
     keys: &Keys,
-    snapshot: &Snapshot,
+    snapshot: &EtcdSnapshot,
     config: &Config,
 ) -> (Vec<Registration>, Vec<String>) {
     let (mut routed, mut ignored) = (Vec::new(), Vec::new());
@@ -462,7 +462,7 @@ mod tests {
 
     use super::*;
 
-    fn snapshot(keys: &Keys, registrations: &[Registration]) -> Snapshot {
+    fn snapshot(keys: &Keys, registrations: &[Registration]) -> EtcdSnapshot {
         let kvs = registrations
             .iter()
             .enumerate()
@@ -471,7 +471,7 @@ mod tests {
                 (keys.worker(&r.pool, &r.id), (value, i as i64 + 1))
             })
             .collect();
-        Snapshot { revision: 9, kvs }
+        EtcdSnapshot { revision: 9, kvs }
     }
 
     fn registration(id: &str, block_size: usize) -> Registration {

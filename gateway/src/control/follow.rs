@@ -17,7 +17,7 @@ use crate::metrics;
 
 /// The keys under the prefix at one revision.
 #[derive(Debug, Clone, Default)]
-pub struct Snapshot {
+pub struct EtcdSnapshot {
     pub revision: i64,
     /// Key → (value, revision of its last change). `Bytes`: a snapshot is
     /// copied per change, plugins' bytes are not.
@@ -28,14 +28,14 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// Between two pings on a quiet connection.
 const KEEP_ALIVE: Duration = Duration::from_secs(10);
 
-/// Publishes a new [`Snapshot`] on `out` after each change, forever.
+/// Publishes a new [`EtcdSnapshot`] on `out` after each change, forever.
 pub async fn run(
     endpoints: Vec<String>,
     root: String,
     control: Arc<Control>,
-    out: watch::Sender<Arc<Snapshot>>,
+    out: watch::Sender<Arc<EtcdSnapshot>>,
 ) {
-    let mut state: Option<Snapshot> = None;
+    let mut state: Option<EtcdSnapshot> = None;
     let mut backoff = Duration::from_millis(100);
     loop {
         let error = match follow(&endpoints, &root, &mut state, &control, &out).await {
@@ -59,9 +59,9 @@ pub async fn run(
 async fn follow(
     endpoints: &[String],
     root: &str,
-    state: &mut Option<Snapshot>,
+    state: &mut Option<EtcdSnapshot>,
     control: &Control,
-    out: &watch::Sender<Arc<Snapshot>>,
+    out: &watch::Sender<Arc<EtcdSnapshot>>,
 ) -> Result<(), etcd_client::Error> {
     let options = ConnectOptions::new()
         .with_connect_timeout(Duration::from_secs(2))
@@ -108,7 +108,7 @@ async fn follow(
                 (key, (Bytes::copy_from_slice(kv.value()), kv.mod_revision()))
             })
             .collect();
-        let snapshot = Snapshot { revision, kvs };
+        let snapshot = EtcdSnapshot { revision, kvs };
         out.send_replace(Arc::new(snapshot.clone()));
         *state = Some(snapshot);
     }

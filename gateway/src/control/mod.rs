@@ -32,7 +32,7 @@ const FIRST_STATE_WAIT: Duration = Duration::from_secs(3);
 pub async fn start(base: Config, live: Shared) -> (Arc<Control>, Vec<JoinHandle<()>>) {
     let control = Arc::new(Control::default());
     let root = protocol::control::Keys::new(&base.etcd.prefix).root();
-    let (snapshots, mut changes) = watch::channel(Arc::new(follow::Snapshot::default()));
+    let (snapshots, mut changes) = watch::channel(Arc::new(follow::EtcdSnapshot::default()));
     changes.mark_unchanged();
     let follower = tokio::spawn(follow::run(
         base.etcd.endpoints.clone(),
