@@ -1,7 +1,7 @@
 //! The CUDA backend against the CPU one: logits on the tiny model for the same
-//! steps through the same paged blocks, and sampling through `Compute`. Where
-//! no CUDA device or driver library is present (CI, most laptops) it prints
-//! why and passes without running.
+//! steps through the same paged blocks, and sampling through `Compute`.
+//! Ignored by default: it needs a CUDA device. `scripts/test.sh` runs it with
+//! `--ignored` where the driver library is present.
 #![cfg(feature = "cuda")]
 
 // The shared generator; this file needs only the GGUF writer, the tokenizer and plan items.
@@ -15,6 +15,7 @@ use workers::model::{load_weights, Forward};
 use workers::scheduler::{Compute, Phase, StepPlan};
 
 #[test]
+#[ignore = "needs a CUDA device"]
 fn cuda_logits_match_the_cpu() {
     if let Err(why) = workers::model::cuda::available() {
         // The whole chain: the driver's own error says why it cannot start.
@@ -24,8 +25,7 @@ fn cuda_logits_match_the_cpu() {
             reason = format!("{reason}: {source}");
             why = source;
         }
-        eprintln!("skipping: CUDA unavailable ({reason})");
-        return;
+        panic!("CUDA unavailable: {reason}");
     }
     let trained = model_support::train_tokenizer();
     let path = model_support::write_tiny_model(&trained, "tiny-cuda");

@@ -17,7 +17,7 @@ pub enum ModelError {
     NoCuda,
     #[cfg(feature = "cuda")]
     #[error("CUDA backend")]
-    Cuda(#[from] cuda::CudaError),
+    Cuda(#[from] super::cuda::CudaError),
 }
 
 

@@ -450,12 +450,11 @@ mod tests {
 
     /// NVRTC needs no GPU: wherever its library loads, the kernels must compile.
     #[test]
+    #[ignore = "needs the NVRTC library (CUDA toolkit)"]
     fn kernels_compile_with_nvrtc() {
         // SAFETY: only tries to open the library under its usual names.
-        if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
-            eprintln!("skipping: the NVRTC library cannot be loaded");
-            return;
-        }
+        let present = unsafe { cudarc::nvrtc::sys::is_culib_present() };
+        assert!(present, "the NVRTC library cannot be loaded");
         if let Err(e) = cudarc::nvrtc::compile_ptx(SOURCE) {
             panic!("{e:?}");
         }
