@@ -427,8 +427,7 @@ fn gather(pool: &Pool) -> Vec<Candidate> {
     let overlaps: Vec<u32> = (0..pool.workers.len())
         .map(|i| (i * 11 % PROMPT_BLOCKS) as u32)
         .collect();
-    let mut candidates =
-        candidates::gather(pool, &overlaps, "a", now, Duration::from_secs(3600));
+    let mut candidates = candidates::gather(pool, &overlaps, "a", now, Duration::from_secs(3600));
     for (i, c) in candidates.iter_mut().enumerate() {
         c.in_flight = (i * 7 % 13) as u32;
     }

@@ -10,10 +10,6 @@ pub fn full(bytes: impl Into<Bytes>) -> Body {
     Full::new(bytes.into()).map_err(|e| match e {}).boxed()
 }
 
-pub fn empty() -> Body {
-    full(Bytes::new())
-}
-
 /// A JSON response with the given status.
 pub fn json(status: u16, json: impl Into<Bytes>) -> http::Response<Body> {
     http::Response::builder()

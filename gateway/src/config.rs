@@ -12,7 +12,7 @@ use http::Uri;
 use serde::{Deserialize, Serialize};
 
 use crate::plugin::{PluginsConfig, PolicyBinding};
-use crate::worker::WorkerId;
+use protocol::WorkerId;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -133,7 +133,11 @@ pub struct Listeners {
     #[serde(default)]
     pub tls: Option<TlsConfig>,
     /// Close a client connection idle this long; keep above the load balancer's idle timeout. Default 75000.
-    #[serde(rename = "idle_timeout_ms", with = "millis", default = "default_idle_timeout")]
+    #[serde(
+        rename = "idle_timeout_ms",
+        with = "millis",
+        default = "default_idle_timeout"
+    )]
     pub idle_timeout: Duration,
     /// Largest request body accepted; larger ones get 413. Default 4 MiB.
     #[serde(default = "default_max_body_bytes")]
@@ -142,7 +146,11 @@ pub struct Listeners {
     #[serde(default = "default_max_concurrent_requests")]
     pub max_concurrent_requests: usize,
     /// Time allowed to in-flight requests after SIGTERM. Default 30000.
-    #[serde(rename = "drain_grace_ms", with = "millis", default = "default_drain_grace")]
+    #[serde(
+        rename = "drain_grace_ms",
+        with = "millis",
+        default = "default_drain_grace"
+    )]
     pub drain_grace: Duration,
     /// Add `x-worker-id` to responses, naming the worker that served them. Default true.
     #[serde(default = "default_true")]
@@ -163,10 +171,18 @@ pub struct TlsConfig {
 #[serde(deny_unknown_fields)]
 pub struct HealthConfig {
     /// Default 1000.
-    #[serde(rename = "interval_ms", with = "millis", default = "default_probe_interval")]
+    #[serde(
+        rename = "interval_ms",
+        with = "millis",
+        default = "default_probe_interval"
+    )]
     pub interval: Duration,
     /// A probe slower than this fails. Default 1000.
-    #[serde(rename = "timeout_ms", with = "millis", default = "default_probe_timeout")]
+    #[serde(
+        rename = "timeout_ms",
+        with = "millis",
+        default = "default_probe_timeout"
+    )]
     pub timeout: Duration,
     /// Consecutive failed probes that mark a worker unhealthy. Default 2.
     #[serde(default = "default_two")]
@@ -184,10 +200,18 @@ pub struct BreakerConfig {
     #[serde(default = "default_three")]
     pub failure_threshold: u32,
     /// First ejection; each further one in a row doubles it. Default 1000.
-    #[serde(rename = "base_ejection_ms", with = "millis", default = "default_base_ejection")]
+    #[serde(
+        rename = "base_ejection_ms",
+        with = "millis",
+        default = "default_base_ejection"
+    )]
     pub base_ejection: Duration,
     /// Longest ejection. Default 30000.
-    #[serde(rename = "max_ejection_ms", with = "millis", default = "default_max_ejection")]
+    #[serde(
+        rename = "max_ejection_ms",
+        with = "millis",
+        default = "default_max_ejection"
+    )]
     pub max_ejection: Duration,
 }
 
@@ -198,10 +222,18 @@ pub struct RetryConfig {
     #[serde(default = "default_three")]
     pub max_attempts: u32,
     /// Time one attempt has to produce response headers (for streams: the first event). Default 30000.
-    #[serde(rename = "per_try_timeout_ms", with = "millis", default = "default_per_try_timeout")]
+    #[serde(
+        rename = "per_try_timeout_ms",
+        with = "millis",
+        default = "default_per_try_timeout"
+    )]
     pub per_try_timeout: Duration,
     /// Time all attempts together have to produce a response. Default 60000.
-    #[serde(rename = "total_timeout_ms", with = "millis", default = "default_total_timeout")]
+    #[serde(
+        rename = "total_timeout_ms",
+        with = "millis",
+        default = "default_total_timeout"
+    )]
     pub total_timeout: Duration,
 }
 
@@ -255,7 +287,11 @@ pub struct RoutingConfig {
     #[serde(default = "default_balance_rel")]
     pub balance_rel_threshold: f64,
     /// How long the approximate index remembers a routed prompt. Default 120000.
-    #[serde(rename = "approx_ttl_ms", with = "millis", default = "default_approx_ttl")]
+    #[serde(
+        rename = "approx_ttl_ms",
+        with = "millis",
+        default = "default_approx_ttl"
+    )]
     pub approx_ttl: Duration,
     /// Bound on the approximate index's (block, worker) entries per pool. Default 1000000.
     #[serde(default = "default_approx_max_entries")]
@@ -277,10 +313,18 @@ pub struct BusConfig {
     #[serde(default = "default_subject_prefix")]
     pub subject_prefix: String,
     /// A load report older than this is unknown, not idle. Default 3000.
-    #[serde(rename = "load_stale_ms", with = "millis", default = "default_load_stale")]
+    #[serde(
+        rename = "load_stale_ms",
+        with = "millis",
+        default = "default_load_stale"
+    )]
     pub load_stale: Duration,
     /// Time a worker has to answer a snapshot request. Default 2000.
-    #[serde(rename = "snapshot_timeout_ms", with = "millis", default = "default_snapshot_timeout")]
+    #[serde(
+        rename = "snapshot_timeout_ms",
+        with = "millis",
+        default = "default_snapshot_timeout"
+    )]
     pub snapshot_timeout: Duration,
 }
 
@@ -291,10 +335,18 @@ pub struct UpstreamConfig {
     #[serde(default)]
     pub ca_path: Option<PathBuf>,
     /// Time to open a connection to a worker. Default 2000.
-    #[serde(rename = "connect_timeout_ms", with = "millis", default = "default_connect_timeout")]
+    #[serde(
+        rename = "connect_timeout_ms",
+        with = "millis",
+        default = "default_connect_timeout"
+    )]
     pub connect_timeout: Duration,
     /// Close pooled worker connections idle this long. Default 90000.
-    #[serde(rename = "pool_idle_timeout_ms", with = "millis", default = "default_pool_idle_timeout")]
+    #[serde(
+        rename = "pool_idle_timeout_ms",
+        with = "millis",
+        default = "default_pool_idle_timeout"
+    )]
     pub pool_idle_timeout: Duration,
 }
 

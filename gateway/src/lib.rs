@@ -2,37 +2,42 @@
 //! worker of the model's pool by health, zone and load, with failover.
 //!
 //! A request flows through the modules in this order: `server` (listeners,
-//! tower layers) → `api` → `admit` → `parse` → `candidates` → `policy` →
-//! `failover` (over `upstream`) → `stream` (relay back). `health` keeps the
-//! worker states in `pools` current; `admin` reports them. `live` is the
-//! config and registry in force, which `control` swaps as etcd changes.
+//! tower layers) → `api` → `admit` → `parse` → `tokenize` → `prefix` →
+//! `candidates` → `decide` (a WASM `plugin`, or the built-in `policy` over
+//! `score`) → `failover` (over `upstream`) → `stream` (relay back). Each
+//! `worker` carries its `health` state machines, which `probe` and
+//! `failover` feed; `pools` groups workers by model; `admin` reports them.
+//! `live` is the config and registry in force, which `control` swaps as etcd
+//! changes and `mirror` keeps fed with the workers' KV events and load.
+//!
+//! Modules other crates use (benches, `gatewayctl`) are public; the rest is not.
 
-pub mod admin;
-pub mod admit;
-pub mod api;
-pub mod body;
+mod admin;
+mod admit;
+mod api;
+mod body;
 pub mod candidates;
 pub mod config;
 pub mod control;
 pub mod decide;
-pub mod error;
-pub mod failover;
-pub mod health;
+mod error;
+mod failover;
+mod health;
 pub mod index;
-pub mod live;
-pub mod metrics;
-pub mod mirror;
+mod live;
+mod metrics;
+mod mirror;
 pub mod parse;
 pub mod plugin;
-pub mod plugin_table;
+mod plugin_table;
 pub mod policy;
 pub mod pools;
-pub mod prefix;
+mod prefix;
 pub mod probe;
-pub mod score;
-pub mod server;
-pub mod stream;
-pub mod tls;
+mod score;
+mod server;
+mod stream;
+mod tls;
 pub mod tokenize;
 pub mod upstream;
 pub mod worker;

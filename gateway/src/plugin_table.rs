@@ -123,10 +123,7 @@ mod tests {
 
     #[test]
     fn the_table_holds_while_the_workers_do_whatever_the_candidates() {
-        let all: Vec<Arc<Worker>> = ["a", "b", "c", "d"]
-            .iter()
-            .map(|id| worker(id))
-            .collect();
+        let all: Vec<Arc<Worker>> = ["a", "b", "c", "d"].iter().map(|id| worker(id)).collect();
         let pool = all.clone();
         let table = PluginTable::default();
         let (first, indices) = table.locate(&pool, all.iter());

@@ -14,7 +14,8 @@ use crate::plugin::PolicySlot;
 use crate::plugin_table::PluginTable;
 use crate::prefix::PrefixState;
 use crate::tokenize;
-use crate::worker::{Worker, WorkerId};
+use crate::worker::Worker;
+use protocol::WorkerId;
 
 pub struct Registry {
     pools: Vec<Arc<Pool>>,

@@ -33,12 +33,9 @@ pub async fn run_probes(live: Shared, upstream: Upstream, config: HealthConfig) 
 }
 
 async fn probe_one(pool: &Pool, worker: Arc<Worker>, upstream: &Upstream, config: &HealthConfig) {
-    let report = tokio::time::timeout(
-        config.timeout,
-        fetch_report(upstream, &worker.url),
-    )
-    .await
-    .unwrap_or(None);
+    let report = tokio::time::timeout(config.timeout, fetch_report(upstream, &worker.url))
+        .await
+        .unwrap_or(None);
     let ok = report.as_ref().is_some_and(|r| r.status == "ok");
     if let Some(report) = report {
         worker.report_load(report.load, Instant::now());

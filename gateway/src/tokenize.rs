@@ -4,8 +4,8 @@
 
 use std::sync::{Arc, OnceLock};
 
-use protocol::{block_hashes, ApiError, BlockHash, ErrorKind};
 use prompt::{Tokenizer, TokenizerError};
+use protocol::{block_hashes, ApiError, BlockHash, ErrorKind};
 
 use crate::parse::Prompt;
 

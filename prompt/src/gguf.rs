@@ -178,7 +178,9 @@ impl Gguf {
 
     /// Every tensor's name and place.
     pub fn tensors(&self) -> impl Iterator<Item = (&str, &TensorInfo)> {
-        self.tensors.iter().map(|(name, info)| (name.as_str(), info))
+        self.tensors
+            .iter()
+            .map(|(name, info)| (name.as_str(), info))
     }
 
     pub fn tensor_info(&self, name: &str) -> Option<&TensorInfo> {

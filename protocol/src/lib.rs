@@ -10,9 +10,11 @@ pub mod error;
 pub mod health;
 pub mod kv;
 pub mod openai;
+mod worker_id;
 
 pub use blocks::{block_hashes, BlockHash};
 pub use bus::{Bus, BusError, Subjects, Topic};
 pub use error::{ApiError, ErrorKind};
 pub use health::{HealthReport, LoadReport};
 pub use kv::{KvEvent, KvEventBatch, KvSnapshot, LoadMessage};
+pub use worker_id::WorkerId;

@@ -37,11 +37,11 @@ pub use config::{
 
 use api::App;
 use engine::{BatchEngine, Engine, EngineError};
+use prompt::{Tokenizer, TokenizerError};
 use protocol::bus::{Bus, BusError};
 use protocol::control::Registration;
 use publish::Publisher;
 use register::Registered;
-use prompt::{Tokenizer, TokenizerError};
 
 /// Why a worker could not start.
 #[derive(Debug, thiserror::Error)]

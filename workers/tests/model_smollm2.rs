@@ -6,11 +6,11 @@
 
 use std::path::PathBuf;
 
+use prompt::Tokenizer;
 use protocol::openai::ChatMessage;
 use tokio::sync::mpsc::UnboundedReceiver;
 use workers::engine::{BatchEngine, Engine, GenerateEvent, GenerateRequest};
 use workers::scheduler::Sampling;
-use prompt::Tokenizer;
 use workers::{EngineConfig, EngineKind};
 
 /// Where `scripts/fetch-model.sh` puts the model. Asked for (`--ignored`),

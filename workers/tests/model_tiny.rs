@@ -227,10 +227,7 @@ fn a_hugging_face_directory_brings_the_tokenizer_and_template_of_the_file() {
     let from_hf = prompt::load(&hf).unwrap();
     let chat = [message("user", "rain at noon, 2024")];
     let prompt = prompt::chat_tokens(&chat, &from_hf).unwrap();
-    assert_eq!(
-        prompt,
-        prompt::chat_tokens(&chat, &from_gguf).unwrap()
-    );
+    assert_eq!(prompt, prompt::chat_tokens(&chat, &from_gguf).unwrap());
     assert_eq!(from_hf.eos_token(), Some(2));
     std::fs::remove_file(gguf).unwrap();
     std::fs::remove_dir_all(hf).unwrap();

@@ -16,9 +16,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use gateway::config::{RoutingConfig, Strategy};
+use prompt::Tokenizer;
 use protocol::Bus;
 use serde_json::json;
-use prompt::Tokenizer;
 
 use cluster::{Cluster, Sizing};
 use drive::Target;

@@ -7,12 +7,12 @@
 use std::time::Duration;
 
 use bytes::Bytes;
+use prompt::{Tokenizer, CORPUS};
 use protocol::openai::{ChatMessage, MessageContent};
 use protocol::{block_hashes, BlockHash};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
-use prompt::{Tokenizer, CORPUS};
 
 /// The shape of the workload.
 pub struct Shape {

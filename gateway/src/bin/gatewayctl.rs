@@ -14,10 +14,10 @@ use clap::{Parser, Subcommand};
 use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, Txn, TxnOp};
 use gateway::config::{RoutingDoc, UpstreamConfig};
 use gateway::control::artifact;
-use gateway::probe::fetch_report;
 use gateway::plugin::{
     check_component, sha256_hex, LoadedPolicy, PluginEngine, PluginsConfig, Tier,
 };
+use gateway::probe::fetch_report;
 use gateway::upstream::Upstream;
 use protocol::control::{Key, Keys, Registration, DEFAULT_PREFIX};
 use serde_json::{json, Value};

@@ -267,7 +267,12 @@ impl Applier {
 
     /// Checks each pool's bound plugin whose slot, version, bytes or config
     /// changed (compile, `init`, sample decisions), without swapping any.
-    fn plan_plugins(&mut self, snapshot: &EtcdSnapshot, config: &Config, registry: &Registry) -> Plan {
+    fn plan_plugins(
+        &mut self,
+        snapshot: &EtcdSnapshot,
+        config: &Config,
+        registry: &Registry,
+    ) -> Plan {
         let mut plan = Plan::default();
         for pool in registry.pools() {
             // A pool rebuilt from scratch has a new, empty slot.

@@ -20,7 +20,6 @@ pub enum ModelError {
     Cuda(#[from] super::cuda::CudaError),
 }
 
-
 impl From<GgufError> for ModelError {
     fn from(e: GgufError) -> ModelError {
         match e {

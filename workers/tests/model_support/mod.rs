@@ -215,11 +215,8 @@ pub fn train_tokenizer() -> tokenizers::Tokenizer {
     .build()
     .unwrap()
     .into();
-    tok.train(
-        &mut trainer,
-        prompt::CORPUS.split_inclusive('\n'),
-    )
-    .unwrap();
+    tok.train(&mut trainer, prompt::CORPUS.split_inclusive('\n'))
+        .unwrap();
     tok
 }
 
