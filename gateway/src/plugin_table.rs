@@ -101,17 +101,10 @@ fn policy_worker(worker: &Worker) -> PolicyWorker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::BreakerConfig;
+    use crate::worker::tests;
 
     fn worker(id: &str) -> Arc<Worker> {
-        Arc::new(Worker::new(
-            id.into(),
-            "p".into(),
-            "http://127.0.0.1:1".parse().unwrap(),
-            "a".into(),
-            Default::default(),
-            &BreakerConfig::default(),
-        ))
+        tests::worker(id, "a")
     }
 
     fn ids(snapshot: &TableSnapshot, indices: &[u32]) -> Vec<String> {

@@ -140,19 +140,12 @@ impl Exact {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::BreakerConfig;
-    use protocol::{block_hashes, KvEvent};
+    use crate::worker::tests;
 
     fn worker(id: &str) -> Arc<Worker> {
-        Arc::new(Worker::new(
-            id.into(),
-            "p".into(),
-            "http://127.0.0.1:1".parse().unwrap(),
-            "a".into(),
-            Default::default(),
-            &BreakerConfig::default(),
-        ))
+        tests::worker(id, "a")
     }
+    use protocol::{block_hashes, KvEvent};
 
     #[test]
     fn followed_workers_use_events_others_the_approximation() {

@@ -27,21 +27,11 @@ pub fn hot_spot(candidates: &[Candidate], w: &RoutingConfig) -> bool {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::config::BreakerConfig;
-    use crate::worker::Worker;
-    use std::sync::Arc;
+    use crate::worker::tests::worker;
 
     pub(crate) fn cand(id: &str, local: bool, in_flight: u32, overlap: u32) -> Candidate {
-        let worker = Worker::new(
-            id.into(),
-            "p".into(),
-            "http://127.0.0.1:1".parse().unwrap(),
-            if local { "a" } else { "b" }.into(),
-            Default::default(),
-            &BreakerConfig::default(),
-        );
         Candidate {
-            worker: Arc::new(worker),
+            worker: worker(id, if local { "a" } else { "b" }),
             local,
             in_flight,
             load: None,

@@ -120,3 +120,20 @@ impl Drop for Prefill {
         self.0.pending_prefill.fetch_sub(self.1, Ordering::Relaxed);
     }
 }
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// A worker of pool `p` in `zone`, at an address nothing listens on.
+    pub(crate) fn worker(id: &str, zone: &str) -> Arc<Worker> {
+        Arc::new(Worker::new(
+            id.into(),
+            "p".into(),
+            "http://127.0.0.1:1".parse().unwrap(),
+            zone.into(),
+            Default::default(),
+            &BreakerConfig::default(),
+        ))
+    }
+}
