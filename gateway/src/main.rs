@@ -12,7 +12,7 @@ struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
     /// Gateway config (TOML).
-    #[arg(long, default_value = "config/gateway.toml")]
+    #[arg(long, default_value = "config/gateway.toml", global = true)]
     config: PathBuf,
     /// Overrides `etcd.endpoints` (comma-separated): discover workers, and
     /// take routing config and plugins, from there.
