@@ -3,7 +3,8 @@
 # Installs: etcd, etcdctl and nats-server (Debian packages, for the
 # control-plane and bus tests), protoc with its well-known types (the
 # etcd-client crate compiles etcd's protobuf API when built), DejaVu fonts (bench charts), the `openai` Python client (its
-# end-to-end test), numpy (the model's reference forward pass) and the
+# end-to-end test), numpy (the model's reference forward pass), g++ and make
+# (llama.cpp's server, built by scripts/llama-server.sh) and the
 # wasm32-wasip2 Rust target (plugins).
 set -euo pipefail
 
@@ -14,6 +15,9 @@ command -v nats-server >/dev/null || need_apt+=(nats-server)
 command -v protoc >/dev/null || need_apt+=(protobuf-compiler)
 [ -f /usr/include/google/protobuf/descriptor.proto ] || need_apt+=(libprotobuf-dev)
 [ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || need_apt+=(fonts-dejavu-core)
+# llama.cpp's server is built from source for the engine tests (scripts/llama-server.sh).
+command -v g++ >/dev/null || need_apt+=(g++)
+command -v make >/dev/null || need_apt+=(make)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: installing ${need_apt[*]}"
   sudo_cmd=""

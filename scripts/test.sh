@@ -13,6 +13,8 @@ LLMGW_PLUGIN_WASM_DIR="$PWD/target/wasm32-wasip2/plugin" cargo test --workspace
 # and run here, where the model is now present.
 scripts/fetch-model.sh >/dev/null
 cargo test -p workers --release --test model_smollm2 -- --ignored
+# llama.cpp's server behind the gateway (built once, cached outside the clone).
+LLMGW_LLAMA_SERVER="$(scripts/llama-server.sh)" cargo test -p e2e --test engines -- --ignored
 # The CUDA backend builds without a CUDA toolkit. Its tests are ignored by
 # default (they show as such) and run only where their library is present:
 # the kernels compile wherever NVRTC loads, the parity test needs a GPU.

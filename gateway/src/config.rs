@@ -11,6 +11,7 @@ use std::time::Duration;
 use http::Uri;
 use serde::{Deserialize, Serialize};
 
+use crate::engine::EngineKind;
 use crate::plugin::{PluginsConfig, PolicyBinding};
 use protocol::WorkerId;
 
@@ -367,6 +368,11 @@ pub struct RawPool {
     /// A WASM routing policy for this pool; default none: the built-in one.
     #[serde(default)]
     pub policy: Option<PolicyBinding>,
+    /// The engine its static workers run, unless one says otherwise:
+    /// `llmgw` (this project's worker), `vllm`, `sglang`, `llamacpp` or
+    /// `openai` (any OpenAI-compatible server). Default `llmgw`.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub engine: EngineKind,
     #[serde(default)]
     pub workers: Vec<RawStaticWorker>,
 }
@@ -383,6 +389,13 @@ pub struct RawStaticWorker {
     /// Free-form labels (version, colour, …) for policies.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// Default: the pool's `engine`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engine: Option<EngineKind>,
+    /// Where its Prometheus metrics are scraped for load (vLLM, SGLang,
+    /// llama.cpp). Default `{url}/metrics`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_url: Option<String>,
 }
 
 /// A pool, checked.
@@ -404,6 +417,9 @@ pub struct StaticWorker {
     pub url: Uri,
     pub zone: String,
     pub labels: BTreeMap<String, String>,
+    pub engine: EngineKind,
+    /// Set for engines whose load is scraped.
+    pub metrics_url: Option<Uri>,
 }
 
 impl Config {
@@ -612,12 +628,36 @@ impl RawConfig {
                 } else if !worker_ids.insert(&worker.id) {
                     errors.push(format!("{key}.id: duplicate worker id `{}`", worker.id));
                 }
+                let engine = worker.engine.unwrap_or(pool.engine);
+                let metrics_url = match (&worker.metrics_url, engine.scrapes_metrics()) {
+                    (Some(_), false) => {
+                        errors.push(format!(
+                            "{key}.metrics_url: engine `{}` has no metrics to scrape",
+                            engine.name()
+                        ));
+                        None
+                    }
+                    (Some(url), true) => match metrics_url(url) {
+                        Ok(url) => Some(url),
+                        Err(reason) => {
+                            errors.push(format!("{key}.metrics_url: {reason}"));
+                            None
+                        }
+                    },
+                    (None, _) => None,
+                };
                 match worker_url(&worker.url) {
                     Ok(url) => workers.push(StaticWorker {
                         id: WorkerId::from(worker.id.as_str()),
+                        metrics_url: metrics_url.or_else(|| {
+                            engine
+                                .scrapes_metrics()
+                                .then(|| crate::upstream::uri(&url, "/metrics"))
+                        }),
                         url,
                         zone: worker.zone.clone(),
                         labels: worker.labels.clone(),
+                        engine,
                     }),
                     Err(reason) => errors.push(format!("{key}.url: {reason}")),
                 }
@@ -633,6 +673,23 @@ impl RawConfig {
         }
         pools
     }
+}
+
+/// A metrics endpoint: `http://` or `https://`, a host, any path.
+fn metrics_url(url: &str) -> Result<Uri, String> {
+    let uri: Uri = url
+        .parse()
+        .map_err(|e| format!("`{url}` is not a URL: {e}"))?;
+    match (uri.scheme_str(), uri.host()) {
+        (Some("http" | "https"), Some(_)) => Ok(uri),
+        _ => Err(format!(
+            "`{url}` must be an http:// or https:// URL with a host"
+        )),
+    }
+}
+
+fn is_default<T: Default + PartialEq>(value: &T) -> bool {
+    *value == T::default()
 }
 
 /// A worker's base URL, parsed: `http://` or `https://`, a host, no path.
@@ -904,9 +961,61 @@ mod tests {
     }
 
     #[test]
-    fn example_config_is_valid() {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/gateway.toml");
-        Config::from_file(&path).unwrap();
+    fn example_configs_are_valid() {
+        for name in ["gateway.toml", "engines.toml"] {
+            let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../config")
+                .join(name);
+            Config::from_file(&path).unwrap();
+        }
+    }
+
+    #[test]
+    fn engines_default_to_the_pools_and_metrics_to_their_url() {
+        let c = Config::from_toml(
+            r#"
+            [[pools]]
+            name = "p"
+            models = ["m"]
+            engine = "vllm"
+            [[pools.workers]]
+            id = "a"
+            url = "http://h:1"
+            [[pools.workers]]
+            id = "b"
+            url = "http://h:2"
+            engine = "openai"
+            [[pools.workers]]
+            id = "c"
+            url = "http://h:3"
+            metrics_url = "http://h:9/prom"
+            "#,
+        )
+        .unwrap();
+        let w = &c.pools[0].workers;
+        assert_eq!(
+            (w[0].engine, w[1].engine),
+            (EngineKind::Vllm, EngineKind::Openai)
+        );
+        assert_eq!(
+            w[0].metrics_url.as_ref().unwrap().to_string(),
+            "http://h:1/metrics"
+        );
+        assert_eq!(w[1].metrics_url, None);
+        assert_eq!(
+            w[2].metrics_url.as_ref().unwrap().to_string(),
+            "http://h:9/prom"
+        );
+        let err = Config::from_toml(
+            "[[pools]]\nname = \"p\"\nmodels = [\"m\"]\n[[pools.workers]]\nid = \"a\"\nurl = \"http://h:1\"\nmetrics_url = \"http://h:1/metrics\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("pools[0].workers[0].metrics_url"), "{err}");
+        assert!(
+            Config::from_toml("[[pools]]\nname = \"p\"\nmodels = [\"m\"]\nengine = \"tgi\"\n")
+                .is_err()
+        );
     }
 
     #[test]

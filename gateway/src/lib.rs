@@ -5,8 +5,9 @@
 //! tower layers) → `api` → `admit` → `parse` → `tokenize` → `prefix` →
 //! `candidates` → `decide` (a WASM `plugin`, or the built-in `policy` over
 //! `score`) → `failover` (over `upstream`) → `stream` (relay back). Each
-//! `worker` carries its `health` state machines, which `probe` and
-//! `failover` feed; `pools` groups workers by model; `admin` reports them.
+//! `worker` carries its `health` state machines, which `probe` (by the
+//! conventions of the worker's `engine`) and `failover` feed; `pools`
+//! groups workers by model; `admin` reports them.
 //! `live` is the config and registry in force, which `control` swaps as etcd
 //! changes and `mirror` keeps fed with the workers' KV events and load.
 //!
@@ -20,6 +21,7 @@ pub mod candidates;
 pub mod config;
 pub mod control;
 pub mod decide;
+mod engine;
 mod error;
 mod failover;
 mod health;

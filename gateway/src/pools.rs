@@ -10,6 +10,7 @@ use prompt::{Tokenizer, TokenizerError};
 use protocol::control::Registration;
 
 use crate::config::{worker_url, Config};
+use crate::engine::EngineKind;
 use crate::plugin::PolicySlot;
 use crate::plugin_table::PluginTable;
 use crate::prefix::PrefixState;
@@ -86,40 +87,55 @@ impl Registry {
                     Arc::default(),
                 ),
             };
-            let statics = p
-                .workers
-                .iter()
-                .map(|w| (w.id.as_str(), w.url.clone(), w.zone.as_str(), &w.labels));
+            let statics = p.workers.iter().map(|w| {
+                let engine = (w.engine, w.metrics_url.clone());
+                (
+                    w.id.as_str(),
+                    w.url.clone(),
+                    w.zone.as_str(),
+                    &w.labels,
+                    engine,
+                )
+            });
             // A registration never shadows a static worker of the same id
             // (the control plane lists it among the ignored ones).
             let registered = discovered
                 .iter()
                 .filter(|r| r.pool == p.name && !p.workers.iter().any(|w| w.id == *r.id))
                 // The control plane ignores registrations with bad URLs.
+                // Registrations come from this project's workers.
                 .filter_map(|r| {
                     Some((
                         r.id.as_str(),
                         worker_url(&r.url).ok()?,
                         r.zone.as_str(),
                         &r.labels,
+                        (EngineKind::Llmgw, None),
                     ))
                 });
             let workers: Vec<Arc<Worker>> = statics
                 .chain(registered)
-                .map(|(id, url, zone, labels)| {
-                    let same = kept
-                        .and_then(|old| old.worker(id))
-                        .filter(|w| w.url == url && w.zone == zone && &w.labels == labels);
+                .map(|(id, url, zone, labels, (engine, metrics_url))| {
+                    let same = kept.and_then(|old| old.worker(id)).filter(|w| {
+                        w.url == url
+                            && w.zone == zone
+                            && &w.labels == labels
+                            && w.engine == engine
+                            && w.metrics_url == metrics_url
+                    });
                     match same {
                         Some(w) => w.clone(),
-                        None => Arc::new(Worker::new(
-                            WorkerId::from(id),
-                            p.name.clone(),
-                            url,
-                            zone.to_string(),
-                            labels.clone(),
-                            &config.breaker,
-                        )),
+                        None => Arc::new(
+                            Worker::new(
+                                WorkerId::from(id),
+                                p.name.clone(),
+                                url,
+                                zone.to_string(),
+                                labels.clone(),
+                                &config.breaker,
+                            )
+                            .with_engine(engine, metrics_url),
+                        ),
                     }
                 })
                 .collect();

@@ -1,5 +1,7 @@
-//! Active health probes: every worker's `/health` on an interval, each
-//! answer fed to its probe state machine (`health`) and its load report kept.
+//! Active health probes: every worker on an interval, by its engine's
+//! conventions (`engine`): is it up, does it serve its pool's models, and
+//! what load it reports or its metrics tell. Each verdict feeds the worker's
+//! probe state machine (`health`).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -9,6 +11,7 @@ use http_body_util::{BodyExt, Empty};
 use protocol::HealthReport;
 
 use crate::config::HealthConfig;
+use crate::engine::{self, EngineKind};
 use crate::health::ProbeState;
 use crate::live::Shared;
 use crate::metrics;
@@ -33,13 +36,11 @@ pub async fn run_probes(live: Shared, upstream: Upstream, config: HealthConfig) 
 }
 
 async fn probe_one(pool: &Pool, worker: Arc<Worker>, upstream: &Upstream, config: &HealthConfig) {
-    let report = tokio::time::timeout(config.timeout, fetch_report(upstream, &worker.url))
+    let verdict = tokio::time::timeout(config.timeout, check(upstream, &worker, &pool.models))
         .await
-        .unwrap_or(None);
-    let ok = report.as_ref().is_some_and(|r| r.status == "ok");
-    if let Some(report) = report {
-        worker.report_load(report.load, Instant::now());
-    }
+        .unwrap_or(Err(None));
+    let ok = verdict.is_ok();
+    *worker.problem.lock().unwrap() = verdict.err().flatten();
     let (before, after) = {
         let mut probe = worker.probe.lock().unwrap();
         let before = *probe;
@@ -51,23 +52,81 @@ async fn probe_one(pool: &Pool, worker: Arc<Worker>, upstream: &Upstream, config
         if after.routable() {
             tracing::info!(worker = %worker.id, pool = %worker.pool, "worker healthy");
         } else {
-            tracing::warn!(worker = %worker.id, pool = %worker.pool, "worker unhealthy");
+            let problem = worker.problem.lock().unwrap().clone().unwrap_or_default();
+            tracing::warn!(worker = %worker.id, pool = %worker.pool, %problem, "worker unhealthy");
             // A dead worker's cache died with it; if it comes back, its events resync it.
             pool.prefix.remove_worker(&worker.id);
         }
     }
 }
 
-/// A worker's `/health` answer; `None` when it gave none that parses.
-pub async fn fetch_report(upstream: &Upstream, url: &http::Uri) -> Option<HealthReport> {
-    let req = http::Request::get(upstream::uri(url, "/health"))
+/// Whether `worker` is up and serves every model of its pool, by its
+/// engine's conventions, keeping the load it reports or its metrics tell on
+/// the way. `Err(Some(why))` when it answered but cannot serve the pool,
+/// `Err(None)` when it did not answer as up.
+async fn check(
+    upstream: &Upstream,
+    worker: &Worker,
+    models: &[String],
+) -> Result<(), Option<String>> {
+    let served = match worker.engine {
+        EngineKind::Llmgw => {
+            let report = fetch_report(upstream, &worker.url).await.ok_or(None)?;
+            worker.report_load(report.load, Instant::now());
+            if report.status != "ok" {
+                return Err(None);
+            }
+            vec![report.model]
+        }
+        kind => {
+            let (status, body) = get(upstream, upstream::uri(&worker.url, kind.health_path()))
+                .await
+                .ok_or(None)?;
+            if !status.is_success() {
+                return Err(None);
+            }
+            let list = match kind {
+                EngineKind::Openai => body,
+                _ => {
+                    get(upstream, upstream::uri(&worker.url, "/v1/models"))
+                        .await
+                        .filter(|(status, _)| status.is_success())
+                        .ok_or(None)?
+                        .1
+                }
+            };
+            if let Some(url) = &worker.metrics_url {
+                // A failed scrape keeps no figure: the last one goes stale.
+                if let Some((_, text)) = get(upstream, url.clone()).await {
+                    let text = String::from_utf8_lossy(&text);
+                    if let Some(load) = engine::load_from_metrics(kind, &text) {
+                        worker.report_load(load, Instant::now());
+                    }
+                }
+            }
+            engine::served_models(&list)
+                .ok_or_else(|| Some("`/v1/models` is not an OpenAI model list".to_string()))?
+        }
+    };
+    engine::model_problem(models, &served).map_or(Ok(()), |problem| Err(Some(problem)))
+}
+
+/// A GET's status and body; `None` when no answer came.
+async fn get(upstream: &Upstream, uri: http::Uri) -> Option<(http::StatusCode, Bytes)> {
+    let req = http::Request::get(uri)
         .body(Empty::<Bytes>::new().map_err(|e| match e {}).boxed())
         .ok()?;
     let resp = upstream.request(req).await.ok()?;
-    let ok_status = resp.status().is_success();
+    let status = resp.status();
     let body = resp.into_body().collect().await.ok()?.to_bytes();
+    Some((status, body))
+}
+
+/// A worker's `/health` answer; `None` when it gave none that parses.
+pub async fn fetch_report(upstream: &Upstream, url: &http::Uri) -> Option<HealthReport> {
+    let (status, body) = get(upstream, upstream::uri(url, "/health")).await?;
     let mut report: HealthReport = serde_json::from_slice(&body).ok()?;
-    if !ok_status && report.status == "ok" {
+    if !status.is_success() && report.status == "ok" {
         report.status = "unavailable".to_string();
     }
     Some(report)

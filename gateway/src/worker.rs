@@ -12,6 +12,7 @@ use http::Uri;
 use protocol::{LoadReport, WorkerId};
 
 use crate::config::BreakerConfig;
+use crate::engine::EngineKind;
 use crate::health::{Breaker, ProbeState};
 use crate::metrics;
 
@@ -22,6 +23,9 @@ pub struct Worker {
     pub url: Uri,
     pub zone: String,
     pub labels: BTreeMap<String, String>,
+    pub engine: EngineKind,
+    /// Where its load is scraped, for engines whose metrics tell it.
+    pub metrics_url: Option<Uri>,
     in_flight: AtomicU32,
     /// Prompt tokens this gateway sent the worker to prefill that have not
     /// produced a first byte yet: known at once, unlike the worker's report.
@@ -32,6 +36,9 @@ pub struct Worker {
     reported_load: Mutex<Option<(LoadReport, Instant)>>,
     /// The block size the worker says it hashes with, once it said so.
     pub reported_block_size: Mutex<Option<usize>>,
+    /// Why the last probe failed though the server answered (it serves
+    /// another model, say), for `/status`.
+    pub problem: Mutex<Option<String>>,
 }
 
 impl Worker {
@@ -49,13 +56,23 @@ impl Worker {
             url,
             zone,
             labels,
+            engine: EngineKind::Llmgw,
+            metrics_url: None,
             in_flight: AtomicU32::new(0),
             pending_prefill: AtomicUsize::new(0),
             probe: Mutex::new(ProbeState::default()),
             breaker: Mutex::new(Breaker::new(breaker)),
             reported_load: Mutex::new(None),
             reported_block_size: Mutex::new(None),
+            problem: Mutex::new(None),
         }
+    }
+
+    /// This worker running `engine`, its load scraped from `metrics_url`.
+    pub fn with_engine(mut self, engine: EngineKind, metrics_url: Option<Uri>) -> Worker {
+        self.engine = engine;
+        self.metrics_url = metrics_url;
+        self
     }
 
     /// Whether routing may consider this worker now: probes say it is up and

@@ -1,0 +1,197 @@
+//! The engines a worker may run, and each one's conventions: where it says
+//! it is up, what it says it serves, and which of its Prometheus gauges tell
+//! its load. Gauge names are those of each engine's source; names have moved
+//! between versions, so every known variant is accepted. Pure.
+
+use protocol::LoadReport;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EngineKind {
+    /// This project's worker: `/health` answers a `HealthReport` with its
+    /// model and load, and KV events come over the bus.
+    #[default]
+    Llmgw,
+    /// vLLM's OpenAI server: `/health` answers 200 with an empty body.
+    Vllm,
+    /// SGLang's server: `/health` answers 200.
+    Sglang,
+    /// llama.cpp's `llama-server`: `/health` answers 503 while it loads the
+    /// model; load needs `--metrics`.
+    Llamacpp,
+    /// Any OpenAI-compatible server: up while `/v1/models` answers.
+    Openai,
+}
+
+impl EngineKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            EngineKind::Llmgw => "llmgw",
+            EngineKind::Vllm => "vllm",
+            EngineKind::Sglang => "sglang",
+            EngineKind::Llamacpp => "llamacpp",
+            EngineKind::Openai => "openai",
+        }
+    }
+
+    /// The path whose 2xx answer says the server is up.
+    pub fn health_path(self) -> &'static str {
+        match self {
+            EngineKind::Openai => "/v1/models",
+            _ => "/health",
+        }
+    }
+
+    /// Whether load comes from the engine's Prometheus metrics (ours reports
+    /// its own in `/health` and on the bus; a plain OpenAI server has none).
+    pub fn scrapes_metrics(self) -> bool {
+        !self.gauges().running.is_empty()
+    }
+
+    fn gauges(self) -> Gauges {
+        match self {
+            EngineKind::Vllm => Gauges {
+                running: &["vllm:num_requests_running"],
+                waiting: &["vllm:num_requests_waiting"],
+            },
+            EngineKind::Sglang => Gauges {
+                // Some exporters rewrite the colon to an underscore.
+                running: &["sglang:num_running_reqs", "sglang_num_running_reqs"],
+                waiting: &["sglang:num_queue_reqs", "sglang_num_queue_reqs"],
+            },
+            EngineKind::Llamacpp => Gauges {
+                running: &["llamacpp:requests_processing"],
+                waiting: &["llamacpp:requests_deferred"],
+            },
+            EngineKind::Llmgw | EngineKind::Openai => Gauges {
+                running: &[],
+                waiting: &[],
+            },
+        }
+    }
+}
+
+/// The gauge names, with their variants, of requests running and waiting.
+struct Gauges {
+    running: &'static [&'static str],
+    waiting: &'static [&'static str],
+}
+
+/// The load a `kind` engine's Prometheus exposition `text` tells: each gauge
+/// summed over its samples (one per model, engine or data-parallel rank).
+/// `None` when the text does not parse or lacks a gauge, so that such a
+/// scrape counts as unknown load, never as idle.
+pub fn load_from_metrics(kind: EngineKind, text: &str) -> Option<LoadReport> {
+    let gauges = kind.gauges();
+    let (_, families) = nom_openmetrics::parser::prometheus(text).ok()?;
+    let samples: Vec<_> = families.iter().flat_map(|f| &f.samples).collect();
+    let sum = |names: &[&str]| -> Option<usize> {
+        let values: Vec<f64> = samples
+            .iter()
+            .filter(|s| names.contains(&s.name()))
+            .map(|s| s.number())
+            .collect();
+        (!values.is_empty()).then(|| values.iter().sum::<f64>().max(0.0).round() as usize)
+    };
+    Some(LoadReport {
+        running: sum(gauges.running)?,
+        waiting: sum(gauges.waiting)?,
+        ..LoadReport::default()
+    })
+}
+
+/// The model ids an OpenAI `/v1/models` answer lists.
+pub fn served_models(body: &[u8]) -> Option<Vec<String>> {
+    let list: serde_json::Value = serde_json::from_slice(body).ok()?;
+    list.get("data")?
+        .as_array()?
+        .iter()
+        .map(|m| Some(m.get("id")?.as_str()?.to_string()))
+        .collect()
+}
+
+/// Why a server that answers does not serve `pool_models`, if it does not:
+/// the gateway forwards the model a client names, so the server must list
+/// every model of its pool.
+pub fn model_problem(pool_models: &[String], served: &[String]) -> Option<String> {
+    let missing: Vec<&str> = pool_models
+        .iter()
+        .filter(|m| !served.contains(m))
+        .map(String::as_str)
+        .collect();
+    (!missing.is_empty()).then(|| {
+        format!(
+            "misconfigured: serves [{}], not the pool's [{}]",
+            served.join(", "),
+            missing.join(", ")
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // As the engines write them (labels, HELP and TYPE lines included).
+    const VLLM: &str = "\
+# HELP vllm:num_requests_running Number of requests in model execution batches.
+# TYPE vllm:num_requests_running gauge
+vllm:num_requests_running{engine=\"0\",model_name=\"m\"} 3.0
+vllm:num_requests_running{engine=\"1\",model_name=\"m\"} 2.0
+# HELP vllm:num_requests_waiting Number of requests waiting to be processed.
+# TYPE vllm:num_requests_waiting gauge
+vllm:num_requests_waiting{engine=\"0\",model_name=\"m\"} 4.0
+# TYPE vllm:kv_cache_usage_perc gauge
+vllm:kv_cache_usage_perc{engine=\"0\",model_name=\"m\"} 0.5
+";
+    const SGLANG: &str = "\
+# TYPE sglang:num_running_reqs gauge
+sglang:num_running_reqs{model_name=\"m\",dp=\"0\"} 7.0
+# TYPE sglang:num_queue_reqs gauge
+sglang:num_queue_reqs{model_name=\"m\",dp=\"0\"} 1.0
+";
+    const LLAMACPP: &str = "\
+# HELP llamacpp:requests_processing Number of requests processing.
+# TYPE llamacpp:requests_processing gauge
+llamacpp:requests_processing 2
+# HELP llamacpp:requests_deferred Number of requests deferred.
+# TYPE llamacpp:requests_deferred gauge
+llamacpp:requests_deferred 0
+";
+
+    fn load(kind: EngineKind, text: &str) -> Option<(usize, usize)> {
+        load_from_metrics(kind, text).map(|l| (l.running, l.waiting))
+    }
+
+    #[test]
+    fn each_engine_reads_its_own_gauges_summed_over_samples() {
+        assert_eq!(load(EngineKind::Vllm, VLLM), Some((5, 4)));
+        assert_eq!(load(EngineKind::Sglang, SGLANG), Some((7, 1)));
+        assert_eq!(
+            load(EngineKind::Sglang, &SGLANG.replace("sglang:", "sglang_")),
+            Some((7, 1))
+        );
+        assert_eq!(load(EngineKind::Llamacpp, LLAMACPP), Some((2, 0)));
+    }
+
+    #[test]
+    fn missing_gauges_are_unknown_load_not_idle() {
+        assert_eq!(load(EngineKind::Vllm, LLAMACPP), None);
+        assert_eq!(load(EngineKind::Llamacpp, ""), None);
+        assert_eq!(load(EngineKind::Openai, VLLM), None);
+        assert!(!EngineKind::Llmgw.scrapes_metrics() && !EngineKind::Openai.scrapes_metrics());
+    }
+
+    #[test]
+    fn a_server_must_list_every_model_of_its_pool() {
+        let body = br#"{"object":"list","data":[{"id":"a","object":"model"},{"id":"b"}]}"#;
+        let served = served_models(body).unwrap();
+        assert_eq!(served, ["a", "b"]);
+        let pool = |m: &[&str]| m.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(model_problem(&pool(&["a", "b"]), &served), None);
+        let problem = model_problem(&pool(&["a", "c"]), &served).unwrap();
+        assert!(problem.contains("[c]"), "{problem}");
+        assert_eq!(served_models(b"not json"), None);
+    }
+}

@@ -1,0 +1,222 @@
+//! Third-party engines behind the gateway, for real: two llama.cpp
+//! `llama-server --metrics` processes serving the SmolLM2 GGUF, as a pool
+//! with `engine = "llamacpp"`. Ignored by default: they need `llama-server`
+//! (built by `scripts/llama-server.sh`, its path in `LLMGW_LLAMA_SERVER`) and
+//! the model (`scripts/fetch-model.sh`); `scripts/test.sh` provides both and
+//! runs them with `--ignored`.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use e2e::*;
+use serde_json::{json, Value};
+use tokio::process::{Child, Command};
+
+const MODEL_ALIAS: &str = "smollm2";
+
+fn llama_server() -> PathBuf {
+    let path = std::env::var_os("LLMGW_LLAMA_SERVER")
+        .map(PathBuf::from)
+        .expect("LLMGW_LLAMA_SERVER names the llama-server binary (scripts/llama-server.sh)");
+    assert!(path.is_file(), "{} is absent", path.display());
+    path
+}
+
+fn model() -> PathBuf {
+    let cache = std::env::var_os("LLMGW_MODELS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache/llmgw/models")
+        });
+    let path = cache.join("SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(
+        path.is_file(),
+        "{} is absent; run scripts/fetch-model.sh",
+        path.display()
+    );
+    path
+}
+
+/// A `llama-server` on a free port, killed when dropped.
+struct LlamaServer {
+    child: Child,
+    url: String,
+}
+
+impl LlamaServer {
+    async fn start(alias: &str) -> LlamaServer {
+        let port = free_port();
+        let child = Command::new(llama_server())
+            .arg("-m")
+            .arg(model())
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            // Two slots of 1024 tokens, one thread: two servers share 2 cores.
+            .args([
+                "--metrics",
+                "--alias",
+                alias,
+                "-c",
+                "2048",
+                "-np",
+                "2",
+                "-t",
+                "1",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("llama-server starts");
+        let url = format!("http://127.0.0.1:{port}");
+        let health = format!("{url}/health");
+        eventually(Duration::from_secs(120), "llama-server loads the model", || {
+            let health = health.clone();
+            async move {
+                matches!(client().get(&health).send().await, Ok(r) if r.status() == 200)
+            }
+        })
+        .await;
+        LlamaServer { child, url }
+    }
+}
+
+async fn chat_with(api: &str, body: &Value) -> (String, Value) {
+    let resp = client()
+        .post(format!("{api}/v1/chat/completions"))
+        .json(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let worker = resp.headers()["x-worker-id"].to_str().unwrap().to_string();
+    (worker, resp.json().await.unwrap())
+}
+
+fn worker<'a>(status: &'a Value, id: &str) -> &'a Value {
+    status["pools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p["workers"].as_array().unwrap())
+        .find(|w| w["id"] == id)
+        .expect("worker listed")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs llama-server (scripts/llama-server.sh) and the model (scripts/fetch-model.sh)"]
+async fn llama_cpp_servers_serve_behind_the_gateway() {
+    let (s1, mut s2) = (
+        LlamaServer::start(MODEL_ALIAS).await,
+        LlamaServer::start(MODEL_ALIAS).await,
+    );
+    let model = model();
+    // A second pool names a model the servers do not serve: its worker is
+    // misconfigured, whatever its `/health` says.
+    let text = format!(
+        "[listeners]\napi = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n\
+         [health]\ninterval_ms = 200\ntimeout_ms = 2000\nunhealthy_threshold = 1\nhealthy_threshold = 1\n\
+         [[pools]]\nname = \"llama\"\nmodels = [\"{MODEL_ALIAS}\"]\nengine = \"llamacpp\"\ntokenizer = {model:?}\n\
+         [[pools.workers]]\nid = \"l1\"\nurl = \"{}\"\n\
+         [[pools.workers]]\nid = \"l2\"\nurl = \"{}\"\n\
+         [[pools]]\nname = \"other\"\nmodels = [\"other-model\"]\nengine = \"llamacpp\"\n\
+         [[pools.workers]]\nid = \"mis\"\nurl = \"{}\"\n",
+        s1.url, s2.url, s1.url
+    );
+    let gw = spawn_gateway_from(&text).await;
+    eventually(
+        Duration::from_secs(30),
+        "probes judge every server",
+        || async {
+            let s = status(&gw).await;
+            worker(&s, "l1")["health"] == "healthy"
+                && worker(&s, "l2")["health"] == "healthy"
+                && worker(&s, "mis")["health"] == "unhealthy"
+        },
+    )
+    .await;
+    let s = status(&gw).await;
+    let problem = worker(&s, "mis")["problem"].as_str().unwrap().to_string();
+    assert!(
+        problem.contains("misconfigured") && problem.contains("other-model"),
+        "{problem}"
+    );
+    assert_eq!(worker(&s, "l1")["engine"], "llamacpp");
+    assert!(worker(&s, "l1")["problem"].is_null());
+
+    // The official client, as an application would use it.
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("python/openai_client.py");
+    let out = Command::new("python3")
+        .arg(&script)
+        .arg(format!("{}/v1", gw.api))
+        .arg(MODEL_ALIAS)
+        .output()
+        .await
+        .expect("python3 runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("all openai client checks passed"),
+        "openai client script failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Load comes from each server's `/metrics`: a long answer in flight shows.
+    let long = json!({"model": MODEL_ALIAS, "max_tokens": 400, "temperature": 0,
+        "messages": [{"role": "user", "content": "Write a long story about a lighthouse."}]});
+    let api = gw.api.clone();
+    let busy = tokio::spawn(async move { chat_with(&api, &long).await });
+    eventually(
+        Duration::from_secs(30),
+        "a server's metrics show it busy",
+        || async {
+            let s = status(&gw).await;
+            ["l1", "l2"]
+                .iter()
+                .any(|id| worker(&s, id)["load"]["running"].as_u64() >= Some(1))
+        },
+    )
+    .await;
+    busy.await.unwrap();
+
+    // Repeats of a long prefix stick to one server (the approximate index),
+    // which then serves it from its prompt cache.
+    let system = "You are a careful assistant for a harbour office. ".repeat(30);
+    let ask = |i: usize| {
+        json!({"model": MODEL_ALIAS, "max_tokens": 4, "temperature": 0,
+            "messages": [{"role": "system", "content": system},
+                         {"role": "user", "content": format!("Question {i}: when is high tide?")}]})
+    };
+    let (first, _) = chat_with(&gw.api, &ask(0)).await;
+    let mut cached = 0;
+    for i in 1..4 {
+        let (served, body) = chat_with(&gw.api, &ask(i)).await;
+        assert_eq!(
+            served, first,
+            "request {i} left the server holding its prefix"
+        );
+        cached = cached.max(
+            body["usage"]["prompt_tokens_details"]["cached_tokens"]
+                .as_u64()
+                .unwrap_or(0),
+        );
+    }
+    assert!(
+        cached >= 256,
+        "the repeated prefix came from the cache: {cached} tokens"
+    );
+
+    // A server killed: requests fail over to the other, and probes notice.
+    s2.child.kill().await.unwrap();
+    for i in 0..6 {
+        let body = json!({"model": MODEL_ALIAS, "max_tokens": 2,
+            "messages": [{"role": "user", "content": format!("hello {i}")}]});
+        assert_eq!(chat_with(&gw.api, &body).await.0, "l1");
+    }
+    eventually(
+        Duration::from_secs(10),
+        "the killed server is unhealthy",
+        || async { worker(&status(&gw).await, "l2")["health"] == "unhealthy" },
+    )
+    .await;
+    drop(s1);
+}
