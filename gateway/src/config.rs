@@ -191,6 +191,19 @@ pub struct HealthConfig {
     /// Consecutive good probes that mark it healthy again. Default 2.
     #[serde(default = "default_two")]
     pub healthy_threshold: u32,
+    /// Canary generations: a worker that answered no request for this long
+    /// is sent a one-token generation, and its probes fail while that fails
+    /// or outlasts `canary_timeout_ms`. Catches an engine whose HTTP thread
+    /// answers `/health` while its engine loop hangs. Default 0: off.
+    #[serde(rename = "canary_interval_ms", with = "millis", default)]
+    pub canary_interval: Duration,
+    /// Default 5000.
+    #[serde(
+        rename = "canary_timeout_ms",
+        with = "millis",
+        default = "default_canary_timeout"
+    )]
+    pub canary_timeout: Duration,
 }
 
 /// Passive ejection: a circuit breaker per worker fed by real requests.
@@ -506,6 +519,7 @@ impl RawConfig {
         );
         positive("health.interval_ms", ms(self.health.interval));
         positive("health.timeout_ms", ms(self.health.timeout));
+        positive("health.canary_timeout_ms", ms(self.health.canary_timeout));
         positive(
             "health.unhealthy_threshold",
             self.health.unhealthy_threshold.into(),
@@ -777,6 +791,8 @@ impl Default for HealthConfig {
             timeout: default_probe_timeout(),
             unhealthy_threshold: 2,
             healthy_threshold: 2,
+            canary_interval: Duration::ZERO,
+            canary_timeout: default_canary_timeout(),
         }
     }
 }
@@ -871,6 +887,9 @@ fn default_drain_grace() -> Duration {
 }
 fn default_probe_interval() -> Duration {
     Duration::from_millis(1000)
+}
+fn default_canary_timeout() -> Duration {
+    Duration::from_millis(5000)
 }
 fn default_probe_timeout() -> Duration {
     Duration::from_millis(1000)

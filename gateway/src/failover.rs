@@ -139,6 +139,10 @@ pub async fn send(
         match outcome {
             Ok((response, first)) => {
                 worker.breaker.lock().unwrap().on_success();
+                // A 4xx may come from the HTTP front alone, not the engine.
+                if response.status().is_success() {
+                    worker.canary.lock().unwrap().answered(Instant::now());
+                }
                 return Ok(Served {
                     in_flight,
                     response,

@@ -192,6 +192,7 @@ mod tests {
             timeout: Duration::from_millis(1),
             unhealthy_threshold: 2,
             healthy_threshold: 2,
+            ..HealthConfig::default()
         }
     }
 

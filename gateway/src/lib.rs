@@ -17,6 +17,7 @@ mod admin;
 mod admit;
 mod api;
 mod body;
+mod canary;
 pub mod candidates;
 pub mod config;
 pub mod control;

@@ -16,6 +16,7 @@ pub const WORKER_IN_FLIGHT: &str = "llmgw_worker_in_flight_requests";
 pub const WORKER_HEALTHY: &str = "llmgw_worker_healthy";
 pub const FAILOVERS: &str = "llmgw_failovers_total";
 pub const EJECTIONS: &str = "llmgw_worker_ejections_total";
+pub const CANARIES: &str = "llmgw_canary_generations_total";
 pub const SHED: &str = "llmgw_requests_shed_total";
 pub const KV_BATCHES: &str = "llmgw_kv_event_batches_total";
 pub const INDEX_ENTRIES: &str = "llmgw_prefix_index_entries";
@@ -87,6 +88,11 @@ pub fn failover(pool: &str, reason: &'static str) {
 
 pub fn ejection(pool: &str, worker: &str) {
     counter!(EJECTIONS, "pool" => pool.to_string(), "worker" => worker.to_string()).increment(1);
+}
+
+pub fn canary(pool: &str, ok: bool) {
+    let outcome = if ok { "ok" } else { "failed" };
+    counter!(CANARIES, "pool" => pool.to_string(), "outcome" => outcome).increment(1);
 }
 
 pub fn shed() {

@@ -10,6 +10,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use protocol::HealthReport;
 
+use crate::canary;
 use crate::config::HealthConfig;
 use crate::engine::{self, EngineKind};
 use crate::health::ProbeState;
@@ -38,7 +39,8 @@ pub async fn run_probes(live: Shared, upstream: Upstream, config: HealthConfig) 
 async fn probe_one(pool: &Pool, worker: Arc<Worker>, upstream: &Upstream, config: &HealthConfig) {
     let verdict = tokio::time::timeout(config.timeout, check(upstream, &worker, &pool.models))
         .await
-        .unwrap_or(Err(None));
+        .unwrap_or(Err(None))
+        .and_then(|()| canary(pool, &worker, upstream, config));
     let ok = verdict.is_ok();
     *worker.problem.lock().unwrap() = verdict.err().flatten();
     let (before, after) = {
@@ -57,6 +59,41 @@ async fn probe_one(pool: &Pool, worker: Arc<Worker>, upstream: &Upstream, config
             // A dead worker's cache died with it; if it comes back, its events resync it.
             pool.prefix.remove_worker(&worker.id);
         }
+    }
+}
+
+/// Sends `worker` a canary generation when one is due, off the probe round
+/// (a hung engine must not hold up the other workers' probes); the verdict
+/// is the last finished canary's.
+fn canary(
+    pool: &Pool,
+    worker: &Arc<Worker>,
+    upstream: &Upstream,
+    config: &HealthConfig,
+) -> Result<(), Option<String>> {
+    let mut state = worker.canary.lock().unwrap();
+    if state.start(Instant::now(), config.canary_interval) {
+        let (worker, upstream) = (worker.clone(), upstream.clone());
+        let model = pool.models[0].clone();
+        let timeout = config.canary_timeout;
+        // Not awaited by shutdown: it is bounded by its timeout, and only
+        // updates the worker it holds.
+        tokio::spawn(async move {
+            let outcome = canary::send(&upstream, &worker.url, &model, timeout).await;
+            metrics::canary(&worker.pool, outcome.is_ok());
+            if let Err(why) = &outcome {
+                tracing::warn!(worker = %worker.id, pool = %worker.pool, %why, "canary generation failed");
+            }
+            worker
+                .canary
+                .lock()
+                .unwrap()
+                .finish(outcome, Instant::now());
+        });
+    }
+    match state.failure() {
+        Some(why) => Err(Some(format!("canary generation failed: {why}"))),
+        None => Ok(()),
     }
 }
 

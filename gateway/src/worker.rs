@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use http::Uri;
 use protocol::{LoadReport, WorkerId};
 
+use crate::canary::Canary;
 use crate::config::BreakerConfig;
 use crate::engine::EngineKind;
 use crate::health::{Breaker, ProbeState};
@@ -39,6 +40,8 @@ pub struct Worker {
     /// Why the last probe failed though the server answered (it serves
     /// another model, say), for `/status`.
     pub problem: Mutex<Option<String>>,
+    /// The canary generations sent to it (see `canary`).
+    pub canary: Mutex<Canary>,
 }
 
 impl Worker {
@@ -65,6 +68,7 @@ impl Worker {
             reported_load: Mutex::new(None),
             reported_block_size: Mutex::new(None),
             problem: Mutex::new(None),
+            canary: Mutex::new(Canary::new(Instant::now())),
         }
     }
 

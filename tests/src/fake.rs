@@ -26,7 +26,9 @@ impl Drop for FakeWorker {
     }
 }
 
-/// Serves `/health` as healthy and every completion with `status`.
+/// Serves `/health` as healthy and every completion with `status`, or, with
+/// status 0, never answers a completion: an engine whose loop hangs while its
+/// HTTP thread lives.
 pub async fn start(status: u16, tls: Option<Arc<rustls::ServerConfig>>) -> FakeWorker {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -45,7 +47,13 @@ pub async fn start(status: u16, tls: Option<Arc<rustls::ServerConfig>>) -> FakeW
                 let service =
                     hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
                         let hits = hits.clone();
-                        async move { Ok::<_, Infallible>(answer(req.uri().path(), status, &hits)) }
+                        async move {
+                            if status == 0 && req.uri().path() != "/health" {
+                                hits.fetch_add(1, Ordering::Relaxed);
+                                std::future::pending::<()>().await;
+                            }
+                            Ok::<_, Infallible>(answer(req.uri().path(), status, &hits))
+                        }
                     });
                 let builder = auto::Builder::new(TokioExecutor::new());
                 match acceptor {

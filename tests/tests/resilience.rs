@@ -295,3 +295,46 @@ async fn sigterm_drains_without_losing_a_request() {
         .expect("gateway exits");
     assert!(status.success(), "drain exits 0: {status:?}");
 }
+
+#[tokio::test]
+async fn a_worker_whose_engine_hangs_is_caught_by_canary_generations() {
+    // `/health` answers while no completion ever does.
+    let hung = fake::start(0, None).await;
+    let w2 = spawn_worker("w2", "b", WorkerOpts::default()).await;
+    let text = format!(
+        "zone = \"a\"\n[listeners]\napi = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n\
+         [health]\ninterval_ms = 100\ntimeout_ms = 500\nunhealthy_threshold = 1\nhealthy_threshold = 1\n\
+         canary_interval_ms = 300\ncanary_timeout_ms = 300\n\
+         [[pools]]\nname = \"sim\"\nmodels = [\"{MODEL}\"]\n\
+         [[pools.workers]]\nid = \"hung\"\nurl = \"{}\"\nzone = \"a\"\n\
+         [[pools.workers]]\nid = \"w2\"\nurl = \"{}\"\nzone = \"b\"\n",
+        hung.url, w2.url
+    );
+    let gw = spawn_gateway_from(&text).await;
+    // Within two intervals of the first canary (plus its timeout).
+    eventually(
+        Duration::from_secs(3),
+        "the hung worker is unhealthy",
+        || async { worker_status(&gw, "hung").await["health"] == "unhealthy" },
+    )
+    .await;
+    let hung_status = worker_status(&gw, "hung").await;
+    let problem = hung_status["problem"].as_str().unwrap_or_default();
+    assert!(
+        problem.contains("canary generation failed"),
+        "{hung_status}"
+    );
+    // w2 answers its canaries, and traffic goes there only.
+    assert_eq!(worker_status(&gw, "w2").await["health"], "healthy");
+    for i in 0..4 {
+        assert_eq!(
+            served_by(&gw.api, &chat(&format!("{i}"), false, 2)).await,
+            "w2"
+        );
+    }
+    let metrics = metrics_text(&gw).await;
+    assert!(
+        metrics.contains("llmgw_canary_generations_total{pool=\"sim\",outcome=\"failed\"}"),
+        "{metrics}"
+    );
+}
