@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use gateway::candidates::{self, Candidate};
+use gateway::candidates::{self, Cached, Candidate};
 use gateway::config::Config;
 use gateway::decide::{self, Facts, PluginInputs};
 use gateway::plugin::{
@@ -104,9 +104,11 @@ pub fn run(args: Args, out: &Path) -> anyhow::Result<()> {
         let facts = facts(&headers);
         // The built-in policy through the same stage a request goes
         // through: the pool has no plugin. It takes its candidates by
-        // value, so the clone of n `Arc`s is part of its cost.
+        // value, so the clone of n `Arc`s is part of its cost (and of the
+        // plugin columns', which shuffle their own copy).
         let builtin = time(args.calls, || {
-            let order = decide::decide(&config, pool, black_box(candidates.clone()), &facts)?;
+            let candidates = black_box(candidates.clone());
+            let order = decide::decide(&config, pool, candidates, &facts, &mut rand::rng())?;
             black_box(order.len());
             Ok(())
         })?;
@@ -140,7 +142,9 @@ pub fn run(args: Args, out: &Path) -> anyhow::Result<()> {
             },
         )?;
         let fresh = time(args.fresh_calls, || {
-            let inputs = PluginInputs::new(&config, pool, &candidates, &facts);
+            let mut candidates = candidates.clone();
+            let inputs =
+                PluginInputs::new(&config, pool, &mut candidates, &facts, &mut rand::rng());
             let decision = policy.route_fresh(&inputs.request, inputs.table(), &inputs.candidates);
             black_box(decision?);
             Ok(())
@@ -148,11 +152,13 @@ pub fn run(args: Args, out: &Path) -> anyhow::Result<()> {
         // What building the plugin's inputs costs the gateway per request,
         // included in the plugin columns.
         let inputs = time(args.calls, || {
+            let mut candidates = black_box(candidates.clone());
             black_box(PluginInputs::new(
                 &config,
                 pool,
-                black_box(&candidates),
+                &mut candidates,
                 &facts,
+                &mut rand::rng(),
             ));
             Ok(())
         })?;
@@ -319,7 +325,8 @@ fn plugin_decide(
     candidates: &[Candidate],
     facts: &Facts<'_>,
 ) -> Result<Vec<Arc<Worker>>, PluginError> {
-    let inputs = PluginInputs::new(config, pool, candidates, facts);
+    let mut candidates = candidates.to_vec();
+    let inputs = PluginInputs::new(config, pool, &mut candidates, facts, &mut rand::rng());
     Ok(match inputs.ask(plugin)? {
         Decision::Route(order) => order
             .into_iter()
@@ -424,10 +431,13 @@ fn gather(pool: &Pool) -> Vec<Candidate> {
             now,
         );
     }
-    let overlaps: Vec<u32> = (0..pool.workers.len())
-        .map(|i| (i * 11 % PROMPT_BLOCKS) as u32)
+    let cached: Vec<Cached> = (0..pool.workers.len())
+        .map(|i| Cached {
+            overlap_blocks: (i * 11 % PROMPT_BLOCKS) as u32,
+            held_blocks: i * 53 % 4096,
+        })
         .collect();
-    let mut candidates = candidates::gather(pool, &overlaps, "a", now, Duration::from_secs(3600));
+    let mut candidates = candidates::gather(pool, &cached, "a", now, Duration::from_secs(3600));
     for (i, c) in candidates.iter_mut().enumerate() {
         c.in_flight = (i * 7 % 13) as u32;
     }

@@ -169,10 +169,10 @@ async fn route(
             .await?;
 
     let now = Instant::now();
-    let overlaps = pool
+    let cached = pool
         .prefix
-        .overlaps(strategy, gw.bus_up(), &prompt.hashes, &pool.workers, now);
-    let candidates = candidates::gather(&pool, &overlaps, &config.zone, now, gw.load_stale);
+        .cached(strategy, gw.bus_up(), &prompt.hashes, &pool.workers, now);
+    let candidates = candidates::gather(&pool, &cached, &config.zone, now, gw.load_stale);
 
     let facts = decide::Facts {
         model: &parsed.model,
@@ -182,7 +182,7 @@ async fn route(
         session_key: session_key(&headers, parsed.user.as_deref()),
         headers: &headers,
     };
-    let order = decide::decide(config, &pool, candidates, &facts)?;
+    let order = decide::decide(config, &pool, candidates, &facts, &mut rand::rng())?;
 
     let targets = order
         .into_iter()

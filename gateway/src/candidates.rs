@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use protocol::LoadReport;
 
 use crate::pools::Pool;
+pub use crate::prefix::Cached;
 use crate::worker::Worker;
 
 #[derive(Clone)]
@@ -22,6 +23,8 @@ pub struct Candidate {
     pub load: Option<LoadReport>,
     /// Leading prompt blocks the worker holds in KV cache.
     pub overlap_blocks: u32,
+    /// Blocks it holds in all, as far as this gateway knows.
+    pub held_blocks: usize,
     /// Prompt tokens this gateway sent the worker that are not prefilled yet.
     pub pending_prefill: usize,
 }
@@ -42,25 +45,26 @@ impl Candidate {
     }
 }
 
-/// The routable workers of `pool`, in its order; `overlaps` holds each pool
-/// worker's leading prompt blocks in that same order (`PrefixState::overlaps`).
+/// The routable workers of `pool`, in its order; `cached` tells what each
+/// pool worker holds of the prompt, in that same order (`PrefixState::cached`).
 pub fn gather(
     pool: &Pool,
-    overlaps: &[u32],
+    cached: &[Cached],
     zone: &str,
     now: Instant,
     load_stale: Duration,
 ) -> Vec<Candidate> {
     pool.workers
         .iter()
-        .zip(overlaps)
+        .zip(cached)
         .filter(|(w, _)| w.routable(now))
-        .map(|(w, &overlap_blocks)| Candidate {
+        .map(|(w, cached)| Candidate {
             worker: w.clone(),
             local: w.zone == zone,
             in_flight: w.in_flight(),
             load: w.fresh_load(now, load_stale),
-            overlap_blocks,
+            overlap_blocks: cached.overlap_blocks,
+            held_blocks: cached.held_blocks,
             pending_prefill: w.pending_prefill(),
         })
         .collect()

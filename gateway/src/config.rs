@@ -293,6 +293,11 @@ pub struct RoutingConfig {
     /// Cost of leaving the gateway's zone, in prefill blocks. Default 2.0.
     #[serde(default = "default_remote_zone_cost")]
     pub remote_zone_cost: f64,
+    /// Cost of the fullest cache among the candidates, in prefill blocks (an
+    /// empty one costs 0, the rest in proportion), so that new prefixes
+    /// spread over the pool's caches. Default 1.0.
+    #[serde(default = "default_one")]
+    pub cache_room_weight: f64,
     /// Hot-spot guard: when the busiest candidate serves this many more
     /// requests than the idlest... Default 16.
     #[serde(default = "default_balance_abs")]
@@ -559,6 +564,7 @@ impl RawConfig {
             ("routing.prefill_weight", self.routing.prefill_weight),
             ("routing.decode_weight", self.routing.decode_weight),
             ("routing.remote_zone_cost", self.routing.remote_zone_cost),
+            ("routing.cache_room_weight", self.routing.cache_room_weight),
         ] {
             if !(value.is_finite() && value >= 0.0) {
                 errors.push(format!("{key}: must be a finite number >= 0"));
@@ -825,6 +831,7 @@ impl Default for RoutingConfig {
             prefill_weight: 1.0,
             decode_weight: 1.0,
             remote_zone_cost: default_remote_zone_cost(),
+            cache_room_weight: 1.0,
             balance_abs_threshold: default_balance_abs(),
             balance_rel_threshold: default_balance_rel(),
             approx_ttl: default_approx_ttl(),

@@ -13,6 +13,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use protocol::{ApiError, ErrorKind};
+use rand::seq::SliceRandom;
+use rand::Rng;
 
 use crate::candidates::Candidate;
 use crate::config::{Config, RoutingConfig};
@@ -36,17 +38,19 @@ pub struct Facts<'a> {
     pub headers: &'a http::HeaderMap,
 }
 
-/// The candidates to try, in order, or the policy's rejection.
+/// The candidates to try, in order, or the policy's rejection. `rng` breaks
+/// ties, whichever policy decides.
 pub fn decide(
     config: &Config,
     pool: &Pool,
-    candidates: Vec<Candidate>,
+    mut candidates: Vec<Candidate>,
     facts: &Facts<'_>,
+    rng: &mut impl Rng,
 ) -> Result<Vec<Candidate>, ApiError> {
     let Some(plugin) = pool.policy.current() else {
-        return Ok(builtin(config, pool, candidates, facts));
+        return Ok(builtin(config, pool, candidates, facts, rng));
     };
-    let inputs = PluginInputs::new(config, pool, &candidates, facts);
+    let inputs = PluginInputs::new(config, pool, &mut candidates, facts, rng);
     match call(|| inputs.ask(&plugin)) {
         Ok(Decision::Route(order)) => {
             metrics::policy_decision(&pool.name, "route");
@@ -62,7 +66,7 @@ pub fn decide(
             tracing::warn!(pool = %pool.name, plugin = %info.plugin, version = %info.version,
                 kind = e.kind(), error = %e, "policy failed");
             match config.plugins.on_error {
-                OnError::Fallback => Ok(builtin(config, pool, candidates, facts)),
+                OnError::Fallback => Ok(builtin(config, pool, candidates, facts, rng)),
                 OnError::FailClosed => Err(ApiError::new(
                     ErrorKind::Overloaded,
                     "the routing policy failed; retry later",
@@ -83,10 +87,30 @@ pub struct PluginInputs {
 }
 
 impl PluginInputs {
-    pub fn new(config: &Config, pool: &Pool, candidates: &[Candidate], facts: &Facts<'_>) -> Self {
+    /// Shuffles `candidates` first: a plugin that keeps the order it was
+    /// given on ties (a stable sort by score, say) then breaks them at
+    /// random, as the built-in policy does, instead of piling new prefixes
+    /// onto the first worker of the pool.
+    pub fn new(
+        config: &Config,
+        pool: &Pool,
+        candidates: &mut Vec<Candidate>,
+        facts: &Facts<'_>,
+        rng: &mut impl Rng,
+    ) -> Self {
+        // Located in the pool's order, which the table's lookup is fast for.
         let (table, workers) = pool
             .plugin_table
             .locate(&pool.workers, candidates.iter().map(|c| &c.worker));
+        let mut paired: Vec<(Candidate, u32)> = candidates.drain(..).zip(workers).collect();
+        paired.shuffle(rng);
+        let workers = paired
+            .into_iter()
+            .map(|(c, w)| {
+                candidates.push(c);
+                w
+            })
+            .collect();
         Self {
             request: RouteRequest {
                 model: facts.model.to_string(),
@@ -103,7 +127,7 @@ impl PluginInputs {
             candidates: policy_candidates(
                 candidates,
                 workers,
-                &score_request(pool, facts),
+                &score_request(pool, facts, candidates),
                 &config.routing,
             ),
         }
@@ -120,11 +144,8 @@ impl PluginInputs {
     }
 }
 
-fn score_request(pool: &Pool, facts: &Facts<'_>) -> policy::Request {
-    policy::Request {
-        prompt_blocks: facts.prompt_blocks,
-        block_size: pool.block_size,
-    }
+fn score_request(pool: &Pool, facts: &Facts<'_>, candidates: &[Candidate]) -> policy::Request {
+    policy::Request::new(facts.prompt_blocks, pool.block_size, candidates)
 }
 
 /// Runs a plugin call where it may block: a guest's WASI calls (a panic
@@ -144,14 +165,10 @@ fn builtin(
     pool: &Pool,
     candidates: Vec<Candidate>,
     facts: &Facts<'_>,
+    rng: &mut impl Rng,
 ) -> Vec<Candidate> {
-    policy::order(
-        candidates,
-        &score_request(pool, facts),
-        &config.routing,
-        &mut rand::rng(),
-        pool.next_turn(),
-    )
+    let request = score_request(pool, facts, &candidates);
+    policy::order(candidates, &request, &config.routing, rng, pool.next_turn())
 }
 
 /// The request headers the operator allow-listed for policies, as text.
@@ -211,12 +228,7 @@ fn policy_candidates(
         out.kv_blocks_used.push(report(|l| l.kv_blocks_used));
         out.kv_blocks_total.push(report(|l| l.kv_blocks_total));
         out.overlap_blocks.push(c.overlap_blocks);
-        out.score.push(crate::score::cost(
-            c,
-            request.prompt_blocks,
-            request.block_size,
-            routing,
-        ));
+        out.score.push(crate::score::cost(c, request, routing));
     }
     out
 }
@@ -239,10 +251,7 @@ mod tests {
         });
         // Probed healthy, so only the report is flagged.
         *reported.worker.probe.lock().unwrap() = ProbeState::Healthy { failures: 0 };
-        let request = policy::Request {
-            prompt_blocks: 4,
-            block_size: 16,
-        };
+        let request = policy::Request::new(4, 16, &[]);
         let (candidates, routing) = ([fresh, reported], RoutingConfig::default());
         let out = policy_candidates(&candidates, vec![7, 3], &request, &routing);
         assert_eq!(out.worker, [7, 3]);
@@ -260,7 +269,7 @@ mod tests {
             ),
             (vec![0, 5], vec![0, 1], vec![0, 10], vec![0, 100])
         );
-        let cost = |c| crate::score::cost(c, 4, 16, &routing);
+        let cost = |c| crate::score::cost(c, &request, &routing);
         assert_eq!(out.score, candidates.iter().map(cost).collect::<Vec<_>>());
     }
 

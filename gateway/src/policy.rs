@@ -12,11 +12,7 @@ use crate::candidates::Candidate;
 use crate::config::{RoutingConfig, Strategy};
 use crate::score;
 
-/// What a request brings to the decision besides its candidates.
-pub struct Request {
-    pub prompt_blocks: usize,
-    pub block_size: usize,
-}
+pub use crate::score::Request;
 
 pub fn order(
     mut candidates: Vec<Candidate>,
@@ -37,7 +33,7 @@ pub fn order(
                     let cost = if by_load {
                         f64::from(c.active())
                     } else {
-                        score::cost(&c, request.prompt_blocks, request.block_size, config)
+                        score::cost(&c, request, config)
                     };
                     // The random key breaks ties, so equal workers share the traffic.
                     (saturated(&c), cost, rng.random::<u32>(), c)
@@ -117,6 +113,7 @@ mod tests {
     const REQ: Request = Request {
         prompt_blocks: 8,
         block_size: 16,
+        most_held_blocks: 0,
     };
 
     #[test]

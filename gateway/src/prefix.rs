@@ -14,6 +14,15 @@ use crate::config::{RoutingConfig, Strategy};
 use crate::index::{Applied, ApproxIndex, PrefixIndex};
 use crate::worker::Worker;
 
+/// What routing believes one worker holds of one prompt.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Cached {
+    /// Leading prompt blocks in its KV cache.
+    pub overlap_blocks: u32,
+    /// Blocks in its cache in all: how full it is.
+    pub held_blocks: usize,
+}
+
 pub struct PrefixState {
     exact: Mutex<Exact>,
     approx: Mutex<ApproxIndex>,
@@ -39,33 +48,39 @@ impl PrefixState {
         }
     }
 
-    /// How many leading blocks of the prompt `hashes` each of `workers`
-    /// holds, in their order: exact where the worker's events are followed
-    /// and the bus is up, approximate elsewhere; none under a strategy that
-    /// ignores the cache.
-    pub fn overlaps(
+    /// What each of `workers` holds of the prompt `hashes`, in their order:
+    /// exact where the worker's events are followed and the bus is up,
+    /// approximate elsewhere; nothing under a strategy that ignores the cache.
+    pub fn cached(
         &self,
         strategy: Strategy,
         bus_up: bool,
         hashes: &[BlockHash],
         workers: &[Arc<Worker>],
         now: Instant,
-    ) -> Vec<u32> {
-        if hashes.is_empty() || !strategy.uses_cache() {
-            return vec![0; workers.len()];
+    ) -> Vec<Cached> {
+        if !strategy.uses_cache() {
+            return vec![Cached::default(); workers.len()];
         }
-        let approx = self.approx.lock().unwrap().overlaps(hashes, now);
+        let approx = self.approx.lock().unwrap();
+        let approx_overlaps = approx.overlaps(hashes, now);
         let exact = (strategy == Strategy::Kv && bus_up).then(|| self.exact.lock().unwrap());
         let exact = exact
             .as_ref()
-            .map(|e| (e.index.overlaps(hashes), &e.followed));
+            .map(|e| (&e.index, e.index.overlaps(hashes), &e.followed));
         workers
             .iter()
             .map(|w| match exact {
-                Some((ref overlaps, followed)) if followed.contains(w.id.as_str()) => {
-                    overlaps.blocks(&w.id)
+                Some((index, ref overlaps, followed)) if followed.contains(w.id.as_str()) => {
+                    Cached {
+                        overlap_blocks: overlaps.blocks(&w.id),
+                        held_blocks: index.held_blocks(&w.id),
+                    }
                 }
-                _ => approx.blocks(&w.id),
+                _ => Cached {
+                    overlap_blocks: approx_overlaps.blocks(&w.id),
+                    held_blocks: approx.held_blocks(&w.id),
+                },
             })
             .collect()
     }
@@ -169,12 +184,22 @@ mod tests {
         // A strategy that ignores the cache neither learns nor sees overlaps.
         state.learn(Strategy::RoundRobin, "c", &hashes, now);
         let workers = [worker("a"), worker("b"), worker("c")];
-        let overlaps = |bus_up| state.overlaps(Strategy::Kv, bus_up, &hashes, &workers, now);
+        let cached = |strategy, bus_up| state.cached(strategy, bus_up, &hashes, &workers, now);
+        let overlaps = |bus_up| -> Vec<u32> {
+            let cached = cached(Strategy::Kv, bus_up);
+            cached.iter().map(|c| c.overlap_blocks).collect()
+        };
         assert_eq!(overlaps(true), [3, 2, 0]);
+        let held: Vec<usize> = cached(Strategy::Kv, true)
+            .iter()
+            .map(|c| c.held_blocks)
+            .collect();
         assert_eq!(
-            state.overlaps(Strategy::RoundRobin, true, &hashes, &workers, now),
-            [0, 0, 0]
+            held,
+            [3, 2, 0],
+            "a's from its events, b's from this gateway's sends"
         );
+        assert_eq!(cached(Strategy::RoundRobin, true), [Cached::default(); 3]);
 
         // Bus down: the approximation answers for everyone.
         assert_eq!(overlaps(false), [4, 2, 0]);

@@ -329,3 +329,45 @@ async fn served_ok(gw: &GatewayProc) -> bool {
 fn wrong_world() -> PathBuf {
     plugins_dir().join("wrong-world.wasm")
 }
+
+/// Six distinct long system prompts, one after another, to an idle pool of
+/// three workers in one zone: the workers `x-worker-id` named, in order.
+async fn new_prefixes(gw: &GatewayProc) -> Vec<String> {
+    let mut served = Vec::new();
+    for i in 0..6 {
+        let system = format!("Customer {i} of the weather service. ").repeat(40);
+        let body = json!({"model": MODEL, "max_tokens": 2, "messages": [
+            {"role": "system", "content": system},
+            {"role": "user", "content": "Any rain?"}]});
+        served.push(served_by(&gw.api, &body).await);
+    }
+    served
+}
+
+#[tokio::test]
+async fn new_prefixes_spread_over_the_pools_caches_with_or_without_a_plugin() {
+    let workers = [
+        spawn_worker("w1", "a", WorkerOpts::default()).await,
+        spawn_worker("w2", "a", WorkerOpts::default()).await,
+        spawn_worker("w3", "a", WorkerOpts::default()).await,
+    ];
+    let refs: Vec<&WorkerProc> = workers.iter().collect();
+    // The built-in policy, on the gateway's own record of where it sent what.
+    let builtin = spawn_gateway("a", &refs, "").await;
+    let plain = new_prefixes(&builtin).await;
+    // The shipped failover plugin sorts by the built-in score, stably: the
+    // score's cache-room term spreads new prefixes, and candidates come in a
+    // shuffled order so that its full ties are broken at random too.
+    let dir = temp_dir().join("plugins");
+    install(&dir, "failover", "0.1.0");
+    let with_labels: Vec<(&WorkerProc, &str)> = workers.iter().map(|w| (w, "")).collect();
+    let plugin = gateway(&with_labels, &dir, "failover", json!({})).await;
+    let policy = new_prefixes(&plugin).await;
+    for served in [&plain, &policy] {
+        let distinct: HashSet<&String> = served.iter().collect();
+        assert_eq!(distinct.len(), 3, "every cache took new prefixes: {served:?}");
+        // The first three new prefixes go to three empty caches.
+        let first: HashSet<&String> = served[..3].iter().collect();
+        assert_eq!(first.len(), 3, "{served:?}");
+    }
+}

@@ -170,12 +170,15 @@ impl Oracle {
                     ..LoadReport::default()
                 }),
                 overlap_blocks: Caches::overlap(&caches, &worker.id, &request.hashes),
+                // The oracle weighs what it knows exactly: the overlap.
+                held_blocks: 0,
                 pending_prefill: load.prefill_pending,
             })
             .collect::<Vec<_>>();
         let overlaps: Vec<u32> = candidates.iter().map(|c| c.overlap_blocks).collect();
         drop(caches);
         let req = policy::Request {
+            most_held_blocks: 0,
             prompt_blocks: request.hashes.len(),
             block_size: self.block_size,
         };

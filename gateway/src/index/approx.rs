@@ -16,7 +16,8 @@ pub struct ApproxIndex {
     ttl: Duration,
     max_entries: usize,
     blocks: BlockMap<Holding>,
-    workers: Slots<()>,
+    /// Each worker's live entries: the blocks it is believed to hold.
+    workers: Slots<usize>,
     /// One record per (block, worker) recording, oldest first: eviction and
     /// expiry pop from the front. Re-recording an entry leaves its older
     /// record behind, recognised by a sequence number that no longer matches
@@ -86,7 +87,7 @@ impl ApproxIndex {
         let now = self.latest.map_or(now, |latest| latest.max(now));
         self.latest = Some(now);
         self.expire(now);
-        let slot = self.workers.get_or_insert_with(worker_id, || ());
+        let slot = self.workers.get_or_insert_with(worker_id, || 0);
         for &hash in hashes {
             let seq = self.next_seq;
             self.next_seq += 1;
@@ -98,6 +99,7 @@ impl ApproxIndex {
             });
             if holding.upsert(entry) {
                 self.entries += 1;
+                *self.workers.state_mut(slot) += 1;
             }
             self.records.push_back(Record { hash, slot, seq });
         }
@@ -134,7 +136,7 @@ impl ApproxIndex {
     /// Forgets a worker: called when it leaves the pool. O(all records), as
     /// nothing else lists a worker's entries; workers leave rarely.
     pub fn remove_worker(&mut self, worker_id: &str) {
-        let Some((slot, ())) = self.workers.remove(worker_id) else {
+        let Some((slot, _)) = self.workers.remove(worker_id) else {
             return;
         };
         for record in self.records.iter().filter(|r| r.slot == slot) {
@@ -148,6 +150,14 @@ impl ApproxIndex {
             }
         }
         self.records.retain(|r| r.slot != slot);
+    }
+
+    /// Blocks recorded for `worker_id`: its entries as of the last
+    /// recording (expiry runs when one is made).
+    pub fn held_blocks(&self, worker_id: &str) -> usize {
+        self.workers
+            .get(worker_id)
+            .map_or(0, |slot| *self.workers.state(slot))
     }
 
     /// Distinct blocks recorded for any worker.
@@ -193,6 +203,7 @@ impl ApproxIndex {
         if let Some(holding) = self.blocks.get_mut(&record.hash) {
             if holding.remove(record.slot) {
                 self.entries -= 1;
+                *self.workers.state_mut(record.slot) -= 1;
             }
             if holding.entries.is_empty() {
                 self.blocks.remove(&record.hash);
@@ -279,6 +290,7 @@ mod tests {
         // Recording drops a's expired entries; re-recording refreshes b's first block.
         index.record("b", &prompt(1), t0 + Duration::from_secs(12));
         assert_eq!(index.stats().entries, 2);
+        assert_eq!((index.held_blocks("a"), index.held_blocks("b")), (0, 2));
         let found = index.overlaps(&prompt(4), t0 + Duration::from_secs(16));
         assert_eq!(found.blocks("b"), 1);
     }
@@ -293,6 +305,8 @@ mod tests {
         index.record("a", &prompt(1), t0 + Duration::from_secs(2));
         index.record("c", &prompt(2), t0 + Duration::from_secs(3));
         assert_eq!(index.stats().entries, 5);
+        let held = ["a", "b", "c"].map(|w| index.held_blocks(w));
+        assert_eq!(held, [1, 2, 2], "evictions count against their worker");
         let found = index.overlaps(&prompt(3), t0 + Duration::from_secs(4));
         assert_eq!(found.blocks("a"), 1);
         assert_eq!(found.blocks("b"), 2);
@@ -318,6 +332,7 @@ mod tests {
         index.record("b", &prompt(1), t0);
         index.remove_worker("a");
         assert_eq!(index.stats().entries, 1);
+        assert_eq!(index.held_blocks("a"), 0);
         index.record("c", &prompt(1), t0);
         let found = index.overlaps(&prompt(3), t0);
         assert_eq!(found.blocks("a"), 0);

@@ -127,6 +127,13 @@ impl PrefixIndex {
         self.block_size
     }
 
+    /// Blocks `worker_id`'s events say it holds.
+    pub fn held_blocks(&self, worker_id: &str) -> usize {
+        self.workers
+            .get(worker_id)
+            .map_or(0, |slot| self.workers.state(slot).blocks.len())
+    }
+
     /// Applies one batch of a worker's events, in id order.
     pub fn apply(&mut self, batch: &KvEventBatch) -> Applied {
         let slot = self.slot(&batch.worker_id);
@@ -451,6 +458,8 @@ mod tests {
         assert_eq!(found.blocks("b"), 4);
         assert_eq!(found.blocks("c"), 0);
         assert_eq!(found.len(), 2);
+        let held = ["a", "b", "c", "none"].map(|w| index.held_blocks(w));
+        assert_eq!(held, [3, 4, 2, 0]);
         assert!(index.overlaps(&[h(99)]).is_empty());
         assert!(index.overlaps(&[]).is_empty());
     }
