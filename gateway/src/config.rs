@@ -436,7 +436,7 @@ pub struct StaticWorker {
     pub zone: String,
     pub labels: BTreeMap<String, String>,
     pub engine: EngineKind,
-    /// Set for engines whose load is scraped.
+    /// Where its load is scraped, when not `{url}/metrics`.
     pub metrics_url: Option<Uri>,
 }
 
@@ -669,11 +669,7 @@ impl RawConfig {
                 match worker_url(&worker.url) {
                     Ok(url) => workers.push(StaticWorker {
                         id: WorkerId::from(worker.id.as_str()),
-                        metrics_url: metrics_url.or_else(|| {
-                            engine
-                                .scrapes_metrics()
-                                .then(|| crate::upstream::uri(&url, "/metrics"))
-                        }),
+                        metrics_url,
                         url,
                         zone: worker.zone.clone(),
                         labels: worker.labels.clone(),
@@ -997,7 +993,7 @@ mod tests {
     }
 
     #[test]
-    fn engines_default_to_the_pools_and_metrics_to_their_url() {
+    fn engines_default_to_the_pools() {
         let c = Config::from_toml(
             r#"
             [[pools]]
@@ -1023,11 +1019,7 @@ mod tests {
             (w[0].engine, w[1].engine),
             (EngineKind::Vllm, EngineKind::Openai)
         );
-        assert_eq!(
-            w[0].metrics_url.as_ref().unwrap().to_string(),
-            "http://h:1/metrics"
-        );
-        assert_eq!(w[1].metrics_url, None);
+        assert_eq!((&w[0].metrics_url, &w[1].metrics_url), (&None, &None));
         assert_eq!(
             w[2].metrics_url.as_ref().unwrap().to_string(),
             "http://h:9/prom"

@@ -15,6 +15,7 @@ use crate::plugin::PolicySlot;
 use crate::plugin_table::PluginTable;
 use crate::prefix::PrefixState;
 use crate::tokenize;
+use crate::upstream;
 use crate::worker::Worker;
 use protocol::WorkerId;
 
@@ -88,7 +89,11 @@ impl Registry {
                 ),
             };
             let statics = p.workers.iter().map(|w| {
-                let engine = (w.engine, w.metrics_url.clone());
+                let metrics_url = w.metrics_url.clone().or_else(|| {
+                    let scraped = w.engine.scrapes_metrics();
+                    scraped.then(|| upstream::uri(&w.url, "/metrics"))
+                });
+                let engine = (w.engine, metrics_url);
                 (
                     w.id.as_str(),
                     w.url.clone(),

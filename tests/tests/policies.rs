@@ -365,7 +365,11 @@ async fn new_prefixes_spread_over_the_pools_caches_with_or_without_a_plugin() {
     let policy = new_prefixes(&plugin).await;
     for served in [&plain, &policy] {
         let distinct: HashSet<&String> = served.iter().collect();
-        assert_eq!(distinct.len(), 3, "every cache took new prefixes: {served:?}");
+        assert_eq!(
+            distinct.len(),
+            3,
+            "every cache took new prefixes: {served:?}"
+        );
         // The first three new prefixes go to three empty caches.
         let first: HashSet<&String> = served[..3].iter().collect();
         assert_eq!(first.len(), 3, "{served:?}");
