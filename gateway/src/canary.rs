@@ -1,6 +1,7 @@
 //! Canary generations: health checks that exercise the engine, not just its
-//! HTTP thread. A worker that answered no request for `canary_interval_ms`
-//! is sent a one-token generation; while the last one failed or outlasted
+//! HTTP thread. An idle worker (nothing in flight from this gateway) that
+//! answered no request for `canary_interval_ms` is sent a one-token
+//! generation; while the last one failed or outlasted
 //! `canary_timeout_ms`, its probes fail. The state machine is pure; `send`
 //! is the request.
 
@@ -41,10 +42,11 @@ impl Canary {
     }
 
     /// Whether to send a canary now, and if so, marks one in flight: the
-    /// worker has answered nothing for `interval`, none is in flight, and
-    /// the last was sent at least `interval` ago.
-    pub fn start(&mut self, now: Instant, interval: Duration) -> bool {
-        let quiet = now.saturating_duration_since(self.last_answered) >= interval;
+    /// worker is not `busy` with requests (whose answers will tell), has
+    /// answered nothing for `interval`, has no canary in flight, and the
+    /// last was sent at least `interval` ago.
+    pub fn start(&mut self, now: Instant, interval: Duration, busy: bool) -> bool {
+        let quiet = !busy && now.saturating_duration_since(self.last_answered) >= interval;
         let spaced = self
             .last_sent
             .is_none_or(|sent| now.saturating_duration_since(sent) >= interval);
@@ -125,25 +127,35 @@ mod tests {
     fn only_a_quiet_worker_gets_a_canary_one_at_a_time() {
         let t0 = Instant::now();
         let mut c = Canary::new(t0);
-        assert!(!c.start(t0, Duration::ZERO), "off");
-        assert!(!c.start(t0 + SECOND / 2, SECOND), "answered recently");
-        c.answered(t0 + SECOND / 2);
-        assert!(!c.start(t0 + SECOND, SECOND));
+        assert!(!c.start(t0, Duration::ZERO, false), "off");
         assert!(
-            c.start(t0 + 2 * SECOND, SECOND),
+            !c.start(t0 + SECOND / 2, SECOND, false),
+            "answered recently"
+        );
+        c.answered(t0 + SECOND / 2);
+        assert!(!c.start(t0 + SECOND, SECOND, false));
+        assert!(
+            c.start(t0 + 2 * SECOND, SECOND, false),
             "quiet for a whole interval"
         );
-        assert!(!c.start(t0 + 4 * SECOND, SECOND), "one in flight at a time");
+        assert!(
+            !c.start(t0 + 4 * SECOND, SECOND, false),
+            "one in flight at a time"
+        );
+        assert!(
+            !Canary::new(t0).start(t0 + 2 * SECOND, SECOND, true),
+            "busy with requests"
+        );
         c.finish(Err("status 500".into()), t0 + 4 * SECOND);
         assert_eq!(c.failure(), Some("status 500"));
         assert!(
-            c.start(t0 + 4 * SECOND, SECOND),
+            c.start(t0 + 4 * SECOND, SECOND, false),
             "the last was sent long ago"
         );
         c.finish(Ok(()), t0 + 5 * SECOND);
         assert_eq!(c.failure(), None);
         assert!(
-            !c.start(t0 + 5 * SECOND, SECOND),
+            !c.start(t0 + 5 * SECOND, SECOND, false),
             "the canary's answer counts"
         );
     }

@@ -72,7 +72,11 @@ fn canary(
     config: &HealthConfig,
 ) -> Result<(), Option<String>> {
     let mut state = worker.canary.lock().unwrap();
-    if state.start(Instant::now(), config.canary_interval) {
+    if state.start(
+        Instant::now(),
+        config.canary_interval,
+        worker.in_flight() > 0,
+    ) {
         let (worker, upstream) = (worker.clone(), upstream.clone());
         let model = pool.models[0].clone();
         let timeout = config.canary_timeout;

@@ -116,7 +116,7 @@ async fn llama_cpp_servers_serve_behind_the_gateway() {
     let text = format!(
         "[listeners]\napi = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n\
          [health]\ninterval_ms = 200\ntimeout_ms = 2000\nunhealthy_threshold = 1\nhealthy_threshold = 1\n\
-         canary_interval_ms = 1000\ncanary_timeout_ms = 1000\n\
+         canary_interval_ms = 1000\ncanary_timeout_ms = 3000\n\
          [[pools]]\nname = \"llama\"\nmodels = [\"{MODEL_ALIAS}\"]\nengine = \"llamacpp\"\ntokenizer = {model:?}\n\
          [[pools.workers]]\nid = \"l1\"\nurl = \"{}\"\n\
          [[pools.workers]]\nid = \"l2\"\nurl = \"{}\"\n\
@@ -221,14 +221,14 @@ async fn llama_cpp_servers_serve_behind_the_gateway() {
     .await;
 
     // A server stopped in its tracks (SIGSTOP) is caught within two canary
-    // intervals, plus the canary's and the probe's timeouts.
+    // intervals plus the canary's timeout (its `/health` times out too).
     let pid = s1.child.id().unwrap().to_string();
     let stopped = std::process::Command::new("kill")
         .args(["-STOP", &pid])
         .status();
     assert!(stopped.unwrap().success());
     eventually(
-        Duration::from_secs(5),
+        Duration::from_secs(6),
         "the stopped server is unhealthy",
         || async { worker(&status(&gw).await, "l1")["health"] == "unhealthy" },
     )
