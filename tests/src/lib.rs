@@ -318,14 +318,31 @@ pub async fn metrics_text(gw: &GatewayProc) -> String {
 
 /// Sends a chat request through `api`; asserts success and returns the serving worker's id.
 pub async fn served_by(api: &str, body: &Value) -> String {
+    answered(api, body).await.0
+}
+
+/// Like [`served_by`], with the (non-streamed) answer too.
+pub async fn served_with_answer(api: &str, body: &Value) -> (String, Value) {
+    let (worker, text) = answered(api, body).await;
+    (worker, serde_json::from_str(&text).expect("a JSON answer"))
+}
+
+/// The serving worker's id and the body of a successful chat request.
+async fn answered(api: &str, body: &Value) -> (String, String) {
     let resp = client()
         .post(format!("{api}/v1/chat/completions"))
         .json(body)
         .send()
         .await
         .unwrap();
-    assert_eq!(resp.status(), 200, "{:?}", resp.text().await);
-    resp.headers()["x-worker-id"].to_str().unwrap().to_string()
+    let status = resp.status();
+    let worker = resp
+        .headers()
+        .get("x-worker-id")
+        .map(|v| v.to_str().unwrap().to_string());
+    let text = resp.text().await.unwrap();
+    assert_eq!(status, 200, "{text}");
+    (worker.expect("x-worker-id"), text)
 }
 
 /// The gateway's `/status`.

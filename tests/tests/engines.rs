@@ -81,18 +81,6 @@ impl LlamaServer {
     }
 }
 
-async fn chat_with(api: &str, body: &Value) -> (String, Value) {
-    let resp = client()
-        .post(format!("{api}/v1/chat/completions"))
-        .json(body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    let worker = resp.headers()["x-worker-id"].to_str().unwrap().to_string();
-    (worker, resp.json().await.unwrap())
-}
-
 fn worker<'a>(status: &'a Value, id: &str) -> &'a Value {
     status["pools"]
         .as_array()
@@ -165,7 +153,7 @@ async fn llama_cpp_servers_serve_behind_the_gateway() {
     let long = json!({"model": MODEL_ALIAS, "max_tokens": 400, "temperature": 0,
         "messages": [{"role": "user", "content": "Write a long story about a lighthouse."}]});
     let api = gw.api.clone();
-    let busy = tokio::spawn(async move { chat_with(&api, &long).await });
+    let busy = tokio::spawn(async move { served_with_answer(&api, &long).await });
     eventually(
         Duration::from_secs(30),
         "a server's metrics show it busy",
@@ -187,10 +175,10 @@ async fn llama_cpp_servers_serve_behind_the_gateway() {
             "messages": [{"role": "system", "content": system},
                          {"role": "user", "content": format!("Question {i}: when is high tide?")}]})
     };
-    let (first, _) = chat_with(&gw.api, &ask(0)).await;
+    let (first, _) = served_with_answer(&gw.api, &ask(0)).await;
     let mut cached = 0;
     for i in 1..4 {
-        let (served, body) = chat_with(&gw.api, &ask(i)).await;
+        let (served, body) = served_with_answer(&gw.api, &ask(i)).await;
         assert_eq!(
             served, first,
             "request {i} left the server holding its prefix"
@@ -211,7 +199,7 @@ async fn llama_cpp_servers_serve_behind_the_gateway() {
     for i in 0..6 {
         let body = json!({"model": MODEL_ALIAS, "max_tokens": 2,
             "messages": [{"role": "user", "content": format!("hello {i}")}]});
-        assert_eq!(chat_with(&gw.api, &body).await.0, "l1");
+        assert_eq!(served_with_answer(&gw.api, &body).await.0, "l1");
     }
     eventually(
         Duration::from_secs(10),
