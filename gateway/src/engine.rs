@@ -80,25 +80,91 @@ struct Gauges {
 
 /// The load a `kind` engine's Prometheus exposition `text` tells: each gauge
 /// summed over its samples (one per model, engine or data-parallel rank).
-/// `None` when the text does not parse or lacks a gauge, so that such a
-/// scrape counts as unknown load, never as idle.
+/// `None` when the text does not parse or lacks a request gauge, so that such
+/// a scrape counts as unknown load, never as idle. KV-cache figures are 0 of
+/// 0 (unknown) where the engine does not tell them.
 pub fn load_from_metrics(kind: EngineKind, text: &str) -> Option<LoadReport> {
     let gauges = kind.gauges();
     let (_, families) = nom_openmetrics::parser::prometheus(text).ok()?;
-    let samples: Vec<_> = families.iter().flat_map(|f| &f.samples).collect();
-    let sum = |names: &[&str]| -> Option<usize> {
-        let values: Vec<f64> = samples
-            .iter()
-            .filter(|s| names.contains(&s.name()))
-            .map(|s| s.number())
-            .collect();
-        (!values.is_empty()).then(|| values.iter().sum::<f64>().max(0.0).round() as usize)
-    };
+    let samples: Vec<Sample> = families.iter().flat_map(|f| &f.samples).collect();
+    let (kv_blocks_used, kv_blocks_total) = kv_blocks(kind, &samples);
     Some(LoadReport {
-        running: sum(gauges.running)?,
-        waiting: sum(gauges.waiting)?,
+        running: sum(&samples, gauges.running)?.round() as usize,
+        waiting: sum(&samples, gauges.waiting)?.round() as usize,
+        kv_blocks_used,
+        kv_blocks_total,
         ..LoadReport::default()
     })
+}
+
+type Sample<'a> = &'a nom_openmetrics::Sample<'a>;
+
+/// A gauge summed over its samples, under any of its `names`; `None` if absent.
+fn sum(samples: &[Sample], names: &[&str]) -> Option<f64> {
+    let values: Vec<f64> = samples
+        .iter()
+        .filter(|s| names.contains(&s.name()))
+        .map(|s| s.number())
+        .collect();
+    (!values.is_empty()).then(|| values.iter().sum::<f64>().max(0.0))
+}
+
+/// KV-cache blocks used and in all, where the engine tells them.
+fn kv_blocks(kind: EngineKind, samples: &[Sample]) -> (usize, usize) {
+    match kind {
+        // A usage fraction per engine core, and the core's blocks as a label
+        // of its config info gauge.
+        EngineKind::Vllm => {
+            let core = |s: Sample| {
+                let label = |name| s.labels().iter().find(|l| l.name == name);
+                label("engine").map_or(String::new(), |l| l.value.clone())
+            };
+            let blocks: Vec<(String, f64)> = samples
+                .iter()
+                .filter(|s| s.name() == "vllm:cache_config_info")
+                .filter_map(|s| {
+                    let n = s.labels().iter().find(|l| l.name == "num_gpu_blocks")?;
+                    Some((core(s), n.value.parse().ok()?))
+                })
+                .collect();
+            let used: f64 = samples
+                .iter()
+                .filter(|s| {
+                    matches!(
+                        s.name(),
+                        "vllm:kv_cache_usage_perc" | "vllm:gpu_cache_usage_perc"
+                    )
+                })
+                .filter_map(|s| {
+                    let (_, total) = blocks.iter().find(|(c, _)| *c == core(s))?;
+                    Some(s.number().clamp(0.0, 1.0) * total)
+                })
+                .sum();
+            let total: f64 = blocks.iter().map(|(_, n)| n).sum();
+            (used.round() as usize, total.round() as usize)
+        }
+        // Tokens used and in all, counted here in pages.
+        EngineKind::Sglang => {
+            // One page size, repeated per data-parallel rank: not summed.
+            let page = samples
+                .iter()
+                .filter(|s| s.name() == "sglang:page_size")
+                .map(|s| s.number())
+                .fold(1.0, f64::max);
+            match (
+                sum(samples, &["sglang:num_used_tokens"]),
+                sum(samples, &["sglang:max_total_num_tokens"]),
+            ) {
+                (Some(used), Some(total)) => (
+                    (used / page).round() as usize,
+                    (total / page).round() as usize,
+                ),
+                _ => (0, 0),
+            }
+        }
+        // llama.cpp's builds dropped their KV gauge; the rest tell none.
+        EngineKind::Llmgw | EngineKind::Llamacpp | EngineKind::Openai => (0, 0),
+    }
 }
 
 /// The model ids an OpenAI `/v1/models` answer lists.
@@ -144,12 +210,24 @@ vllm:num_requests_running{engine=\"1\",model_name=\"m\"} 2.0
 vllm:num_requests_waiting{engine=\"0\",model_name=\"m\"} 4.0
 # TYPE vllm:kv_cache_usage_perc gauge
 vllm:kv_cache_usage_perc{engine=\"0\",model_name=\"m\"} 0.5
+vllm:kv_cache_usage_perc{engine=\"1\",model_name=\"m\"} 0.25
+# HELP vllm:cache_config_info Information of the LLMEngine CacheConfig
+# TYPE vllm:cache_config_info gauge
+vllm:cache_config_info{block_size=\"16\",engine=\"0\",num_gpu_blocks=\"1000\"} 1.0
+vllm:cache_config_info{block_size=\"16\",engine=\"1\",num_gpu_blocks=\"400\"} 1.0
 ";
     const SGLANG: &str = "\
 # TYPE sglang:num_running_reqs gauge
 sglang:num_running_reqs{model_name=\"m\",dp=\"0\"} 7.0
 # TYPE sglang:num_queue_reqs gauge
 sglang:num_queue_reqs{model_name=\"m\",dp=\"0\"} 1.0
+# TYPE sglang:num_used_tokens gauge
+sglang:num_used_tokens{model_name=\"m\",dp=\"0\"} 320.0
+# TYPE sglang:max_total_num_tokens gauge
+sglang:max_total_num_tokens{model_name=\"m\",dp=\"0\"} 6400.0
+# TYPE sglang:page_size gauge
+sglang:page_size{model_name=\"m\",dp=\"0\"} 16.0
+sglang:page_size{model_name=\"m\",dp=\"1\"} 16.0
 ";
     const LLAMACPP: &str = "\
 # HELP llamacpp:requests_processing Number of requests processing.
@@ -173,6 +251,18 @@ llamacpp:requests_deferred 0
             Some((7, 1))
         );
         assert_eq!(load(EngineKind::Llamacpp, LLAMACPP), Some((2, 0)));
+    }
+
+    #[test]
+    fn kv_blocks_come_from_the_engines_that_tell_them() {
+        let kv = |kind, text| {
+            load_from_metrics(kind, text).map(|l| (l.kv_blocks_used, l.kv_blocks_total))
+        };
+        // 0.5 of engine 0's 1000 blocks and 0.25 of engine 1's 400.
+        assert_eq!(kv(EngineKind::Vllm, VLLM), Some((600, 1400)));
+        // 320 of 6400 tokens in pages of 16.
+        assert_eq!(kv(EngineKind::Sglang, SGLANG), Some((20, 400)));
+        assert_eq!(kv(EngineKind::Llamacpp, LLAMACPP), Some((0, 0)));
     }
 
     #[test]
