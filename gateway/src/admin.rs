@@ -59,7 +59,7 @@ fn status(admin: &Admin) -> serde_json::Value {
                         "url": w.url.to_string(),
                         "zone": w.zone,
                         "labels": w.labels,
-                        "engine": w.engine,
+                        "engine": w.engine.kind,
                         "health": w.probe.lock().unwrap().name(),
                         "problem": *w.problem.lock().unwrap(),
                         "breaker": w.breaker.lock().unwrap().name(now),

@@ -11,8 +11,9 @@ use std::time::Duration;
 use http::Uri;
 use serde::{Deserialize, Serialize};
 
-use crate::engine::EngineKind;
+use crate::engine::{Engine, EngineKind};
 use crate::plugin::{PluginsConfig, PolicyBinding};
+use protocol::control::Registration;
 use protocol::WorkerId;
 
 #[derive(Debug, thiserror::Error)]
@@ -414,6 +415,13 @@ pub struct RawStaticWorker {
     /// llama.cpp). Default `{url}/metrics`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics_url: Option<String>,
+    /// Where a vLLM or SGLang engine publishes its KV events over ZeroMQ,
+    /// `tcp://host:port`; without it, routing guesses its cache (`approx`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kv_events: Option<String>,
+    /// Its replay socket, `tcp://host:port`: missed events are asked there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kv_replay: Option<String>,
 }
 
 /// A pool, checked.
@@ -435,9 +443,7 @@ pub struct StaticWorker {
     pub url: Uri,
     pub zone: String,
     pub labels: BTreeMap<String, String>,
-    pub engine: EngineKind,
-    /// Where its load is scraped, when not `{url}/metrics`.
-    pub metrics_url: Option<Uri>,
+    pub engine: Engine,
 }
 
 impl Config {
@@ -648,34 +654,26 @@ impl RawConfig {
                 } else if !worker_ids.insert(&worker.id) {
                     errors.push(format!("{key}.id: duplicate worker id `{}`", worker.id));
                 }
-                let engine = worker.engine.unwrap_or(pool.engine);
-                let metrics_url = match (&worker.metrics_url, engine.scrapes_metrics()) {
-                    (Some(_), false) => {
-                        errors.push(format!(
-                            "{key}.metrics_url: engine `{}` has no metrics to scrape",
-                            engine.name()
-                        ));
-                        None
-                    }
-                    (Some(url), true) => match metrics_url(url) {
-                        Ok(url) => Some(url),
-                        Err(reason) => {
-                            errors.push(format!("{key}.metrics_url: {reason}"));
-                            None
-                        }
-                    },
-                    (None, _) => None,
+                let Ok(url) = worker_url(&worker.url)
+                    .map_err(|reason| errors.push(format!("{key}.url: {reason}")))
+                else {
+                    continue;
                 };
-                match worker_url(&worker.url) {
-                    Ok(url) => workers.push(StaticWorker {
+                match Engine::check(
+                    &url,
+                    worker.engine.unwrap_or(pool.engine),
+                    worker.metrics_url.as_deref(),
+                    worker.kv_events.as_deref(),
+                    worker.kv_replay.as_deref(),
+                ) {
+                    Ok(engine) => workers.push(StaticWorker {
                         id: WorkerId::from(worker.id.as_str()),
-                        metrics_url,
                         url,
                         zone: worker.zone.clone(),
                         labels: worker.labels.clone(),
                         engine,
                     }),
-                    Err(reason) => errors.push(format!("{key}.url: {reason}")),
+                    Err((field, reason)) => errors.push(format!("{key}.{field}: {reason}")),
                 }
             }
             pools.push(PoolConfig {
@@ -691,21 +689,24 @@ impl RawConfig {
     }
 }
 
-/// A metrics endpoint: `http://` or `https://`, a host, any path.
-fn metrics_url(url: &str) -> Result<Uri, String> {
-    let uri: Uri = url
-        .parse()
-        .map_err(|e| format!("`{url}` is not a URL: {e}"))?;
-    match (uri.scheme_str(), uri.host()) {
-        (Some("http" | "https"), Some(_)) => Ok(uri),
-        _ => Err(format!(
-            "`{url}` must be an http:// or https:// URL with a host"
-        )),
-    }
-}
-
 fn is_default<T: Default + PartialEq>(value: &T) -> bool {
     *value == T::default()
+}
+
+/// The engine a registration at `url` says it runs.
+pub(crate) fn registered_engine(r: &Registration, url: &Uri) -> Result<Engine, String> {
+    let kind = match &r.engine_kind {
+        None => EngineKind::Llmgw,
+        Some(kind) => kind.parse().map_err(|e| format!("engine_kind: {e}"))?,
+    };
+    Engine::check(
+        url,
+        kind,
+        r.metrics_url.as_deref(),
+        r.kv_events.as_deref(),
+        r.kv_replay.as_deref(),
+    )
+    .map_err(|(field, reason)| format!("{field}: {reason}"))
 }
 
 /// A worker's base URL, parsed: `http://` or `https://`, a host, no path.
@@ -1016,14 +1017,13 @@ mod tests {
         .unwrap();
         let w = &c.pools[0].workers;
         assert_eq!(
-            (w[0].engine, w[1].engine),
+            (w[0].engine.kind, w[1].engine.kind),
             (EngineKind::Vllm, EngineKind::Openai)
         );
-        assert_eq!((&w[0].metrics_url, &w[1].metrics_url), (&None, &None));
-        assert_eq!(
-            w[2].metrics_url.as_ref().unwrap().to_string(),
-            "http://h:9/prom"
-        );
+        let metrics = |i: usize| w[i].engine.metrics_url.as_ref().map(|u| u.to_string());
+        assert_eq!(metrics(0).as_deref(), Some("http://h:1/metrics"));
+        assert_eq!(metrics(1), None);
+        assert_eq!(metrics(2).as_deref(), Some("http://h:9/prom"));
         let err = Config::from_toml(
             "[[pools]]\nname = \"p\"\nmodels = [\"m\"]\n[[pools.workers]]\nid = \"a\"\nurl = \"http://h:1\"\nmetrics_url = \"http://h:1/metrics\"\n",
         )

@@ -1,10 +1,112 @@
 //! The engines a worker may run, and each one's conventions: where it says
-//! it is up, what it says it serves, and which of its Prometheus gauges tell
-//! its load. Gauge names are those of each engine's source; names have moved
-//! between versions, so every known variant is accepted. Pure.
+//! it is up, what it says it serves, which of its Prometheus gauges tell
+//! its load, and whether it publishes KV events over ZeroMQ. Gauge names are
+//! those of each engine's source; names have moved between versions, so
+//! every known variant is accepted. Pure.
 
+use http::Uri;
 use protocol::LoadReport;
 use serde::{Deserialize, Serialize};
+
+/// What a worker runs, and where the gateway reads it besides its URL.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Engine {
+    pub kind: EngineKind,
+    /// Where its Prometheus metrics are scraped for load, for the kinds
+    /// whose metrics tell it.
+    pub metrics_url: Option<Uri>,
+    /// Where it publishes KV events over ZeroMQ (vLLM, SGLang).
+    pub kv_events: Option<ZmqEvents>,
+}
+
+/// An engine's KV-event publisher (`tcp://host:port`), and its replay
+/// socket if it has one.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ZmqEvents {
+    pub endpoint: String,
+    pub replay: Option<String>,
+}
+
+impl Engine {
+    /// The engine of a worker at `url`, from what its config entry or
+    /// registration says; `metrics_url` defaults to `{url}/metrics` for the
+    /// kinds that scrape it. Errors name the field at fault.
+    pub fn check(
+        url: &Uri,
+        kind: EngineKind,
+        metrics_url: Option<&str>,
+        kv_events: Option<&str>,
+        kv_replay: Option<&str>,
+    ) -> Result<Engine, (&'static str, String)> {
+        let metrics_url = match (metrics_url, kind.scrapes_metrics()) {
+            (Some(_), false) => {
+                let reason = format!("engine `{}` has no metrics to scrape", kind.name());
+                return Err(("metrics_url", reason));
+            }
+            (Some(url), true) => Some(http_url(url).map_err(|e| ("metrics_url", e))?),
+            (None, true) => Some(
+                format!(
+                    "{}://{}/metrics",
+                    url.scheme_str().unwrap_or("http"),
+                    url.authority().map_or("", |a| a.as_str())
+                )
+                .parse()
+                .map_err(|e| ("url", format!("{e}")))?,
+            ),
+            (None, false) => None,
+        };
+        let kv_events = match (kv_events, kv_replay) {
+            (None, Some(_)) => return Err(("kv_replay", "needs kv_events".to_string())),
+            (None, None) => None,
+            (Some(_), _) if !kind.publishes_zmq_events() => {
+                let reason = format!(
+                    "engine `{}` publishes no KV events over ZeroMQ (vllm and sglang do)",
+                    kind.name()
+                );
+                return Err(("kv_events", reason));
+            }
+            (Some(endpoint), replay) => Some(ZmqEvents {
+                endpoint: zmq_endpoint(endpoint).map_err(|e| ("kv_events", e))?,
+                replay: replay
+                    .map(zmq_endpoint)
+                    .transpose()
+                    .map_err(|e| ("kv_replay", e))?,
+            }),
+        };
+        Ok(Engine {
+            kind,
+            metrics_url,
+            kv_events,
+        })
+    }
+}
+
+/// A metrics endpoint: `http://` or `https://`, a host, any path.
+fn http_url(url: &str) -> Result<Uri, String> {
+    let uri: Uri = url
+        .parse()
+        .map_err(|e| format!("`{url}` is not a URL: {e}"))?;
+    match (uri.scheme_str(), uri.host()) {
+        (Some("http" | "https"), Some(_)) => Ok(uri),
+        _ => Err(format!(
+            "`{url}` must be an http:// or https:// URL with a host"
+        )),
+    }
+}
+
+/// A ZeroMQ endpoint to connect to: `tcp://host:port` (a publisher's
+/// `tcp://*:port` names where it binds, not where to reach it).
+fn zmq_endpoint(endpoint: &str) -> Result<String, String> {
+    let valid = endpoint.strip_prefix("tcp://").and_then(|rest| {
+        let (host, port) = rest.rsplit_once(':')?;
+        let real_host = !host.is_empty() && host != "*" && !host.contains('/');
+        (real_host && port.parse::<u16>().is_ok_and(|p| p > 0)).then_some(())
+    });
+    match valid {
+        Some(()) => Ok(endpoint.to_string()),
+        None => Err(format!("`{endpoint}` must be tcp://host:port")),
+    }
+}
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -22,6 +124,20 @@ pub enum EngineKind {
     Llamacpp,
     /// Any OpenAI-compatible server: up while `/v1/models` answers.
     Openai,
+}
+
+impl std::str::FromStr for EngineKind {
+    type Err = String;
+
+    fn from_str(name: &str) -> Result<EngineKind, String> {
+        use EngineKind::*;
+        [Llmgw, Vllm, Sglang, Llamacpp, Openai]
+            .into_iter()
+            .find(|kind| kind.name() == name)
+            .ok_or_else(|| {
+                format!("unknown engine `{name}`: expected llmgw, vllm, sglang, llamacpp or openai")
+            })
+    }
 }
 
 impl EngineKind {
@@ -47,6 +163,11 @@ impl EngineKind {
     /// its own in `/health` and on the bus; a plain OpenAI server has none).
     pub fn scrapes_metrics(self) -> bool {
         !self.gauges().running.is_empty()
+    }
+
+    /// Whether it can publish KV events over ZeroMQ.
+    pub fn publishes_zmq_events(self) -> bool {
+        matches!(self, EngineKind::Vllm | EngineKind::Sglang)
     }
 
     fn gauges(self) -> Gauges {

@@ -14,6 +14,7 @@ use crate::config::BusConfig;
 use crate::live::Shared;
 use crate::metrics;
 use crate::pools::{Pool, Registry};
+use crate::prefix::Source;
 
 /// How often workers still waiting for a snapshot are asked again.
 const RESYNC_RETRY: Duration = Duration::from_secs(1);
@@ -79,7 +80,7 @@ fn on_batch(pool: &Arc<Pool>, worker_id: &str, payload: &[u8], resync: &Resync) 
     if batch.worker_id != worker_id || mismatched_block_size(pool, worker_id) {
         return;
     }
-    let applied = pool.prefix.apply(&batch);
+    let applied = pool.prefix.apply(&batch, Source::Bus);
     metrics::kv_batch(&pool.name, applied.name());
     if applied.needs_resync() {
         tracing::info!(pool = %pool.name, worker = worker_id, outcome = ?applied, "KV events lost track; resyncing");

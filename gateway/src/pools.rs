@@ -9,13 +9,11 @@ use std::sync::Arc;
 use prompt::{Tokenizer, TokenizerError};
 use protocol::control::Registration;
 
-use crate::config::{worker_url, Config};
-use crate::engine::EngineKind;
+use crate::config::{registered_engine, worker_url, Config};
 use crate::plugin::PolicySlot;
 use crate::plugin_table::PluginTable;
 use crate::prefix::PrefixState;
 use crate::tokenize;
-use crate::upstream;
 use crate::worker::Worker;
 use protocol::WorkerId;
 
@@ -89,44 +87,30 @@ impl Registry {
                 ),
             };
             let statics = p.workers.iter().map(|w| {
-                let metrics_url = w.metrics_url.clone().or_else(|| {
-                    let scraped = w.engine.scrapes_metrics();
-                    scraped.then(|| upstream::uri(&w.url, "/metrics"))
-                });
-                let engine = (w.engine, metrics_url);
                 (
                     w.id.as_str(),
                     w.url.clone(),
                     w.zone.as_str(),
                     &w.labels,
-                    engine,
+                    w.engine.clone(),
                 )
             });
             // A registration never shadows a static worker of the same id
-            // (the control plane lists it among the ignored ones).
+            // (the control plane lists it among the ignored ones), and the
+            // control plane ignores registrations with a bad URL or engine.
             let registered = discovered
                 .iter()
                 .filter(|r| r.pool == p.name && !p.workers.iter().any(|w| w.id == *r.id))
-                // The control plane ignores registrations with bad URLs.
-                // Registrations come from this project's workers.
                 .filter_map(|r| {
-                    Some((
-                        r.id.as_str(),
-                        worker_url(&r.url).ok()?,
-                        r.zone.as_str(),
-                        &r.labels,
-                        (EngineKind::Llmgw, None),
-                    ))
+                    let url = worker_url(&r.url).ok()?;
+                    let engine = registered_engine(r, &url).ok()?;
+                    Some((r.id.as_str(), url, r.zone.as_str(), &r.labels, engine))
                 });
             let workers: Vec<Arc<Worker>> = statics
                 .chain(registered)
-                .map(|(id, url, zone, labels, (engine, metrics_url))| {
+                .map(|(id, url, zone, labels, engine)| {
                     let same = kept.and_then(|old| old.worker(id)).filter(|w| {
-                        w.url == url
-                            && w.zone == zone
-                            && &w.labels == labels
-                            && w.engine == engine
-                            && w.metrics_url == metrics_url
+                        w.url == url && w.zone == zone && &w.labels == labels && w.engine == engine
                     });
                     match same {
                         Some(w) => w.clone(),
@@ -139,7 +123,7 @@ impl Registry {
                                 labels.clone(),
                                 &config.breaker,
                             )
-                            .with_engine(engine, metrics_url),
+                            .with_engine(engine),
                         ),
                     }
                 })
@@ -231,6 +215,10 @@ mod tests {
             block_size: 16,
             engine: "sim".to_string(),
             started_at_ms: 0,
+            engine_kind: None,
+            metrics_url: None,
+            kv_events: None,
+            kv_replay: None,
         }
     }
 

@@ -1,8 +1,8 @@
 //! What the gateway knows of each worker's KV cache: the exact index fed by
-//! the workers' events over the bus, and the approximate one fed by this
-//! gateway's own decisions, which stands in for any worker whose events it
-//! cannot trust right now (no bus, a gap being resynced, an engine that
-//! publishes none).
+//! the workers' events (ours over the bus, vLLM's and SGLang's over
+//! ZeroMQ), and the approximate one fed by this gateway's own decisions,
+//! which stands in for any worker whose events it cannot trust right now
+//! (no bus, a gap being resynced, an engine that publishes none).
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -32,6 +32,16 @@ struct Exact {
     index: PrefixIndex,
     /// Workers whose events the index follows right now.
     followed: HashSet<String>,
+    /// Those of them whose events come over ZeroMQ, not the bus: they count
+    /// whatever the bus's state, and have no snapshots to ask for.
+    over_zmq: HashSet<String>,
+}
+
+/// Where a worker's events come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Bus,
+    Zmq,
 }
 
 impl PrefixState {
@@ -40,6 +50,7 @@ impl PrefixState {
             exact: Mutex::new(Exact {
                 index: PrefixIndex::new(block_size, routing.max_blocks_per_worker),
                 followed: HashSet::new(),
+                over_zmq: HashSet::new(),
             }),
             approx: Mutex::new(ApproxIndex::new(
                 routing.approx_ttl,
@@ -49,8 +60,9 @@ impl PrefixState {
     }
 
     /// What each of `workers` holds of the prompt `hashes`, in their order:
-    /// exact where the worker's events are followed and the bus is up,
-    /// approximate elsewhere; nothing under a strategy that ignores the cache.
+    /// exact where the worker's events are followed (and, for events over
+    /// the bus, the bus is up), approximate elsewhere; nothing under a
+    /// strategy that ignores the cache.
     pub fn cached(
         &self,
         strategy: Strategy,
@@ -64,14 +76,13 @@ impl PrefixState {
         }
         let approx = self.approx.lock().unwrap();
         let approx_overlaps = approx.overlaps(hashes, now);
-        let exact = (strategy == Strategy::Kv && bus_up).then(|| self.exact.lock().unwrap());
-        let exact = exact
-            .as_ref()
-            .map(|e| (&e.index, e.index.overlaps(hashes), &e.followed));
+        let exact = (strategy == Strategy::Kv).then(|| self.exact.lock().unwrap());
+        let exact = exact.as_ref().map(|e| (e, e.index.overlaps(hashes)));
         workers
             .iter()
             .map(|w| match exact {
-                Some((index, ref overlaps, followed)) if followed.contains(w.id.as_str()) => {
+                Some((e, ref overlaps)) if e.counts(&w.id, bus_up) => {
+                    let index = &e.index;
                     Cached {
                         overlap_blocks: overlaps.blocks(&w.id),
                         held_blocks: index.held_blocks(&w.id),
@@ -94,10 +105,14 @@ impl PrefixState {
         }
     }
 
-    pub fn apply(&self, batch: &KvEventBatch) -> Applied {
+    pub fn apply(&self, batch: &KvEventBatch, source: Source) -> Applied {
         let mut exact = self.exact.lock().unwrap();
         let applied = exact.index.apply(batch);
         exact.follow(&batch.worker_id, &applied);
+        match source {
+            Source::Zmq => exact.over_zmq.insert(batch.worker_id.clone()),
+            Source::Bus => exact.over_zmq.remove(&batch.worker_id),
+        };
         applied
     }
 
@@ -113,17 +128,31 @@ impl PrefixState {
         let mut exact = self.exact.lock().unwrap();
         exact.index.remove_worker(worker_id);
         exact.followed.remove(worker_id);
+        exact.over_zmq.remove(worker_id);
         self.approx.lock().unwrap().remove_worker(worker_id);
     }
 
-    /// Workers to ask for a snapshot: those waiting for one, or, after the bus
-    /// reconnected, every worker followed (events may have been lost meanwhile).
+    /// Workers to ask for a snapshot over the bus: those waiting for one,
+    /// or, after the bus reconnected, every worker followed over it (events
+    /// may have been lost meanwhile).
     pub fn to_resync(&self, all: bool) -> Vec<String> {
         let exact = self.exact.lock().unwrap();
+        let over_bus = |w: &&str| !exact.over_zmq.contains(*w);
         if all {
-            exact.followed.iter().cloned().collect()
+            exact
+                .followed
+                .iter()
+                .map(String::as_str)
+                .filter(over_bus)
+                .map(str::to_string)
+                .collect()
         } else {
-            exact.index.awaiting_resync().map(str::to_string).collect()
+            exact
+                .index
+                .awaiting_resync()
+                .filter(over_bus)
+                .map(str::to_string)
+                .collect()
         }
     }
 
@@ -139,6 +168,11 @@ impl PrefixState {
 }
 
 impl Exact {
+    /// Whether the index's word on `worker_id` counts now.
+    fn counts(&self, worker_id: &str, bus_up: bool) -> bool {
+        self.followed.contains(worker_id) && (bus_up || self.over_zmq.contains(worker_id))
+    }
+
     fn follow(&mut self, worker_id: &str, applied: &Applied) {
         match applied {
             Applied::Ok | Applied::NewInstance => {
@@ -167,18 +201,21 @@ mod tests {
         let state = PrefixState::new(4, &RoutingConfig::default());
         let hashes = block_hashes(&(0..16).collect::<Vec<u32>>(), 4);
         let now = Instant::now();
-        state.apply(&KvEventBatch {
-            worker_id: "a".into(),
-            instance: 1,
-            id: 1,
-            events: vec![
-                KvEvent::Cleared,
-                KvEvent::Stored {
-                    parent: None,
-                    hashes: hashes[..3].to_vec(),
-                },
-            ],
-        });
+        state.apply(
+            &KvEventBatch {
+                worker_id: "a".into(),
+                instance: 1,
+                id: 1,
+                events: vec![
+                    KvEvent::Cleared,
+                    KvEvent::Stored {
+                        parent: None,
+                        hashes: hashes[..3].to_vec(),
+                    },
+                ],
+            },
+            Source::Bus,
+        );
         state.learn(Strategy::Kv, "b", &hashes[..2], now);
         state.learn(Strategy::Kv, "a", &hashes, now);
         // A strategy that ignores the cache neither learns nor sees overlaps.
@@ -205,12 +242,15 @@ mod tests {
         assert_eq!(overlaps(false), [4, 2, 0]);
 
         // A gap stops following `a` until a snapshot comes.
-        let gap = state.apply(&KvEventBatch {
-            worker_id: "a".into(),
-            instance: 1,
-            id: 5,
-            events: vec![],
-        });
+        let gap = state.apply(
+            &KvEventBatch {
+                worker_id: "a".into(),
+                instance: 1,
+                id: 5,
+                events: vec![],
+            },
+            Source::Bus,
+        );
         assert!(gap.needs_resync());
         assert_eq!(state.to_resync(false), ["a"]);
         assert_eq!(overlaps(true)[0], 4);
@@ -225,5 +265,26 @@ mod tests {
 
         state.remove_worker("a");
         assert!(!state.is_followed("a"));
+    }
+
+    #[test]
+    fn events_over_zmq_count_without_the_bus_and_are_never_resynced_over_it() {
+        let state = PrefixState::new(4, &RoutingConfig::default());
+        let hashes = block_hashes(&(0..8).collect::<Vec<u32>>(), 4);
+        let batch = |worker: &str| KvEventBatch {
+            worker_id: worker.into(),
+            instance: 1,
+            id: 1,
+            events: vec![KvEvent::Stored {
+                parent: None,
+                hashes: hashes.clone(),
+            }],
+        };
+        state.apply(&batch("v"), Source::Zmq);
+        state.apply(&batch("w"), Source::Bus);
+        let workers = [worker("v"), worker("w")];
+        let cached = state.cached(Strategy::Kv, false, &hashes, &workers, Instant::now());
+        assert_eq!((cached[0].overlap_blocks, cached[1].overlap_blocks), (2, 0));
+        assert_eq!(state.to_resync(true), ["w"]);
     }
 }

@@ -110,7 +110,7 @@ async fn check(
     worker: &Worker,
     models: &[String],
 ) -> Result<(), Option<String>> {
-    let served = match worker.engine {
+    let served = match worker.engine.kind {
         EngineKind::Llmgw => {
             let report = fetch_report(upstream, &worker.url).await.ok_or(None)?;
             worker.report_load(report.load, Instant::now());
@@ -136,7 +136,7 @@ async fn check(
                         .1
                 }
             };
-            if let Some(url) = &worker.metrics_url {
+            if let Some(url) = &worker.engine.metrics_url {
                 // A failed scrape keeps no figure: the last one goes stale.
                 if let Some((_, text)) = get(upstream, url.clone()).await {
                     let text = String::from_utf8_lossy(&text);

@@ -30,7 +30,7 @@ use crate::plugin::{PluginEngine, PluginWatcher, WatchHandle};
 use crate::pools::Registry;
 use crate::tls::{self, TlsError};
 use crate::upstream::Upstream;
-use crate::{control, error, live, metrics, mirror, probe};
+use crate::{control, error, kv_zmq, live, metrics, mirror, probe};
 use protocol::Bus;
 
 #[derive(Debug, thiserror::Error)]
@@ -143,6 +143,7 @@ pub async fn start_on_bus(config: Config, bus: Option<Bus>) -> Result<Handle, St
 
     background.extend([
         tokio::spawn(probe::run_probes(live.clone(), upstream, health_config)),
+        tokio::spawn(kv_zmq::run(live.clone())),
         tokio::spawn(serve_admin(admin_listener, admin)),
         tokio::spawn(async move {
             // Histograms keep raw samples until upkeep folds them.

@@ -13,7 +13,7 @@ use protocol::{LoadReport, WorkerId};
 
 use crate::canary::Canary;
 use crate::config::BreakerConfig;
-use crate::engine::EngineKind;
+use crate::engine::Engine;
 use crate::health::{Breaker, ProbeState};
 use crate::metrics;
 
@@ -24,9 +24,7 @@ pub struct Worker {
     pub url: Uri,
     pub zone: String,
     pub labels: BTreeMap<String, String>,
-    pub engine: EngineKind,
-    /// Where its load is scraped, for engines whose metrics tell it.
-    pub metrics_url: Option<Uri>,
+    pub engine: Engine,
     in_flight: AtomicU32,
     /// Prompt tokens this gateway sent the worker to prefill that have not
     /// produced a first byte yet: known at once, unlike the worker's report.
@@ -59,8 +57,7 @@ impl Worker {
             url,
             zone,
             labels,
-            engine: EngineKind::Llmgw,
-            metrics_url: None,
+            engine: Engine::default(),
             in_flight: AtomicU32::new(0),
             pending_prefill: AtomicUsize::new(0),
             probe: Mutex::new(ProbeState::default()),
@@ -72,10 +69,9 @@ impl Worker {
         }
     }
 
-    /// This worker running `engine`, its load scraped from `metrics_url`.
-    pub fn with_engine(mut self, engine: EngineKind, metrics_url: Option<Uri>) -> Worker {
+    /// This worker running `engine`.
+    pub fn with_engine(mut self, engine: Engine) -> Worker {
         self.engine = engine;
-        self.metrics_url = metrics_url;
         self
     }
 

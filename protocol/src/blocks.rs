@@ -30,8 +30,19 @@ pub fn block_hashes(tokens: &[u32], block_size: usize) -> Vec<BlockHash> {
 
 /// The hash of one more block after `parent` (or after the root when `None`).
 pub fn next_block_hash(parent: Option<BlockHash>, block: &[u32]) -> BlockHash {
+    salted_block_hash(parent, block, 0)
+}
+
+/// The hash of one more block whose cache entry also depends on something
+/// besides its tokens (a LoRA adapter, multimodal inputs, a cache salt),
+/// named by a nonzero `salt`: it never equals the unsalted block's hash, so
+/// such blocks match only prompts with the same salt. Salt 0 is no salt.
+pub fn salted_block_hash(parent: Option<BlockHash>, block: &[u32], salt: u64) -> BlockHash {
     let bytes: Vec<u8> = block.iter().flat_map(|t| t.to_le_bytes()).collect();
-    BlockHash(xxh3_64_with_seed(&bytes, parent.map_or(ROOT_SEED, |p| p.0)))
+    BlockHash(xxh3_64_with_seed(
+        &bytes,
+        parent.map_or(ROOT_SEED, |p| p.0) ^ salt,
+    ))
 }
 
 #[cfg(test)]

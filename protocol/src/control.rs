@@ -35,6 +35,20 @@ pub struct Registration {
     pub engine: String,
     /// Milliseconds since the Unix epoch.
     pub started_at_ms: u64,
+    /// The kind of server, for one that is not this project's worker:
+    /// `vllm`, `sglang`, `llamacpp` or `openai` (registered for it by an
+    /// operator's sidecar, say). Absent: `llmgw`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engine_kind: Option<String>,
+    /// Where its Prometheus metrics are, when not `{url}/metrics`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_url: Option<String>,
+    /// Where a vLLM or SGLang server publishes KV events over ZeroMQ.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kv_events: Option<String>,
+    /// That publisher's replay socket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kv_replay: Option<String>,
 }
 
 /// The key layout under one prefix.

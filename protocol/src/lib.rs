@@ -6,6 +6,7 @@
 pub mod blocks;
 pub mod bus;
 pub mod control;
+pub mod engine_kv;
 pub mod error;
 pub mod health;
 pub mod kv;

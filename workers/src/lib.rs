@@ -128,6 +128,10 @@ pub async fn start_on_bus(
                 block_size: info.block_size,
                 engine: format!("{}/{}", info.name, info.backend),
                 started_at_ms: register::now_ms(),
+                engine_kind: None,
+                metrics_url: None,
+                kv_events: None,
+                kv_replay: None,
             },
         )
     });

@@ -19,7 +19,7 @@ use protocol::control::{Key, Keys, Registration};
 use super::artifact::{self, Artifact};
 use super::follow::EtcdSnapshot;
 use super::status::Control;
-use crate::config::{worker_url, Config, RoutingDoc};
+use crate::config::{registered_engine, worker_url, Config, RoutingDoc};
 use crate::live::{Live, Shared};
 use crate::metrics;
 use crate::plugin::{
@@ -430,7 +430,9 @@ fn registrations(
         };
         let problem = if registration.pool != pool || registration.id != id {
             Some("its pool or id differs from its key".to_string())
-        } else if let Err(reason) = worker_url(&registration.url) {
+        } else if let Err(reason) = worker_url(&registration.url)
+            .and_then(|url| registered_engine(&registration, &url).map(|_| ()))
+        {
             Some(reason)
         } else {
             match config.pools.iter().find(|p| p.name == pool) {
@@ -490,6 +492,10 @@ mod tests {
             block_size,
             engine: "sim/sim".to_string(),
             started_at_ms: 0,
+            engine_kind: None,
+            metrics_url: None,
+            kv_events: None,
+            kv_replay: None,
         }
     }
 
