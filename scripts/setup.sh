@@ -3,7 +3,8 @@
 # Installs: etcd, etcdctl and nats-server (Debian packages, for the
 # control-plane and bus tests), protoc with its well-known types (the
 # etcd-client crate compiles etcd's protobuf API when built), DejaVu fonts (bench charts), the `openai` Python client (its
-# end-to-end test), numpy (the model's reference forward pass), g++ and make
+# end-to-end test), numpy (the model's reference forward pass), pyzmq and
+# msgspec (the vLLM/SGLang KV-event publisher of the tests), g++ and make
 # (llama.cpp's server, built by scripts/llama-server.sh) and the
 # wasm32-wasip2 Rust target (plugins).
 set -euo pipefail
@@ -26,9 +27,9 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
 fi
 
-if ! python3 -c "import openai, numpy" 2>/dev/null; then
-  echo "setup: installing the openai Python client and numpy (the model reference test)"
-  python3 -m pip install --quiet --disable-pip-version-check openai numpy
+if ! python3 -c "import openai, numpy, zmq, msgspec" 2>/dev/null; then
+  echo "setup: installing the openai Python client, numpy (the model reference test), pyzmq and msgspec (KV-event publisher)"
+  python3 -m pip install --quiet --disable-pip-version-check openai numpy pyzmq msgspec
 fi
 
 if ! rustup target list --installed | grep -qx wasm32-wasip2; then

@@ -12,6 +12,7 @@ use serde_json::json;
 
 use crate::api::Gateway;
 use crate::body::{self, Body};
+use crate::metrics;
 
 pub struct Admin {
     pub gateway: Arc<Gateway>,
@@ -21,10 +22,17 @@ pub struct Admin {
 
 pub async fn handle(admin: Arc<Admin>, req: http::Request<Incoming>) -> Response<Body> {
     match req.uri().path() {
-        "/metrics" => Response::builder()
-            .header(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")
-            .body(body::full(admin.prometheus.render()))
-            .expect("static response parts are valid"),
+        "/metrics" => {
+            // The indexes' sizes as of this scrape, whichever feeds them.
+            for pool in admin.gateway.live().registry.pools() {
+                let (exact, approx) = pool.prefix.sizes();
+                metrics::index_entries(&pool.name, exact, approx);
+            }
+            Response::builder()
+                .header(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")
+                .body(body::full(admin.prometheus.render()))
+                .expect("static response parts are valid")
+        }
         "/live" => body::json(200, r#"{"status":"live"}"#),
         "/ready" => {
             let (status, reason) = if admin.draining.load(Ordering::Relaxed) {
@@ -66,6 +74,7 @@ fn status(admin: &Admin) -> serde_json::Value {
                         "in_flight": w.in_flight(),
                         "load": w.fresh_load(now, gw.load_stale),
                         "kv_events": pool.prefix.is_followed(&w.id),
+                        "cached_blocks": pool.prefix.exact_blocks(&w.id),
                         "block_size": *w.reported_block_size.lock().unwrap(),
                     })
                 })

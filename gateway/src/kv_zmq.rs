@@ -147,7 +147,9 @@ impl Follower {
         let Some((seq, payload)) = sequenced(message.into_vec(), 1) else {
             return tracing::warn!(worker = %self.key.worker, "KV events: a message that is not [topic, sequence, payload]");
         };
-        match self.seq.see(seq) {
+        let seen = self.seq.see(seq);
+        tracing::debug!(worker = %self.key.worker, seq, ?seen, "KV event batch");
+        match seen {
             Seen::InOrder => self.apply(seq, &payload),
             Seen::Repeated => {}
             Seen::Missed { from } => self.recover(from, false, (seq, payload)).await,
@@ -168,6 +170,7 @@ impl Follower {
             _ => Vec::new(),
         };
         let complete = current.0 == from || replayed.first().is_some_and(|(s, _)| *s == from);
+        tracing::debug!(worker = %self.key.worker, from, replayed = replayed.len(), complete, "KV events replayed");
         if restart || !complete {
             if !complete {
                 tracing::info!(worker = %self.key.worker, from, "KV events missed; rebuilding the worker's entries");

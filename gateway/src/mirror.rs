@@ -56,8 +56,6 @@ pub async fn run(bus: Bus, live: Shared, config: BusConfig) -> Result<(), BusErr
                     for worker in pool.prefix.to_resync(false) {
                         resync.spawn(pool.clone(), worker);
                     }
-                    let (exact, approx) = pool.prefix.sizes();
-                    metrics::index_entries(&pool.name, exact, approx);
                 }
             }
         }

@@ -162,6 +162,11 @@ impl PrefixState {
         (exact, self.approx.lock().unwrap().stats().entries)
     }
 
+    /// Blocks the exact index holds for `worker_id`, from its events.
+    pub fn exact_blocks(&self, worker_id: &str) -> usize {
+        self.exact.lock().unwrap().index.held_blocks(worker_id)
+    }
+
     pub fn is_followed(&self, worker_id: &str) -> bool {
         self.exact.lock().unwrap().followed.contains(worker_id)
     }

@@ -26,7 +26,8 @@ impl Drop for FakeWorker {
     }
 }
 
-/// Serves `/health` as healthy and every completion with `status`, or, with
+/// Serves `/health` as healthy, `/v1/models` with the test model (so it
+/// passes for any engine kind), and every completion with `status`, or, with
 /// status 0, never answers a completion: an engine whose loop hangs while its
 /// HTTP thread lives.
 pub async fn start(status: u16, tls: Option<Arc<rustls::ServerConfig>>) -> FakeWorker {
@@ -48,7 +49,8 @@ pub async fn start(status: u16, tls: Option<Arc<rustls::ServerConfig>>) -> FakeW
                     hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
                         let hits = hits.clone();
                         async move {
-                            if status == 0 && req.uri().path() != "/health" {
+                            let probe = matches!(req.uri().path(), "/health" | "/v1/models");
+                            if status == 0 && !probe {
                                 hits.fetch_add(1, Ordering::Relaxed);
                                 std::future::pending::<()>().await;
                             }
@@ -80,7 +82,12 @@ pub async fn start(status: u16, tls: Option<Arc<rustls::ServerConfig>>) -> FakeW
 }
 
 fn answer(path: &str, status: u16, hits: &AtomicU32) -> http::Response<Full<Bytes>> {
-    let body = if path == "/health" {
+    let body = if path == "/v1/models" {
+        return json_response(
+            200,
+            json!({"object": "list", "data": [{"id": crate::MODEL, "object": "model"}]}),
+        );
+    } else if path == "/health" {
         return json_response(
             200,
             json!({"status": "ok", "worker_id": "fake", "model": crate::MODEL, "engine": "fake", "block_size": 16,
