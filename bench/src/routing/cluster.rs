@@ -9,6 +9,7 @@ use protocol::Bus;
 use workers::{WorkerConfig, WorkerHandle};
 
 use super::workload::MODEL;
+use super::zmq::Publishers;
 
 pub const POOL: &str = "bench";
 /// The gateway's zone; workers elsewhere are remote.
@@ -42,11 +43,15 @@ pub struct Cluster {
 }
 
 impl Cluster {
+    /// The ids the workers of `sizing` get.
+    pub fn ids(sizing: &Sizing) -> Vec<String> {
+        (0..sizing.workers).map(|i| format!("w{i}")).collect()
+    }
+
     /// Starts the workers, publishing on `bus`; subscribe to it first to see every event.
     pub async fn start(sizing: &Sizing, bus: &Bus) -> anyhow::Result<Cluster> {
         let (mut members, mut handles) = (Vec::new(), Vec::new());
-        for i in 0..sizing.workers {
-            let id = format!("w{i}");
+        for (i, id) in Cluster::ids(sizing).into_iter().enumerate() {
             let zone = if i < sizing.workers - sizing.remote_workers {
                 LOCAL_ZONE
             } else {
@@ -74,27 +79,40 @@ impl Cluster {
         Ok(Cluster { members, handles })
     }
 
-    /// A gateway over the workers, mirroring their events from `bus`.
+    /// A gateway over the workers, mirroring their events from `bus`, or,
+    /// given `zmq` publishers, taking the workers for vLLM engines whose
+    /// events come from those (and no bus at all).
     pub async fn gateway(
         &self,
         sizing: &Sizing,
         routing: &RoutingConfig,
         bus: &Bus,
+        zmq: Option<&Publishers>,
     ) -> anyhow::Result<gateway::Handle> {
         let mut toml = format!(
             "zone = \"{LOCAL_ZONE}\"\n[listeners]\napi = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n\
              [[pools]]\nname = \"{POOL}\"\nmodels = [\"{MODEL}\"]\nblock_size = {}\ntokenizer = \"builtin\"\n",
             sizing.block_size
         );
+        if zmq.is_some() {
+            toml.push_str("engine = \"vllm\"\n");
+        }
         for m in &self.members {
             toml.push_str(&format!(
                 "[[pools.workers]]\nid = \"{}\"\nurl = \"{}\"\nzone = \"{}\"\n",
                 m.id, m.url, m.zone
             ));
+            if let Some(e) = zmq.and_then(|z| z.endpoints.get(&m.id)) {
+                toml.push_str(&format!(
+                    "kv_events = \"{}\"\nkv_replay = \"{}\"\n",
+                    e.events, e.replay
+                ));
+            }
         }
         let mut config = gateway::config::RawConfig::from_toml(&toml)?;
         config.routing = routing.clone();
-        Ok(gateway::start_on_bus(config.check()?, Some(bus.clone())).await?)
+        let bus = zmq.is_none().then(|| bus.clone());
+        Ok(gateway::start_on_bus(config.check()?, bus).await?)
     }
 
     pub async fn shutdown(self) {

@@ -1,15 +1,17 @@
 //! `bench routing`: what routing by KV-cache overlap buys. One prefix-sharing
 //! workload (`workload`) is replayed, request for request and at the same
 //! times, against a fresh cluster of sim workers (`cluster`) for each
-//! strategy: the gateway's `round_robin`, `least_load`, `approx` and `kv`, and
-//! an `oracle` in the bench that knows every cache exactly (`oracle`).
-//! `drive` sends and times the requests, `summary` reports.
+//! strategy: the gateway's `round_robin`, `least_load`, `approx` and `kv`,
+//! `kv_zmq` (`kv` with the workers' events in vLLM's format over ZeroMQ,
+//! `zmq`), and an `oracle` in the bench that knows every cache exactly
+//! (`oracle`). `drive` sends and times the requests, `summary` reports.
 
 mod cluster;
 mod drive;
 mod oracle;
 mod summary;
 mod workload;
+mod zmq;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -29,7 +31,7 @@ use workload::Request;
 #[derive(clap::Args)]
 pub struct Args {
     /// Strategies to run, in order.
-    #[arg(long, value_delimiter = ',', default_values = ["round_robin", "least_load", "approx", "kv", "oracle"])]
+    #[arg(long, value_delimiter = ',', default_values = ["round_robin", "least_load", "approx", "kv", "kv_zmq", "oracle"])]
     strategies: Vec<Router>,
     #[arg(long, default_value_t = 8)]
     workers: usize,
@@ -95,6 +97,7 @@ enum Router {
     LeastLoad,
     Approx,
     Kv,
+    KvZmq,
     Oracle,
 }
 
@@ -105,6 +108,7 @@ impl Router {
             Router::LeastLoad => "least_load",
             Router::Approx => "approx",
             Router::Kv => "kv",
+            Router::KvZmq => "kv_zmq",
             Router::Oracle => "oracle",
         }
     }
@@ -136,14 +140,14 @@ pub async fn run(args: Args, out: &Path) -> anyhow::Result<()> {
     };
     let tokenizer = Tokenizer::builtin()?;
     let requests = Arc::new(workload::build(&shape, &tokenizer, sizing.block_size)?);
-    let longest = requests.iter().map(|r| r.prompt_tokens).max().unwrap_or(0);
+    let longest = requests.iter().map(|r| r.tokens.len()).max().unwrap_or(0);
     anyhow::ensure!(
         longest + args.max_tokens <= sizing.max_model_len,
         "the longest prompt has {longest} tokens; with {} to generate it exceeds max_model_len {}: fewer turns or shorter system prompts",
         args.max_tokens,
         sizing.max_model_len
     );
-    let prompt_tokens: usize = requests.iter().map(|r| r.prompt_tokens).sum();
+    let prompt_tokens: usize = requests.iter().map(|r| r.tokens.len()).sum();
     let span = requests.last().map_or(Duration::ZERO, |r| r.at);
     let heading = format!(
         "{} requests ({} customers x {} sessions x {} turns, {} sessions at once), Poisson at {} req/s over {:.1} s, \
@@ -174,10 +178,14 @@ pub async fn run(args: Args, out: &Path) -> anyhow::Result<()> {
     );
     eprintln!("{heading}");
 
+    let block_tokens = args
+        .strategies
+        .contains(&Router::KvZmq)
+        .then(|| Arc::new(zmq::block_tokens(&requests, sizing.block_size)));
     let mut summaries = Vec::new();
     for router in args.strategies.iter().copied() {
         let started = Instant::now();
-        let summary = run_one(router, &sizing, &routing, &requests, args.seed).await?;
+        let summary = run_one(router, &sizing, &routing, &requests, args.seed, &block_tokens).await?;
         eprintln!(
             "{:<12} p50 {:>6.0} ms  p90 {:>6.0} ms  hit {:>5.1}%  errors {}  ({:.0} s)",
             summary.strategy,
@@ -227,11 +235,20 @@ async fn run_one(
     routing: &RoutingConfig,
     requests: &Arc<Vec<Request>>,
     seed: u64,
+    block_tokens: &Option<Arc<zmq::BlockTokens>>,
 ) -> anyhow::Result<Summary> {
     let bus = Bus::local();
-    // The oracle listens before the workers start, so it sees each one's first event.
+    // The oracle and the ZeroMQ publishers listen before the workers start,
+    // so they see each one's first event.
     let follow = match router {
         Router::Oracle => Some(Caches::follow(&bus).await?),
+        _ => None,
+    };
+    let publishers = match (router, block_tokens) {
+        (Router::KvZmq, Some(tokens)) => {
+            let ids = Cluster::ids(sizing);
+            Some(zmq::Publishers::start(&bus, &ids, tokens.clone(), sizing.block_size).await?)
+        }
         _ => None,
     };
     let cluster = Cluster::start(sizing, &bus).await?;
@@ -257,7 +274,9 @@ async fn run_one(
                 strategy,
                 ..routing.clone()
             };
-            let gw = cluster.gateway(sizing, &config, &bus).await?;
+            let gw = cluster
+                .gateway(sizing, &config, &bus, publishers.as_ref())
+                .await?;
             (Target::Gateway(gw.api_addr().to_string()), Some(gw))
         }
     };
@@ -268,6 +287,9 @@ async fn run_one(
     }
     let ids: Vec<String> = cluster.members.iter().map(|m| m.id.clone()).collect();
     cluster.shutdown().await;
+    if let Some(publishers) = publishers {
+        publishers.shutdown();
+    }
     if let Some((caches, task)) = follow {
         task.abort();
         let gaps = caches.gaps.load(std::sync::atomic::Ordering::Relaxed);

@@ -189,7 +189,8 @@ impl Oracle {
             .position(|(w, _)| Arc::ptr_eq(w, &order[0].worker))
             .expect("the policy orders the candidates it was given");
         let uncached = request
-            .prompt_tokens
+            .tokens
+            .len()
             .saturating_sub(overlaps[worker] as usize * self.block_size);
         let load = &mut state.loads[worker];
         load.in_flight += 1;

@@ -36,7 +36,9 @@ pub struct Request {
     /// Block hashes of the rendered prompt, as the workers compute them; only
     /// the oracle reads them (the gateway tokenizes the body itself).
     pub hashes: Vec<BlockHash>,
-    pub prompt_tokens: usize,
+    /// The rendered prompt's tokens: the `kv_zmq` run's publishers send
+    /// each block's, as vLLM's events do.
+    pub tokens: Vec<u32>,
 }
 
 pub const MODEL: &str = "sim-llama";
@@ -106,7 +108,7 @@ pub fn build(
             at: Duration::from_secs_f64(at),
             body: body(&session.history, shape.max_tokens),
             hashes: block_hashes(&tokens, block_size),
-            prompt_tokens: tokens.len(),
+            tokens,
         });
         if session.turns_left == 0 {
             active.swap_remove(i);
@@ -249,6 +251,6 @@ mod tests {
                 .iter()
                 .all(|r| r.hashes[..10] == requests[0].hashes[..10]));
         }
-        assert!(a.iter().all(|r| (190..1000).contains(&r.prompt_tokens)));
+        assert!(a.iter().all(|r| (190..1000).contains(&r.tokens.len())));
     }
 }
