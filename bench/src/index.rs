@@ -1,17 +1,22 @@
 //! `bench index`: how fast the prefix index takes KV events and answers
 //! "how many leading blocks of this prompt does each worker hold", exact and
-//! approximate, on synthetic pools. Workloads are built before the clock
-//! starts and seeded, so runs compare.
+//! approximate, on synthetic pools, and how much memory it holds. Events are
+//! applied as our workers send them, and as vLLM sends them over ZeroMQ
+//! (msgpack decoded and each block rehashed from its token ids first).
+//! Workloads are built before the clock starts and seeded, so runs compare.
 
 use std::collections::{HashSet, VecDeque};
 use std::hint::black_box;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use gateway::index::{Applied, ApproxIndex, PrefixIndex};
+use gateway::index::{Applied, ApproxIndex, IndexStats, PrefixIndex};
+use gateway::rehash::Rehash;
+use protocol::engine_kv::{self, EngineBatch, EngineEvent, EngineHash, Stored};
 use protocol::{BlockHash, KvEvent, KvEventBatch};
 use serde_json::json;
 
+use crate::memory;
 use crate::report;
 
 #[derive(clap::Args)]
@@ -55,24 +60,42 @@ const SYSTEMS: usize = 4;
 
 pub fn run(args: Args, out: &Path) -> anyhow::Result<()> {
     let (batches, events) = event_workload(&args);
-    let mut rates = Vec::new();
-    let mut stats = None;
-    for _ in 0..args.rounds.max(1) {
-        let mut index = PrefixIndex::new(BLOCK_SIZE, 2 * args.worker_blocks);
-        let mut rejected = 0usize;
-        let start = Instant::now();
+    let payloads = zmq_workload(&batches, args.event_workers.max(1));
+    let json: Vec<Vec<u8>> = batches
+        .iter()
+        .map(|b| serde_json::to_vec(b).expect("a batch serializes"))
+        .collect();
+    let in_order = |applied: Applied| {
+        anyhow::ensure!(
+            matches!(applied, Applied::Ok | Applied::NewInstance),
+            "a batch was not applied in order: {applied:?}"
+        );
+        Ok(())
+    };
+    let ours = time_apply(&args, events, |index| {
         for batch in &batches {
-            let applied = index.apply(black_box(batch));
-            rejected += usize::from(!matches!(applied, Applied::Ok | Applied::NewInstance));
+            in_order(index.apply(black_box(batch)))?;
         }
-        let elapsed = start.elapsed();
-        anyhow::ensure!(rejected == 0, "{rejected} batches not applied in order");
-        rates.push(events as f64 / elapsed.as_secs_f64());
-        stats = Some(index.stats());
-    }
-    let events_per_s = percentile(&mut rates, 0.5);
-    let stats = stats.expect("at least one round");
-
+        Ok(())
+    })?;
+    let bus = time_apply(&args, events, |index| {
+        for payload in &json {
+            let batch: KvEventBatch = serde_json::from_slice(black_box(payload))?;
+            in_order(index.apply(&batch))?;
+        }
+        Ok(())
+    })?;
+    let zmq = time_apply(&args, events, |index| {
+        let mut rehash: Vec<Rehash> = (0..args.event_workers.max(1))
+            .map(|w| Rehash::new(&format!("w{w}"), BLOCK_SIZE, 2 * args.worker_blocks, 1))
+            .collect();
+        for (w, payload) in &payloads {
+            let batch = engine_kv::decode(black_box(payload))?;
+            let rehashed = rehash[*w].rehash(&batch);
+            in_order(index.apply(&rehashed.batch))?;
+        }
+        Ok(rehash)
+    })?;
     let mut lookups = Vec::new();
     for &workers in &args.worker_counts {
         let pool = Pool::new(&args, workers);
@@ -86,13 +109,25 @@ pub fn run(args: Args, out: &Path) -> anyhow::Result<()> {
         }));
     }
 
-    let apply_rows = vec![vec![
-        format!("{} workers, {} batches", args.event_workers, batches.len()),
-        events.to_string(),
-        format!("**{:.1} M/s**", events_per_s / 1e6),
-        stats.blocks.to_string(),
-        stats.entries.to_string(),
-    ]];
+    let apply_rows: Vec<Vec<String>> = [
+        ("applied, decoded already", &ours),
+        ("ours, JSON over the bus", &bus),
+        ("vLLM's, msgpack over ZeroMQ, rehashed", &zmq),
+    ]
+        .iter()
+        .map(|(path, a)| {
+            vec![
+                path.to_string(),
+                format!("{} workers, {} batches", args.event_workers, batches.len()),
+                events.to_string(),
+                format!("**{:.2} M/s**", a.events_per_s / 1e6),
+                a.stats.blocks.to_string(),
+                a.stats.entries.to_string(),
+                format!("{:.0} MiB", a.bytes as f64 / (1 << 20) as f64),
+                format!("{:.0}", a.bytes as f64 / a.stats.entries.max(1) as f64),
+            ]
+        })
+        .collect();
     let lookup_rows: Vec<Vec<String>> = lookups
         .iter()
         .map(|l| {
@@ -108,7 +143,8 @@ pub fn run(args: Args, out: &Path) -> anyhow::Result<()> {
     println!(
         "## bench index\n\nApply: one thread, median of {} rounds on a fresh index; an event is one block stored \
          or removed; batches of 1–16-block Stored events over {} shared system prompts and unique suffixes, \
-         with each worker removing its oldest blocks beyond {} blocks.\n\n{}\n\
+         with each worker removing its oldest blocks beyond {} blocks. Memory: heap bytes the index holds \
+         after the workload (over ZeroMQ, with the engine-to-gateway hash maps).\n\n{}\n\
          Lookups: a {}-block prompt ({} tokens), {} prompts in turn, per-lookup time over samples of {} lookups; \
          every worker holds {} background blocks, most hold the prompt's {}-block system prefix, \
          an eighth hold a longer prefix and one the whole prompt.\n\n{}",
@@ -116,7 +152,16 @@ pub fn run(args: Args, out: &Path) -> anyhow::Result<()> {
         SYSTEMS * 8,
         args.worker_blocks,
         report::table(
-            &["workload", "events", "events/s", "blocks", "(block, worker) entries"],
+            &[
+                "events",
+                "workload",
+                "block events",
+                "events/s",
+                "blocks",
+                "(block, worker) entries",
+                "memory",
+                "bytes per entry"
+            ],
             &apply_rows
         ),
         args.prompt_blocks,
@@ -138,9 +183,18 @@ pub fn run(args: Args, out: &Path) -> anyhow::Result<()> {
             "workers": args.event_workers,
             "worker_blocks": args.worker_blocks,
             "rounds": args.rounds.max(1),
-            "events_per_s": events_per_s,
-            "blocks": stats.blocks,
-            "entries": stats.entries,
+            "events_per_s": ours.events_per_s,
+            "blocks": ours.stats.blocks,
+            "entries": ours.stats.entries,
+            "bytes": ours.bytes,
+        },
+        "apply_bus_json": {
+            "events_per_s": bus.events_per_s,
+        },
+        "apply_zmq": {
+            "events_per_s": zmq.events_per_s,
+            "entries": zmq.stats.entries,
+            "bytes": zmq.bytes,
         },
         "prompt_blocks": args.prompt_blocks,
         "background_blocks": args.background_blocks,
@@ -196,6 +250,85 @@ struct Lookups {
     p99_us: f64,
     /// Mean number of workers with a nonzero overlap: the answers are not empty.
     workers_found: f64,
+}
+
+/// Applying one event workload, `rounds` times on a fresh index.
+struct Apply {
+    /// The median round's rate.
+    events_per_s: f64,
+    stats: IndexStats,
+    /// Heap bytes held after the first round: the index and what `apply` kept.
+    bytes: usize,
+}
+
+fn time_apply<T>(
+    args: &Args,
+    events: usize,
+    apply: impl Fn(&mut PrefixIndex) -> anyhow::Result<T>,
+) -> anyhow::Result<Apply> {
+    let (mut rates, mut bytes, mut stats) = (Vec::new(), None, None);
+    for _ in 0..args.rounds.max(1) {
+        let before = memory::live_bytes();
+        let mut index = PrefixIndex::new(BLOCK_SIZE, 2 * args.worker_blocks);
+        let start = Instant::now();
+        let kept = apply(&mut index)?;
+        let elapsed = start.elapsed();
+        bytes.get_or_insert(memory::live_bytes().saturating_sub(before));
+        drop(kept);
+        rates.push(events as f64 / elapsed.as_secs_f64());
+        stats = Some(index.stats());
+    }
+    Ok(Apply {
+        events_per_s: percentile(&mut rates, 0.5),
+        stats: stats.expect("at least one round"),
+        bytes: bytes.expect("at least one round"),
+    })
+}
+
+/// The workload's batches as a vLLM engine would publish them (worker,
+/// msgpack payload): each block with its parent and 16 token ids.
+fn zmq_workload(batches: &[KvEventBatch], workers: usize) -> Vec<(usize, Vec<u8>)> {
+    let tokens = |h: &BlockHash| -> Vec<u32> {
+        let mut rng = Rng(h.0);
+        (0..BLOCK_SIZE).map(|_| (rng.next() % 49_152) as u32).collect()
+    };
+    let engine = |h: &BlockHash| EngineHash(h.0);
+    batches
+        .iter()
+        .map(|batch| {
+            let w: usize = batch.worker_id[1..].parse().expect("worker ids are w{n}");
+            assert!(w < workers);
+            let events = batch
+                .events
+                .iter()
+                .map(|e| match e {
+                    KvEvent::Stored { parent, hashes } => EngineEvent::Stored(Stored {
+                        block_hashes: hashes.iter().map(engine).collect(),
+                        parent: parent.as_ref().map(engine),
+                        token_ids: hashes.iter().flat_map(tokens).collect(),
+                        block_size: BLOCK_SIZE,
+                        lora_id: None,
+                        lora_name: None,
+                        medium: Some(engine_kv::MEDIUM_GPU.to_string()),
+                        extra_keys: Vec::new(),
+                        group_idx: None,
+                    }),
+                    KvEvent::Removed { hashes } => EngineEvent::Removed {
+                        block_hashes: hashes.iter().map(engine).collect(),
+                        medium: Some(engine_kv::MEDIUM_GPU.to_string()),
+                        group_idx: None,
+                    },
+                    KvEvent::Cleared => EngineEvent::AllCleared,
+                })
+                .collect();
+            let batch = EngineBatch {
+                ts: 0.0,
+                events,
+                data_parallel_rank: None,
+            };
+            (w, engine_kv::encode(&batch))
+        })
+        .collect()
 }
 
 fn time_lookups(
@@ -338,8 +471,15 @@ fn event_workload(args: &Args) -> (Vec<KvEventBatch>, usize) {
         };
         let suffix = 1 + rng.below(48);
         blocks.extend(chain(&mut rng, blocks.last().copied(), suffix));
-        let new: Vec<BlockHash> = blocks.into_iter().filter(|h| sim.held.insert(*h)).collect();
-        sim.order.extend(&new);
+        // Each new block with the one before it in the prompt, which an
+        // engine names as the parent of the first block of an event.
+        let new: Vec<(Option<BlockHash>, BlockHash)> = blocks
+            .iter()
+            .enumerate()
+            .filter(|(_, h)| sim.held.insert(**h))
+            .map(|(i, h)| (i.checked_sub(1).map(|p| blocks[p]), *h))
+            .collect();
+        sim.order.extend(new.iter().map(|(_, h)| *h));
         let mut batch_events = if sim.next_id == 1 {
             vec![KvEvent::Cleared]
         } else {
@@ -348,8 +488,8 @@ fn event_workload(args: &Args) -> (Vec<KvEventBatch>, usize) {
         for chunk in chunks(&mut rng, &new) {
             events += chunk.len();
             batch_events.push(KvEvent::Stored {
-                parent: None,
-                hashes: chunk.to_vec(),
+                parent: chunk[0].0,
+                hashes: chunk.iter().map(|(_, h)| *h).collect(),
             });
         }
         let mut evicted = Vec::new();
@@ -376,7 +516,7 @@ fn event_workload(args: &Args) -> (Vec<KvEventBatch>, usize) {
 }
 
 /// Splits blocks into events of 1 to 16 hashes, as an engine storing a step's blocks would.
-fn chunks<'a>(rng: &mut Rng, blocks: &'a [BlockHash]) -> Vec<&'a [BlockHash]> {
+fn chunks<'a, T>(rng: &mut Rng, blocks: &'a [T]) -> Vec<&'a [T]> {
     let mut out = Vec::new();
     let mut rest = blocks;
     while !rest.is_empty() {

@@ -6,6 +6,7 @@ mod control;
 mod engine;
 mod index;
 mod load;
+mod memory;
 mod overhead;
 mod policy;
 mod report;
@@ -15,6 +16,10 @@ mod tokenize;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
+
+// Counts live heap bytes, for `bench index`'s memory figures.
+#[global_allocator]
+static ALLOCATOR: memory::Counting = memory::Counting;
 
 #[derive(Parser)]
 #[command(about = "Gateway benchmarks")]

@@ -38,7 +38,7 @@ pub mod policy;
 pub mod pools;
 mod prefix;
 pub mod probe;
-mod rehash;
+pub mod rehash;
 mod score;
 mod server;
 mod stream;

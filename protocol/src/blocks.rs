@@ -38,11 +38,19 @@ pub fn next_block_hash(parent: Option<BlockHash>, block: &[u32]) -> BlockHash {
 /// named by a nonzero `salt`: it never equals the unsalted block's hash, so
 /// such blocks match only prompts with the same salt. Salt 0 is no salt.
 pub fn salted_block_hash(parent: Option<BlockHash>, block: &[u32], salt: u64) -> BlockHash {
-    let bytes: Vec<u8> = block.iter().flat_map(|t| t.to_le_bytes()).collect();
-    BlockHash(xxh3_64_with_seed(
-        &bytes,
-        parent.map_or(ROOT_SEED, |p| p.0) ^ salt,
-    ))
+    let seed = parent.map_or(ROOT_SEED, |p| p.0) ^ salt;
+    // Blocks of up to 64 tokens (every engine's default is 16) hash from the stack.
+    let mut stack = [0u8; 256];
+    let bytes = match stack.get_mut(..block.len() * 4) {
+        Some(bytes) => {
+            for (chunk, token) in bytes.chunks_exact_mut(4).zip(block) {
+                chunk.copy_from_slice(&token.to_le_bytes());
+            }
+            &*bytes
+        }
+        None => &block.iter().flat_map(|t| t.to_le_bytes()).collect::<Vec<u8>>(),
+    };
+    BlockHash(xxh3_64_with_seed(bytes, seed))
 }
 
 #[cfg(test)]
