@@ -114,20 +114,20 @@ pub fn run(args: Args, out: &Path) -> anyhow::Result<()> {
         ("ours, JSON over the bus", &bus),
         ("vLLM's, msgpack over ZeroMQ, rehashed", &zmq),
     ]
-        .iter()
-        .map(|(path, a)| {
-            vec![
-                path.to_string(),
-                format!("{} workers, {} batches", args.event_workers, batches.len()),
-                events.to_string(),
-                format!("**{:.2} M/s**", a.events_per_s / 1e6),
-                a.stats.blocks.to_string(),
-                a.stats.entries.to_string(),
-                format!("{:.0} MiB", a.bytes as f64 / (1 << 20) as f64),
-                format!("{:.0}", a.bytes as f64 / a.stats.entries.max(1) as f64),
-            ]
-        })
-        .collect();
+    .iter()
+    .map(|(path, a)| {
+        vec![
+            path.to_string(),
+            format!("{} workers, {} batches", args.event_workers, batches.len()),
+            events.to_string(),
+            format!("**{:.2} M/s**", a.events_per_s / 1e6),
+            a.stats.blocks.to_string(),
+            a.stats.entries.to_string(),
+            format!("{:.0} MiB", a.bytes as f64 / (1 << 20) as f64),
+            format!("{:.0}", a.bytes as f64 / a.stats.entries.max(1) as f64),
+        ]
+    })
+    .collect();
     let lookup_rows: Vec<Vec<String>> = lookups
         .iter()
         .map(|l| {
@@ -290,7 +290,9 @@ fn time_apply<T>(
 fn zmq_workload(batches: &[KvEventBatch], workers: usize) -> Vec<(usize, Vec<u8>)> {
     let tokens = |h: &BlockHash| -> Vec<u32> {
         let mut rng = Rng(h.0);
-        (0..BLOCK_SIZE).map(|_| (rng.next() % 49_152) as u32).collect()
+        (0..BLOCK_SIZE)
+            .map(|_| (rng.next() % 49_152) as u32)
+            .collect()
     };
     let engine = |h: &BlockHash| EngineHash(h.0);
     batches

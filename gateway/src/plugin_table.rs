@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwapOption;
 
-use crate::plugin::{Label, PolicyWorker, WorkerTable};
+use crate::engine::EngineKind;
+use crate::plugin::{Label, PolicyEngine, PolicyWorker, WorkerTable};
 use crate::worker::Worker;
 
 /// A pool's workers as plugins see them, kept between requests.
@@ -83,8 +84,15 @@ impl TableSnapshot {
     }
 }
 
-fn policy_worker(worker: &Worker) -> PolicyWorker {
-    PolicyWorker {
+fn policy_worker(worker: &Worker) -> (PolicyWorker, PolicyEngine) {
+    let engine = match worker.engine.kind {
+        EngineKind::Llmgw => PolicyEngine::Llmgw,
+        EngineKind::Vllm => PolicyEngine::Vllm,
+        EngineKind::Sglang => PolicyEngine::Sglang,
+        EngineKind::Llamacpp => PolicyEngine::Llamacpp,
+        EngineKind::Openai => PolicyEngine::Openai,
+    };
+    let worker = PolicyWorker {
         id: worker.id.to_string(),
         zone: worker.zone.clone(),
         labels: worker
@@ -95,7 +103,8 @@ fn policy_worker(worker: &Worker) -> PolicyWorker {
                 value: v.clone(),
             })
             .collect(),
-    }
+    };
+    (worker, engine)
 }
 
 #[cfg(test)]

@@ -48,7 +48,10 @@ pub fn salted_block_hash(parent: Option<BlockHash>, block: &[u32], salt: u64) ->
             }
             &*bytes
         }
-        None => &block.iter().flat_map(|t| t.to_le_bytes()).collect::<Vec<u8>>(),
+        None => &block
+            .iter()
+            .flat_map(|t| t.to_le_bytes())
+            .collect::<Vec<u8>>(),
     };
     BlockHash(xxh3_64_with_seed(bytes, seed))
 }

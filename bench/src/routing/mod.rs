@@ -185,7 +185,15 @@ pub async fn run(args: Args, out: &Path) -> anyhow::Result<()> {
     let mut summaries = Vec::new();
     for router in args.strategies.iter().copied() {
         let started = Instant::now();
-        let summary = run_one(router, &sizing, &routing, &requests, args.seed, &block_tokens).await?;
+        let summary = run_one(
+            router,
+            &sizing,
+            &routing,
+            &requests,
+            args.seed,
+            &block_tokens,
+        )
+        .await?;
         eprintln!(
             "{:<12} p50 {:>6.0} ms  p90 {:>6.0} ms  hit {:>5.1}%  errors {}  ({:.0} s)",
             summary.strategy,

@@ -28,7 +28,12 @@ pub type BlockTokens = HashMap<BlockHash, Vec<u32>>;
 pub fn block_tokens(requests: &[Request], block_size: usize) -> BlockTokens {
     requests
         .iter()
-        .flat_map(|r| r.hashes.iter().copied().zip(r.tokens.chunks_exact(block_size).map(<[u32]>::to_vec)))
+        .flat_map(|r| {
+            r.hashes
+                .iter()
+                .copied()
+                .zip(r.tokens.chunks_exact(block_size).map(<[u32]>::to_vec))
+        })
         .collect()
 }
 
@@ -132,7 +137,8 @@ impl Relay {
         Some(match event {
             KvEvent::Stored { parent, hashes } => {
                 // Blocks of generated text are in no prompt: cut the chain there.
-                let known: Vec<&Vec<u32>> = hashes.iter().map_while(|h| self.tokens.get(h)).collect();
+                let known: Vec<&Vec<u32>> =
+                    hashes.iter().map_while(|h| self.tokens.get(h)).collect();
                 if known.is_empty() {
                     return None;
                 }
@@ -176,7 +182,9 @@ impl Relay {
         self.buffer
             .iter()
             .filter(|(seq, _)| *seq >= start)
-            .map(|(seq, payload)| frames(Bytes::copy_from_slice(&seq.to_be_bytes()), payload.clone()))
+            .map(|(seq, payload)| {
+                frames(Bytes::copy_from_slice(&seq.to_be_bytes()), payload.clone())
+            })
             .chain(std::iter::once(frames(
                 Bytes::copy_from_slice(&REPLAY_END.to_be_bytes()),
                 Bytes::new(),

@@ -34,6 +34,8 @@ pub(crate) struct HostState {
     pub memory_exhausted: bool,
     /// The running call's deadline.
     pub deadline: Deadline,
+    /// The engines of the worker table the guest is being sent or holds.
+    pub engines: Vec<types::Engine>,
 }
 
 impl HostState {
@@ -46,6 +48,7 @@ impl HostState {
             memory_limit_bytes,
             memory_exhausted: false,
             deadline: Deadline::default(),
+            engines: Vec::new(),
         }
     }
 }
@@ -121,6 +124,10 @@ impl host::Host for HostState {
 
     fn random(&mut self) -> u64 {
         self.rng.random()
+    }
+
+    fn worker_engines(&mut self) -> Vec<types::Engine> {
+        self.engines.clone()
     }
 }
 

@@ -86,6 +86,7 @@ impl Instance {
         let timeout_ms = engine.limits().call_timeout_ms;
         self.calls += 1;
         if self.table != table.generation() {
+            self.store.data_mut().engines = table.engines().to_vec();
             self.arm(timeout_ms);
             let sent = self
                 .policy

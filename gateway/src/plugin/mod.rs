@@ -33,8 +33,8 @@ mod watch;
 mod tests;
 
 pub use bindings::llmgw::policy::types::{
-    Candidates as PolicyCandidates, Label, Request as RouteRequest, State as CandidateState,
-    Worker as PolicyWorker,
+    Candidates as PolicyCandidates, Engine as PolicyEngine, Label, Request as RouteRequest,
+    State as CandidateState, Worker as PolicyWorker,
 };
 pub use config::{OnError, PluginsConfig, PolicyBinding};
 pub use decision::Decision;

@@ -2,7 +2,7 @@
 //! serves: four workers in three zones, with the labels example policies
 //! read, three of them candidates.
 
-use super::bindings::llmgw::policy::types::{Candidates, Label, Request, State, Worker};
+use super::bindings::llmgw::policy::types::{Candidates, Engine, Label, Request, State, Worker};
 use super::table::WorkerTable;
 
 /// The model the sample requests name; a plugin can tell them apart by it.
@@ -56,10 +56,19 @@ pub(crate) fn request(zone: &str, session_key: Option<&str>) -> Request {
 
 pub(crate) fn table() -> WorkerTable {
     WorkerTable::new(vec![
-        worker("sample-a1", "a", &[("version", "v1"), ("colour", "blue")]),
-        worker("sample-a2", "a", &[("version", "v2"), ("colour", "green")]),
-        worker("sample-c1", "c", &[]),
-        worker("sample-b1", "b", &[("version", "v1"), ("colour", "blue")]),
+        (
+            worker("sample-a1", "a", &[("version", "v1"), ("colour", "blue")]),
+            Engine::Llmgw,
+        ),
+        (
+            worker("sample-a2", "a", &[("version", "v2"), ("colour", "green")]),
+            Engine::Vllm,
+        ),
+        (worker("sample-c1", "c", &[]), Engine::Llamacpp),
+        (
+            worker("sample-b1", "b", &[("version", "v1"), ("colour", "blue")]),
+            Engine::Llmgw,
+        ),
     ])
 }
 

@@ -5,7 +5,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::PolicyWorker;
+use super::{PolicyEngine, PolicyWorker};
 
 /// Generations are unique in the process, so no two tables (of two pools,
 /// or one pool before and after a change) can be mistaken for each other.
@@ -15,13 +15,17 @@ static GENERATIONS: AtomicU64 = AtomicU64::new(1);
 pub struct WorkerTable {
     generation: u64,
     workers: Vec<PolicyWorker>,
+    /// Each worker's engine, in the same order: a plugin asks for them apart.
+    engines: Vec<PolicyEngine>,
 }
 
 impl WorkerTable {
-    pub fn new(workers: Vec<PolicyWorker>) -> Self {
+    pub fn new(workers: Vec<(PolicyWorker, PolicyEngine)>) -> Self {
+        let (workers, engines) = workers.into_iter().unzip();
         Self {
             generation: GENERATIONS.fetch_add(1, Ordering::Relaxed),
             workers,
+            engines,
         }
     }
 
@@ -32,5 +36,9 @@ impl WorkerTable {
 
     pub fn workers(&self) -> &[PolicyWorker] {
         &self.workers
+    }
+
+    pub fn engines(&self) -> &[PolicyEngine] {
+        &self.engines
     }
 }

@@ -1,4 +1,4 @@
-//! Canary policy: a weighted split by version label, sticky per session, the other side as failover tail.
+//! Canary policy: a weighted split by version label (or by engine), sticky per session, the other side as failover tail.
 //!
 //! A request with a session key lands on the same side every time (see
 //! [`policy_sdk::sticky_fraction`]); one without a key draws from the host's
@@ -14,6 +14,10 @@
 //!   canary; fractions allowed (`0.5`). Raising it only moves users from
 //!   stable to canary, never back.
 //! - `label`: the worker label holding the version. Default: `"version"`.
+//! - `by`: `"label"` (default) splits by that label; `"engine"` splits by
+//!   the kind of server instead, `stable` and `canary` naming engines: a
+//!   fleet moving from llama.cpp to vLLM sends `canary_percent` of its
+//!   traffic to `"vllm"` workers and the rest to `"llamacpp"` ones.
 
 #![no_std]
 
@@ -37,6 +41,17 @@ struct RawConfig {
     canary_percent: f64,
     #[serde(default = "default_label")]
     label: String,
+    #[serde(default)]
+    by: By,
+}
+
+/// What tells a worker's side.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Deserialize)]
+#[serde(crate = "policy_sdk::serde", rename_all = "lowercase")]
+enum By {
+    #[default]
+    Label,
+    Engine,
 }
 
 fn default_label() -> String {
@@ -45,6 +60,7 @@ fn default_label() -> String {
 
 pub struct Canary {
     label: String,
+    by: By,
     stable: String,
     canary: String,
     /// `canary_percent` as a fraction in [0, 1].
@@ -61,6 +77,22 @@ impl Canary {
             None => random_fraction(),
         };
         point < self.canary_share
+    }
+
+    /// The version (or engine) `c` runs, if it says.
+    fn side<'c>(&self, c: &Candidate<'c>) -> Option<&'c str> {
+        match self.by {
+            By::Label => c.label(&self.label),
+            By::Engine => Some(c.engine.name()),
+        }
+    }
+
+    /// What the split is by, for messages.
+    fn key(&self) -> &str {
+        match self.by {
+            By::Label => &self.label,
+            By::Engine => "engine",
+        }
     }
 }
 
@@ -94,11 +126,19 @@ impl Policy for Canary {
             Level::Debug,
             &format!(
                 "canary: {}% of traffic to {}={}, the rest to {}",
-                raw.canary_percent, raw.label, raw.canary, raw.stable
+                raw.canary_percent,
+                if raw.by == By::Engine {
+                    "engine"
+                } else {
+                    &raw.label
+                },
+                raw.canary,
+                raw.stable
             ),
         );
         Ok(Self {
             label: raw.label,
+            by: raw.by,
             stable: raw.stable,
             canary: raw.canary,
             canary_share: raw.canary_percent / 100.0,
@@ -113,7 +153,7 @@ impl Policy for Canary {
         };
         let mut ordered = by_score(candidates);
         ordered.retain(|c| {
-            c.label(&self.label)
+            self.side(c)
                 .is_some_and(|v| v == self.stable || v == self.canary)
         });
         if ordered.is_empty() {
@@ -124,13 +164,13 @@ impl Policy for Canary {
                     self.stable,
                     self.canary,
                     request.pool,
-                    label = self.label
+                    label = self.key()
                 ),
             );
         }
         // Stable: score order holds within each side; an empty chosen side
         // simply leaves the other side first.
-        ordered.sort_by_cached_key(|c| c.label(&self.label) != Some(chosen.as_str()));
+        ordered.sort_by_cached_key(|c| self.side(c) != Some(chosen.as_str()));
         route_to(request, ordered)
     }
 }
@@ -143,7 +183,7 @@ mod tests {
 
     use super::*;
     use policy_sdk::testing::{self, candidate, request, TestCandidate};
-    use policy_sdk::Rejection;
+    use policy_sdk::{Engine, Rejection};
 
     fn policy(percent: f64) -> Canary {
         Canary::init(&format!(
@@ -184,6 +224,20 @@ mod tests {
 
     fn on_canary(policy: &Canary, session: &str) -> bool {
         first(policy, &request().with_session(session)).starts_with("v2")
+    }
+
+    #[test]
+    fn splits_by_engine_when_asked() {
+        let policy = Canary::init(
+            r#"{"by": "engine", "stable": "llamacpp", "canary": "vllm", "canary_percent": 100}"#,
+        )
+        .unwrap();
+        let pool = [
+            candidate("cpp").on_engine(Engine::Llamacpp).with_score(0.1),
+            candidate("ours").with_score(0.0),
+            candidate("vllm").on_engine(Engine::Vllm).with_score(1.0),
+        ];
+        assert_eq!(route(&policy, &request(), &pool).unwrap(), ["vllm", "cpp"]);
     }
 
     #[test]

@@ -1,10 +1,11 @@
-//! What the host offers a policy (log, clock, random), with stand-ins when the policy runs natively.
+//! What the host offers a policy (log, clock, random, the workers' engines),
+//! with stand-ins when the policy runs natively.
 
 pub use crate::Level;
 
 #[cfg(not(target_arch = "wasm32"))]
 pub use imp::seed_random;
-pub use imp::{log, now_ms, random};
+pub use imp::{log, now_ms, random, worker_engines};
 
 #[cfg(target_arch = "wasm32")]
 mod imp {
@@ -24,6 +25,11 @@ mod imp {
     /// A random number from the host's generator.
     pub fn random() -> u64 {
         host::random()
+    }
+
+    /// The engine of each worker the host last sent, in its order.
+    pub fn worker_engines() -> alloc::vec::Vec<crate::Engine> {
+        host::worker_engines()
     }
 }
 
@@ -64,6 +70,12 @@ mod imp {
             z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
             z ^ (z >> 31)
         })
+    }
+
+    /// Natively no host sends workers: tests give engines through
+    /// `testing`'s candidates instead.
+    pub fn worker_engines() -> alloc::vec::Vec<crate::Engine> {
+        alloc::vec::Vec::new()
     }
 
     /// Restarts this thread's sequence of [`random`] numbers from `seed`.

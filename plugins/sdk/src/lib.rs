@@ -63,7 +63,21 @@ pub mod bindings {
 }
 
 pub use bindings::llmgw::policy::host::Level;
-pub use bindings::llmgw::policy::types::{Decision, Label, Rejection, Request, Worker};
+pub use bindings::llmgw::policy::types::{Decision, Engine, Label, Rejection, Request, Worker};
+
+impl Engine {
+    /// The name a gateway config gives it: `llmgw`, `vllm`, `sglang`,
+    /// `llamacpp` or `openai`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Engine::Llmgw => "llmgw",
+            Engine::Vllm => "vllm",
+            Engine::Sglang => "sglang",
+            Engine::Llamacpp => "llamacpp",
+            Engine::Openai => "openai",
+        }
+    }
+}
 
 /// A routing policy: built once from the operator's JSON config, then asked to order candidates.
 pub trait Policy: Send + Sync + 'static {
@@ -109,7 +123,7 @@ macro_rules! export_policy {
                 }
 
                 fn set_workers(workers: $crate::__private::Vec<$crate::Worker>) {
-                    SLOT.set_workers(workers)
+                    SLOT.set_workers(workers, $crate::host::worker_engines())
                 }
 
                 fn route(

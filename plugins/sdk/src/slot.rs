@@ -6,7 +6,7 @@ use alloc::vec::Vec;
 use core::cell::RefCell;
 
 use crate::bindings::llmgw::policy::types;
-use crate::{reject, view, Decision, Policy, Request, Worker};
+use crate::{reject, view, Decision, Engine, Policy, Request, Worker};
 
 /// Holds the policy and the worker table of one component instance.
 ///
@@ -16,6 +16,7 @@ use crate::{reject, view, Decision, Policy, Request, Worker};
 pub struct Slot<P> {
     policy: RefCell<Option<P>>,
     workers: RefCell<Vec<Worker>>,
+    engines: RefCell<Vec<Engine>>,
 }
 
 // SAFETY: the component's `static` slot is only touched by its exports, and
@@ -28,6 +29,7 @@ impl<P: Policy> Slot<P> {
         Self {
             policy: RefCell::new(None),
             workers: RefCell::new(Vec::new()),
+            engines: RefCell::new(Vec::new()),
         }
     }
 
@@ -39,9 +41,11 @@ impl<P: Policy> Slot<P> {
         Ok(())
     }
 
-    /// Keeps the pool's workers, which later candidates refer to by index.
-    pub fn set_workers(&self, workers: Vec<Worker>) {
+    /// Keeps the pool's workers, which later candidates refer to by index,
+    /// and their engines, in the same order.
+    pub fn set_workers(&self, workers: Vec<Worker>, engines: Vec<Engine>) {
         *self.workers.borrow_mut() = workers;
+        *self.engines.borrow_mut() = engines;
     }
 
     /// Asks the policy about `candidates` joined with the workers; before a
@@ -52,8 +56,8 @@ impl<P: Policy> Slot<P> {
         let Some(policy) = &*policy else {
             return reject(500, "policy called before a successful init");
         };
-        let workers = self.workers.borrow();
-        match view::join(&workers, candidates) {
+        let (workers, engines) = (self.workers.borrow(), self.engines.borrow());
+        match view::join(&workers, &engines, candidates) {
             Ok(candidates) => policy.route(request, &candidates),
             Err(message) => reject(500, message),
         }
@@ -107,7 +111,7 @@ mod tests {
     #[test]
     fn route_before_init_rejects_with_500() {
         let slot = Slot::<First>::new();
-        slot.set_workers(vec![candidate("w1").worker]);
+        slot.set_workers(vec![candidate("w1").worker], Vec::new());
         assert_eq!(status(slot.route(&request(), &on(&[0]))), 500);
     }
 
@@ -115,7 +119,7 @@ mod tests {
     fn failed_init_is_reported_and_leaves_slot_empty() {
         let slot = Slot::<First>::new();
         assert_eq!(slot.init("nope"), Err("bad config \"nope\"".to_string()));
-        slot.set_workers(vec![candidate("w1").worker]);
+        slot.set_workers(vec![candidate("w1").worker], Vec::new());
         assert_eq!(status(slot.route(&request(), &on(&[0]))), 500);
     }
 
@@ -130,13 +134,16 @@ mod tests {
     fn routes_after_init_and_workers() {
         let slot = Slot::<First>::new();
         slot.init("ok").unwrap();
-        slot.set_workers(vec![candidate("w1").worker, candidate("w2").worker]);
+        slot.set_workers(
+            vec![candidate("w1").worker, candidate("w2").worker],
+            Vec::new(),
+        );
         assert_eq!(
             slot.route(&request(), &on(&[1, 0])),
             Decision::Route(vec![0])
         );
         // A new table replaces the old one.
-        slot.set_workers(vec![candidate("w3").worker]);
+        slot.set_workers(vec![candidate("w3").worker], Vec::new());
         assert_eq!(status(slot.route(&request(), &on(&[1]))), 500);
     }
 }

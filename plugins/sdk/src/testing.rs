@@ -1,8 +1,8 @@
 //! Builders of requests and candidates for policy unit tests (feature
 //! `testing`), and [`route`], which asks a policy the way a host does.
 //!
-//! Defaults: a healthy candidate in zone `a` with no labels, no load, no
-//! overlap and score 0; a first-attempt request for model `m` in pool
+//! Defaults: a healthy `llmgw` candidate in zone `a` with no labels, no
+//! load, no overlap and score 0; a first-attempt request for model `m` in pool
 //! `default` from a gateway in zone `a`, without a session key.
 
 use alloc::string::{String, ToString};
@@ -10,12 +10,13 @@ use alloc::vec;
 use alloc::vec::Vec;
 
 use crate::bindings::llmgw::policy::types::{self, State};
-use crate::{view, Decision, Health, Label, Load, Policy, Rejection, Request, Worker};
+use crate::{view, Decision, Engine, Health, Label, Load, Policy, Rejection, Request, Worker};
 
 /// A candidate for a test: its worker and its figures, which a host sends apart.
 #[derive(Debug, Clone)]
 pub struct TestCandidate {
     pub(crate) worker: Worker,
+    engine: Engine,
     health: Health,
     load: Load,
     overlap_blocks: u32,
@@ -30,6 +31,7 @@ pub fn candidate(id: &str) -> TestCandidate {
             zone: "a".to_string(),
             labels: Vec::new(),
         },
+        engine: Engine::Llmgw,
         health: Health::Healthy,
         load: Load {
             in_flight: 0,
@@ -73,8 +75,10 @@ pub fn route<P: Policy>(
     let n = candidates.len() as u32;
     let mut workers = vec![candidate("not-a-candidate").worker];
     workers.extend(candidates.iter().rev().map(|c| c.worker.clone()));
+    let mut engines = vec![Engine::Llmgw];
+    engines.extend(candidates.iter().rev().map(|c| c.engine));
     let wire = wire(candidates, (1..=n).rev());
-    let view = view::join(&workers, &wire).expect("every worker is in the table");
+    let view = view::join(&workers, &engines, &wire).expect("every worker is in the table");
     match policy.route(request, &view) {
         Decision::Route(order) => {
             assert!(!order.is_empty(), "routes to no worker");
@@ -148,6 +152,11 @@ impl TestCandidate {
             key: key.to_string(),
             value: value.to_string(),
         });
+        self
+    }
+
+    pub fn on_engine(mut self, engine: Engine) -> Self {
+        self.engine = engine;
         self
     }
 

@@ -1,12 +1,13 @@
 //! Candidates as a policy sees them: each request's figures joined with the
-//! id, zone and labels of their worker, from the table the host sent last.
+//! id, zone, labels and engine of their worker, from the table the host
+//! sent last.
 
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 
 use crate::bindings::llmgw::policy::types::{self, State};
-use crate::{Label, Worker};
+use crate::{Engine, Label, Worker};
 
 /// A worker that may take the request, and its figures now.
 #[derive(Debug, Clone, Copy)]
@@ -14,6 +15,8 @@ pub struct Candidate<'w> {
     pub id: &'w str,
     pub zone: &'w str,
     pub labels: &'w [Label],
+    /// The kind of server it is.
+    pub engine: Engine,
     pub health: Health,
     pub load: Load,
     /// Leading blocks of this request's prompt the worker holds in KV cache.
@@ -61,11 +64,13 @@ impl<'w> Candidate<'w> {
     }
 }
 
-/// Joins the host's `candidates` with their `workers`, keeping the host's
-/// order. Fails on lists of different lengths or a candidate whose worker
-/// is not in the table, which only a faulty host causes.
+/// Joins the host's `candidates` with their `workers` and those workers'
+/// `engines` (a worker without one runs `llmgw`), keeping the host's order.
+/// Fails on lists of different lengths or a candidate whose worker is not in
+/// the table, which only a faulty host causes.
 pub(crate) fn join<'w>(
     workers: &'w [Worker],
+    engines: &[Engine],
     candidates: &types::Candidates,
 ) -> Result<Vec<Candidate<'w>>, String> {
     let c = candidates;
@@ -100,6 +105,10 @@ pub(crate) fn join<'w>(
                 id: &worker.id,
                 zone: &worker.zone,
                 labels: &worker.labels,
+                engine: engines
+                    .get(c.worker[i] as usize)
+                    .copied()
+                    .unwrap_or(Engine::Llmgw),
                 // Half-open says more than unprobed, should both hold.
                 health: if has(State::HALF_OPEN) {
                     Health::HalfOpen
@@ -131,12 +140,26 @@ mod tests {
     use crate::testing::{candidate, wire};
 
     #[test]
+    fn engines_join_by_worker_index() {
+        let cs = [candidate("w1"), candidate("w2")];
+        let workers = [cs[0].worker.clone(), cs[1].worker.clone()];
+        let view = join(&workers, &[Engine::Llmgw, Engine::Vllm], &wire(&cs, [1, 0])).unwrap();
+        assert_eq!(
+            (view[0].engine, view[1].engine),
+            (Engine::Vllm, Engine::Llmgw)
+        );
+        // A host that sent no engines: every worker reads as ours.
+        let view = join(&workers, &[], &wire(&cs, [1, 0])).unwrap();
+        assert_eq!(view[0].engine, Engine::Llmgw);
+    }
+
+    #[test]
     fn label_finds_value_by_key() {
         let c = candidate("w1")
             .with_label("version", "v2")
             .with_label("colour", "blue");
         let workers = [c.worker.clone()];
-        let view = join(&workers, &wire(&[c], [0])).unwrap();
+        let view = join(&workers, &[], &wire(&[c], [0])).unwrap();
         assert_eq!(view[0].label("colour"), Some("blue"));
         assert_eq!(view[0].label("zone"), None);
     }
@@ -145,7 +168,7 @@ mod tests {
     fn candidates_keep_the_hosts_order_whatever_the_tables() {
         let workers = [candidate("w0").worker, candidate("w1").worker];
         let figures = wire(&[candidate("x"), candidate("y")], [1, 0]);
-        let view = join(&workers, &figures).unwrap();
+        let view = join(&workers, &[], &figures).unwrap();
         let seen: Vec<_> = view.iter().map(|c| (c.id, c.position())).collect();
         assert_eq!(seen, [("w1", 0), ("w0", 1)]);
     }
@@ -157,7 +180,7 @@ mod tests {
             candidate("x").with_in_flight(3),
             candidate("y").with_running(7),
         ];
-        let view = join(&workers, &wire(&cs, [0, 0])).unwrap();
+        let view = join(&workers, &[], &wire(&cs, [0, 0])).unwrap();
         assert_eq!((view[0].load.in_flight, view[0].load.running), (3, None));
         assert_eq!(view[1].load.running, Some(7));
     }
@@ -167,7 +190,7 @@ mod tests {
         let workers = [candidate("w0").worker];
         let healths = [Health::Healthy, Health::Unknown, Health::HalfOpen];
         let cs = healths.map(|health| candidate("x").with_health(health));
-        let view = join(&workers, &wire(&cs, [0, 0, 0])).unwrap();
+        let view = join(&workers, &[], &wire(&cs, [0, 0, 0])).unwrap();
         let seen: Vec<Health> = view.iter().map(|c| c.health).collect();
         assert_eq!(seen, healths);
     }
@@ -177,7 +200,7 @@ mod tests {
         let workers = [candidate("w0").worker];
         let mut figures = wire(&[candidate("x"), candidate("y")], [0, 0]);
         figures.state = vec![State::UNPROBED, State::UNPROBED | State::HALF_OPEN];
-        let view = join(&workers, &figures).unwrap();
+        let view = join(&workers, &[], &figures).unwrap();
         assert_eq!(view[0].health, Health::Unknown);
         assert_eq!(view[1].health, Health::HalfOpen);
     }
@@ -185,10 +208,10 @@ mod tests {
     #[test]
     fn a_faulty_host_is_an_error() {
         let workers = [candidate("w0").worker];
-        let error = join(&workers, &wire(&[candidate("x")], [1])).unwrap_err();
+        let error = join(&workers, &[], &wire(&[candidate("x")], [1])).unwrap_err();
         assert!(error.contains("worker 1 of 1"), "{error}");
         let mut short = wire(&[candidate("x")], [0]);
         short.score.clear();
-        assert!(join(&workers, &short).is_err());
+        assert!(join(&workers, &[], &short).is_err());
     }
 }

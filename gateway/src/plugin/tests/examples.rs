@@ -184,3 +184,54 @@ fn a_changed_table_reaches_every_instance_and_only_candidates_are_routed() {
         ["w1", "w2"]
     );
 }
+
+/// The world grew `worker-engines` after its 0.2.0 release; a component
+/// built before (the shipped zone-affinity policy of then, kept as bytes)
+/// does not import it and must load and route as it did.
+#[test]
+fn a_plugin_built_before_worker_engines_still_loads() {
+    let bytes = include_bytes!("fixtures/zone-affinity-world-0.2.0.wasm");
+    let policy = LoadedPolicy::load(
+        engine(),
+        Tier::Optimized,
+        "zone-affinity",
+        "0.2.0",
+        bytes,
+        r#"{"spill_in_flight": 4}"#,
+    )
+    .unwrap();
+    let mut pool = pool(&[
+        ("a-full", "a", &[]),
+        ("b-idle", "b", &[]),
+        ("a-free", "a", &[]),
+    ]);
+    pool.candidates.in_flight = vec![5, 0, 1];
+    let decision = pool.route(&policy, &request("a", None)).unwrap();
+    assert_eq!(pool.routed(&decision), ["a-free", "b-idle", "a-full"]);
+}
+
+/// The engines the host passes reach the policy: a canary by engine sends
+/// everything to the one vLLM worker, the `llmgw` ones behind it and the
+/// llama.cpp one (neither side) nowhere.
+#[test]
+fn canary_splits_by_the_engines_the_host_passes() {
+    let policy = load(
+        "canary",
+        r#"{"by": "engine", "stable": "llmgw", "canary": "vllm", "canary_percent": 100}"#,
+    )
+    .unwrap();
+    let (table, candidates) = (sample::table(), sample::candidates_of(&[2, 3, 0, 1]));
+    let decision = policy
+        .route(&request("a", None), &table, &candidates)
+        .unwrap();
+    let Decision::Route(order) = decision else {
+        panic!("{decision:?}")
+    };
+    let ids: Vec<&str> = order
+        .iter()
+        .map(|&i| table.workers()[candidates.worker[i] as usize].id.as_str())
+        .collect();
+    assert_eq!(ids[0], "sample-a2");
+    assert_eq!(ids.len(), 3, "{ids:?}");
+    assert!(!ids.contains(&"sample-c1"));
+}

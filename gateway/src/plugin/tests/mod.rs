@@ -10,8 +10,8 @@ use std::sync::OnceLock;
 
 use super::sample;
 use super::{
-    Decision, LoadedPolicy, PluginEngine, PluginsConfig, PolicyCandidates, RouteRequest, Tier,
-    WorkerTable,
+    Decision, LoadedPolicy, PluginEngine, PluginsConfig, PolicyCandidates, PolicyEngine,
+    RouteRequest, Tier, WorkerTable,
 };
 
 /// One engine for every test: engines reserve address space and run a ticker.
@@ -67,7 +67,7 @@ fn pool(workers: &[Spec<'_>]) -> Pool {
             workers
                 .iter()
                 .rev()
-                .map(|(id, zone, labels)| sample::worker(id, zone, labels))
+                .map(|(id, zone, labels)| (sample::worker(id, zone, labels), PolicyEngine::Llmgw))
                 .collect(),
         ),
         candidates: sample::candidates_of(&(0..n).rev().collect::<Vec<_>>()),
