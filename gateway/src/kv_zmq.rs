@@ -124,6 +124,7 @@ impl Follower {
             }
         }
         tracing::info!(pool = %self.key.pool, worker = %self.key.worker, %endpoint, "following KV events over ZeroMQ");
+        self.catch_up().await;
         loop {
             tokio::select! {
                 message = sub.recv() => match message {
@@ -155,6 +156,29 @@ impl Follower {
             Seen::Missed { from } => self.recover(from, false, (seq, payload)).await,
             // From the start: whatever the engine holds was stored before now.
             Seen::Unknown => self.recover(0, true, (seq, payload)).await,
+        }
+    }
+
+    /// Applies the engine's history from its replay socket, if it has one:
+    /// what it stored before this gateway subscribed, which no message to
+    /// come may ever mention.
+    async fn catch_up(&mut self) {
+        let Some(replay) = self.key.events.replay.clone() else {
+            return;
+        };
+        match fetch_replay(&replay, 0).await {
+            Ok(history) if !history.is_empty() => {
+                self.start_over();
+                for (seq, payload) in history {
+                    if matches!(self.seq.see(seq), Seen::InOrder | Seen::Unknown) {
+                        self.apply(seq, &payload);
+                    }
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::info!(worker = %self.key.worker, %replay, error = %e, "KV events: no history from the replay socket")
+            }
         }
     }
 

@@ -282,3 +282,75 @@ async fn vllm_and_sglang_events_over_zmq_route_prompts() {
     wait_cached(&gw, "w1", 0).await;
     assert_eq!(worker_status(&gw, "w1").await["kv_events"], true);
 }
+
+/// `etcdctl ARGS…` against `etcd`; its output.
+fn etcdctl(etcd: &EtcdServer, args: &[&str]) -> String {
+    let out = std::process::Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .args(["--endpoints", &etcd.url])
+        .args(args)
+        .output()
+        .expect("etcdctl is installed (scripts/setup.sh)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// An engine that does not register itself (vLLM, here) is registered for
+/// it, as an operator's sidecar would with etcdctl and a lease, naming its
+/// kind and KV-event endpoints; one naming an unknown kind is ignored.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_external_engine_registered_in_etcd_is_followed_and_routed() {
+    let etcd = EtcdServer::start().await;
+    let mut vllm = Publisher::start("map", true).await;
+    let fake = fake::start(200, None).await;
+    let gw = spawn_gateway(
+        "a",
+        &[],
+        &format!("[etcd]\nendpoints = [\"{}\"]\n", etcd.url),
+    )
+    .await;
+    let registration = |id: &str, kind: &str| {
+        json!({
+            "id": id, "pool": POOL, "url": fake.url, "zone": "a", "model": MODEL,
+            "block_size": BLOCK, "engine": "vllm/cuda", "started_at_ms": 0,
+            "engine_kind": kind, "kv_events": vllm.endpoint, "kv_replay": vllm.replay,
+        })
+        .to_string()
+    };
+    let lease = etcdctl(&etcd, &["lease", "grant", "30"]);
+    let lease = lease.split_whitespace().nth(1).expect("lease id");
+    for (id, kind) in [("v1", "vllm"), ("t1", "tgi")] {
+        let key = format!("/llmgw/workers/{POOL}/{id}");
+        etcdctl(
+            &etcd,
+            &["put", "--lease", lease, &key, &registration(id, kind)],
+        );
+    }
+    eventually(
+        Duration::from_secs(10),
+        "v1 routed as a vLLM engine",
+        || async {
+            let s = status(&gw).await;
+            let workers = s["pools"][0]["workers"].as_array().unwrap().clone();
+            workers.len() == 1
+                && workers[0]["engine"] == "vllm"
+                && workers[0]["health"] == "healthy"
+        },
+    )
+    .await;
+    let ignored = status(&gw).await["control"]["ignored_registrations"].to_string();
+    assert!(
+        ignored.contains("engine_kind: unknown engine `tgi`"),
+        "{ignored}"
+    );
+
+    let a = content("registered");
+    let events = vllm.store(&tokens(&a), BLOCK, json!({}));
+    vllm.send(events, json!(false)).await;
+    wait_cached(&gw, "v1", blocks(&a)).await;
+    assert_eq!(first_served(&gw, &a).await, "v1");
+}
