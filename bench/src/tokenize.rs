@@ -43,7 +43,7 @@ pub fn run(args: Args, out: &Path) -> anyhow::Result<()> {
         };
         let tokenize = per_call(&mut || {
             black_box(
-                gateway::tokenize::prompt_blocks(&tokenizer, 16, black_box(&prompt)).unwrap(),
+                gateway::tokenize::prompt_blocks(&tokenizer, 16, black_box(&prompt), None).unwrap(),
             );
         });
         let body = json!({"model": "m", "messages": messages});

@@ -164,9 +164,14 @@ async fn route(
     } = req;
     let config = &*live.config;
     let strategy = config.routing.strategy;
-    let prompt =
-        tokenize::prompt_blocks_of(&pool.tokenizer, pool.block_size, parsed.prompt, body.len())
-            .await?;
+    let prompt = tokenize::prompt_blocks_of(
+        &pool.tokenizer,
+        pool.block_size,
+        parsed.prompt,
+        parsed.cache_salt,
+        body.len(),
+    )
+    .await?;
 
     let now = Instant::now();
     let cached = pool

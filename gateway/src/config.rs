@@ -994,6 +994,40 @@ mod tests {
     }
 
     #[test]
+    fn kv_event_endpoints_are_checked() {
+        let pool = |worker: &str| {
+            format!("[[pools]]\nname = \"p\"\nmodels = [\"m\"]\n[[pools.workers]]\nid = \"a\"\nurl = \"http://h:1\"\n{worker}")
+        };
+        let ok = Config::from_toml(&pool(
+            "engine = \"vllm\"\nkv_events = \"tcp://h:5557\"\nkv_replay = \"tcp://h:5558\"\n",
+        ))
+        .unwrap();
+        let events = ok.pools[0].workers[0].engine.kv_events.clone().unwrap();
+        assert_eq!(events.replay.as_deref(), Some("tcp://h:5558"));
+        for (worker, message) in [
+            (
+                "engine = \"llamacpp\"\nkv_events = \"tcp://h:5557\"\n",
+                "kv_events: engine `llamacpp` publishes no KV events",
+            ),
+            (
+                "engine = \"vllm\"\nkv_replay = \"tcp://h:5558\"\n",
+                "kv_replay: needs kv_events",
+            ),
+            (
+                "engine = \"vllm\"\nkv_events = \"tcp://*:5557\"\n",
+                "`tcp://*:5557` must be tcp://host:port",
+            ),
+            (
+                "engine = \"sglang\"\nkv_events = \"http://h:5557\"\n",
+                "must be tcp://host:port",
+            ),
+        ] {
+            let err = Config::from_toml(&pool(worker)).unwrap_err().to_string();
+            assert!(err.contains(message), "{worker}: {err}");
+        }
+    }
+
+    #[test]
     fn engines_default_to_the_pools() {
         let c = Config::from_toml(
             r#"

@@ -28,6 +28,8 @@ pub struct Parsed {
     pub model: String,
     pub stream: bool,
     pub user: Option<String>,
+    /// vLLM's `cache_salt`: the prompt's blocks are hashed apart.
+    pub cache_salt: Option<String>,
     pub prompt: Prompt,
 }
 
@@ -72,6 +74,7 @@ pub fn parse(endpoint: Endpoint, body: &[u8]) -> Result<Parsed, ApiError> {
             Ok(Parsed {
                 stream: req.sampling.is_stream(),
                 user: req.sampling.user,
+                cache_salt: req.sampling.cache_salt,
                 model: req.model,
                 prompt: Prompt::Chat(req.messages),
             })
@@ -82,6 +85,7 @@ pub fn parse(endpoint: Endpoint, body: &[u8]) -> Result<Parsed, ApiError> {
             Ok(Parsed {
                 stream: req.sampling.is_stream(),
                 user: req.sampling.user,
+                cache_salt: req.sampling.cache_salt,
                 model: req.model,
                 prompt: Prompt::Completion(req.prompt),
             })

@@ -9,7 +9,9 @@
 use std::collections::HashMap;
 
 use protocol::blocks::salted_block_hash;
-use protocol::engine_kv::{is_primary, EngineBatch, EngineEvent, EngineHash, Stored};
+use protocol::engine_kv::{
+    extra_key_salt, is_primary, EngineBatch, EngineEvent, EngineHash, Stored,
+};
 use protocol::kv::Instance;
 use protocol::{BlockHash, KvEvent, KvEventBatch};
 use xxhash_rust::xxh3::xxh3_64;
@@ -145,7 +147,7 @@ impl Rehash {
             .enumerate()
         {
             let extra = stored.extra_keys.get(i).and_then(Option::as_deref);
-            let salt = adapter ^ extra.map_or(0, |k| xxh3_64(k.as_bytes()));
+            let salt = adapter ^ extra.map_or(0, extra_key_salt);
             let hash = salted_block_hash(last, tokens, salt);
             self.ours.insert(*engine, hash);
             hashes.push(hash);

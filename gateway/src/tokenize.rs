@@ -5,7 +5,9 @@
 use std::sync::{Arc, OnceLock};
 
 use prompt::{Tokenizer, TokenizerError};
-use protocol::{block_hashes, ApiError, BlockHash, ErrorKind};
+use protocol::blocks::salted_block_hashes;
+use protocol::engine_kv::{cache_salt_key, extra_key_salt};
+use protocol::{ApiError, BlockHash, ErrorKind};
 
 use crate::parse::Prompt;
 
@@ -41,21 +43,28 @@ pub async fn prompt_blocks_of(
     tokenizer: &Arc<Tokenizer>,
     block_size: usize,
     prompt: Prompt,
+    cache_salt: Option<String>,
     body_bytes: usize,
 ) -> Result<PromptBlocks, ApiError> {
     if body_bytes <= INLINE_MAX_BYTES {
-        return prompt_blocks(tokenizer, block_size, &prompt);
+        return prompt_blocks(tokenizer, block_size, &prompt, cache_salt.as_deref());
     }
     let tokenizer = tokenizer.clone();
-    tokio::task::spawn_blocking(move || prompt_blocks(&tokenizer, block_size, &prompt))
-        .await
-        .map_err(|_| ApiError::new(ErrorKind::Internal, "tokenizing the prompt failed"))?
+    tokio::task::spawn_blocking(move || {
+        prompt_blocks(&tokenizer, block_size, &prompt, cache_salt.as_deref())
+    })
+    .await
+    .map_err(|_| ApiError::new(ErrorKind::Internal, "tokenizing the prompt failed"))?
 }
 
+/// The prompt's token count and block hashes; a `cache_salt` salts them as
+/// vLLM salts its blocks (`engine_kv::cache_salt_key`), so a salted prompt
+/// matches only blocks cached under the same salt.
 pub fn prompt_blocks(
     tokenizer: &Tokenizer,
     block_size: usize,
     prompt: &Prompt,
+    cache_salt: Option<&str>,
 ) -> Result<PromptBlocks, ApiError> {
     let tokens = match prompt {
         Prompt::Chat(messages) => prompt::chat_tokens(messages, tokenizer)?,
@@ -67,15 +76,17 @@ pub fn prompt_blocks(
             "prompt must not be empty",
         ));
     }
+    let salt = cache_salt.map_or(0, |s| extra_key_salt(&cache_salt_key(s)));
     Ok(PromptBlocks {
         tokens: tokens.len(),
-        hashes: block_hashes(&tokens, block_size),
+        hashes: salted_block_hashes(&tokens, block_size, salt),
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use protocol::block_hashes;
     use protocol::openai::ChatMessage;
 
     #[test]
@@ -85,10 +96,12 @@ mod tests {
             r#"[{"role":"system","content":"Be brief."},{"role":"user","content":"The weather is changing over the hills tonight."}]"#,
         )
         .unwrap();
-        let ours = prompt_blocks(&tok, 4, &Prompt::Chat(messages.clone())).unwrap();
+        let ours = prompt_blocks(&tok, 4, &Prompt::Chat(messages.clone()), None).unwrap();
         let theirs = prompt::chat_tokens(&messages, &tok).unwrap();
         assert_eq!(ours.tokens, theirs.len());
         assert_eq!(ours.hashes, block_hashes(&theirs, 4));
         assert!(!ours.hashes.is_empty());
+        let salted = prompt_blocks(&tok, 4, &Prompt::Chat(messages), Some("t")).unwrap();
+        assert_ne!(salted.hashes[0], ours.hashes[0]);
     }
 }

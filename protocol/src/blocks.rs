@@ -14,8 +14,14 @@ const ROOT_SEED: u64 = 0x6c6c_6d67_7721;
 
 /// Hashes of the full blocks of `tokens` (a trailing partial block has none).
 pub fn block_hashes(tokens: &[u32], block_size: usize) -> Vec<BlockHash> {
+    salted_block_hashes(tokens, block_size, 0)
+}
+
+/// [`block_hashes`] of a prompt whose first block is salted (see
+/// [`salted_block_hash`]); the rest chain from it as usual.
+pub fn salted_block_hashes(tokens: &[u32], block_size: usize, salt: u64) -> Vec<BlockHash> {
     assert!(block_size > 0, "block_size must be positive");
-    let mut parent = ROOT_SEED;
+    let mut parent = ROOT_SEED ^ salt;
     let mut bytes = Vec::with_capacity(block_size * 4);
     tokens
         .chunks_exact(block_size)
@@ -75,6 +81,16 @@ mod tests {
         assert_ne!(a[2], b[2]);
         // Same block contents under a different parent hash differently.
         assert_ne!(a[1], c[1]);
+    }
+
+    #[test]
+    fn a_salted_prompt_chains_from_its_salted_first_block() {
+        let tokens: Vec<u32> = (0..8).collect();
+        let salted = salted_block_hashes(&tokens, 4, 99);
+        let first = salted_block_hash(None, &tokens[..4], 99);
+        assert_eq!(salted, [first, next_block_hash(Some(first), &tokens[4..])]);
+        assert_ne!(salted[0], block_hashes(&tokens, 4)[0]);
+        assert_eq!(salted_block_hashes(&tokens, 4, 0), block_hashes(&tokens, 4));
     }
 
     #[test]

@@ -218,6 +218,19 @@ fn hash(value: &Value) -> Result<EngineHash, DecodeError> {
     }
 }
 
+/// The salt of a block whose extra keys render as `key`.
+pub fn extra_key_salt(key: &str) -> u64 {
+    xxh3_64(key.as_bytes())
+}
+
+/// The extra keys vLLM gives the first block of a request with `cache_salt`
+/// and nothing else (no LoRA, no multimodal input), as [`Stored::extra_keys`]
+/// renders them: what the gateway salts such a prompt's hashes with, so
+/// they match the engine's blocks.
+pub fn cache_salt_key(cache_salt: &str) -> String {
+    format!("(\"{cache_salt}\",)")
+}
+
 /// One block's extra keys as text (`None` when it has none), the same text
 /// for the same keys whichever encoding carried them.
 fn extra_key(value: &Value) -> Option<String> {
@@ -372,7 +385,7 @@ mod tests {
         assert_eq!(s.parent, None);
         assert_eq!(s.token_ids, [5, 6]);
         assert_eq!(s.lora_name.as_deref(), Some("adapter"));
-        assert_eq!(s.extra_keys, [Some("(\"salt\",)".to_string())]);
+        assert_eq!(s.extra_keys, [Some(cache_salt_key("salt"))]);
         assert!(s.is_primary());
     }
 

@@ -75,6 +75,10 @@ pub struct SamplingFields {
     pub seed: Option<u64>,
     #[serde(default)]
     pub user: Option<String>,
+    /// vLLM's: requests with different salts never share cached prefix
+    /// blocks (tenant isolation). The gateway hashes salted prompts apart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_salt: Option<String>,
 }
 
 impl SamplingFields {

@@ -238,6 +238,26 @@ async fn vllm_and_sglang_events_over_zmq_route_prompts() {
         assert_eq!(first_served(&gw, c).await, "w0", "{}", &c[..9]);
     }
 
+    // vLLM salts the first block of a request with `cache_salt`; the
+    // gateway hashes such a prompt the same way: the salted request goes to
+    // the engine holding the salted blocks, the plain one to the other.
+    let d = content("delta");
+    let mut salted = vllm.store(&tokens(&d), BLOCK, json!({}));
+    let first = salted[0]["block_hashes"].as_array().unwrap().len();
+    let mut keys = vec![Value::Null; first];
+    keys[0] = json!(["tenant-b"]);
+    salted[0]["extra_keys"] = json!(keys);
+    vllm.send(salted, json!(false)).await;
+    let events = sglang.store(&tokens(&d), BLOCK, json!({}));
+    sglang.send(events, json!(false)).await;
+    wait_cached(&gw, "w1", blocks(&a) + c_blocks + blocks(&d)).await;
+    wait_cached(&gw, "w0", b_blocks + c_blocks + blocks(&d)).await;
+    let mut salted_body = body(&d);
+    salted_body["cache_salt"] = json!("tenant-b");
+    assert_eq!(served_by(&gw.api, &salted_body).await, "w1");
+    assert_eq!(first_served(&gw, &d).await, "w0");
+    let c_blocks = c_blocks + blocks(&d);
+
     // Blocks of another size than the pool's are refused and reported.
     let e = content("echo");
     let events = sglang.store(&tokens(&e), 2 * BLOCK, json!({}));
