@@ -10,6 +10,7 @@
 //! comes next, so the index under-counts for a while but never routes to
 //! blocks the engine does not hold.
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -77,9 +78,9 @@ pub async fn run(live: Shared) {
             keep
         });
         for key in wanted {
-            if !running.contains_key(&key) {
-                let follower = Follower::new(key.clone(), live.clone());
-                running.insert(key, tokio::spawn(follower.run()));
+            if let Entry::Vacant(slot) = running.entry(key) {
+                let follower = Follower::new(slot.key().clone(), live.clone());
+                slot.insert(tokio::spawn(follower.run()));
             }
         }
     }
