@@ -149,9 +149,7 @@ impl Follower {
         let Some((seq, payload)) = sequenced(message.into_vec(), 1) else {
             return tracing::warn!(worker = %self.key.worker, "KV events: a message that is not [topic, sequence, payload]");
         };
-        let seen = self.seq.see(seq);
-        tracing::debug!(worker = %self.key.worker, seq, ?seen, "KV event batch");
-        match seen {
+        match self.seq.see(seq) {
             Seen::InOrder => self.apply(seq, &payload),
             Seen::Repeated => {}
             Seen::Missed { from } => self.recover(from, false, (seq, payload)).await,
