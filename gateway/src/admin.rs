@@ -1,5 +1,6 @@
 //! The admin listener: Prometheus metrics, liveness, readiness (503 while
-//! draining or with no routable worker) and a JSON status of every pool.
+//! draining or while some pool cannot route, see `routable`) and a JSON
+//! status of every pool.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -13,6 +14,7 @@ use serde_json::json;
 use crate::api::Gateway;
 use crate::body::{self, Body};
 use crate::metrics;
+use crate::routable;
 
 pub struct Admin {
     pub gateway: Arc<Gateway>,
@@ -35,24 +37,45 @@ pub async fn handle(admin: Arc<Admin>, req: http::Request<Incoming>) -> Response
         }
         "/live" => body::json(200, r#"{"status":"live"}"#),
         "/ready" => {
-            let (status, reason) = if admin.draining.load(Ordering::Relaxed) {
-                (503, "draining")
-            } else if !admin.gateway.live().registry.any_routable() {
-                (503, "no_healthy_worker")
+            let unroutable = unroutable(&admin.gateway).into_iter().next();
+            let (status, body) = if admin.draining.load(Ordering::Relaxed) {
+                (503, json!({ "status": "draining" }))
+            } else if let Some((_, reason)) = unroutable {
+                // A load balancer takes this gateway out; healthy ones stay.
+                (
+                    503,
+                    json!({ "status": "pool_unroutable", "reason": reason }),
+                )
             } else {
-                (200, "ready")
+                (200, json!({ "status": "ready" }))
             };
-            body::json(status, json!({ "status": reason }).to_string())
+            body::json(status, body.to_string())
         }
         "/status" => body::json(200, status(&admin).to_string()),
         _ => body::json(404, r#"{"error":"not found"}"#),
     }
 }
 
+/// Each pool in force that cannot route, and why.
+fn unroutable(gw: &Gateway) -> Vec<(String, String)> {
+    let live = gw.live();
+    let now = Instant::now();
+    live.registry
+        .pools()
+        .iter()
+        .filter_map(|pool| {
+            let policy = pool.policy.current();
+            let problem = routable::problem(&live.config, pool, policy.as_deref(), now)?;
+            Some((pool.name.clone(), problem))
+        })
+        .collect()
+}
+
 fn status(admin: &Admin) -> serde_json::Value {
     let gw = &admin.gateway;
     let live = gw.live();
     let now = Instant::now();
+    let unroutable = unroutable(gw);
     let pools: Vec<_> = live
         .registry
         .pools()
@@ -86,6 +109,7 @@ fn status(admin: &Admin) -> serde_json::Value {
                 "policy": pool.policy.status(),
                 "strategy": live.config.routing.strategy,
                 "workers": workers,
+                "unroutable": unroutable.iter().find(|(p, _)| *p == pool.name).map(|(_, why)| why),
             })
         })
         .collect();

@@ -39,6 +39,7 @@ pub mod pools;
 mod prefix;
 pub mod probe;
 pub mod rehash;
+mod routable;
 mod score;
 mod server;
 mod stream;

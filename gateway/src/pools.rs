@@ -189,11 +189,6 @@ impl Registry {
             .flat_map(|p| p.models.iter().cloned())
             .collect()
     }
-
-    /// True when some pool has a worker that may take traffic.
-    pub fn any_routable(&self) -> bool {
-        self.workers().any(|w| w.probe.lock().unwrap().routable())
-    }
 }
 
 #[cfg(test)]

@@ -330,17 +330,19 @@ async fn routing_config_applies_live_and_bad_config_is_refused() {
         "{metrics}"
     );
 
-    // A registration for a model the pool does not serve is ignored, and said so.
+    // A document under which every registration would be ignored (their
+    // model is not the pool's) would leave the pool without a worker: refused.
     let doc_other = doc("", "").replace(MODEL, "other-model");
     put_config(&etcd, &doc_other).await;
-    eventually(Duration::from_secs(5), "w1 and w2 ignored", || async {
-        control(&gw).await["ignored_registrations"]
-            .as_array()
-            .map(Vec::len)
-            == Some(2)
-    })
+    eventually(
+        Duration::from_secs(5),
+        "the model change refused",
+        || async { control(&gw).await["refused"].as_u64() == Some(2) },
+    )
     .await;
-    assert!(worker_ids(&gw).await.is_empty());
+    let reason = control(&gw).await["last_refusal"]["reason"].to_string();
+    assert!(reason.contains("pool `sim` has no worker"), "{reason}");
+    assert_eq!(worker_ids(&gw).await, ["w1", "w2"]);
 }
 
 #[tokio::test]
@@ -825,4 +827,112 @@ async fn etcd_and_nats_outages_lose_no_request() {
     let (ok, failures) = load.stop().await;
     assert!(ok > before, "requests were served throughout");
     assert!(failures.is_empty(), "failed requests: {failures:?}");
+}
+
+/// An operator's typo must not take a pool down: a flip to a colour no
+/// worker carries, and a block size no registered worker has, are refused
+/// by the gateways (the last good document keeps serving, under load, with
+/// no failed request) and the refusal says why. When the pool then truly
+/// cannot route (its workers gone), `/ready` turns 503 saying which pool.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_document_that_would_break_a_pool_is_refused() {
+    let etcd = EtcdServer::start().await;
+    let gw = etcd_gateway(&etcd, "").await;
+    let blue = WorkerOpts {
+        labels: vec![("colour", "blue")],
+        ..WorkerOpts::default()
+    };
+    let green = WorkerOpts {
+        labels: vec![("colour", "green")],
+        ..WorkerOpts::default()
+    };
+    let mut wb = registered_worker("blue", &etcd, blue).await;
+    let mut wg = registered_worker("green", &etcd, green).await;
+    let file = plugin_file("blue-green");
+    ctl_ok(
+        &etcd,
+        &[
+            "plugin",
+            "put",
+            "blue-green",
+            "1.0.0",
+            file.to_str().unwrap(),
+        ],
+    )
+    .await;
+    let policy =
+        "policy = { plugin = \"blue-green\", version = \"1.0.0\", config = { active = \"blue\" } }";
+    put_config(&etcd, &doc("", policy)).await;
+    eventually(Duration::from_secs(10), "blue serves", || async {
+        has_workers(&gw, &["blue", "green"]).await
+            && served_by(&gw.api, &chat("x", false, 2)).await == "blue"
+    })
+    .await;
+    let refused = || async {
+        let c = control(&gw).await;
+        (
+            c["refused"].as_u64().unwrap(),
+            c["last_refusal"]["reason"].to_string(),
+        )
+    };
+
+    let load = Load::start(&gw.api, 4);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (before, _) = refused().await;
+    put_config(&etcd, &doc("", &policy.replace("\"blue\"", "\"gren\""))).await;
+    eventually(Duration::from_secs(10), "the typo refused", || async {
+        refused().await.0 > before
+    })
+    .await;
+    let (_, reason) = refused().await;
+    assert!(
+        reason.contains("would break a pool that routes now")
+            && reason.contains("no routable worker with colour=gren"),
+        "{reason}"
+    );
+
+    let (before, _) = refused().await;
+    put_config(&etcd, &doc("", &format!("block_size = 32\n{policy}"))).await;
+    eventually(
+        Duration::from_secs(10),
+        "the block size refused",
+        || async { refused().await.0 > before },
+    )
+    .await;
+    let (_, reason) = refused().await;
+    assert!(reason.contains("pool `sim` has no worker"), "{reason}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (ok, failures) = load.stop().await;
+    assert!(
+        ok > 0 && failures.is_empty(),
+        "{ok} ok, failed: {failures:?}"
+    );
+    assert_eq!(served_by(&gw.api, &chat("x", false, 2)).await, "blue");
+    let ready = e2e::client()
+        .get(format!("{}/ready", gw.admin))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 200);
+
+    // Its workers gone, the pool cannot route: a load balancer should know.
+    wb.proc.sigkill().await;
+    wg.proc.sigkill().await;
+    eventually(Duration::from_secs(10), "/ready turns 503", || async {
+        let r = e2e::client()
+            .get(format!("{}/ready", gw.admin))
+            .send()
+            .await
+            .unwrap();
+        r.status() == 503 && {
+            let v: Value = r.json().await.unwrap();
+            v["status"] == "pool_unroutable"
+                && v["reason"]
+                    .as_str()
+                    .unwrap()
+                    .contains("no worker of pool `sim` may take traffic")
+        }
+    })
+    .await;
+    assert!(status(&gw).await["pools"][0]["unroutable"].is_string());
 }

@@ -27,6 +27,7 @@ use crate::plugin::{
     Prepared, RETRY_TRANSIENT,
 };
 use crate::pools::Registry;
+use crate::routable;
 
 pub struct Applier {
     /// This gateway's own config file (with its flags applied).
@@ -172,6 +173,20 @@ impl Applier {
                 (config, doc_revision) = (self.config.clone(), None);
                 continue;
             }
+            // Nor may it take down a pool that routes now (a label value no
+            // worker carries, a block size no worker has): refused as an
+            // invalid one is, until a new document comes.
+            if doc_revision.is_some() {
+                if let Some(reason) = self.breaks_a_pool(&config, &serving, &plan) {
+                    let revision = snapshot
+                        .kvs
+                        .get(&self.keys.config())
+                        .map_or(snapshot.revision, |(_, revision)| *revision);
+                    self.control.refuse(revision, reason);
+                    (config, doc_revision) = (self.config.clone(), None);
+                    continue;
+                }
+            }
             break (registry, workers, ignored, plan);
         };
         self.commit_plugins(snapshot, plan);
@@ -205,6 +220,32 @@ impl Applier {
             s.ignored_registrations = ignored;
         });
         metrics::control_revision(revision);
+    }
+
+    /// Why applying `config` over `registry` with `plan`'s policies would
+    /// leave a pool unable to route that can route now, if it would.
+    fn breaks_a_pool(&self, config: &Config, registry: &Registry, plan: &Plan) -> Option<String> {
+        let live = self.live.load();
+        let now = Instant::now();
+        registry.pools().iter().find_map(|pool| {
+            let before = live.registry.pools().iter().find(|p| p.name == pool.name)?;
+            let current = before.policy.current();
+            if routable::problem(&live.config, before, current.as_deref(), now).is_some() {
+                return None;
+            }
+            let prepared = plan
+                .ready
+                .iter()
+                .find(|(slot, _)| Arc::ptr_eq(slot, &pool.policy))
+                .map(|(_, prepared)| prepared.policy().clone());
+            let policy = match prepared {
+                Some(policy) => Some(policy),
+                None if plan.clear.contains(&pool.name) => None,
+                None => pool.policy.current(),
+            };
+            let problem = routable::problem(config, pool, policy.as_deref(), now)?;
+            Some(format!("it would break a pool that routes now: {problem}"))
+        })
     }
 
     /// Refuses the routing document for a reason that may pass, and keeps

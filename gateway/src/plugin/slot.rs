@@ -48,6 +48,13 @@ pub struct Prepared {
     bytes: Option<Vec<u8>>,
 }
 
+impl Prepared {
+    /// The policy that will serve, to ask before it does.
+    pub fn policy(&self) -> &Arc<LoadedPolicy> {
+        &self.loaded
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Refusal {
     pub plugin: String,
