@@ -39,12 +39,7 @@ struct Cli {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    protocol::logs::init("info");
     let cli = Cli::parse();
     run(cli.api, cli.admin, &cli.plugins, cli.model.as_deref()).await
 }

@@ -1,7 +1,7 @@
 //! What the gateway and the workers both speak, defined once: the OpenAI wire
 //! format, the OpenAI error shape, block hashing of prompts, the worker's
 //! health and load reports, KV-cache events, the bus that carries them, and
-//! the control plane's keys in etcd.
+//! the control plane's keys in etcd; and how every binary logs.
 
 pub mod blocks;
 pub mod bus;
@@ -10,6 +10,7 @@ pub mod engine_kv;
 pub mod error;
 pub mod health;
 pub mod kv;
+pub mod logs;
 pub mod openai;
 mod worker_id;
 

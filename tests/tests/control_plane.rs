@@ -849,6 +849,21 @@ async fn a_document_that_would_break_a_pool_is_refused() {
     let mut wb = registered_worker("blue", &etcd, blue).await;
     let mut wg = registered_worker("green", &etcd, green).await;
     let file = plugin_file("blue-green");
+    let (ok, _, err) = gatewayctl(
+        &etcd.url,
+        &[
+            "plugin",
+            "put",
+            "blue-green",
+            "not-a-version",
+            file.to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert!(
+        !ok && err.contains("`not-a-version` is not a semantic version"),
+        "{err}"
+    );
     ctl_ok(
         &etcd,
         &[
@@ -935,4 +950,19 @@ async fn a_document_that_would_break_a_pool_is_refused() {
     })
     .await;
     assert!(status(&gw).await["pools"][0]["unroutable"].is_string());
+}
+
+/// etcd unreachable: one sentence naming the endpoint and the cause, not a
+/// transport error's internals or a backtrace.
+#[tokio::test]
+async fn gatewayctl_says_plainly_when_etcd_is_unreachable() {
+    let endpoint = format!("http://127.0.0.1:{}", e2e::free_port());
+    let (ok, out, err) = gatewayctl(&endpoint, &["workers"]).await;
+    assert!(!ok && out.is_empty());
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.starts_with(&format!("gatewayctl: cannot reach etcd at {endpoint}: "))
+            && !err.contains("grpc"),
+        "{err}"
+    );
 }

@@ -1,7 +1,6 @@
 //! The `worker` binary: configuration from a file and flags, then serve until
 //! SIGTERM or SIGINT, then drain.
 
-use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -64,14 +63,7 @@ fn parse_label(text: &str) -> Result<(String, String), String> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    protocol::logs::init("info");
     let args = Args::parse();
     let mut config = match &args.config {
         Some(path) => WorkerConfig::load(path)?,

@@ -96,6 +96,8 @@ enum Found {
 impl Session {
     async fn run(self, mut stopped: oneshot::Receiver<()>) {
         let mut backoff = Duration::from_millis(100);
+        // A lost lease is said once, not at every retry.
+        let mut lost = false;
         loop {
             let granted = tokio::select! {
                 granted = self.grant() => granted,
@@ -115,6 +117,7 @@ impl Session {
                     match established {
                         Ok(lease) => {
                             backoff = Duration::from_millis(100);
+                            lost = false;
                             self.keep(lease, &mut stopped).await
                         }
                         Err(e) => Ended::Lost(e.to_string()),
@@ -124,8 +127,13 @@ impl Session {
             };
             match ended {
                 Ended::Stopped => return,
+                Ended::Lost(reason) if !lost => {
+                    lost = true;
+                    tracing::warn!(key = %self.key, %reason, ttl_s = self.ttl_s,
+                        "etcd lease lost; registering again when etcd answers (gateways drop this worker once the lease's TTL passes)");
+                }
                 Ended::Lost(reason) => {
-                    tracing::warn!(key = %self.key, %reason, retry_ms = backoff.as_millis() as u64, "not registered in etcd; serving unregistered until it answers");
+                    tracing::debug!(key = %self.key, %reason, retry_ms = backoff.as_millis() as u64, "still not registered in etcd");
                 }
             }
             tokio::select! {

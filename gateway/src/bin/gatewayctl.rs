@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -15,7 +16,7 @@ use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, Txn, T
 use gateway::config::{RoutingDoc, UpstreamConfig};
 use gateway::control::artifact;
 use gateway::plugin::{
-    check_component, sha256_hex, LoadedPolicy, PluginEngine, PluginsConfig, Tier,
+    check_component, sha256_hex, version_problem, LoadedPolicy, PluginEngine, PluginsConfig, Tier,
 };
 use gateway::probe::fetch_report;
 use gateway::upstream::Upstream;
@@ -90,14 +91,19 @@ enum PluginCommand {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    let cli = Cli::parse();
+async fn main() -> ExitCode {
+    protocol::logs::init("warn");
+    // One sentence an operator can act on, never a backtrace.
+    match run(Cli::parse()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("gatewayctl: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
     let keys = Keys::new(&cli.prefix);
     if let Command::Config {
         command: ConfigCommand::Validate { file },
@@ -155,13 +161,29 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
+/// A client of `endpoints` that has answered once: connecting is lazy, and
+/// a first request's failure would read as a transport error.
 async fn connect(endpoints: &[String]) -> anyhow::Result<Client> {
     let options = ConnectOptions::new()
         .with_connect_timeout(Duration::from_secs(3))
         .with_timeout(Duration::from_secs(10));
-    Client::connect(endpoints, Some(options))
+    let unreachable = |e: &etcd_client::Error| {
+        // The innermost cause names what happened ("Connection refused"),
+        // not the gRPC layers wrapped around it.
+        let outer: &dyn std::error::Error = match e {
+            etcd_client::Error::GRpcStatus(status) => status,
+            other => other,
+        };
+        let cause = std::iter::successors(Some(outer), |e| e.source())
+            .last()
+            .map_or_else(String::new, |e| e.to_string());
+        anyhow::anyhow!("cannot reach etcd at {}: {cause}", endpoints.join(","))
+    };
+    let mut client = Client::connect(endpoints, Some(options))
         .await
-        .with_context(|| format!("cannot reach etcd at {}", endpoints.join(",")))
+        .map_err(|e| unreachable(&e))?;
+    client.status().await.map_err(|e| unreachable(&e))?;
+    Ok(client)
 }
 
 fn read_text(file: &PathBuf) -> anyhow::Result<String> {
@@ -300,6 +322,9 @@ async fn put_plugin(
     file: &PathBuf,
     force: bool,
 ) -> anyhow::Result<()> {
+    if let Some(problem) = version_problem(version) {
+        bail!("{problem}");
+    }
     let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
     let engine = PluginEngine::new(&PluginsConfig::default())?;
     let checked = bytes.clone();

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 use protocol::control::{Key, Keys};
 
-use crate::plugin::{compare_versions, sha256_hex, PluginError, PolicyBinding};
+use crate::plugin::{highest, sha256_hex, PluginError, PolicyBinding};
 
 /// A plugin version's bytes.
 pub struct Artifact {
@@ -24,13 +24,16 @@ pub fn in_etcd(
 ) -> Result<Option<Artifact>, PluginError> {
     let version = match &binding.version {
         Some(pinned) => Some(pinned.clone()),
-        None => kvs
-            .keys()
-            .filter_map(|key| match keys.parse(key) {
-                Some(Key::PluginWasm { name, version }) if name == binding.plugin => Some(version),
-                _ => None,
-            })
-            .max_by(|a, b| compare_versions(a, b)),
+        None => highest(
+            kvs.keys()
+                .filter_map(|key| match keys.parse(key) {
+                    Some(Key::PluginWasm { name, version }) if name == binding.plugin => {
+                        Some(version)
+                    }
+                    _ => None,
+                })
+                .collect(),
+        ),
     };
     let Some(version) = version else {
         return Ok(None);

@@ -154,12 +154,8 @@ impl PolicyBinding {
                 "{prefix}.plugin: must be a non-empty name without `/`, `\\` or a leading `.`"
             ));
         }
-        if let Some(version) = &self.version {
-            if !is_path_component(version) {
-                errors.push(format!(
-                    "{prefix}.version: must be a non-empty name without `/`, `\\` or a leading `.`"
-                ));
-            }
+        if let Some(problem) = self.version.as_deref().and_then(super::version_problem) {
+            errors.push(format!("{prefix}.version: {problem}"));
         }
     }
 }

@@ -2,7 +2,6 @@
 //! `{dir}/{plugin}/{pool}.json` overriding a pool's inline config. Pure
 //! choices (which version) apart from the reads.
 
-use std::cmp::Ordering;
 use std::io;
 use std::path::{Path, PathBuf};
 
@@ -77,25 +76,21 @@ fn versions(folder: &Path) -> io::Result<Vec<String>> {
     Ok(versions)
 }
 
-fn highest(versions: Vec<String>) -> Option<String> {
-    versions.into_iter().max_by(|a, b| compare_versions(a, b))
+/// The highest of `versions` that is a semantic version; other names are
+/// no versions at all, so a stray `latest.wasm` is never picked.
+pub(crate) fn highest(versions: Vec<String>) -> Option<String> {
+    versions
+        .into_iter()
+        .filter_map(|v| Some((semver::Version::parse(&v).ok()?, v)))
+        .max()
+        .map(|(_, v)| v)
 }
 
-/// Dotted numeric parts compare as numbers (`1.10` > `1.9`, a leading `v`
-/// ignored); versions that are not all numbers compare lexically and sort
-/// below numeric ones, so a stray `latest.wasm` never outranks `2.0.wasm`.
-pub(crate) fn compare_versions(a: &str, b: &str) -> Ordering {
-    match (numeric_parts(a), numeric_parts(b)) {
-        (Some(x), Some(y)) => x.cmp(&y).then_with(|| a.cmp(b)),
-        (Some(_), None) => Ordering::Greater,
-        (None, Some(_)) => Ordering::Less,
-        (None, None) => a.cmp(b),
-    }
-}
-
-fn numeric_parts(version: &str) -> Option<Vec<u64>> {
-    let version = version.strip_prefix('v').unwrap_or(version);
-    version.split('.').map(|part| part.parse().ok()).collect()
+/// Why `version` cannot name a plugin version, if it cannot.
+pub fn version_problem(version: &str) -> Option<String> {
+    semver::Version::parse(version).err().map(|e| {
+        format!("`{version}` is not a semantic version (MAJOR.MINOR.PATCH, e.g. 1.2.0): {e}")
+    })
 }
 
 #[cfg(test)]
@@ -107,20 +102,21 @@ mod tests {
     }
 
     #[test]
-    fn numeric_versions_compare_by_parts() {
+    fn the_highest_semantic_version_wins_and_other_names_are_none() {
         assert_eq!(
-            highest(strings(&["1.9", "1.10", "1.2.3"])),
-            Some("1.10".into())
+            highest(strings(&["1.9.0", "1.10.0", "1.2.3", "2.0.0-rc.1"])),
+            Some("2.0.0-rc.1".into())
         );
-        assert_eq!(highest(strings(&["v2", "v10", "v9.9"])), Some("v10".into()));
-        assert_eq!(compare_versions("1.0", "1.0.0"), Ordering::Less);
-    }
-
-    #[test]
-    fn non_numeric_versions_fall_back_to_lexical_below_numeric() {
-        assert_eq!(highest(strings(&["beta", "alpha"])), Some("beta".into()));
-        assert_eq!(highest(strings(&["latest", "0.1"])), Some("0.1".into()));
-        assert_eq!(highest(Vec::new()), None);
+        assert_eq!(
+            highest(strings(&["2.0.0-rc.1", "2.0.0"])),
+            Some("2.0.0".into())
+        );
+        assert_eq!(
+            highest(strings(&["latest", "v3", "1.0", "0.1.0"])),
+            Some("0.1.0".into())
+        );
+        assert_eq!(highest(strings(&["beta"])), None);
+        assert!(version_problem("1.0").is_some() && version_problem("1.0.0").is_none());
     }
 
     #[test]
@@ -128,7 +124,13 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("llmgw-plugin-dir-{}", std::process::id()));
         let folder = dir.join("canary");
         std::fs::create_dir_all(&folder).unwrap();
-        for file in ["1.2.wasm", "1.10.wasm", ".tmp.wasm", "chat.json"] {
+        for file in [
+            "1.2.0.wasm",
+            "1.10.0.wasm",
+            "latest.wasm",
+            ".tmp.wasm",
+            "chat.json",
+        ] {
             std::fs::write(folder.join(file), b"x").unwrap();
         }
         let mut binding = PolicyBinding {
@@ -136,11 +138,11 @@ mod tests {
             version: None,
             config: Some(serde_json::json!({"a": 1})),
         };
-        assert_eq!(select(&dir, &binding).unwrap().version, "1.10");
-        binding.version = Some("1.2".into());
+        assert_eq!(select(&dir, &binding).unwrap().version, "1.10.0");
+        binding.version = Some("1.2.0".into());
         assert_eq!(
             select(&dir, &binding).unwrap().path,
-            folder.join("1.2.wasm")
+            folder.join("1.2.0.wasm")
         );
         binding.version = Some("3".into());
         assert_eq!(select(&dir, &binding).unwrap_err().kind(), "missing");

@@ -46,7 +46,8 @@ pub use table::WorkerTable;
 pub use watch::{PluginWatcher, WatchHandle};
 
 // For the etcd source, which selects versions and checks bytes as the directory does.
-pub(crate) use dir::{compare_versions, select as select_in_dir};
+pub use dir::version_problem;
+pub(crate) use dir::{highest, select as select_in_dir};
 pub use loaded::sha256_hex;
 pub(crate) use watch::{is_transient, RETRY_TRANSIENT};
 

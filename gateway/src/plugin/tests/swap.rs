@@ -207,23 +207,23 @@ fn the_watcher_loads_the_highest_version_and_refuses_bad_ones() {
     assert_eq!(watcher.poll_once(), 0);
     assert_eq!(slot.status().last_refusal.unwrap().kind, "missing");
 
-    dir.put("routing/1.9.wasm", &wasm::bytes("failover"));
+    dir.put("routing/1.9.0.wasm", &wasm::bytes("failover"));
     assert_eq!(watcher.poll_once(), 1);
     assert_eq!(watcher.poll_once(), 0, "nothing changed");
     let status = slot.status();
-    assert_eq!(status.policy.as_ref().unwrap().version, "1.9");
+    assert_eq!(status.policy.as_ref().unwrap().version, "1.9.0");
     assert_eq!(
         status.policy.unwrap().sha256,
         crate::plugin::loaded::sha256_hex(&wasm::bytes("failover"))
     );
 
-    // 1.10 > 1.9; the hostile plugin refuses the empty config in init.
-    dir.put("routing/1.10.wasm", &wasm::bytes("hostile"));
+    // 1.10.0 > 1.9.0; the hostile plugin refuses the empty config in init.
+    dir.put("routing/1.10.0.wasm", &wasm::bytes("hostile"));
     assert_eq!(watcher.poll_once(), 0);
     let status = slot.status();
-    assert_eq!(status.policy.unwrap().version, "1.9");
+    assert_eq!(status.policy.unwrap().version, "1.9.0");
     let refusal = status.last_refusal.unwrap();
-    assert_eq!((refusal.version.as_str(), refusal.kind), ("1.10", "init"));
+    assert_eq!((refusal.version.as_str(), refusal.kind), ("1.10.0", "init"));
     assert_eq!(
         watcher.poll_once(),
         0,
@@ -231,15 +231,15 @@ fn the_watcher_loads_the_highest_version_and_refuses_bad_ones() {
     );
     assert_eq!(slot.status().refusals, 2);
 
-    dir.put("routing/1.11.wasm", &wasm::bytes("zone-affinity"));
+    dir.put("routing/1.11.0.wasm", &wasm::bytes("zone-affinity"));
     assert_eq!(watcher.poll_once(), 1);
-    assert_eq!(slot.current().unwrap().info().version, "1.11");
+    assert_eq!(slot.current().unwrap().info().version, "1.11.0");
 }
 
 #[test]
 fn the_pool_config_file_overrides_the_inline_config() {
     let dir = TempDir::new("watch-config");
-    dir.put("bg/1.wasm", &wasm::bytes("blue-green"));
+    dir.put("bg/1.0.0.wasm", &wasm::bytes("blue-green"));
     let slot = Arc::new(PolicySlot::new("chat"));
     let mut watcher = PluginWatcher::new(engine().clone(), dir.path());
     let mut bg = binding("bg");
@@ -268,7 +268,7 @@ fn the_pool_config_file_overrides_the_inline_config() {
 fn swaps_under_concurrent_calls_fail_no_call() {
     let dir = TempDir::new("watch-load");
     let versions = [wasm::bytes("failover"), wasm::bytes("zone-affinity")];
-    dir.put("routing/1.wasm", &versions[0]);
+    dir.put("routing/1.0.0.wasm", &versions[0]);
     let slot = Arc::new(PolicySlot::new("chat"));
     let mut watcher = PluginWatcher::new(engine().clone(), dir.path());
     watcher.watch("chat", binding("routing"), slot.clone());
@@ -286,7 +286,15 @@ fn swaps_under_concurrent_calls_fail_no_call() {
             let mut served: Vec<(u32, Tier)> = Vec::new();
             while !stop.load(Ordering::Relaxed) {
                 let policy = slot.current().expect("a version is always loaded");
-                let now = (policy.info().version.parse().unwrap(), policy.info().tier);
+                let major = policy
+                    .info()
+                    .version
+                    .split('.')
+                    .next()
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+                let now = (major, policy.info().tier);
                 if served.last() != Some(&now) {
                     served.push(now);
                 }
@@ -304,7 +312,7 @@ fn swaps_under_concurrent_calls_fail_no_call() {
     };
 
     for swap in 2..=6 {
-        let version = swap.to_string();
+        let version = format!("{swap}.0.0");
         dir.put(&format!("routing/{version}.wasm"), &versions[swap % 2]);
         // Generous: the watcher compiles on a machine shared with the build.
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -337,7 +345,7 @@ fn swaps_under_concurrent_calls_fail_no_call() {
 #[test]
 fn a_new_file_is_loaded_without_waiting_for_the_poll_interval() {
     let dir = TempDir::new("watch-wake");
-    dir.put("routing/1.wasm", &wasm::bytes("failover"));
+    dir.put("routing/1.0.0.wasm", &wasm::bytes("failover"));
     let slot = Arc::new(PolicySlot::new("chat"));
     let mut watcher = PluginWatcher::new(engine().clone(), dir.path());
     watcher.watch("chat", binding("routing"), slot.clone());
@@ -345,10 +353,10 @@ fn a_new_file_is_loaded_without_waiting_for_the_poll_interval() {
     // Never polled on its own during the test: only a change wakes it.
     let handle = watcher.spawn(Duration::from_secs(3600));
 
-    dir.put("routing/2.wasm", &wasm::bytes("zone-affinity"));
+    dir.put("routing/2.0.0.wasm", &wasm::bytes("zone-affinity"));
     // Generous: the watcher compiles on a machine shared with the build.
     let deadline = Instant::now() + Duration::from_secs(60);
-    while slot.current().unwrap().info().version != "2" {
+    while slot.current().unwrap().info().version != "2.0.0" {
         assert!(Instant::now() < deadline, "version 2 never served");
         std::thread::sleep(Duration::from_millis(2));
     }
