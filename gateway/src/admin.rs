@@ -92,6 +92,7 @@ fn status(admin: &Admin) -> serde_json::Value {
                         "labels": w.labels,
                         "engine": w.engine.kind,
                         "health": w.probe.lock().unwrap().name(),
+                        "cordoned": w.cordoned.load(Ordering::Relaxed),
                         "problem": *w.problem.lock().unwrap(),
                         "breaker": w.breaker.lock().unwrap().name(now),
                         "in_flight": w.in_flight(),

@@ -178,6 +178,19 @@ impl Registry {
         &self.pools
     }
 
+    /// Cordons exactly the workers `cordoned` names, as (pool, id).
+    pub fn mark_cordons(&self, cordoned: &std::collections::HashSet<(String, String)>) {
+        for pool in &self.pools {
+            for w in &pool.workers {
+                let key = (pool.name.clone(), w.id.to_string());
+                let on = cordoned.contains(&key);
+                if w.cordoned.swap(on, std::sync::atomic::Ordering::Relaxed) != on {
+                    tracing::info!(pool = %pool.name, worker = %w.id, cordoned = on, "worker {}", if on { "cordoned" } else { "uncordoned" });
+                }
+            }
+        }
+    }
+
     pub fn workers(&self) -> impl Iterator<Item = &Arc<Worker>> {
         self.pools.iter().flat_map(|p| p.workers.iter())
     }

@@ -4,7 +4,7 @@
 //! the probes and `/status`).
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -40,6 +40,9 @@ pub struct Worker {
     pub problem: Mutex<Option<String>>,
     /// The canary generations sent to it (see `canary`).
     pub canary: Mutex<Canary>,
+    /// Taken out of rotation by an operator (`gatewayctl worker cordon`):
+    /// no new request, while those in flight finish.
+    pub cordoned: AtomicBool,
 }
 
 impl Worker {
@@ -66,6 +69,7 @@ impl Worker {
             reported_block_size: Mutex::new(None),
             problem: Mutex::new(None),
             canary: Mutex::new(Canary::new(Instant::now())),
+            cordoned: AtomicBool::new(false),
         }
     }
 
@@ -75,10 +79,13 @@ impl Worker {
         self
     }
 
-    /// Whether routing may consider this worker now: probes say it is up and
-    /// its breaker is not open (a half-open one's trial is taken later).
+    /// Whether routing may consider this worker now: not cordoned, probes
+    /// say it is up and its breaker is not open (a half-open one's trial is
+    /// taken later).
     pub fn routable(&self, now: Instant) -> bool {
-        self.probe.lock().unwrap().routable() && self.breaker.lock().unwrap().available(now)
+        !self.cordoned.load(Ordering::Relaxed)
+            && self.probe.lock().unwrap().routable()
+            && self.breaker.lock().unwrap().available(now)
     }
 
     pub fn report_load(&self, load: LoadReport, now: Instant) {

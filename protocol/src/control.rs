@@ -7,7 +7,9 @@
 //! - `{prefix}/config`: the routing config (TOML: `[routing]` and `[[pools]]`
 //!   only; retries, listeners and the rest stay in each gateway's own file);
 //! - `{prefix}/plugins/{name}/{version}/wasm`: a policy component's bytes;
-//! - `{prefix}/plugins/{name}/{version}/sha256`: their hex sha256, checked before loading.
+//! - `{prefix}/plugins/{name}/{version}/sha256`: their hex sha256, checked before loading;
+//! - `{prefix}/cordons/{pool}/{id}`: a worker taken out of rotation (its value
+//!   says who and when); it gets no new request while the key exists.
 
 use std::collections::BTreeMap;
 
@@ -64,6 +66,7 @@ pub enum Key {
     Config,
     PluginWasm { name: String, version: String },
     PluginSha256 { name: String, version: String },
+    Cordon { pool: String, id: String },
 }
 
 impl Keys {
@@ -102,6 +105,14 @@ impl Keys {
         format!("{}/plugins/{name}/{version}/sha256", self.prefix)
     }
 
+    pub fn cordons(&self) -> String {
+        format!("{}/cordons/", self.prefix)
+    }
+
+    pub fn cordon(&self, pool: &str, id: &str) -> String {
+        format!("{}/cordons/{pool}/{id}", self.prefix)
+    }
+
     /// What `key` names; `None` for keys this layout does not use.
     pub fn parse(&self, key: &str) -> Option<Key> {
         let rest = key.strip_prefix(&self.root())?;
@@ -110,6 +121,10 @@ impl Keys {
         match parts.as_slice() {
             ["config"] => Some(Key::Config),
             ["workers", pool, id] if own(pool) && own(id) => Some(Key::Worker {
+                pool: pool.to_string(),
+                id: id.to_string(),
+            }),
+            ["cordons", pool, id] if own(pool) && own(id) => Some(Key::Cordon {
                 pool: pool.to_string(),
                 id: id.to_string(),
             }),
@@ -147,6 +162,13 @@ mod tests {
             Some(Key::PluginSha256 {
                 name: "canary".into(),
                 version: "0.2.0".into()
+            })
+        );
+        assert_eq!(
+            keys.parse(&keys.cordon("p", "w1")),
+            Some(Key::Cordon {
+                pool: "p".into(),
+                id: "w1".into()
             })
         );
         assert_eq!(keys.parse("/fleet/workers/p"), None);

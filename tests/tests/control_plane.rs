@@ -966,3 +966,66 @@ async fn gatewayctl_says_plainly_when_etcd_is_unreachable() {
         "{err}"
     );
 }
+
+/// Maintenance without stopping a worker: cordoned, it gets no new request
+/// while those in flight finish (no request fails under load), `drain`
+/// returns once it runs nothing, and uncordoned it serves again. The last
+/// worker in rotation is not cordoned without `--force`.
+#[tokio::test(flavor = "multi_thread")]
+async fn cordon_and_drain_a_worker_under_load() {
+    let etcd = EtcdServer::start().await;
+    let gw = etcd_gateway(&etcd, "[routing]\nstrategy = \"round_robin\"\n").await;
+    let slow = WorkerOpts {
+        decode_step_us: 20_000,
+        ..WorkerOpts::default()
+    };
+    let _w1 = registered_worker("w1", &etcd, slow.clone()).await;
+    let _w2 = registered_worker("w2", &etcd, slow).await;
+    eventually(Duration::from_secs(10), "workers discovered", || {
+        has_workers(&gw, &["w1", "w2"])
+    })
+    .await;
+    let load = Load::start(&gw.api, 4);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let out = ctl_ok(&etcd, &["worker", "drain", "w1", "--timeout-s", "30"]).await;
+    assert!(
+        out.contains("cordoned sim/w1") && out.contains("drained sim/w1"),
+        "{out}"
+    );
+    assert_eq!(e2e::worker_status(&gw, "w1").await["cordoned"], true);
+    for i in 0..6 {
+        assert_eq!(
+            served_by(&gw.api, &chat(&format!("during {i}"), false, 2)).await,
+            "w2"
+        );
+    }
+    let listed = ctl_ok(&etcd, &["workers", "--json"]).await;
+    let listed: Value = serde_json::from_str(&listed).unwrap();
+    let w1 = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["id"] == "w1")
+        .unwrap();
+    assert_eq!(w1["cordoned"], true);
+
+    // The last worker in rotation: refused, unless forced.
+    let (ok, _, err) = gatewayctl(&etcd.url, &["worker", "cordon", "w2"]).await;
+    assert!(
+        !ok && err.contains("leaves pool `sim` no registered worker in rotation"),
+        "{err}"
+    );
+
+    let out = ctl_ok(&etcd, &["worker", "uncordon", "w1"]).await;
+    assert!(out.contains("uncordoned sim/w1"), "{out}");
+    eventually(Duration::from_secs(10), "w1 serves again", || async {
+        served_by(&gw.api, &chat("after", false, 2)).await == "w1"
+    })
+    .await;
+    let (ok, failures) = load.stop().await;
+    assert!(
+        ok > 0 && failures.is_empty(),
+        "{ok} ok, failed: {failures:?}"
+    );
+}

@@ -10,7 +10,7 @@
 //! pending and is tried again; one that does not validate waits for a new
 //! document.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -190,6 +190,12 @@ impl Applier {
             break (registry, workers, ignored, plan);
         };
         self.commit_plugins(snapshot, plan);
+        let cordoned = cordons(&self.keys, snapshot);
+        if let Some(registry) = &registry {
+            registry.mark_cordons(&cordoned);
+        } else {
+            self.live.load().registry.mark_cordons(&cordoned);
+        }
         if let Some(registry) = registry {
             let previous = self.live.load().registry.clone();
             self.live.store(Arc::new(Live {
@@ -445,6 +451,20 @@ impl Applier {
             bytes: bytes.into(),
         })
     }
+}
+
+/// The workers cordoned, as (pool, id).
+fn cordons(keys: &Keys, snapshot: &EtcdSnapshot) -> HashSet<(String, String)> {
+    let prefix = keys.cordons();
+    snapshot
+        .kvs
+        .range(prefix.clone()..)
+        .take_while(|(key, _)| key.starts_with(&prefix))
+        .filter_map(|(key, _)| match keys.parse(key) {
+            Some(Key::Cordon { pool, id }) => Some((pool, id)),
+            _ => None,
+        })
+        .collect()
 }
 
 /// The registrations to route to, and why the others are ignored.

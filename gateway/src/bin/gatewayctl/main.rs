@@ -4,6 +4,8 @@
 //! written in a transaction that compares what was read, so it is refused
 //! when another writer got there first, and prints what changed.
 
+mod workers;
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -13,15 +15,14 @@ use anyhow::{bail, Context};
 use bytes::Bytes;
 use clap::{Parser, Subcommand};
 use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, Txn, TxnOp};
-use gateway::config::{RoutingDoc, UpstreamConfig};
+use gateway::config::RoutingDoc;
 use gateway::control::artifact;
 use gateway::plugin::{
     check_component, sha256_hex, version_problem, LoadedPolicy, PluginEngine, PluginsConfig, Tier,
 };
-use gateway::probe::fetch_report;
-use gateway::upstream::Upstream;
-use protocol::control::{Key, Keys, Registration, DEFAULT_PREFIX};
+use protocol::control::{Key, Keys, DEFAULT_PREFIX};
 use serde_json::{json, Value};
+use workers::Rotation;
 
 #[derive(Parser)]
 #[command(version, about = "Operate a gateway fleet through etcd")]
@@ -61,8 +62,41 @@ enum Command {
     Flip { pool: String, colour: String },
     /// Sets a canary pool's share of traffic, 0 to 100.
     Canary { pool: String, percent: f64 },
-    /// Registered workers with their health and load.
+    /// Registered workers with their health, load and rotation.
     Workers,
+    /// Takes a worker out of rotation (`cordon`, or `drain`: cordon and wait
+    /// until it runs nothing) or puts it back (`uncordon`).
+    Worker {
+        #[command(subcommand)]
+        command: WorkerCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum WorkerCommand {
+    /// No new request goes to worker ID; those in flight finish.
+    Cordon(RotationArgs),
+    /// Worker ID takes new requests again.
+    Uncordon(RotationArgs),
+    /// Cordons worker ID and waits until it runs nothing.
+    Drain {
+        #[command(flatten)]
+        worker: RotationArgs,
+        /// How long to wait, in seconds.
+        #[arg(long, default_value_t = 300)]
+        timeout_s: u64,
+    },
+}
+
+#[derive(clap::Args)]
+struct RotationArgs {
+    id: String,
+    /// Its pool: needed for a static worker, or an id registered in several pools.
+    #[arg(long)]
+    pool: Option<String>,
+    /// Cordon even a pool's last worker in rotation.
+    #[arg(long)]
+    force: bool,
 }
 
 #[derive(Subcommand)]
@@ -157,7 +191,26 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             edit_binding(&mut client, &keys, &pool, "canary_percent", percent).await
         }
-        Command::Workers => list_workers(&mut client, &keys, cli.json).await,
+        Command::Workers => workers::list(&mut client, &keys, cli.json).await,
+        Command::Worker { command } => {
+            let (args, rotation, timeout_s) = match command {
+                WorkerCommand::Cordon(args) => (args, Rotation::Cordon, 0),
+                WorkerCommand::Uncordon(args) => (args, Rotation::Uncordon, 0),
+                WorkerCommand::Drain { worker, timeout_s } => (worker, Rotation::Drain, timeout_s),
+            };
+            let timeout = Duration::from_secs(timeout_s);
+            let pool = args.pool.as_deref();
+            workers::rotate(
+                &mut client,
+                &keys,
+                &args.id,
+                pool,
+                rotation,
+                args.force,
+                timeout,
+            )
+            .await
+        }
     }
 }
 
@@ -417,88 +470,6 @@ async fn list_plugins(client: &mut Client, keys: &Keys, as_json: bool) -> anyhow
                 "MISMATCH"
             },
             row["sha256"].as_str().unwrap_or_default(),
-        );
-    }
-    Ok(())
-}
-
-async fn list_workers(client: &mut Client, keys: &Keys, as_json: bool) -> anyhow::Result<()> {
-    let kvs = get_prefix(client, &keys.workers()).await?;
-    let registrations: Vec<Registration> = kvs
-        .values()
-        .filter_map(|(value, _)| serde_json::from_slice(value).ok())
-        .collect();
-    let upstream = Upstream::new(&UpstreamConfig::default())?;
-    let probes = registrations.iter().map(|r| {
-        let upstream = upstream.clone();
-        async move {
-            let url = r.url.parse().ok()?;
-            tokio::time::timeout(Duration::from_secs(1), fetch_report(&upstream, &url))
-                .await
-                .ok()
-                .flatten()
-        }
-    });
-    let reports = futures_util::future::join_all(probes).await;
-    let rows: Vec<Value> = registrations
-        .iter()
-        .zip(reports)
-        .map(|(r, report)| {
-            json!({
-                "pool": r.pool,
-                "id": r.id,
-                "url": r.url,
-                "zone": r.zone,
-                "labels": r.labels,
-                "model": r.model,
-                "engine": r.engine,
-                "block_size": r.block_size,
-                "started_at_ms": r.started_at_ms,
-                "health": report.as_ref().map_or("unreachable", |h| h.status.as_str()),
-                "load": report.as_ref().map(|h| h.load),
-            })
-        })
-        .collect();
-    if as_json {
-        println!("{}", serde_json::to_string_pretty(&rows)?);
-        return Ok(());
-    }
-    println!(
-        "{:<12} {:<14} {:<26} {:<10} {:<11} {:>7} {:>7} {:>6}  LABELS",
-        "POOL", "ID", "URL", "ZONE", "HEALTH", "RUNNING", "WAITING", "KV%"
-    );
-    for row in rows {
-        let load = &row["load"];
-        let kv = match (
-            load["kv_blocks_used"].as_f64(),
-            load["kv_blocks_total"].as_f64(),
-        ) {
-            (Some(used), Some(total)) if total > 0.0 => format!("{:.0}", 100.0 * used / total),
-            _ => "-".to_string(),
-        };
-        let labels: Vec<String> = row["labels"]
-            .as_object()
-            .map(|l| {
-                l.iter()
-                    .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
-                    .collect()
-            })
-            .unwrap_or_default();
-        println!(
-            "{:<12} {:<14} {:<26} {:<10} {:<11} {:>7} {:>7} {:>6}  {}",
-            row["pool"].as_str().unwrap_or_default(),
-            row["id"].as_str().unwrap_or_default(),
-            row["url"].as_str().unwrap_or_default(),
-            row["zone"].as_str().unwrap_or_default(),
-            row["health"].as_str().unwrap_or_default(),
-            load["running"]
-                .as_u64()
-                .map_or("-".to_string(), |n| n.to_string()),
-            load["waiting"]
-                .as_u64()
-                .map_or("-".to_string(), |n| n.to_string()),
-            kv,
-            labels.join(","),
         );
     }
     Ok(())
