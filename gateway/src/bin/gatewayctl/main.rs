@@ -4,6 +4,7 @@
 //! written in a transaction that compares what was read, so it is refused
 //! when another writer got there first, and prints what changed.
 
+mod backup;
 mod workers;
 
 use std::collections::BTreeMap;
@@ -64,6 +65,17 @@ enum Command {
     Canary { pool: String, percent: f64 },
     /// Registered workers with their health, load and rotation.
     Workers,
+    /// Writes the routing document and every plugin version to FILE: what a
+    /// fleet cannot rebuild by itself.
+    Backup { file: PathBuf },
+    /// Loads a backup into an etcd holding no routing document or plugin,
+    /// through the checks of any write.
+    Restore {
+        file: PathBuf,
+        /// Restore into an etcd that already holds some.
+        #[arg(long)]
+        force: bool,
+    },
     /// Takes a worker out of rotation (`cordon`, or `drain`: cordon and wait
     /// until it runs nothing) or puts it back (`uncordon`).
     Worker {
@@ -192,6 +204,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             edit_binding(&mut client, &keys, &pool, "canary_percent", percent).await
         }
         Command::Workers => workers::list(&mut client, &keys, cli.json).await,
+        Command::Backup { file } => backup::backup(&mut client, &keys, &cli.prefix, &file).await,
+        Command::Restore { file, force } => backup::restore(&mut client, &keys, &file, force).await,
         Command::Worker { command } => {
             let (args, rotation, timeout_s) = match command {
                 WorkerCommand::Cordon(args) => (args, Rotation::Cordon, 0),
@@ -375,15 +389,30 @@ async fn put_plugin(
     file: &PathBuf,
     force: bool,
 ) -> anyhow::Result<()> {
+    let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let origin = file.display().to_string();
+    put_plugin_bytes(client, keys, name, version, bytes, &origin, force).await
+}
+
+/// Publishes `bytes` (read from `origin`) as plugin `name` `version`, once
+/// they passed a gateway's checks.
+async fn put_plugin_bytes(
+    client: &mut Client,
+    keys: &Keys,
+    name: &str,
+    version: &str,
+    bytes: Vec<u8>,
+    origin: &str,
+    force: bool,
+) -> anyhow::Result<()> {
     if let Some(problem) = version_problem(version) {
         bail!("{problem}");
     }
-    let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
     let engine = PluginEngine::new(&PluginsConfig::default())?;
     let checked = bytes.clone();
     tokio::task::spawn_blocking(move || check_component(&engine, &checked))
         .await?
-        .with_context(|| format!("{} is not a policy component", file.display()))?;
+        .with_context(|| format!("{origin} is not a policy component"))?;
     let sha = sha256_hex(&bytes);
     let (wasm_key, sha_key) = (
         keys.plugin_wasm(name, version),
