@@ -86,6 +86,11 @@ pub struct EtcdConfig {
     /// Key prefix of the fleet. Default `/llmgw`.
     #[serde(default = "default_etcd_prefix")]
     pub prefix: String,
+    /// Where the last state applied from etcd is kept, so a gateway that
+    /// starts while etcd is unreachable serves the fleet it last knew
+    /// rather than this file's static workers. Default none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<PathBuf>,
 }
 
 /// The routing config as it lives in etcd under `{prefix}/config` (TOML):
@@ -783,6 +788,7 @@ impl Default for EtcdConfig {
         EtcdConfig {
             endpoints: Vec::new(),
             prefix: protocol::control::DEFAULT_PREFIX.to_string(),
+            snapshot: None,
         }
     }
 }

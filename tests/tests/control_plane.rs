@@ -1114,3 +1114,82 @@ async fn a_backup_restored_into_an_empty_etcd_serves_again() {
     let (ok, _, err) = gatewayctl(&etcd.url, &["restore", backup.to_str().unwrap()]).await;
     assert!(!ok && err.contains("restore into an empty one"), "{err}");
 }
+
+/// A gateway restarted during an etcd outage serves the fleet it last knew
+/// (saved under `etcd.snapshot`): the registered workers and the document
+/// in force, never its file's static worker; `/status` says so until etcd
+/// answers again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_gateway_restarted_while_etcd_is_down_serves_the_saved_fleet() {
+    let mut etcd = EtcdServer::start().await;
+    let stale = e2e::fake::start(200, None).await;
+    let saved = temp_dir().join("etcd-state.json");
+    let config = format!(
+        "zone = \"a\"\n[listeners]\napi = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n\
+         [health]\ninterval_ms = 100\ntimeout_ms = 500\nunhealthy_threshold = 1\nhealthy_threshold = 1\n\
+         [etcd]\nendpoints = [\"{}\"]\nsnapshot = \"{}\"\n\
+         [[pools]]\nname = \"{POOL}\"\nmodels = [\"{MODEL}\"]\n\
+         [[pools.workers]]\nid = \"static\"\nurl = \"{}\"\nzone = \"a\"\n",
+        etcd.url,
+        saved.display(),
+        stale.url
+    );
+    let mut gw = e2e::spawn_gateway_from(&config).await;
+    let green = WorkerOpts {
+        labels: vec![("colour", "green")],
+        ..WorkerOpts::default()
+    };
+    let _wg = registered_worker("green", &etcd, green).await;
+    let file = plugin_file("blue-green");
+    ctl_ok(
+        &etcd,
+        &[
+            "plugin",
+            "put",
+            "blue-green",
+            "1.0.0",
+            file.to_str().unwrap(),
+        ],
+    )
+    .await;
+    let policy = "policy = { plugin = \"blue-green\", version = \"1.0.0\", config = { active = \"green\" } }";
+    put_config(&etcd, &doc("", policy)).await;
+    eventually(
+        Duration::from_secs(10),
+        "green serves from etcd",
+        || async {
+            worker_ids(&gw).await == ["green"]
+                && served_by(&gw.api, &chat("x", false, 2)).await == "green"
+        },
+    )
+    .await;
+    eventually(Duration::from_secs(5), "the state saved", || async {
+        saved.exists()
+    })
+    .await;
+
+    gw.proc.sigkill().await;
+    etcd.stop().await;
+    let gw = e2e::spawn_gateway_from(&config).await;
+    let c = control(&gw).await;
+    assert!(
+        c["from_saved_state"]["revision"].as_i64().unwrap() > 0,
+        "{c}"
+    );
+    assert_eq!(worker_ids(&gw).await, ["green"]);
+    for i in 0..4 {
+        assert_eq!(
+            served_by(&gw.api, &chat(&format!("s{i}"), false, 2)).await,
+            "green"
+        );
+    }
+    assert_eq!(stale.hits.load(std::sync::atomic::Ordering::Relaxed), 0);
+
+    etcd.restart().await;
+    eventually(
+        Duration::from_secs(15),
+        "etcd's state replaces the saved one",
+        || async { control(&gw).await["from_saved_state"].is_null() },
+    )
+    .await;
+}

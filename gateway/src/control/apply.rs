@@ -219,6 +219,12 @@ impl Applier {
         }
         let pending = self.pending.as_ref().and(self.doc_revision);
         let (revision, registered) = (snapshot.revision, self.workers.len());
+        // Each reason once, when it appears (a static worker's id taken by a
+        // registration, say), not at every change.
+        let before = self.control.status().ignored_registrations;
+        for reason in ignored.iter().filter(|r| !before.contains(r)) {
+            tracing::warn!(%reason, "registration ignored");
+        }
         self.control.update(|s| {
             s.pending_config_revision = pending;
             s.revision = revision;
@@ -539,7 +545,11 @@ mod tests {
                 (keys.worker(&r.pool, &r.id), (value, i as i64 + 1))
             })
             .collect();
-        EtcdSnapshot { revision: 9, kvs }
+        EtcdSnapshot {
+            revision: 9,
+            kvs,
+            from_disk: false,
+        }
     }
 
     fn registration(id: &str, block_size: usize) -> Registration {

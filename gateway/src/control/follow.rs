@@ -22,6 +22,8 @@ pub struct EtcdSnapshot {
     /// Key → (value, revision of its last change). `Bytes`: a snapshot is
     /// copied per change, plugins' bytes are not.
     pub kvs: BTreeMap<String, (Bytes, i64)>,
+    /// Read from the state saved on disk, not from etcd.
+    pub from_disk: bool,
 }
 
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
@@ -108,7 +110,11 @@ async fn follow(
                 (key, (Bytes::copy_from_slice(kv.value()), kv.mod_revision()))
             })
             .collect();
-        let snapshot = EtcdSnapshot { revision, kvs };
+        let snapshot = EtcdSnapshot {
+            revision,
+            kvs,
+            from_disk: false,
+        };
         out.send_replace(Arc::new(snapshot.clone()));
         *state = Some(snapshot);
     }

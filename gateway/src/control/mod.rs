@@ -1,14 +1,17 @@
 //! The etcd control plane, gateway side. `follow` keeps a snapshot of every
 //! key under the fleet's prefix (workers' registrations, the routing
-//! document, plugins); `apply` turns each snapshot into the [`Live`] state
-//! routing runs on. etcd being away changes nothing: the last state keeps
-//! serving, and the watch resumes from its revision when etcd is back.
+//! document, plugins, cordons); `apply` turns each snapshot into the
+//! [`Live`] state routing runs on; `saved` keeps the last one applied on
+//! disk. etcd being away changes nothing: the last state keeps serving, the
+//! watch resumes from its revision when etcd is back, and a gateway started
+//! meanwhile serves the saved state.
 //!
 //! [`Live`]: crate::live::Live
 
 mod apply;
 pub mod artifact;
 mod follow;
+mod saved;
 mod status;
 
 use std::sync::Arc;
@@ -21,25 +24,31 @@ use crate::config::Config;
 use crate::live::Shared;
 use crate::plugin::RETRY_TRANSIENT;
 
-pub use status::{ConfigRefusal, Connection, Control, ControlStatus};
+pub use status::{ConfigRefusal, Connection, Control, ControlStatus, SavedState};
 
 /// How long startup waits for etcd's state before serving the file's.
 const FIRST_STATE_WAIT: Duration = Duration::from_secs(3);
 
 /// Follows etcd and applies its changes to `live` until the tasks are
 /// aborted. Returns once the first state is applied, or after a few seconds
-/// without etcd (the file's config serves meanwhile).
+/// without etcd: then the saved state serves if there is one, else the
+/// file's config.
 pub async fn start(base: Config, live: Shared) -> (Arc<Control>, Vec<JoinHandle<()>>) {
     let control = Arc::new(Control::default());
     let root = protocol::control::Keys::new(&base.etcd.prefix).root();
+    let saved_at = base.etcd.snapshot.clone();
     let (snapshots, mut changes) = watch::channel(Arc::new(follow::EtcdSnapshot::default()));
     changes.mark_unchanged();
     let follower = tokio::spawn(follow::run(
         base.etcd.endpoints.clone(),
         root,
         control.clone(),
-        snapshots,
+        snapshots.clone(),
     ));
+    // The newest revision saved, so each state is written once.
+    let mut written = 0;
+    let status = control.clone();
+    let save_to = saved_at.clone();
     let (applied, mut first) = watch::channel(false);
     let mut applier = Some(apply::Applier::new(base, live, control.clone()));
     let applying = tokio::spawn(async move {
@@ -57,11 +66,23 @@ pub async fn start(base: Config, live: Shared) -> (Arc<Control>, Vec<JoinHandle<
             let mut working = applier
                 .take()
                 .expect("the applier is back after each change");
+            let (from_etcd, revision) = (!snapshot.from_disk, snapshot.revision);
+            // Only etcd's own states are saved, each once.
+            let save = save_to.clone().filter(|_| from_etcd && revision > written);
             let done = tokio::task::spawn_blocking(move || {
                 working.apply(&snapshot);
+                if let Some(path) = save {
+                    if let Err(e) = saved::write(&path, &snapshot) {
+                        tracing::warn!(path = %path.display(), error = %e, "cannot save the etcd state");
+                    }
+                }
                 working
             })
             .await;
+            if from_etcd {
+                written = written.max(revision);
+                status.update(|s| s.from_saved_state = None);
+            }
             match done {
                 Ok(working) => applier = Some(working),
                 Err(e) => {
@@ -77,7 +98,24 @@ pub async fn start(base: Config, live: Shared) -> (Arc<Control>, Vec<JoinHandle<
         .await
         .is_err()
     {
-        tracing::warn!("etcd has not answered yet; serving this gateway's file until it does");
+        match saved_at.as_deref().map(saved::read) {
+            Some(Ok((snapshot, saved_at_ms))) => {
+                let revision = snapshot.revision;
+                tracing::warn!(revision, saved_at_ms, "etcd has not answered yet; serving the state saved at revision {revision} until it does");
+                control.update(|s| s.from_saved_state = Some(SavedState { revision, saved_at_ms }));
+                // Unless etcd answered meanwhile: its state wins.
+                snapshots.send_if_modified(|current| {
+                    let empty = current.revision == 0;
+                    if empty {
+                        *current = Arc::new(snapshot);
+                    }
+                    empty
+                });
+                let _ = tokio::time::timeout(FIRST_STATE_WAIT, first.wait_for(|done| *done)).await;
+            }
+            Some(Err(e)) => tracing::warn!(error = %e, "etcd has not answered yet and no saved state can be read; serving this gateway's file until it does"),
+            None => tracing::warn!("etcd has not answered yet; serving this gateway's file until it does (set etcd.snapshot to serve the last known fleet instead)"),
+        }
     }
     (control, vec![follower, applying])
 }

@@ -29,6 +29,17 @@ pub struct ControlStatus {
     pub refused: u64,
     /// Kept after later successes, so an operator sees what was refused.
     pub last_refusal: Option<ConfigRefusal>,
+    /// Set while this gateway serves the state it saved locally
+    /// (`etcd.snapshot`) because etcd has not answered since it started.
+    pub from_saved_state: Option<SavedState>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SavedState {
+    /// The etcd revision it was taken at.
+    pub revision: i64,
+    /// Milliseconds since the Unix epoch.
+    pub saved_at_ms: u64,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
