@@ -22,7 +22,7 @@ pub mod candidates;
 pub mod config;
 pub mod control;
 pub mod decide;
-mod engine;
+pub mod engine;
 mod error;
 mod failover;
 mod health;

@@ -84,14 +84,20 @@ impl TableSnapshot {
     }
 }
 
+impl From<EngineKind> for PolicyEngine {
+    fn from(kind: EngineKind) -> PolicyEngine {
+        match kind {
+            EngineKind::Llmgw => PolicyEngine::Llmgw,
+            EngineKind::Vllm => PolicyEngine::Vllm,
+            EngineKind::Sglang => PolicyEngine::Sglang,
+            EngineKind::Llamacpp => PolicyEngine::Llamacpp,
+            EngineKind::Openai => PolicyEngine::Openai,
+        }
+    }
+}
+
 fn policy_worker(worker: &Worker) -> (PolicyWorker, PolicyEngine) {
-    let engine = match worker.engine.kind {
-        EngineKind::Llmgw => PolicyEngine::Llmgw,
-        EngineKind::Vllm => PolicyEngine::Vllm,
-        EngineKind::Sglang => PolicyEngine::Sglang,
-        EngineKind::Llamacpp => PolicyEngine::Llamacpp,
-        EngineKind::Openai => PolicyEngine::Openai,
-    };
+    let engine = PolicyEngine::from(worker.engine.kind);
     let worker = PolicyWorker {
         id: worker.id.to_string(),
         zone: worker.zone.clone(),

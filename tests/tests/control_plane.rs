@@ -331,9 +331,20 @@ async fn routing_config_applies_live_and_bad_config_is_refused() {
     );
 
     // A document under which every registration would be ignored (their
-    // model is not the pool's) would leave the pool without a worker: refused.
+    // model is not the pool's) would leave the pool without a worker:
+    // gatewayctl refuses to write it, and a gateway refuses it written
+    // behind gatewayctl's back.
     let doc_other = doc("", "").replace(MODEL, "other-model");
-    put_config(&etcd, &doc_other).await;
+    let (ok, _, err) = gatewayctl(
+        &etcd.url,
+        &["config", "put", write(&doc_other).to_str().unwrap()],
+    )
+    .await;
+    assert!(
+        !ok && err.contains("pool `sim` would have no worker; w1 (serves sim-llama)"),
+        "{err}"
+    );
+    etcdctl_put(&etcd, "/llmgw/config", doc_other.as_bytes()).await;
     eventually(
         Duration::from_secs(5),
         "the model change refused",
@@ -404,9 +415,13 @@ async fn flip_and_canary_through_gatewayctl_under_load() {
 
     let blue_green = doc(
         "",
-        "policy = { plugin = \"blue-green\", config = { active = \"blue\" } }",
+        "policy = { plugin = \"blue-green\", version = \"1.0.0\", config = { active = \"blue\" } }",
     );
-    put_config(&etcd, &blue_green).await;
+    let put = put_config(&etcd, &blue_green).await;
+    assert!(
+        put.contains("after this, pool `sim` routes to blue"),
+        "{put}"
+    );
     eventually(Duration::from_secs(10), "blue serves", || async {
         served_by(&gw.api, &chat("x", false, 2)).await == "blue"
     })
@@ -416,7 +431,8 @@ async fn flip_and_canary_through_gatewayctl_under_load() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let flipped = ctl_ok(&etcd, &["flip", POOL, "green"]).await;
     assert!(
-        flipped.contains("~ pools[sim].policy.config.active: \"blue\" -> \"green\""),
+        flipped.contains("~ pools[sim].policy.config.active: \"blue\" -> \"green\"")
+            && flipped.contains("after this, pool `sim` routes to green\n"),
         "{flipped}"
     );
     eventually(Duration::from_secs(10), "green serves", || async {
@@ -431,7 +447,14 @@ async fn flip_and_canary_through_gatewayctl_under_load() {
         "",
         "policy = { plugin = \"canary\", config = { stable = \"v1\", canary = \"v2\", canary_percent = 0 } }",
     );
-    put_config(&etcd, &canary).await;
+    // Unversioned, any later version would serve at once: refused unless forced.
+    let file = write(&canary);
+    let (ok, _, err) = gatewayctl(&etcd.url, &["config", "put", file.to_str().unwrap()]).await;
+    assert!(
+        !ok && err.contains("binds its plugin without a version"),
+        "{err}"
+    );
+    ctl_ok(&etcd, &["config", "put", "--force", file.to_str().unwrap()]).await;
     eventually(
         Duration::from_secs(10),
         "the stable version serves",
@@ -893,8 +916,15 @@ async fn a_document_that_would_break_a_pool_is_refused() {
 
     let load = Load::start(&gw.api, 4);
     tokio::time::sleep(Duration::from_millis(300)).await;
+    let (ok, _, err) = gatewayctl(&etcd.url, &["flip", POOL, "gren"]).await;
+    assert!(
+        !ok && err.contains("pool `sim`: its policy (blue-green 1.0.0) refuses a plain request")
+            && err.contains("colour=gren"),
+        "{err}"
+    );
     let (before, _) = refused().await;
-    put_config(&etcd, &doc("", &policy.replace("\"blue\"", "\"gren\""))).await;
+    let typo = doc("", &policy.replace("\"blue\"", "\"gren\""));
+    etcdctl_put(&etcd, "/llmgw/config", typo.as_bytes()).await;
     eventually(Duration::from_secs(10), "the typo refused", || async {
         refused().await.0 > before
     })
@@ -906,8 +936,12 @@ async fn a_document_that_would_break_a_pool_is_refused() {
         "{reason}"
     );
 
+    let big = doc("", &format!("block_size = 32\n{policy}"));
+    let (ok, _, err) =
+        gatewayctl(&etcd.url, &["config", "put", write(&big).to_str().unwrap()]).await;
+    assert!(!ok && err.contains("blue (block size 16, not 32)"), "{err}");
     let (before, _) = refused().await;
-    put_config(&etcd, &doc("", &format!("block_size = 32\n{policy}"))).await;
+    etcdctl_put(&etcd, "/llmgw/config", big.as_bytes()).await;
     eventually(
         Duration::from_secs(10),
         "the block size refused",

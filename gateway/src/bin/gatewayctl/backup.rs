@@ -160,7 +160,7 @@ pub async fn restore(
     if let Some(text) = backup.config {
         let doc = RoutingDoc::from_toml(&text).context("the backup's routing document")?;
         let current = current_doc(client, keys).await?;
-        put_doc(client, keys, current, &doc, text).await?;
+        put_doc(client, keys, current, &doc, text, force).await?;
     }
     println!(
         "restored the backup of revision {} (prefix {}) from {}",

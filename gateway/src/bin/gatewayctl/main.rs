@@ -5,9 +5,10 @@
 //! when another writer got there first, and prints what changed.
 
 mod backup;
+mod preview;
 mod workers;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -21,6 +22,7 @@ use gateway::control::artifact;
 use gateway::plugin::{
     check_component, sha256_hex, version_problem, LoadedPolicy, PluginEngine, PluginsConfig, Tier,
 };
+use preview::Fleet;
 use protocol::control::{Key, Keys, DEFAULT_PREFIX};
 use serde_json::{json, Value};
 use workers::Rotation;
@@ -60,9 +62,21 @@ enum Command {
     },
     /// Points a blue-green pool at COLOUR: new requests move at once,
     /// requests in flight finish where they are.
-    Flip { pool: String, colour: String },
+    Flip {
+        pool: String,
+        colour: String,
+        /// Write it even if it would take the pool down.
+        #[arg(long)]
+        force: bool,
+    },
     /// Sets a canary pool's share of traffic, 0 to 100.
-    Canary { pool: String, percent: f64 },
+    Canary {
+        pool: String,
+        percent: f64,
+        /// Write it even if it would take the pool down.
+        #[arg(long)]
+        force: bool,
+    },
     /// Registered workers with their health, load and rotation.
     Workers,
     /// Writes the routing document and every plugin version to FILE: what a
@@ -115,8 +129,13 @@ struct RotationArgs {
 enum ConfigCommand {
     /// Checks a routing config file without writing it.
     Validate { file: PathBuf },
-    /// Checks a routing config file, then writes it.
-    Put { file: PathBuf },
+    /// Checks a routing config file (and what it would route to), then writes it.
+    Put {
+        file: PathBuf,
+        /// Write it even if it would take a pool down.
+        #[arg(long)]
+        force: bool,
+    },
     /// Prints the routing config in force.
     Get,
 }
@@ -164,11 +183,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Config { command } => match command {
             ConfigCommand::Validate { .. } => unreachable!("handled without etcd"),
-            ConfigCommand::Put { file } => {
+            ConfigCommand::Put { file, force } => {
                 let text = read_text(&file)?;
                 let doc = RoutingDoc::from_toml(&text)?;
                 let current = current_doc(&mut client, &keys).await?;
-                put_doc(&mut client, &keys, current, &doc, text).await
+                put_doc(&mut client, &keys, current, &doc, text, force).await
             }
             ConfigCommand::Get => {
                 let got = client.get(keys.config(), None).await?;
@@ -189,10 +208,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             } => put_plugin(&mut client, &keys, &name, &version, &file, force).await,
             PluginCommand::List => list_plugins(&mut client, &keys, cli.json).await,
         },
-        Command::Flip { pool, colour } => {
-            edit_binding(&mut client, &keys, &pool, "active", json!(colour)).await
-        }
-        Command::Canary { pool, percent } => {
+        Command::Flip {
+            pool,
+            colour,
+            force,
+        } => edit_binding(&mut client, &keys, &pool, "active", json!(colour), force).await,
+        Command::Canary {
+            pool,
+            percent,
+            force,
+        } => {
             if !(0.0..=100.0).contains(&percent) {
                 bail!("percent must be between 0 and 100, got {percent}");
             }
@@ -201,7 +226,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             } else {
                 json!(percent)
             };
-            edit_binding(&mut client, &keys, &pool, "canary_percent", percent).await
+            edit_binding(&mut client, &keys, &pool, "canary_percent", percent, force).await
         }
         Command::Workers => workers::list(&mut client, &keys, cli.json).await,
         Command::Backup { file } => backup::backup(&mut client, &keys, &cli.prefix, &file).await,
@@ -272,17 +297,34 @@ async fn current_doc(
     }))
 }
 
-/// Checks every bound plugin against what etcd holds, then writes `text`
-/// unless the document changed since `current` was read.
+/// Checks every bound plugin against what etcd holds and the document
+/// against the live fleet (see `preview`; `force` writes it all the same),
+/// then writes `text` unless the document changed since `current` was read.
 async fn put_doc(
     client: &mut Client,
     keys: &Keys,
     current: Option<(RoutingDoc, i64)>,
     doc: &RoutingDoc,
     text: String,
+    force: bool,
 ) -> anyhow::Result<()> {
-    check_bindings(client, keys, doc).await?;
+    let policies = check_bindings(client, keys, doc).await?;
+    let fleet = Fleet {
+        registrations: workers::registrations(client, keys).await?,
+        cordoned: workers::cordoned(client, keys).await?,
+    };
     let (old, revision) = current.map_or((None, 0), |(doc, rev)| (Some(doc), rev));
+    let after = preview::preview(doc, old.as_ref(), &fleet, &policies);
+    for warning in &after.warnings {
+        eprintln!("warning: {warning}");
+    }
+    if !after.refusals.is_empty() {
+        let refusals = after.refusals.join("\n  ");
+        if !force {
+            bail!("refused, nothing written (--force writes it anyway):\n  {refusals}");
+        }
+        eprintln!("forced past:\n  {refusals}");
+    }
     let changes = diff(old.as_ref(), doc);
     if changes.is_empty() {
         println!("unchanged");
@@ -304,20 +346,28 @@ async fn put_doc(
     for change in changes {
         println!("{change}");
     }
+    for line in after.lines {
+        println!("after this, {line}");
+    }
     println!("written at revision {written}");
     Ok(())
 }
 
 /// Loads each bound plugin as a gateway would: compile, `init` with the
 /// pool's config, sample decisions.
-async fn check_bindings(client: &mut Client, keys: &Keys, doc: &RoutingDoc) -> anyhow::Result<()> {
+async fn check_bindings(
+    client: &mut Client,
+    keys: &Keys,
+    doc: &RoutingDoc,
+) -> anyhow::Result<HashMap<String, LoadedPolicy>> {
     let bound: Vec<_> = doc
         .pools
         .iter()
         .filter_map(|p| Some((p.name.clone(), p.policy.clone()?)))
         .collect();
+    let mut loaded = HashMap::new();
     if bound.is_empty() {
-        return Ok(());
+        return Ok(loaded);
     }
     let engine = PluginEngine::new(&PluginsConfig::default())?;
     for (pool, binding) in bound {
@@ -329,7 +379,8 @@ async fn check_bindings(client: &mut Client, keys: &Keys, doc: &RoutingDoc) -> a
             })?;
         let engine = engine.clone();
         let (plugin, config) = (binding.plugin.clone(), binding.config_json());
-        tokio::task::spawn_blocking(move || {
+        let name = pool.clone();
+        let policy = tokio::task::spawn_blocking(move || {
             LoadedPolicy::load(
                 &engine,
                 Tier::Baseline,
@@ -338,12 +389,12 @@ async fn check_bindings(client: &mut Client, keys: &Keys, doc: &RoutingDoc) -> a
                 &artifact.bytes,
                 &config,
             )
-            .map(drop)
-            .with_context(|| format!("pool {pool}: plugin {plugin} {}", artifact.version))
+            .with_context(|| format!("pool {name}: plugin {plugin} {}", artifact.version))
         })
         .await??;
+        loaded.insert(pool, policy);
     }
-    Ok(())
+    Ok(loaded)
 }
 
 /// Sets `field` of `pool`'s policy config and writes the document back.
@@ -353,6 +404,7 @@ async fn edit_binding(
     pool: &str,
     field: &str,
     value: Value,
+    force: bool,
 ) -> anyhow::Result<()> {
     let Some((mut doc, revision)) = current_doc(client, keys).await? else {
         bail!("no routing config in etcd; put one with `gatewayctl config put` first");
@@ -378,7 +430,7 @@ async fn edit_binding(
     let text = doc.to_toml();
     // The edited document goes through the same checks as a file.
     RoutingDoc::from_toml(&text)?;
-    put_doc(client, keys, current, &doc, text).await
+    put_doc(client, keys, current, &doc, text, force).await
 }
 
 async fn put_plugin(

@@ -214,7 +214,10 @@ async fn drain(registration: &Registration, timeout: Duration) -> anyhow::Result
     }
 }
 
-async fn registrations(client: &mut Client, keys: &Keys) -> anyhow::Result<Vec<Registration>> {
+pub(super) async fn registrations(
+    client: &mut Client,
+    keys: &Keys,
+) -> anyhow::Result<Vec<Registration>> {
     Ok(get_prefix(client, &keys.workers())
         .await?
         .values()
@@ -223,7 +226,10 @@ async fn registrations(client: &mut Client, keys: &Keys) -> anyhow::Result<Vec<R
 }
 
 /// The workers cordoned, as (pool, id).
-async fn cordoned(client: &mut Client, keys: &Keys) -> anyhow::Result<HashSet<(String, String)>> {
+pub(super) async fn cordoned(
+    client: &mut Client,
+    keys: &Keys,
+) -> anyhow::Result<HashSet<(String, String)>> {
     Ok(get_prefix(client, &keys.cordons())
         .await?
         .keys()
