@@ -413,7 +413,8 @@ async fn flip_and_canary_through_gatewayctl_under_load() {
         .iter()
         .all(|p| p["sha256_ok"] == true));
 
-    let blue_green = doc(
+    let blue_green = "# the operator's note survives flips\n".to_string()
+        + &doc(
         "",
         "policy = { plugin = \"blue-green\", version = \"1.0.0\", config = { active = \"blue\" } }",
     );
@@ -434,6 +435,11 @@ async fn flip_and_canary_through_gatewayctl_under_load() {
         flipped.contains("~ pools[sim].policy.config.active: \"blue\" -> \"green\"")
             && flipped.contains("after this, pool `sim` routes to green\n"),
         "{flipped}"
+    );
+    let stored = etcdctl(&etcd, &["get", "/llmgw/config", "--print-value-only"]);
+    assert_eq!(
+        stored.trim_end(),
+        blue_green.replace("\"blue\" }", "\"green\" }").trim_end()
     );
     eventually(Duration::from_secs(10), "green serves", || async {
         served_by(&gw.api, &chat("x", false, 2)).await == "green"

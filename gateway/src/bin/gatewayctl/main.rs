@@ -5,6 +5,7 @@
 //! when another writer got there first, and prints what changed.
 
 mod backup;
+mod edit;
 mod preview;
 mod workers;
 
@@ -397,7 +398,8 @@ async fn check_bindings(
     Ok(loaded)
 }
 
-/// Sets `field` of `pool`'s policy config and writes the document back.
+/// Sets `field` of `pool`'s policy config and writes the document back,
+/// the rest of it as it was written, comments included.
 async fn edit_binding(
     client: &mut Client,
     keys: &Keys,
@@ -406,31 +408,31 @@ async fn edit_binding(
     value: Value,
     force: bool,
 ) -> anyhow::Result<()> {
-    let Some((mut doc, revision)) = current_doc(client, keys).await? else {
+    let got = client.get(keys.config(), None).await?;
+    let Some(kv) = got.kvs().first() else {
         bail!("no routing config in etcd; put one with `gatewayctl config put` first");
     };
-    let current = Some((doc.clone(), revision));
-    let Some(binding) = doc
-        .pools
-        .iter_mut()
-        .find(|p| p.name == pool)
-        .map(|p| p.policy.as_mut())
-    else {
-        bail!("no pool `{pool}` in the routing config");
+    let (old_text, revision) = (
+        String::from_utf8_lossy(kv.value()).into_owned(),
+        kv.mod_revision(),
+    );
+    let old = RoutingDoc::from_toml(&old_text).context("the routing config in etcd")?;
+    let plugin = match old.pools.iter().find(|p| p.name == pool) {
+        None => bail!("no pool `{pool}` in the routing config"),
+        Some(p) => match &p.policy {
+            None => bail!(
+                "pool `{pool}` has no policy to set `{field}` for: bind one first, e.g. \
+                 policy = {{ plugin = \"canary\", version = \"0.1.0\", config = {{ label = \"version\", stable = \"v1\", canary = \"v2\", canary_percent = 0 }} }}"
+            ),
+            Some(binding) => binding.plugin.clone(),
+        },
     };
-    let Some(binding) = binding else {
-        bail!("pool `{pool}` has no policy to configure");
-    };
-    let mut config = binding.config.take().unwrap_or_else(|| json!({}));
-    let Some(object) = config.as_object_mut() else {
-        bail!("pool `{pool}`'s policy config is not a JSON object");
-    };
-    object.insert(field.to_string(), value);
-    binding.config = Some(config);
-    let text = doc.to_toml();
+    let text = edit::set_policy_field(&old_text, pool, field, &value)?;
     // The edited document goes through the same checks as a file.
-    RoutingDoc::from_toml(&text)?;
-    put_doc(client, keys, current, &doc, text, force).await
+    let doc = RoutingDoc::from_toml(&text)?;
+    put_doc(client, keys, Some((old, revision)), &doc, text, force)
+        .await
+        .with_context(|| format!("setting `{field}` of pool `{pool}`'s plugin {plugin}"))
 }
 
 async fn put_plugin(
