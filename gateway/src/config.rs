@@ -991,11 +991,13 @@ mod tests {
 
     #[test]
     fn example_configs_are_valid() {
-        for name in ["gateway.toml", "engines.toml"] {
-            let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("../config")
-                .join(name);
-            Config::from_file(&path).unwrap();
+        let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config");
+        for name in ["gateway.toml", "engines.toml", "fleet.toml"] {
+            Config::from_file(&config.join(name)).unwrap();
+        }
+        for name in ["routing.toml", "routing-canary.toml"] {
+            let text = std::fs::read_to_string(config.join(name)).unwrap();
+            RoutingDoc::from_toml(&text).unwrap();
         }
     }
 

@@ -9,7 +9,9 @@
 //! - `{prefix}/plugins/{name}/{version}/wasm`: a policy component's bytes;
 //! - `{prefix}/plugins/{name}/{version}/sha256`: their hex sha256, checked before loading;
 //! - `{prefix}/cordons/{pool}/{id}`: a worker taken out of rotation (its value
-//!   says who and when); it gets no new request while the key exists.
+//!   says who and when); it gets no new request while the key exists;
+//! - `{prefix}/gateways/{id}`: a gateway's [`GatewayReport`] (JSON), on its
+//!   lease: the routing document it serves, and the last one it refused.
 
 use std::collections::BTreeMap;
 
@@ -51,6 +53,22 @@ pub struct Registration {
     /// That publisher's replay socket.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kv_replay: Option<String>,
+}
+
+/// What a gateway tells the fleet of its control plane, so `gatewayctl`
+/// can show which routing document is in force and why a newer one is not.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GatewayReport {
+    pub id: String,
+    /// The `mod_revision` of the routing document it serves; `None`: its
+    /// own file's.
+    pub config_revision: Option<i64>,
+    /// A newer document it holds back for a reason that may pass.
+    pub pending_config_revision: Option<i64>,
+    /// The last document refused (its revision and why), until one applies.
+    pub refused: Option<(i64, String)>,
+    /// Milliseconds since the Unix epoch.
+    pub at_ms: u64,
 }
 
 /// The key layout under one prefix.
@@ -103,6 +121,14 @@ impl Keys {
 
     pub fn plugin_sha256(&self, name: &str, version: &str) -> String {
         format!("{}/plugins/{name}/{version}/sha256", self.prefix)
+    }
+
+    pub fn gateways(&self) -> String {
+        format!("{}/gateways/", self.prefix)
+    }
+
+    pub fn gateway(&self, id: &str) -> String {
+        format!("{}/gateways/{id}", self.prefix)
     }
 
     pub fn cordons(&self) -> String {

@@ -941,6 +941,15 @@ async fn a_document_that_would_break_a_pool_is_refused() {
             && reason.contains("no routable worker with colour=gren"),
         "{reason}"
     );
+    // `config get` shows what serves, and apart why the latest does not.
+    eventually(Duration::from_secs(5), "config get tells", || async {
+        let (ok, out, err) = gatewayctl(&etcd.url, &["config", "get"]).await;
+        ok && out.contains("active = \"blue\"")
+            && err.contains("in force on 1 of 1 gateways")
+            && err.contains("refused on 1")
+            && err.contains("colour=gren")
+    })
+    .await;
 
     let big = doc("", &format!("block_size = 32\n{policy}"));
     let (ok, _, err) =
@@ -969,6 +978,13 @@ async fn a_document_that_would_break_a_pool_is_refused() {
         .await
         .unwrap();
     assert_eq!(ready.status(), 200);
+
+    // A document that applies clears the refusal: its cause is gone.
+    put_config(&etcd, &doc("", &policy.replace("\"blue\"", "\"green\""))).await;
+    eventually(Duration::from_secs(10), "the refusal cleared", || async {
+        control(&gw).await["last_refusal"].is_null()
+    })
+    .await;
 
     // Its workers gone, the pool cannot route: a load balancer should know.
     wb.proc.sigkill().await;

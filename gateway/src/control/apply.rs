@@ -215,7 +215,11 @@ impl Applier {
         }
         if let Some(revision) = doc_revision {
             self.pending = None;
-            self.control.update(|s| s.config_revision = revision);
+            // What was refused before is not what serves now.
+            self.control.update(|s| {
+                s.config_revision = revision;
+                s.last_refusal = None;
+            });
         }
         let pending = self.pending.as_ref().and(self.doc_revision);
         let (revision, registered) = (snapshot.revision, self.workers.len());

@@ -11,6 +11,7 @@
 mod apply;
 pub mod artifact;
 mod follow;
+mod report;
 mod saved;
 mod status;
 
@@ -35,7 +36,17 @@ const FIRST_STATE_WAIT: Duration = Duration::from_secs(3);
 /// file's config.
 pub async fn start(base: Config, live: Shared) -> (Arc<Control>, Vec<JoinHandle<()>>) {
     let control = Arc::new(Control::default());
-    let root = protocol::control::Keys::new(&base.etcd.prefix).root();
+    let keys = protocol::control::Keys::new(&base.etcd.prefix);
+    let root = keys.root();
+    // Random: two gateways on one host must not share a report.
+    let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
+    let reporter = tokio::spawn(report::run(
+        base.etcd.endpoints.clone(),
+        keys,
+        id.clone(),
+        control.clone(),
+    ));
+    control.update(|s| s.gateway_id = id);
     let saved_at = base.etcd.snapshot.clone();
     let (snapshots, mut changes) = watch::channel(Arc::new(follow::EtcdSnapshot::default()));
     changes.mark_unchanged();
@@ -117,5 +128,5 @@ pub async fn start(base: Config, live: Shared) -> (Arc<Control>, Vec<JoinHandle<
             None => tracing::warn!("etcd has not answered yet; serving this gateway's file until it does (set etcd.snapshot to serve the last known fleet instead)"),
         }
     }
-    (control, vec![follower, applying])
+    (control, vec![follower, applying, reporter])
 }

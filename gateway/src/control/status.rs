@@ -10,6 +10,8 @@ use crate::metrics;
 
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct ControlStatus {
+    /// This gateway's id under `{prefix}/gateways/`.
+    pub gateway_id: String,
     pub etcd: Connection,
     /// The last etcd revision seen and applied.
     pub revision: i64,
@@ -27,7 +29,7 @@ pub struct ControlStatus {
     /// Changes applied and refused since start.
     pub applied: u64,
     pub refused: u64,
-    /// Kept after later successes, so an operator sees what was refused.
+    /// The last change refused, until a routing document applies.
     pub last_refusal: Option<ConfigRefusal>,
     /// Set while this gateway serves the state it saved locally
     /// (`etcd.snapshot`) because etcd has not answered since it started.

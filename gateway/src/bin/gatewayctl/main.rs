@@ -6,6 +6,7 @@
 
 mod backup;
 mod edit;
+mod in_force;
 mod preview;
 mod workers;
 
@@ -137,8 +138,13 @@ enum ConfigCommand {
         #[arg(long)]
         force: bool,
     },
-    /// Prints the routing config in force.
-    Get,
+    /// Prints the routing config in force on the gateways (and says, apart,
+    /// which newer one they refused or hold back, and why).
+    Get {
+        /// The latest written instead, in force or not.
+        #[arg(long)]
+        latest: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -190,15 +196,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 let current = current_doc(&mut client, &keys).await?;
                 put_doc(&mut client, &keys, current, &doc, text, force).await
             }
-            ConfigCommand::Get => {
-                let got = client.get(keys.config(), None).await?;
-                let Some(kv) = got.kvs().first() else {
-                    bail!("no routing config in etcd under {}", keys.config());
-                };
-                eprintln!("# revision {}", kv.mod_revision());
-                print!("{}", String::from_utf8_lossy(kv.value()));
-                Ok(())
-            }
+            ConfigCommand::Get { latest } => in_force::print(&mut client, &keys, latest).await,
         },
         Command::Plugin { command } => match command {
             PluginCommand::Put {
