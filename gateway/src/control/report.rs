@@ -68,7 +68,7 @@ async fn report(
             written = Some(now);
         }
         // Keep-alive at a third of the TTL.
-        if ticks % (TTL_S as u64 / 3).max(1) == 0 {
+        if ticks.is_multiple_of((TTL_S as u64 / 3).max(1)) {
             keeper.keep_alive().await?;
             if acks.message().await?.is_none_or(|ack| ack.ttl() <= 0) {
                 return Ok(());
