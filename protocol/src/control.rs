@@ -67,6 +67,10 @@ pub struct GatewayReport {
     pub pending_config_revision: Option<i64>,
     /// The last document refused (its revision and why), until one applies.
     pub refused: Option<(i64, String)>,
+    /// Registrations it does not route to, and why (`{key}: {reason}`: a
+    /// static worker of its file has the id, another block size, …).
+    #[serde(default)]
+    pub ignored: Vec<String>,
     /// Milliseconds since the Unix epoch.
     pub at_ms: u64,
 }

@@ -268,6 +268,18 @@ async fn registrations_that_cannot_route_are_listed_as_ignored() {
     );
     let w1 = e2e::worker_status(&gw, "w1").await;
     assert_eq!(w1["url"].as_str().unwrap().trim_end_matches('/'), fixed.url);
+    // gatewayctl shows it too, from the gateways' reports: a registration
+    // shadowed by a static worker does not look routed.
+    eventually(
+        Duration::from_secs(5),
+        "gatewayctl workers tells",
+        || async {
+            let out = ctl_ok(&etcd, &["workers"]).await;
+            out.contains("ignored by gateways: pool `sim` has a static worker `w1`")
+                && out.contains("ignored by gateways: block size 32 differs")
+        },
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -452,6 +464,13 @@ async fn flip_and_canary_through_gatewayctl_under_load() {
     let canary = doc(
         "",
         "policy = { plugin = \"canary\", config = { stable = \"v1\", canary = \"v2\", canary_percent = 0 } }",
+    );
+    // `canary` on a pool whose plugin takes no share says which plugin it is.
+    let (ok, _, err) = gatewayctl(&etcd.url, &["canary", POOL, "20"]).await;
+    assert!(
+        !ok && err.contains("setting `canary_percent` of pool `sim`'s plugin blue-green")
+            && err.contains("unknown field `canary_percent`"),
+        "{err}"
     );
     // Unversioned, any later version would serve at once: refused unless forced.
     let file = write(&canary);

@@ -45,6 +45,7 @@ async fn report(
             config_revision: status.config_revision,
             pending_config_revision: status.pending_config_revision,
             refused: status.last_refusal.map(|r| (r.revision, r.reason)),
+            ignored: status.ignored_registrations,
             at_ms: 0,
         };
         let changed = written.as_ref().is_none_or(|w| {

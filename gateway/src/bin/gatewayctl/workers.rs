@@ -4,7 +4,7 @@
 //! gateway follows: a cordoned worker gets no new request, while those in
 //! flight finish.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::bail;
@@ -12,7 +12,7 @@ use etcd_client::Client;
 use gateway::config::UpstreamConfig;
 use gateway::probe::fetch_report;
 use gateway::upstream::Upstream;
-use protocol::control::{Key, Keys, Registration};
+use protocol::control::{GatewayReport, Key, Keys, Registration};
 use serde_json::{json, Value};
 
 use super::get_prefix;
@@ -22,6 +22,18 @@ use super::get_prefix;
 pub async fn list(client: &mut Client, keys: &Keys, as_json: bool) -> anyhow::Result<()> {
     let registrations = registrations(client, keys).await?;
     let cordoned = cordoned(client, keys).await?;
+    // What the gateways say they do not route to, by worker key.
+    let mut ignored: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for report in gateway_reports(client, keys).await? {
+        for line in report.ignored {
+            if let Some((key, reason)) = line.split_once(": ") {
+                let reasons = ignored.entry(key.to_string()).or_default();
+                if !reasons.iter().any(|r| r == reason) {
+                    reasons.push(reason.to_string());
+                }
+            }
+        }
+    }
     let upstream = Upstream::new(&UpstreamConfig::default())?;
     let probes = registrations.iter().map(|r| {
         let upstream = upstream.clone();
@@ -50,6 +62,7 @@ pub async fn list(client: &mut Client, keys: &Keys, as_json: bool) -> anyhow::Re
                 "started_at_ms": r.started_at_ms,
                 "health": report.as_ref().map_or("unreachable", |h| h.status.as_str()),
                 "cordoned": cordoned.contains(&(r.pool.clone(), r.id.clone())),
+                "ignored_by_gateways": ignored.get(&keys.worker(&r.pool, &r.id)),
                 "load": report.as_ref().map(|h| h.load),
             })
         })
@@ -100,6 +113,15 @@ pub async fn list(client: &mut Client, keys: &Keys, as_json: bool) -> anyhow::Re
             kv,
             labels.join(","),
         );
+        // A registration the gateways do not route to must not look routed.
+        if let Some(reasons) = row["ignored_by_gateways"].as_array() {
+            for reason in reasons {
+                println!(
+                    "    ignored by gateways: {}",
+                    reason.as_str().unwrap_or_default()
+                );
+            }
+        }
     }
     Ok(())
 }
@@ -212,6 +234,14 @@ async fn drain(registration: &Registration, timeout: Duration) -> anyhow::Result
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+async fn gateway_reports(client: &mut Client, keys: &Keys) -> anyhow::Result<Vec<GatewayReport>> {
+    Ok(get_prefix(client, &keys.gateways())
+        .await?
+        .values()
+        .filter_map(|(value, _)| serde_json::from_slice(value).ok())
+        .collect())
 }
 
 pub(super) async fn registrations(
