@@ -314,9 +314,12 @@ async fn routing_config_applies_live_and_bad_config_is_refused() {
     assert!(!ok && err.contains("strategy"), "{err}");
     let (ok, _, err) = gatewayctl(&etcd.url, &["config", "put", bad.to_str().unwrap()]).await;
     assert!(!ok, "{err}");
-    assert!(ctl_ok(&etcd, &["config", "get"])
-        .await
-        .contains("round_robin"));
+    eventually(Duration::from_secs(5), "config get shows it", || async {
+        ctl_ok(&etcd, &["config", "get"])
+            .await
+            .contains("round_robin")
+    })
+    .await;
 
     // Written behind its back, the gateway refuses it and keeps serving the last good one.
     etcdctl_put(&etcd, "/llmgw/config", b"[routing]\nstrategy = 7\n").await;

@@ -4,7 +4,7 @@
 //! when it changes; the lease lets a gateway that stopped disappear.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use etcd_client::{Client, ConnectOptions, PutOptions};
 use protocol::control::{GatewayReport, Keys};
@@ -12,8 +12,11 @@ use protocol::control::{GatewayReport, Keys};
 use super::status::Control;
 
 const TTL_S: i64 = 10;
-/// How often the status is compared with what was written last.
-const TICK: Duration = Duration::from_secs(1);
+/// How often the status is compared with what was written last: a change
+/// reaches etcd within this.
+const TICK: Duration = Duration::from_millis(200);
+/// How often the lease is kept alive: a third of its TTL.
+const KEEP_ALIVE: Duration = Duration::from_secs(TTL_S as u64 / 3);
 
 /// Reports `control`'s status as gateway `id`, forever.
 pub async fn run(endpoints: Vec<String>, keys: Keys, id: String, control: Arc<Control>) {
@@ -37,7 +40,7 @@ async fn report(
     let lease = client.lease_grant(TTL_S, None).await?.id();
     let (mut keeper, mut acks) = client.lease_keep_alive(lease).await?;
     let mut written: Option<GatewayReport> = None;
-    let mut ticks = 0u64;
+    let mut kept_alive = Instant::now();
     loop {
         let status = control.status();
         let mut now = GatewayReport {
@@ -68,14 +71,13 @@ async fn report(
                 .await?;
             written = Some(now);
         }
-        // Keep-alive at a third of the TTL.
-        if ticks.is_multiple_of((TTL_S as u64 / 3).max(1)) {
+        if kept_alive.elapsed() >= KEEP_ALIVE {
             keeper.keep_alive().await?;
             if acks.message().await?.is_none_or(|ack| ack.ttl() <= 0) {
                 return Ok(());
             }
+            kept_alive = Instant::now();
         }
-        ticks += 1;
         tokio::time::sleep(TICK).await;
     }
 }

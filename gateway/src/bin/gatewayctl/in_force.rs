@@ -43,8 +43,10 @@ pub async fn print(client: &mut Client, keys: &Keys, latest: bool) -> anyhow::Re
         .expect("at least one report");
     let total = reports.len();
     let Some(in_force) = in_force else {
+        // Their files' configs are not in etcd: the latest written is what there is to show.
         eprintln!("# {on} of {total} gateways serve their own file's config, not etcd's");
         note_latest(&reports, written);
+        print!("{}", String::from_utf8_lossy(kv.value()));
         return Ok(());
     };
     eprintln!("# revision {in_force}, in force on {on} of {total} gateways");
