@@ -12,12 +12,13 @@ use std::time::{Duration, Instant};
 
 use gateway::index::{Applied, ApproxIndex, IndexStats, PrefixIndex};
 use gateway::rehash::Rehash;
-use protocol::engine_kv::{self, EngineBatch, EngineEvent, EngineHash, Stored};
+use protocol::engine_kv::{self, EngineBatch, EngineHash};
 use protocol::{BlockHash, KvEvent, KvEventBatch};
 use serde_json::json;
 
 use crate::memory;
 use crate::report;
+use crate::routing::zmq::vllm_event;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -303,25 +304,7 @@ fn zmq_workload(batches: &[KvEventBatch], workers: usize) -> Vec<(usize, Vec<u8>
             let events = batch
                 .events
                 .iter()
-                .map(|e| match e {
-                    KvEvent::Stored { parent, hashes } => EngineEvent::Stored(Stored {
-                        block_hashes: hashes.iter().map(engine).collect(),
-                        parent: parent.as_ref().map(engine),
-                        token_ids: hashes.iter().flat_map(tokens).collect(),
-                        block_size: BLOCK_SIZE,
-                        lora_id: None,
-                        lora_name: None,
-                        medium: Some(engine_kv::MEDIUM_GPU.to_string()),
-                        extra_keys: Vec::new(),
-                        group_idx: None,
-                    }),
-                    KvEvent::Removed { hashes } => EngineEvent::Removed {
-                        block_hashes: hashes.iter().map(engine).collect(),
-                        medium: Some(engine_kv::MEDIUM_GPU.to_string()),
-                        group_idx: None,
-                    },
-                    KvEvent::Cleared => EngineEvent::AllCleared,
-                })
+                .filter_map(|e| vllm_event(e, BLOCK_SIZE, engine, |h| Some(tokens(h))))
                 .collect();
             let batch = EngineBatch {
                 ts: 0.0,

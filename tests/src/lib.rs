@@ -492,6 +492,27 @@ impl Drop for EtcdServer {
     }
 }
 
+/// `etcdctl ARGS…` against `etcd`; its output.
+pub fn etcdctl(etcd: &EtcdServer, args: &[&str]) -> String {
+    etcdctl_with(etcd, args, std::process::Stdio::null())
+}
+
+pub fn etcdctl_with(etcd: &EtcdServer, args: &[&str], stdin: std::process::Stdio) -> String {
+    let out = std::process::Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .args(["--endpoints", &etcd.url])
+        .args(args)
+        .stdin(stdin)
+        .output()
+        .expect("etcdctl is installed (scripts/setup.sh)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// Runs `gatewayctl --etcd URL ARGS…`: (success, stdout, stderr).
 pub async fn gatewayctl(etcd: &str, args: &[&str]) -> (bool, String, String) {
     let out = Command::new(bin("gatewayctl"))

@@ -5,8 +5,9 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use e2e::{
-    chat, eventually, gatewayctl, plugins_dir, served_by, spawn_gateway, spawn_worker, status,
-    temp_dir, EtcdServer, GatewayProc, Load, NatsServer, WorkerOpts, WorkerProc, MODEL, POOL,
+    chat, etcdctl, etcdctl_with, eventually, gatewayctl, plugins_dir, served_by, spawn_gateway,
+    spawn_worker, status, temp_dir, EtcdServer, GatewayProc, Load, NatsServer, WorkerOpts,
+    WorkerProc, MODEL, POOL,
 };
 use serde_json::Value;
 
@@ -14,6 +15,15 @@ use serde_json::Value;
 async fn etcd_gateway(etcd: &EtcdServer, extra: &str) -> GatewayProc {
     let extra = format!("[etcd]\nendpoints = [\"{}\"]\n{extra}", etcd.url);
     spawn_gateway("a", &[], &extra).await
+}
+
+/// A worker named for its `colour` label, registered in `etcd`.
+async fn coloured_worker(colour: &'static str, etcd: &EtcdServer) -> WorkerProc {
+    let opts = WorkerOpts {
+        labels: vec![("colour", colour)],
+        ..WorkerOpts::default()
+    };
+    registered_worker(colour, etcd, opts).await
 }
 
 async fn registered_worker(id: &str, etcd: &EtcdServer, opts: WorkerOpts) -> WorkerProc {
@@ -76,27 +86,6 @@ async fn etcdctl_put(etcd: &EtcdServer, key: &str, value: &[u8]) {
     );
 }
 
-/// `etcdctl ARGS…` against `etcd`; its output.
-fn etcdctl(etcd: &EtcdServer, args: &[&str]) -> String {
-    etcdctl_with(etcd, args, std::process::Stdio::null())
-}
-
-fn etcdctl_with(etcd: &EtcdServer, args: &[&str], stdin: std::process::Stdio) -> String {
-    let out = std::process::Command::new("etcdctl")
-        .env("ETCDCTL_API", "3")
-        .args(["--endpoints", &etcd.url])
-        .args(args)
-        .stdin(stdin)
-        .output()
-        .expect("etcdctl is installed (scripts/setup.sh)");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 /// The value under `key`, and the lease it is on (0: none); `None` when absent.
 fn etcd_get(etcd: &EtcdServer, key: &str) -> Option<(String, i64)> {
     let value = etcdctl(etcd, &["get", key, "--print-value-only"]);
@@ -117,6 +106,16 @@ fn written_at(out: &str) -> i64 {
 }
 
 /// The component `scripts/build-plugins.sh` built for `name`.
+/// Publishes the example plugin `name` as version 1.0.0.
+async fn publish(etcd: &EtcdServer, name: &str) {
+    let file = plugin_file(name);
+    ctl_ok(
+        etcd,
+        &["plugin", "put", name, "1.0.0", file.to_str().unwrap()],
+    )
+    .await;
+}
+
 fn plugin_file(name: &str) -> PathBuf {
     let dir = plugins_dir().join(name);
     std::fs::read_dir(&dir)
@@ -547,16 +546,8 @@ async fn flip_and_canary_through_gatewayctl_under_load() {
 async fn a_document_waiting_for_its_plugin_applies_once_it_is_published() {
     let etcd = EtcdServer::start().await;
     let gw = etcd_gateway(&etcd, "").await;
-    let blue = WorkerOpts {
-        labels: vec![("colour", "blue")],
-        ..WorkerOpts::default()
-    };
-    let green = WorkerOpts {
-        labels: vec![("colour", "green")],
-        ..WorkerOpts::default()
-    };
-    let _wb = registered_worker("blue", &etcd, blue).await;
-    let _wg = registered_worker("green", &etcd, green).await;
+    let _wb = coloured_worker("blue", &etcd).await;
+    let _wg = coloured_worker("green", &etcd).await;
     eventually(Duration::from_secs(10), "workers discovered", || {
         has_workers(&gw, &["blue", "green"])
     })
@@ -592,18 +583,7 @@ async fn a_document_waiting_for_its_plugin_applies_once_it_is_published() {
     assert!(c["config_revision"].is_null(), "{c}");
 
     // Publishing the plugin is enough: the document is not written again.
-    let file = plugin_file("blue-green");
-    ctl_ok(
-        &etcd,
-        &[
-            "plugin",
-            "put",
-            "blue-green",
-            "1.0.0",
-            file.to_str().unwrap(),
-        ],
-    )
-    .await;
+    publish(&etcd, "blue-green").await;
     eventually(
         Duration::from_secs(10),
         "the pending document applied",
@@ -631,7 +611,7 @@ async fn a_document_waiting_for_its_plugin_applies_once_it_is_published() {
             "put",
             "blue-green",
             "1.0.1",
-            file.to_str().unwrap(),
+            plugin_file("blue-green").to_str().unwrap(),
         ],
     )
     .await;
@@ -889,16 +869,8 @@ async fn etcd_and_nats_outages_lose_no_request() {
 async fn a_document_that_would_break_a_pool_is_refused() {
     let etcd = EtcdServer::start().await;
     let gw = etcd_gateway(&etcd, "").await;
-    let blue = WorkerOpts {
-        labels: vec![("colour", "blue")],
-        ..WorkerOpts::default()
-    };
-    let green = WorkerOpts {
-        labels: vec![("colour", "green")],
-        ..WorkerOpts::default()
-    };
-    let mut wb = registered_worker("blue", &etcd, blue).await;
-    let mut wg = registered_worker("green", &etcd, green).await;
+    let mut wb = coloured_worker("blue", &etcd).await;
+    let mut wg = coloured_worker("green", &etcd).await;
     let file = plugin_file("blue-green");
     let (ok, _, err) = gatewayctl(
         &etcd.url,
@@ -1115,18 +1087,7 @@ async fn cordon_and_drain_a_worker_under_load() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_backup_restored_into_an_empty_etcd_serves_again() {
     let mut lost = EtcdServer::start().await;
-    let file = plugin_file("blue-green");
-    ctl_ok(
-        &lost,
-        &[
-            "plugin",
-            "put",
-            "blue-green",
-            "1.0.0",
-            file.to_str().unwrap(),
-        ],
-    )
-    .await;
+    publish(&lost, "blue-green").await;
     let text = format!(
         "# the fleet's routing, kept by the operator\n{}",
         doc("", "policy = { plugin = \"blue-green\", version = \"1.0.0\", config = { active = \"green\" } }")
@@ -1144,16 +1105,8 @@ async fn a_backup_restored_into_an_empty_etcd_serves_again() {
     let etcd = EtcdServer::start().await;
     let empty_at = Instant::now();
     let gw = etcd_gateway(&etcd, "").await;
-    let blue = WorkerOpts {
-        labels: vec![("colour", "blue")],
-        ..WorkerOpts::default()
-    };
-    let green = WorkerOpts {
-        labels: vec![("colour", "green")],
-        ..WorkerOpts::default()
-    };
-    let _wb = registered_worker("blue", &etcd, blue).await;
-    let _wg = registered_worker("green", &etcd, green).await;
+    let _wb = coloured_worker("blue", &etcd).await;
+    let _wg = coloured_worker("green", &etcd).await;
     eventually(Duration::from_secs(10), "workers registered again", || {
         has_workers(&gw, &["blue", "green"])
     })
@@ -1213,23 +1166,8 @@ async fn a_gateway_restarted_while_etcd_is_down_serves_the_saved_fleet() {
         stale.url
     );
     let mut gw = e2e::spawn_gateway_from(&config).await;
-    let green = WorkerOpts {
-        labels: vec![("colour", "green")],
-        ..WorkerOpts::default()
-    };
-    let _wg = registered_worker("green", &etcd, green).await;
-    let file = plugin_file("blue-green");
-    ctl_ok(
-        &etcd,
-        &[
-            "plugin",
-            "put",
-            "blue-green",
-            "1.0.0",
-            file.to_str().unwrap(),
-        ],
-    )
-    .await;
+    let _wg = coloured_worker("green", &etcd).await;
+    publish(&etcd, "blue-green").await;
     let policy = "policy = { plugin = \"blue-green\", version = \"1.0.0\", config = { active = \"green\" } }";
     put_config(&etcd, &doc("", policy)).await;
     eventually(

@@ -303,22 +303,6 @@ async fn vllm_and_sglang_events_over_zmq_route_prompts() {
     assert_eq!(worker_status(&gw, "w1").await["kv_events"], true);
 }
 
-/// `etcdctl ARGS…` against `etcd`; its output.
-fn etcdctl(etcd: &EtcdServer, args: &[&str]) -> String {
-    let out = std::process::Command::new("etcdctl")
-        .env("ETCDCTL_API", "3")
-        .args(["--endpoints", &etcd.url])
-        .args(args)
-        .output()
-        .expect("etcdctl is installed (scripts/setup.sh)");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 /// An engine that does not register itself (vLLM, here) is registered for
 /// it, as an operator's sidecar would with etcdctl and a lease, naming its
 /// kind and KV-event endpoints; one naming an unknown kind is ignored.

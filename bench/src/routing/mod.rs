@@ -11,7 +11,7 @@ mod drive;
 mod oracle;
 mod summary;
 mod workload;
-mod zmq;
+pub(crate) mod zmq;
 
 use std::path::Path;
 use std::sync::Arc;

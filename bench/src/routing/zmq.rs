@@ -134,32 +134,8 @@ impl Relay {
     }
 
     fn event(&self, event: &KvEvent) -> Option<EngineEvent> {
-        Some(match event {
-            KvEvent::Stored { parent, hashes } => {
-                // Blocks of generated text are in no prompt: cut the chain there.
-                let known: Vec<&Vec<u32>> =
-                    hashes.iter().map_while(|h| self.tokens.get(h)).collect();
-                if known.is_empty() {
-                    return None;
-                }
-                EngineEvent::Stored(Stored {
-                    block_hashes: hashes[..known.len()].iter().map(engine_hash).collect(),
-                    parent: parent.as_ref().map(engine_hash),
-                    token_ids: known.into_iter().flatten().copied().collect(),
-                    block_size: self.block_size,
-                    lora_id: None,
-                    lora_name: None,
-                    medium: Some(engine_kv::MEDIUM_GPU.to_string()),
-                    extra_keys: Vec::new(),
-                    group_idx: None,
-                })
-            }
-            KvEvent::Removed { hashes } => EngineEvent::Removed {
-                block_hashes: hashes.iter().map(engine_hash).collect(),
-                medium: Some(engine_kv::MEDIUM_GPU.to_string()),
-                group_idx: None,
-            },
-            KvEvent::Cleared => EngineEvent::AllCleared,
+        vllm_event(event, self.block_size, engine_hash, |h| {
+            self.tokens.get(h).cloned()
         })
     }
 
@@ -191,6 +167,42 @@ impl Relay {
             )))
             .collect()
     }
+}
+
+/// Our `event` as vLLM would publish it: blocks named by `engine_hash`, each
+/// stored block with its `tokens`. A block without tokens (generated text,
+/// in no prompt) cuts the chain there; `None` when no block is left.
+pub(crate) fn vllm_event(
+    event: &KvEvent,
+    block_size: usize,
+    engine_hash: impl Fn(&BlockHash) -> EngineHash,
+    tokens: impl Fn(&BlockHash) -> Option<Vec<u32>>,
+) -> Option<EngineEvent> {
+    Some(match event {
+        KvEvent::Stored { parent, hashes } => {
+            let known: Vec<Vec<u32>> = hashes.iter().map_while(&tokens).collect();
+            if known.is_empty() {
+                return None;
+            }
+            EngineEvent::Stored(Stored {
+                block_hashes: hashes[..known.len()].iter().map(&engine_hash).collect(),
+                parent: parent.as_ref().map(&engine_hash),
+                token_ids: known.concat(),
+                block_size,
+                lora_id: None,
+                lora_name: None,
+                medium: Some(engine_kv::MEDIUM_GPU.to_string()),
+                extra_keys: Vec::new(),
+                group_idx: None,
+            })
+        }
+        KvEvent::Removed { hashes } => EngineEvent::Removed {
+            block_hashes: hashes.iter().map(&engine_hash).collect(),
+            medium: Some(engine_kv::MEDIUM_GPU.to_string()),
+            group_idx: None,
+        },
+        KvEvent::Cleared => EngineEvent::AllCleared,
+    })
 }
 
 /// The engine's name for a block: anything but ours, so the gateway must rehash.
