@@ -70,7 +70,7 @@ async fn policy_status(gw: &GatewayProc) -> Value {
 #[tokio::test]
 async fn failover_policy_keeps_the_zone_and_fails_over_down_its_list() {
     let dir = temp_dir();
-    install(&dir, "failover", "1");
+    install(&dir, "failover", "1.0.0");
     let mut wa = spawn_worker("wa", "a", WorkerOpts::default()).await;
     let wb = spawn_worker("wb", "b", WorkerOpts::default()).await;
     let gw = gateway(&[(&wa, ""), (&wb, "")], &dir, "failover", json!({})).await;
@@ -93,7 +93,7 @@ async fn failover_policy_keeps_the_zone_and_fails_over_down_its_list() {
 #[tokio::test]
 async fn canary_splits_by_session_and_sticks() {
     let dir = temp_dir();
-    install(&dir, "canary", "1");
+    install(&dir, "canary", "1.0.0");
     let stable1 = spawn_worker("s1", "a", WorkerOpts::default()).await;
     let stable2 = spawn_worker("s2", "a", WorkerOpts::default()).await;
     let canary = spawn_worker("c1", "a", WorkerOpts::default()).await;
@@ -128,7 +128,7 @@ async fn canary_splits_by_session_and_sticks() {
 #[tokio::test]
 async fn blue_green_flip_moves_new_traffic_and_lets_streams_finish() {
     let dir = temp_dir();
-    install(&dir, "blue-green", "1");
+    install(&dir, "blue-green", "1.0.0");
     let slow = WorkerOpts {
         decode_step_us: 3000,
         ..WorkerOpts::default()
@@ -177,7 +177,7 @@ async fn blue_green_flip_moves_new_traffic_and_lets_streams_finish() {
 #[tokio::test]
 async fn zone_affinity_spills_past_its_threshold() {
     let dir = temp_dir();
-    install(&dir, "zone-affinity", "1");
+    install(&dir, "zone-affinity", "1.0.0");
     let slow = WorkerOpts {
         decode_step_us: 5000,
         ..WorkerOpts::default()
@@ -205,15 +205,16 @@ async fn zone_affinity_spills_past_its_threshold() {
 #[tokio::test]
 async fn versions_swap_under_load_without_a_failed_request() {
     let dir = temp_dir();
-    install(&dir, "failover", "1");
+    install(&dir, "failover", "1.0.0");
     let w1 = spawn_worker("w1", "a", WorkerOpts::default()).await;
     let w2 = spawn_worker("w2", "a", WorkerOpts::default()).await;
     let gw = gateway(&[(&w1, ""), (&w2, "")], &dir, "failover", json!({})).await;
     let load = Load::start(&gw.api, 4);
     for version in 2..=11 {
-        install(&dir, "failover", &version.to_string());
+        let version = format!("{version}.0.0");
+        install(&dir, "failover", &version);
         eventually(Duration::from_secs(20), "new version in force", || async {
-            policy_status(&gw).await["policy"]["version"] == version.to_string().as_str()
+            policy_status(&gw).await["policy"]["version"] == version.as_str()
         })
         .await;
     }
@@ -229,7 +230,7 @@ async fn versions_swap_under_load_without_a_failed_request() {
 #[tokio::test]
 async fn hostile_plugins_are_refused_or_contained() {
     let dir = temp_dir();
-    install(&dir, "hostile", "1");
+    install(&dir, "hostile", "1.0.0");
     let w1 = spawn_worker("w1", "a", WorkerOpts::default()).await;
     let gw = gateway(&[(&w1, "")], &dir, "hostile", json!({"mode": "ok"})).await;
     assert_eq!(policy_status(&gw).await["policy"]["plugin"], "hostile");
@@ -266,25 +267,26 @@ async fn hostile_plugins_are_refused_or_contained() {
     }
     // Not a component at all, and a component of another world: refused too.
     std::fs::write(
-        dir.join("hostile").join("2.wasm"),
+        dir.join("hostile").join("2.0.0.wasm"),
         b"\0asm definitely not a component",
     )
     .unwrap();
     eventually(Duration::from_secs(20), "garbage refused", || async {
-        policy_status(&gw).await["last_refusal"]["version"] == "2"
+        policy_status(&gw).await["last_refusal"]["version"] == "2.0.0"
     })
     .await;
-    std::fs::copy(wrong_world(), dir.join("hostile").join("3.wasm")).unwrap();
+    std::fs::copy(wrong_world(), dir.join("hostile").join("3.0.0.wasm")).unwrap();
     eventually(Duration::from_secs(20), "wrong world refused", || async {
         let status = policy_status(&gw).await;
-        status["last_refusal"]["version"] == "3" && status["last_refusal"]["kind"] == "wrong_world"
+        status["last_refusal"]["version"] == "3.0.0"
+            && status["last_refusal"]["kind"] == "wrong_world"
     })
     .await;
-    assert_eq!(policy_status(&gw).await["policy"]["version"], "1");
+    assert_eq!(policy_status(&gw).await["policy"]["version"], "1.0.0");
 
     // Misbehaving only at call time: each request falls back to the built-in policy.
-    std::fs::remove_file(dir.join("hostile").join("2.wasm")).unwrap();
-    std::fs::remove_file(dir.join("hostile").join("3.wasm")).unwrap();
+    std::fs::remove_file(dir.join("hostile").join("2.0.0.wasm")).unwrap();
+    std::fs::remove_file(dir.join("hostile").join("3.0.0.wasm")).unwrap();
     for mode in ["loop", "trap", "oom", "unknown"] {
         write_config(&config_file, json!({"mode": mode, "on_model": MODEL}));
         eventually(
