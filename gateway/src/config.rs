@@ -146,6 +146,20 @@ pub struct Listeners {
         default = "default_idle_timeout"
     )]
     pub idle_timeout: Duration,
+    /// A new connection must send its first request head within this, or
+    /// it is closed: clients trickling header lines cannot hold every
+    /// socket. (Later requests on a kept-alive connection have
+    /// `idle_timeout_ms`.) Default 10000.
+    #[serde(
+        rename = "header_read_timeout_ms",
+        with = "millis",
+        default = "default_header_read_timeout"
+    )]
+    pub header_read_timeout: Duration,
+    /// Open client connections at most; one more is answered 503 and
+    /// closed before any work is taken on. Default 10000.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
     /// Largest request body accepted; larger ones get 413. Default 4 MiB.
     #[serde(default = "default_max_body_bytes")]
     pub max_body_bytes: usize,
@@ -526,6 +540,14 @@ impl RawConfig {
         let ms = |d: Duration| d.as_millis() as u64;
         positive("listeners.idle_timeout_ms", ms(self.listeners.idle_timeout));
         positive(
+            "listeners.header_read_timeout_ms",
+            ms(self.listeners.header_read_timeout),
+        );
+        positive(
+            "listeners.max_connections",
+            self.listeners.max_connections as u64,
+        );
+        positive(
             "listeners.max_body_bytes",
             self.listeners.max_body_bytes as u64,
         );
@@ -757,6 +779,8 @@ impl Default for Listeners {
             admin: default_admin(),
             tls: None,
             idle_timeout: default_idle_timeout(),
+            header_read_timeout: default_header_read_timeout(),
+            max_connections: default_max_connections(),
             max_body_bytes: default_max_body_bytes(),
             max_concurrent_requests: default_max_concurrent_requests(),
             drain_grace: default_drain_grace(),
@@ -885,6 +909,12 @@ fn default_three() -> u32 {
 }
 fn default_idle_timeout() -> Duration {
     Duration::from_millis(75_000)
+}
+fn default_header_read_timeout() -> Duration {
+    Duration::from_millis(10_000)
+}
+fn default_max_connections() -> usize {
+    10_000
 }
 fn default_max_body_bytes() -> usize {
     4 << 20

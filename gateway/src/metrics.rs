@@ -18,6 +18,7 @@ pub const FAILOVERS: &str = "llmgw_failovers_total";
 pub const EJECTIONS: &str = "llmgw_worker_ejections_total";
 pub const CANARIES: &str = "llmgw_canary_generations_total";
 pub const SHED: &str = "llmgw_requests_shed_total";
+pub const CONNECTIONS_REFUSED: &str = "llmgw_connections_refused_total";
 pub const KV_BATCHES: &str = "llmgw_kv_event_batches_total";
 pub const INDEX_ENTRIES: &str = "llmgw_prefix_index_entries";
 pub const BLOCK_SIZE_MISMATCH: &str = "llmgw_block_size_mismatches_total";
@@ -93,6 +94,12 @@ pub fn ejection(pool: &str, worker: &str) {
 pub fn canary(pool: &str, ok: bool) {
     let outcome = if ok { "ok" } else { "failed" };
     counter!(CANARIES, "pool" => pool.to_string(), "outcome" => outcome).increment(1);
+}
+
+/// A client connection closed before it was served: `too_many` open, or no
+/// request head within `listeners.header_read_timeout_ms`.
+pub fn connection_refused(reason: &'static str) {
+    counter!(CONNECTIONS_REFUSED, "reason" => reason).increment(1);
 }
 
 pub fn shed() {

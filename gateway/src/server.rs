@@ -3,6 +3,7 @@
 //! health probes, and graceful drain.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -12,8 +13,9 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 use tower::{Service, ServiceBuilder, ServiceExt};
@@ -25,13 +27,13 @@ use crate::admin::{self, Admin};
 use crate::admit::Admit;
 use crate::api::{self, Gateway};
 use crate::body::{Body, BoxError};
-use crate::config::Config;
+use crate::config::{Config, Listeners};
 use crate::plugin::{PluginEngine, PluginWatcher, WatchHandle};
 use crate::pools::Registry;
 use crate::tls::{self, TlsError};
 use crate::upstream::Upstream;
 use crate::{control, error, kv_zmq, live, metrics, mirror, probe};
-use protocol::Bus;
+use protocol::{ApiError, Bus, ErrorKind};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -123,7 +125,7 @@ pub async fn start_on_bus(config: Config, bus: Option<Bus>) -> Result<Handle, St
     let load_stale = config.bus.load_stale;
     let health_config = config.health.clone();
     let bus_config = config.bus.clone();
-    let idle_timeout = config.listeners.idle_timeout;
+    let listeners = config.listeners.clone();
     let backstop = config.retry.total_timeout + Duration::from_secs(1);
     let gateway = Arc::new(Gateway {
         admit: Admit::new(config.listeners.max_concurrent_requests),
@@ -166,7 +168,7 @@ pub async fn start_on_bus(config: Config, bus: Option<Bus>) -> Result<Handle, St
         gateway,
         tls,
         stop_rx,
-        idle_timeout,
+        listeners,
         backstop,
     ));
     tracing::info!(api = %api_addr, admin = %admin_addr, "gateway started");
@@ -259,12 +261,14 @@ async fn serve_api(
     gateway: Arc<Gateway>,
     tls: Option<TlsAcceptor>,
     mut stop: watch::Receiver<bool>,
-    idle_timeout: Duration,
+    listeners: Listeners,
     backstop: Duration,
 ) {
-    let builder = connection_builder(idle_timeout);
+    let builder = connection_builder(listeners.idle_timeout);
     let graceful = GracefulShutdown::new();
     let service = api_service(gateway, backstop);
+    let open = Arc::new(Semaphore::new(listeners.max_connections));
+    let first_head = listeners.header_read_timeout;
     loop {
         let (tcp, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -278,9 +282,17 @@ async fn serve_api(
             },
             _ = stop.changed() => break,
         };
+        let Ok(permit) = open.clone().try_acquire_owned() else {
+            metrics::connection_refused("too_many");
+            tokio::spawn(refuse(tcp, tls.is_none()));
+            continue;
+        };
         let _ = tcp.set_nodelay(true);
         let service = service.clone();
+        let requested = Arc::new(Notify::new());
+        let head = requested.clone();
         let hyper_service = hyper::service::service_fn(move |mut req: http::Request<Incoming>| {
+            head.notify_one();
             req.extensions_mut().insert(Peer(peer));
             service.clone().oneshot(req)
         });
@@ -288,31 +300,73 @@ async fn serve_api(
         let watcher = graceful.watcher();
         let tls = tls.clone();
         tokio::spawn(async move {
+            let _open = permit;
             let served = match tls {
-                Some(tls) => match tokio::time::timeout(Duration::from_secs(10), tls.accept(tcp))
-                    .await
-                {
+                Some(tls) => match tokio::time::timeout(first_head, tls.accept(tcp)).await {
                     Ok(Ok(stream)) => {
-                        watcher
-                            .watch(builder.serve_connection(TokioIo::new(stream), hyper_service))
-                            .await
+                        let conn = builder.serve_connection(TokioIo::new(stream), hyper_service);
+                        with_first_head(watcher.watch(conn), &requested, first_head).await
                     }
                     Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                     Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
                 },
                 None => {
-                    watcher
-                        .watch(builder.serve_connection(TokioIo::new(tcp), hyper_service))
-                        .await
+                    let conn = builder.serve_connection(TokioIo::new(tcp), hyper_service);
+                    with_first_head(watcher.watch(conn), &requested, first_head).await
                 }
             };
-            if let Err(e) = served {
-                tracing::debug!(%peer, error = %e, "connection closed with error");
+            match served {
+                Some(Err(e)) => tracing::debug!(%peer, error = %e, "connection closed with error"),
+                Some(Ok(())) => {}
+                None => {
+                    metrics::connection_refused("header_timeout");
+                    tracing::debug!(%peer, "no request head in time; connection closed");
+                }
             }
         });
     }
     drop(listener);
     graceful.shutdown().await;
+}
+
+/// Serves `conn` on, once a first request head arrived (`requested`) within
+/// `limit`; `None` when none did and the connection was dropped. Later
+/// requests on it wait under hyper's own header timer (the idle timeout).
+async fn with_first_head<F: Future>(
+    conn: F,
+    requested: &Notify,
+    limit: Duration,
+) -> Option<F::Output> {
+    tokio::pin!(conn);
+    tokio::select! {
+        served = &mut conn => return Some(served),
+        arrived = tokio::time::timeout(limit, requested.notified()) => {
+            if arrived.is_err() {
+                return None;
+            }
+        }
+    }
+    Some(conn.await)
+}
+
+/// Answers a connection over `listeners.max_connections` with a 503 (in
+/// plain HTTP; a TLS one is just closed) and closes it, before reading any
+/// of it.
+async fn refuse(mut tcp: tokio::net::TcpStream, plain: bool) {
+    if plain {
+        let body = ApiError::new(
+            ErrorKind::Overloaded,
+            "too many open connections; retry later",
+        )
+        .to_json();
+        let answer = format!(
+            "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\nretry-after: 1\r\n\r\n{body}",
+            body.len()
+        );
+        let write = tcp.write_all(answer.as_bytes());
+        let _ = tokio::time::timeout(Duration::from_secs(1), write).await;
+    }
+    let _ = tcp.shutdown().await;
 }
 
 /// The tower layers every API request crosses, outermost first: request id
@@ -377,16 +431,24 @@ fn request_span(req: &http::Request<Incoming>) -> Span {
 fn connection_builder(idle_timeout: Duration) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // hyper closes an HTTP/1 connection that sends no request head within this
-    // time, which also bounds keep-alive idleness.
+    // time, which also bounds keep-alive idleness. Heads are bounded in
+    // count and size (larger ones get 431).
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(idle_timeout);
+        .header_read_timeout(idle_timeout)
+        .max_headers(100)
+        .max_buf_size(64 * 1024);
+    // HTTP/2: a client may not open streams, or reset them, without end.
     builder
         .http2()
         .timer(TokioTimer::new())
         .keep_alive_interval(Some(idle_timeout / 2))
-        .keep_alive_timeout(Duration::from_secs(20));
+        .keep_alive_timeout(Duration::from_secs(20))
+        .max_concurrent_streams(256)
+        .max_header_list_size(64 * 1024)
+        .max_pending_accept_reset_streams(20)
+        .max_local_error_reset_streams(1024);
     builder
 }
 
