@@ -93,6 +93,7 @@ fn status(admin: &Admin) -> serde_json::Value {
                         "engine": w.engine.kind,
                         "health": w.probe.lock().unwrap().name(),
                         "cordoned": w.cordoned.load(Ordering::Relaxed),
+                        "zone_shifted": w.zone_shifted.load(Ordering::Relaxed),
                         "problem": *w.problem.lock().unwrap(),
                         "breaker": w.breaker.lock().unwrap().name(now),
                         "in_flight": w.in_flight(),

@@ -47,6 +47,7 @@ impl Candidate {
 
 /// The routable workers of `pool`, in its order; `cached` tells what each
 /// pool worker holds of the prompt, in that same order (`PrefixState::cached`).
+/// Workers of a zone shifted away are among them: `decide` puts them last.
 pub fn gather(
     pool: &Pool,
     cached: &[Cached],

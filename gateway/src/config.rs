@@ -304,6 +304,11 @@ pub struct RoutingConfig {
     /// traffic spills to other zones. Default 32.
     #[serde(default = "default_spill_in_flight")]
     pub spill_in_flight: u32,
+    /// Zones shifted away: new requests go to workers elsewhere while any
+    /// can take them (as `gatewayctl zone shift` does through etcd, for a
+    /// while). Default none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shifted_zones: Vec<String>,
     /// Cost of each prompt block a worker would have to prefill. Default 1.0.
     #[serde(default = "default_one")]
     pub prefill_weight: f64,
@@ -855,6 +860,7 @@ impl Default for RoutingConfig {
         RoutingConfig {
             strategy: default_strategy(),
             spill_in_flight: default_spill_in_flight(),
+            shifted_zones: Vec::new(),
             prefill_weight: 1.0,
             decode_weight: 1.0,
             remote_zone_cost: default_remote_zone_cost(),

@@ -9,6 +9,7 @@
 //! candidates refer to by index, and that an instance is sent only when it
 //! changed.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -39,8 +40,22 @@ pub struct Facts<'a> {
 }
 
 /// The candidates to try, in order, or the policy's rejection. `rng` breaks
-/// ties, whichever policy decides.
+/// ties, whichever policy decides. Workers of a zone shifted away come
+/// after all others, whatever the policy said: they take new requests only
+/// when nothing else can, the first attempt's failover included.
 pub fn decide(
+    config: &Config,
+    pool: &Pool,
+    candidates: Vec<Candidate>,
+    facts: &Facts<'_>,
+    rng: &mut impl Rng,
+) -> Result<Vec<Candidate>, ApiError> {
+    let mut order = policy_order(config, pool, candidates, facts, rng)?;
+    order.sort_by_key(|c| c.worker.zone_shifted.load(Ordering::Relaxed));
+    Ok(order)
+}
+
+fn policy_order(
     config: &Config,
     pool: &Pool,
     mut candidates: Vec<Candidate>,

@@ -19,6 +19,7 @@ pub const EJECTIONS: &str = "llmgw_worker_ejections_total";
 pub const CANARIES: &str = "llmgw_canary_generations_total";
 pub const SHED: &str = "llmgw_requests_shed_total";
 pub const CONNECTIONS_REFUSED: &str = "llmgw_connections_refused_total";
+pub const ZONE_SHIFTED: &str = "llmgw_zone_shifted";
 pub const KV_BATCHES: &str = "llmgw_kv_event_batches_total";
 pub const INDEX_ENTRIES: &str = "llmgw_prefix_index_entries";
 pub const BLOCK_SIZE_MISMATCH: &str = "llmgw_block_size_mismatches_total";
@@ -94,6 +95,17 @@ pub fn ejection(pool: &str, worker: &str) {
 pub fn canary(pool: &str, ok: bool) {
     let outcome = if ok { "ok" } else { "failed" };
     counter!(CANARIES, "pool" => pool.to_string(), "outcome" => outcome).increment(1);
+}
+
+/// 1 for each zone shifted away now, 0 for one that was and is no longer.
+pub fn zones_shifted(
+    before: &std::collections::HashSet<String>,
+    now: &std::collections::HashSet<String>,
+) {
+    for zone in before.union(now) {
+        let on = if now.contains(zone) { 1.0 } else { 0.0 };
+        gauge!(ZONE_SHIFTED, "zone" => zone.clone()).set(on);
+    }
 }
 
 /// A client connection closed before it was served: `too_many` open, or no

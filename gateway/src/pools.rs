@@ -2,7 +2,7 @@
 //! prefix index and policy, rebuilt whole when config or registrations
 //! change and carrying over the state of what did not.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -53,7 +53,10 @@ impl Registry {
     /// The pools of `config` with their static workers; what a gateway
     /// without a control plane routes on.
     pub fn from_config(config: &Config) -> Result<Registry, TokenizerError> {
-        Registry::build(config, &[], None)
+        let registry = Registry::build(config, &[], None)?;
+        let shifted = config.routing.shifted_zones.iter().cloned().collect();
+        registry.mark_rotation(&HashSet::new(), &shifted);
+        Ok(registry)
     }
 
     /// The pools of `config` with their static workers plus the `discovered`
@@ -178,15 +181,18 @@ impl Registry {
         &self.pools
     }
 
-    /// Cordons exactly the workers `cordoned` names, as (pool, id).
-    pub fn mark_cordons(&self, cordoned: &std::collections::HashSet<(String, String)>) {
+    /// Cordons exactly the workers `cordoned` names, as (pool, id), and
+    /// shifts exactly the zones `shifted` names.
+    pub fn mark_rotation(&self, cordoned: &HashSet<(String, String)>, shifted: &HashSet<String>) {
         for pool in &self.pools {
             for w in &pool.workers {
                 let key = (pool.name.clone(), w.id.to_string());
                 let on = cordoned.contains(&key);
-                if w.cordoned.swap(on, std::sync::atomic::Ordering::Relaxed) != on {
+                if w.cordoned.swap(on, Ordering::Relaxed) != on {
                     tracing::info!(pool = %pool.name, worker = %w.id, cordoned = on, "worker {}", if on { "cordoned" } else { "uncordoned" });
                 }
+                w.zone_shifted
+                    .store(shifted.contains(&w.zone), Ordering::Relaxed);
             }
         }
     }

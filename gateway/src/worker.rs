@@ -43,6 +43,9 @@ pub struct Worker {
     /// Taken out of rotation by an operator (`gatewayctl worker cordon`):
     /// no new request, while those in flight finish.
     pub cordoned: AtomicBool,
+    /// Its zone is shifted away: it takes new requests only when no worker
+    /// elsewhere can.
+    pub zone_shifted: AtomicBool,
 }
 
 impl Worker {
@@ -70,6 +73,7 @@ impl Worker {
             problem: Mutex::new(None),
             canary: Mutex::new(Canary::new(Instant::now())),
             cordoned: AtomicBool::new(false),
+            zone_shifted: AtomicBool::new(false),
         }
     }
 

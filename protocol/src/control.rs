@@ -10,6 +10,9 @@
 //! - `{prefix}/plugins/{name}/{version}/sha256`: their hex sha256, checked before loading;
 //! - `{prefix}/cordons/{pool}/{id}`: a worker taken out of rotation (its value
 //!   says who and when); it gets no new request while the key exists;
+//! - `{prefix}/shifts/{zone}`: a zonal shift (its value says until when), on
+//!   a lease of the shift's length: new requests avoid the zone while any
+//!   worker elsewhere can take them;
 //! - `{prefix}/gateways/{id}`: a gateway's [`GatewayReport`] (JSON), on its
 //!   lease: the routing document it serves, and the last one it refused.
 
@@ -89,6 +92,7 @@ pub enum Key {
     PluginWasm { name: String, version: String },
     PluginSha256 { name: String, version: String },
     Cordon { pool: String, id: String },
+    Shift { zone: String },
 }
 
 impl Keys {
@@ -135,6 +139,14 @@ impl Keys {
         format!("{}/gateways/{id}", self.prefix)
     }
 
+    pub fn shifts(&self) -> String {
+        format!("{}/shifts/", self.prefix)
+    }
+
+    pub fn shift(&self, zone: &str) -> String {
+        format!("{}/shifts/{zone}", self.prefix)
+    }
+
     pub fn cordons(&self) -> String {
         format!("{}/cordons/", self.prefix)
     }
@@ -153,6 +165,9 @@ impl Keys {
             ["workers", pool, id] if own(pool) && own(id) => Some(Key::Worker {
                 pool: pool.to_string(),
                 id: id.to_string(),
+            }),
+            ["shifts", zone] if own(zone) => Some(Key::Shift {
+                zone: zone.to_string(),
             }),
             ["cordons", pool, id] if own(pool) && own(id) => Some(Key::Cordon {
                 pool: pool.to_string(),

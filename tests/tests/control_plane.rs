@@ -1209,3 +1209,88 @@ async fn a_gateway_restarted_while_etcd_is_down_serves_the_saved_fleet() {
     )
     .await;
 }
+
+/// A zonal shift: new requests leave the gateway's own zone for the other
+/// while it lasts (no request fails under load), come back when it is
+/// ended, and come back by themselves when a short one expires.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_zone_shift_moves_traffic_away_and_ends_by_itself() {
+    let etcd = EtcdServer::start().await;
+    let gw = etcd_gateway(&etcd, "").await;
+    let registered = WorkerOpts {
+        etcd: Some(etcd.url.clone()),
+        ..WorkerOpts::default()
+    };
+    let _near = spawn_worker("near", "a", registered.clone()).await;
+    let mut far = spawn_worker("far", "b", registered).await;
+    eventually(Duration::from_secs(10), "workers discovered", || {
+        has_workers(&gw, &["far", "near"])
+    })
+    .await;
+    // Fresh prompts each time: one cached elsewhere would rightly go there.
+    let asked = std::sync::atomic::AtomicU32::new(0);
+    let by_zone = || async {
+        let mut served = Vec::new();
+        for _ in 0..6 {
+            let n = asked.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            served.push(served_by(&gw.api, &chat(&format!("fresh prompt {n}"), false, 2)).await);
+        }
+        served
+    };
+    assert!(
+        by_zone().await.iter().all(|w| w == "near"),
+        "the local zone first"
+    );
+
+    let (ok, _, err) = gatewayctl(&etcd.url, &["zone", "shift", "c", "--for", "30s"]).await;
+    assert!(
+        !ok && err.contains("no registered worker is in zone `c`"),
+        "{err}"
+    );
+    let out = ctl_ok(&etcd, &["zone", "shift", "a", "--for", "30s"]).await;
+    assert!(out.contains("zone `a` shifted away for 30 s"), "{out}");
+    eventually(Duration::from_secs(5), "traffic leaves zone a", || async {
+        by_zone().await.iter().all(|w| w == "far")
+    })
+    .await;
+    assert_eq!(e2e::worker_status(&gw, "near").await["zone_shifted"], true);
+    let load = Load::start(&gw.api, 4);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        by_zone().await.iter().all(|w| w == "far"),
+        "nothing to the shifted zone"
+    );
+    let (ok, failures) = load.stop().await;
+    assert!(
+        ok > 0 && failures.is_empty(),
+        "{ok} ok, failed: {failures:?}"
+    );
+
+    ctl_ok(&etcd, &["zone", "unshift", "a"]).await;
+    eventually(Duration::from_secs(5), "traffic back in zone a", || async {
+        by_zone().await.iter().all(|w| w == "near")
+    })
+    .await;
+
+    ctl_ok(&etcd, &["zone", "shift", "a", "--for", "2s"]).await;
+    eventually(Duration::from_secs(5), "shifted", || async {
+        e2e::worker_status(&gw, "near").await["zone_shifted"] == true
+    })
+    .await;
+    eventually(
+        Duration::from_secs(15),
+        "the shift ends by itself",
+        || async { e2e::worker_status(&gw, "near").await["zone_shifted"] == false },
+    )
+    .await;
+
+    // A shifted zone still serves when nothing elsewhere can.
+    ctl_ok(&etcd, &["zone", "shift", "a", "--for", "30s"]).await;
+    far.proc.sigkill().await;
+    eventually(
+        Duration::from_secs(10),
+        "the shifted zone serves alone",
+        || async { by_zone().await.iter().all(|w| w == "near") },
+    )
+    .await;
+}

@@ -50,6 +50,8 @@ pub struct Applier {
     tried: HashMap<String, Try>,
     /// Per pool, when the last try was refused for a reason that may pass.
     transient: HashMap<String, Instant>,
+    /// The zones shifted away now.
+    shifted: HashSet<String>,
 }
 
 /// A routing document refused for a reason that may pass. Without this,
@@ -132,6 +134,7 @@ impl Applier {
             workers: Vec::new(),
             tried: HashMap::new(),
             transient: HashMap::new(),
+            shifted: HashSet::new(),
         }
     }
 
@@ -191,10 +194,15 @@ impl Applier {
         };
         self.commit_plugins(snapshot, plan);
         let cordoned = cordons(&self.keys, snapshot);
-        if let Some(registry) = &registry {
-            registry.mark_cordons(&cordoned);
-        } else {
-            self.live.load().registry.mark_cordons(&cordoned);
+        let shifted = shifts(&self.keys, snapshot, &config);
+        match &registry {
+            Some(registry) => registry.mark_rotation(&cordoned, &shifted),
+            None => self.live.load().registry.mark_rotation(&cordoned, &shifted),
+        }
+        if shifted != self.shifted {
+            tracing::info!(zones = ?shifted, "zones shifted away");
+            metrics::zones_shifted(&self.shifted, &shifted);
+            self.shifted = shifted;
         }
         if let Some(registry) = registry {
             let previous = self.live.load().registry.clone();
@@ -461,6 +469,36 @@ impl Applier {
             bytes: bytes.into(),
         })
     }
+}
+
+/// The zones shifted away: by `config` and by unexpired shifts in etcd.
+fn shifts(keys: &Keys, snapshot: &EtcdSnapshot, config: &Config) -> HashSet<String> {
+    let prefix = keys.shifts();
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let in_etcd = snapshot
+        .kvs
+        .range(prefix.clone()..)
+        .take_while(|(key, _)| key.starts_with(&prefix))
+        .filter_map(|(key, (value, _))| {
+            let Some(Key::Shift { zone }) = keys.parse(key) else {
+                return None;
+            };
+            // The lease removes it when it ends; the value says so too,
+            // in case a snapshot saved on disk outlived it.
+            let until = serde_json::from_slice::<serde_json::Value>(value)
+                .ok()
+                .and_then(|v| v["until_ms"].as_u64());
+            until.is_none_or(|until| until > now_ms).then_some(zone)
+        });
+    config
+        .routing
+        .shifted_zones
+        .iter()
+        .cloned()
+        .chain(in_etcd)
+        .collect()
 }
 
 /// The workers cordoned, as (pool, id).

@@ -9,6 +9,7 @@ mod edit;
 mod in_force;
 mod preview;
 mod workers;
+mod zones;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -92,12 +93,31 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Shifts new requests away from a zone for a while, or ends a shift.
+    Zone {
+        #[command(subcommand)]
+        command: ZoneCommand,
+    },
     /// Takes a worker out of rotation (`cordon`, or `drain`: cordon and wait
     /// until it runs nothing) or puts it back (`uncordon`).
     Worker {
         #[command(subcommand)]
         command: WorkerCommand,
     },
+}
+
+#[derive(Subcommand)]
+enum ZoneCommand {
+    /// New requests avoid ZONE while any worker elsewhere can take them;
+    /// those in flight finish. Ends by itself.
+    Shift {
+        zone: String,
+        /// How long: 30s, 15m, 2h.
+        #[arg(long = "for", value_parser = zones::duration)]
+        lasting: Duration,
+    },
+    /// Ends a shift of ZONE now.
+    Unshift { zone: String },
 }
 
 #[derive(Subcommand)]
@@ -228,6 +248,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             edit_binding(&mut client, &keys, &pool, "canary_percent", percent, force).await
         }
         Command::Workers => workers::list(&mut client, &keys, cli.json).await,
+        Command::Zone { command } => match command {
+            ZoneCommand::Shift { zone, lasting } => {
+                zones::shift(&mut client, &keys, &zone, lasting).await
+            }
+            ZoneCommand::Unshift { zone } => zones::unshift(&mut client, &keys, &zone).await,
+        },
         Command::Backup { file } => backup::backup(&mut client, &keys, &cli.prefix, &file).await,
         Command::Restore { file, force } => backup::restore(&mut client, &keys, &file, force).await,
         Command::Worker { command } => {
