@@ -226,7 +226,7 @@ async fn route(
         served,
         config.listeners.worker_id_header,
         labels,
-        parsed.stream,
+        (parsed.stream, config.retry.stream_stall),
         started,
         permit,
     ))
@@ -238,7 +238,7 @@ fn relay(
     served: failover::Served,
     worker_id_header: bool,
     labels: &Labels,
-    stream: bool,
+    (stream, stall): (bool, Duration),
     started: Instant,
     permit: Permit,
 ) -> Response<Body> {
@@ -251,7 +251,14 @@ fn relay(
         }
     }
     let guards = (served.in_flight, permit);
-    let body = Relay::new(upstream_body, served.first, labels, stream, started, guards);
+    let body = Relay::new(
+        upstream_body,
+        served.first,
+        labels,
+        (stream, stall),
+        started,
+        guards,
+    );
     Response::from_parts(parts, http_body_util::BodyExt::boxed(body))
 }
 

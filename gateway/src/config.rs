@@ -262,6 +262,15 @@ pub struct RetryConfig {
         default = "default_per_try_timeout"
     )]
     pub per_try_timeout: Duration,
+    /// Once a response is on its way, the longest the worker may send
+    /// nothing: a hung worker then costs its client this wait, not forever.
+    /// A stream ends with an OpenAI error event. Default 30000.
+    #[serde(
+        rename = "stream_stall_ms",
+        with = "millis",
+        default = "default_stream_stall"
+    )]
+    pub stream_stall: Duration,
     /// Time all attempts together have to produce a response. Default 60000.
     #[serde(
         rename = "total_timeout_ms",
@@ -578,6 +587,7 @@ impl RawConfig {
         positive("breaker.base_ejection_ms", ms(self.breaker.base_ejection));
         positive("retry.max_attempts", self.retry.max_attempts.into());
         positive("retry.per_try_timeout_ms", ms(self.retry.per_try_timeout));
+        positive("retry.stream_stall_ms", ms(self.retry.stream_stall));
         positive("retry.total_timeout_ms", ms(self.retry.total_timeout));
         positive(
             "routing.spill_in_flight",
@@ -850,6 +860,7 @@ impl Default for RetryConfig {
         RetryConfig {
             max_attempts: 3,
             per_try_timeout: default_per_try_timeout(),
+            stream_stall: default_stream_stall(),
             total_timeout: default_total_timeout(),
         }
     }
@@ -947,6 +958,9 @@ fn default_max_ejection() -> Duration {
     Duration::from_millis(30_000)
 }
 fn default_per_try_timeout() -> Duration {
+    Duration::from_millis(30_000)
+}
+fn default_stream_stall() -> Duration {
     Duration::from_millis(30_000)
 }
 fn default_total_timeout() -> Duration {

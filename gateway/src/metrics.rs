@@ -20,6 +20,7 @@ pub const CANARIES: &str = "llmgw_canary_generations_total";
 pub const SHED: &str = "llmgw_requests_shed_total";
 pub const CONNECTIONS_REFUSED: &str = "llmgw_connections_refused_total";
 pub const ZONE_SHIFTED: &str = "llmgw_zone_shifted";
+pub const STALLS: &str = "llmgw_response_stalls_total";
 pub const KV_BATCHES: &str = "llmgw_kv_event_batches_total";
 pub const INDEX_ENTRIES: &str = "llmgw_prefix_index_entries";
 pub const BLOCK_SIZE_MISMATCH: &str = "llmgw_block_size_mismatches_total";
@@ -112,6 +113,11 @@ pub fn zones_shifted(
 /// request head within `listeners.header_read_timeout_ms`.
 pub fn connection_refused(reason: &'static str) {
     counter!(CONNECTIONS_REFUSED, "reason" => reason).increment(1);
+}
+
+/// A response whose worker went silent past `retry.stream_stall_ms`.
+pub fn stalled(pool: &str) {
+    counter!(STALLS, "pool" => pool.to_string()).increment(1);
 }
 
 pub fn shed() {

@@ -3,14 +3,19 @@
 //! latency and duration. It holds the request's in-flight and admission
 //! guards, so both last exactly as long as the body: a client that goes away
 //! drops it, which drops the upstream body and so cancels the worker's request.
+//! A worker silent past `retry.stream_stall_ms` is let go the same way: a
+//! stream ends with an OpenAI error event, another body with an error.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
+use protocol::{ApiError, ErrorKind};
+use tokio::time::Sleep;
 
 use crate::admit::Permit;
 use crate::body::BoxError;
@@ -21,6 +26,11 @@ pub struct Relay {
     first: Option<Bytes>,
     inner: Incoming,
     observer: Observer,
+    /// The longest silence allowed, and when it runs out.
+    stall: Duration,
+    deadline: Pin<Box<Sleep>>,
+    /// The stall was told: nothing more follows.
+    ended: bool,
 }
 
 /// A request's metric labels: empty until known, and only ever configured
@@ -48,7 +58,7 @@ impl Relay {
         inner: Incoming,
         first: Option<Bytes>,
         labels: &Labels,
-        stream: bool,
+        (stream, stall): (bool, Duration),
         started: Instant,
         guards: (InFlight, Permit),
     ) -> Relay {
@@ -65,7 +75,29 @@ impl Relay {
             first,
             inner,
             observer,
+            stall,
+            deadline: Box::pin(tokio::time::sleep(stall)),
+            ended: false,
         }
+    }
+
+    /// What ends a response whose worker went silent.
+    fn stalled(&mut self) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.ended = true;
+        metrics::stalled(&self.observer.pool);
+        tracing::warn!(pool = %self.observer.pool, stall_ms = self.stall.as_millis() as u64, "worker went silent mid-response; ended it");
+        if !self.observer.stream {
+            return Poll::Ready(Some(Err("the worker went silent mid-response".into())));
+        }
+        let error = ApiError::new(
+            ErrorKind::Timeout,
+            format!(
+                "the worker sent nothing for {} ms; the answer ends here",
+                self.stall.as_millis()
+            ),
+        );
+        let event = format!("data: {}\n\ndata: [DONE]\n\n", error.to_json());
+        Poll::Ready(Some(Ok(Frame::data(Bytes::from(event)))))
     }
 }
 
@@ -98,11 +130,26 @@ impl Body for Relay {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
+        if this.ended {
+            return Poll::Ready(None);
+        }
         if let Some(first) = this.first.take() {
             this.observer.on_data();
+            this.deadline
+                .as_mut()
+                .reset(tokio::time::Instant::now() + this.stall);
             return Poll::Ready(Some(Ok(Frame::data(first))));
         }
-        let frame = ready!(Pin::new(&mut this.inner).poll_frame(cx));
+        let frame = match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(frame) => frame,
+            Poll::Pending => {
+                ready!(this.deadline.as_mut().poll(cx));
+                return this.stalled();
+            }
+        };
+        this.deadline
+            .as_mut()
+            .reset(tokio::time::Instant::now() + this.stall);
         if let Some(Ok(f)) = &frame {
             if f.is_data() {
                 this.observer.on_data();
@@ -112,7 +159,7 @@ impl Body for Relay {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.first.is_none() && self.inner.is_end_stream()
+        self.ended || (self.first.is_none() && self.inner.is_end_stream())
     }
 
     fn size_hint(&self) -> SizeHint {

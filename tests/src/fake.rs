@@ -1,5 +1,6 @@
 //! A stand-in worker for what a real worker will not do on demand: answer
-//! every completion with a chosen status, or serve over TLS. Test-only.
+//! every completion with a chosen status, serve over TLS, or start a stream
+//! and then fall silent. Test-only.
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -79,6 +80,65 @@ pub async fn start(status: u16, tls: Option<Arc<rustls::ServerConfig>>) -> FakeW
         _ => format!("http://{addr}"),
     };
     FakeWorker { url, hits, task }
+}
+
+/// Serves `/health` and `/v1/models` like [`start`], and answers every
+/// completion with a stream whose first event comes at once and then
+/// nothing, ever, with the connection open: an engine hung mid-answer.
+pub async fn start_stalling() -> FakeWorker {
+    use futures_util::StreamExt;
+    use http_body_util::{BodyExt, StreamBody};
+
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let hits = Arc::new(AtomicU32::new(0));
+    let counter = hits.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            let hits = counter.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(
+                    move |req: http::Request<hyper::body::Incoming>| {
+                        let hits = hits.clone();
+                        async move {
+                            let path = req.uri().path();
+                            if matches!(path, "/health" | "/v1/models") {
+                                return Ok::<_, Infallible>(
+                                    answer(path, 200, &hits).map(|b| b.boxed()),
+                                );
+                            }
+                            hits.fetch_add(1, Ordering::Relaxed);
+                            let first = format!(
+                                "data: {}\n\n",
+                                json!({"id": "stall", "object": "chat.completion.chunk", "created": 0, "model": crate::MODEL,
+                                   "choices": [{"index": 0, "delta": {"role": "assistant", "content": "so far"}, "finish_reason": null}]})
+                            );
+                            let frames = futures_util::stream::once(async move {
+                                Ok::<_, Infallible>(hyper::body::Frame::data(Bytes::from(first)))
+                            })
+                            .chain(futures_util::stream::pending());
+                            let response = http::Response::builder()
+                                .header("content-type", "text/event-stream")
+                                .body(BodyExt::boxed(StreamBody::new(frames)))
+                                .unwrap();
+                            Ok(response)
+                        }
+                    },
+                );
+                let _ = auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tcp), service)
+                    .await;
+            });
+        }
+    });
+    FakeWorker {
+        url: format!("http://{addr}"),
+        hits,
+        task,
+    }
 }
 
 fn answer(path: &str, status: u16, hits: &AtomicU32) -> http::Response<Full<Bytes>> {

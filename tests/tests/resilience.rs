@@ -338,3 +338,51 @@ async fn a_worker_whose_engine_hangs_is_caught_by_canary_generations() {
         "{metrics}"
     );
 }
+
+/// A worker that falls silent mid-stream costs its client
+/// `retry.stream_stall_ms`, not forever: the stream ends with an OpenAI
+/// error event and `[DONE]`, and the stall is counted.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stream_whose_worker_falls_silent_ends_with_an_error_event() {
+    let stalling = fake::start_stalling().await;
+    let gw = spawn_gateway_from(&format!(
+        "[listeners]\napi = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n[retry]\nstream_stall_ms = 500\n\
+         [[pools]]\nname = \"{POOL}\"\nmodels = [\"{MODEL}\"]\nengine = \"openai\"\n\
+         [[pools.workers]]\nid = \"hung\"\nurl = \"{}\"\n",
+        stalling.url
+    ))
+    .await;
+    let started = std::time::Instant::now();
+    let resp = client()
+        .post(format!("{}/v1/chat/completions", gw.api))
+        .json(&chat("tell me", true, 50))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let body = tokio::time::timeout(Duration::from_secs(10), resp.text())
+        .await
+        .expect("the stream ends")
+        .unwrap();
+    let took = started.elapsed();
+    let (events, done) = sse_events(&body);
+    assert!(done, "{body}");
+    assert_eq!(events[0]["choices"][0]["delta"]["content"], "so far");
+    let error = &events.last().unwrap()["error"];
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .contains("sent nothing for 500 ms"),
+        "{body}"
+    );
+    assert!(
+        took >= Duration::from_millis(450) && took < Duration::from_secs(5),
+        "{took:?}"
+    );
+    let metrics = metrics_text(&gw).await;
+    assert!(
+        metrics.contains("llmgw_response_stalls_total{pool=\"sim\"} 1"),
+        "{metrics}"
+    );
+}
