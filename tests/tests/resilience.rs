@@ -386,3 +386,23 @@ async fn a_stream_whose_worker_falls_silent_ends_with_an_error_event() {
         "{metrics}"
     );
 }
+
+/// Logs written to a file carry no colour codes, and a worker that cannot
+/// reach etcd says so once, not at every retry.
+#[tokio::test(flavor = "multi_thread")]
+async fn logs_are_plain_text_and_a_lost_lease_is_said_once() {
+    let dead = format!("http://127.0.0.1:{}", free_port());
+    let mut worker = tokio::process::Command::new(bin("worker"))
+        .args(["--id", "w1", "--pool", POOL, "--listen", "127.0.0.1:0", "--etcd", &dead])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    worker.kill().await.unwrap();
+    let out = worker.wait_with_output().await.unwrap();
+    let logs = String::from_utf8_lossy(&out.stderr);
+    assert!(!logs.contains('\x1b'), "colour codes in a log file: {logs}");
+    assert_eq!(logs.matches("etcd lease lost").count(), 1, "{logs}");
+}
