@@ -71,7 +71,18 @@ impl Subscription {
 impl Bus {
     /// Connects to NATS in the background and keeps reconnecting: a gateway or
     /// worker starts and serves while NATS is down, and catches up when it returns.
+    /// `url` may list a cluster's nodes, comma-separated: any of them will do,
+    /// and a lost one is replaced by another.
     pub async fn nats(url: &str) -> Result<Bus, BusError> {
+        let invalid = |reason: String| BusError::Url {
+            url: url.to_string(),
+            reason,
+        };
+        let servers = url
+            .split(',')
+            .map(|one| one.trim().parse::<async_nats::ServerAddr>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| invalid(e.to_string()))?;
         let (tx, connects) = watch::channel(0u64);
         let client = async_nats::ConnectOptions::new()
             .retry_on_initial_connect()
@@ -89,12 +100,9 @@ impl Bus {
                     }
                 }
             })
-            .connect(url)
+            .connect(servers)
             .await
-            .map_err(|e| BusError::Url {
-                url: url.to_string(),
-                reason: e.to_string(),
-            })?;
+            .map_err(|e| invalid(e.to_string()))?;
         Ok(Bus::Nats { client, connects })
     }
 

@@ -533,6 +533,8 @@ pub struct NatsServer {
     child: Option<Child>,
     pub port: u16,
     pub url: String,
+    /// In a cluster: its own route port and the other members' routes.
+    cluster: Option<(u16, String)>,
 }
 
 impl NatsServer {
@@ -542,9 +544,31 @@ impl NatsServer {
             child: None,
             port,
             url: format!("nats://127.0.0.1:{port}"),
+            cluster: None,
         };
         server.restart().await;
         server
+    }
+
+    /// `members` servers routed to one another: one NATS cluster.
+    pub async fn cluster(members: usize) -> Vec<NatsServer> {
+        let ports: Vec<(u16, u16)> = (0..members).map(|_| (free_port(), free_port())).collect();
+        let routes: Vec<String> = ports
+            .iter()
+            .map(|(_, route)| format!("nats://127.0.0.1:{route}"))
+            .collect();
+        let mut servers = Vec::new();
+        for &(port, route) in &ports {
+            let mut server = NatsServer {
+                child: None,
+                port,
+                url: format!("nats://127.0.0.1:{port}"),
+                cluster: Some((route, routes.join(","))),
+            };
+            server.restart().await;
+            servers.push(server);
+        }
+        servers
     }
 
     /// Starts it again on the same port, as after an outage.
@@ -552,6 +576,11 @@ impl NatsServer {
         let mut cmd = Command::new("nats-server");
         cmd.args(["-a", "127.0.0.1", "-p", &self.port.to_string()])
             .kill_on_drop(true);
+        if let Some((route, routes)) = &self.cluster {
+            cmd.args(["--cluster_name", "llmgw"])
+                .args(["--cluster", &format!("nats://127.0.0.1:{route}")])
+                .args(["--routes", routes]);
+        }
         if std::env::var_os("E2E_LOG").is_none() {
             cmd.stdout(Stdio::null()).stderr(Stdio::null());
         }

@@ -276,3 +276,55 @@ async fn a_worker_hashing_with_another_block_size_is_reported_and_ignored() {
     // It still serves: only its cache is invisible to routing.
     assert_eq!(ask(&gw.api, "still served").await.0.as_deref(), Some("odd"));
 }
+
+/// NATS as a cluster: gateway and workers are given every node, and nodes
+/// killed under load (two of three, one after the other, so that whatever
+/// was on them moves) lose no request, while KV events keep reaching the
+/// gateway through the last (a prefix primed on a worker behind the
+/// gateway's back is still found there).
+#[tokio::test(flavor = "multi_thread")]
+async fn nats_nodes_lost_under_load_lose_nothing() {
+    let mut cluster = NatsServer::cluster(3).await;
+    let urls: Vec<String> = cluster.iter().map(|n| n.url.clone()).collect();
+    let all = urls.join(",");
+    let opts = WorkerOpts {
+        nats: Some(all.clone()),
+        ..WorkerOpts::default()
+    };
+    let mut workers = Vec::new();
+    for i in 0..2 {
+        workers.push(spawn_worker(&format!("w{i}"), "a", opts.clone()).await);
+    }
+    let refs: Vec<&WorkerProc> = workers.iter().collect();
+    let gw = spawn_gateway("a", &refs, &format!("[bus]\nnats_url = \"{all}\"\n")).await;
+    warm(&workers, &gw).await;
+    let load = Load::start(&gw.api, 4);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    for node in &mut cluster[..2] {
+        node.stop().await;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    }
+    eventually(
+        Duration::from_secs(10),
+        "still following every worker",
+        || all_followed(&gw, 2),
+    )
+    .await;
+    ask(&workers[1].url, &long_prompt(7)).await;
+    eventually(
+        Duration::from_secs(10),
+        "the primed prefix found",
+        || async {
+            let follow_up = format!("{} And then?", long_prompt(7));
+            let (worker, cached) = ask(&gw.api, &follow_up).await;
+            worker.as_deref() == Some("w1") && cached >= 16 * 20
+        },
+    )
+    .await;
+    let (ok, failures) = load.stop().await;
+    assert!(
+        ok > 0 && failures.is_empty(),
+        "{ok} ok, failed: {failures:?}"
+    );
+}

@@ -393,7 +393,16 @@ async fn a_stream_whose_worker_falls_silent_ends_with_an_error_event() {
 async fn logs_are_plain_text_and_a_lost_lease_is_said_once() {
     let dead = format!("http://127.0.0.1:{}", free_port());
     let mut worker = tokio::process::Command::new(bin("worker"))
-        .args(["--id", "w1", "--pool", POOL, "--listen", "127.0.0.1:0", "--etcd", &dead])
+        .args([
+            "--id",
+            "w1",
+            "--pool",
+            POOL,
+            "--listen",
+            "127.0.0.1:0",
+            "--etcd",
+            &dead,
+        ])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)
