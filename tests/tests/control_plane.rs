@@ -1294,3 +1294,70 @@ async fn a_zone_shift_moves_traffic_away_and_ends_by_itself() {
     )
     .await;
 }
+
+/// etcd as a cluster: gateway, workers and gatewayctl are given every
+/// member; the leader killed under load loses no request, and the control
+/// plane works on through the others (a change written after the new
+/// election applies).
+#[tokio::test(flavor = "multi_thread")]
+async fn the_etcd_leader_lost_under_load_loses_nothing() {
+    let mut cluster = EtcdServer::cluster(3).await;
+    let all: Vec<&str> = cluster.iter().map(|m| m.url.as_str()).collect();
+    let all = all.join(",");
+    let endpoints: Vec<String> = cluster.iter().map(|m| format!("\"{}\"", m.url)).collect();
+    let gw = spawn_gateway(
+        "a",
+        &[],
+        &format!("[etcd]\nendpoints = [{}]\n", endpoints.join(", ")),
+    )
+    .await;
+    let opts = WorkerOpts {
+        etcd: Some(all.clone()),
+        ..WorkerOpts::default()
+    };
+    let _w1 = spawn_worker("w1", "a", opts.clone()).await;
+    let _w2 = spawn_worker("w2", "a", opts).await;
+    eventually(Duration::from_secs(10), "workers discovered", || {
+        has_workers(&gw, &["w1", "w2"])
+    })
+    .await;
+    let load = Load::start(&gw.api, 4);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // The leader, as the members say.
+    let members: Value = serde_json::from_str(&etcdctl(
+        &cluster[0],
+        &["endpoint", "status", "--cluster", "-w", "json"],
+    ))
+    .unwrap();
+    let statuses = members.as_array().unwrap();
+    let leader_id = statuses[0]["Status"]["leader"].as_u64().unwrap();
+    let leader = statuses
+        .iter()
+        .find(|s| s["Status"]["header"]["member_id"].as_u64() == Some(leader_id))
+        .map(|s| s["Endpoint"].as_str().unwrap().to_string())
+        .unwrap();
+    let killed = cluster.iter_mut().find(|m| m.url == leader).unwrap();
+    killed.stop().await;
+
+    // A write during the election is refused ("leader changed"); written again, it lands.
+    let round_robin = write(&doc("strategy = \"round_robin\"", ""));
+    eventually(Duration::from_secs(20), "the change written", || async {
+        gatewayctl(&all, &["config", "put", round_robin.to_str().unwrap()])
+            .await
+            .0
+    })
+    .await;
+    eventually(
+        Duration::from_secs(20),
+        "a change after the election applies",
+        || async { status(&gw).await["pools"][0]["strategy"] == "round_robin" },
+    )
+    .await;
+    assert!(has_workers(&gw, &["w1", "w2"]).await, "registrations kept");
+    let (ok, failures) = load.stop().await;
+    assert!(
+        ok > 0 && failures.is_empty(),
+        "{ok} ok, failed: {failures:?}"
+    );
+}
