@@ -230,3 +230,61 @@ fn ask(
         Err(e) => Err(format!("its policy ({} {}) failed on a plain request: {e}", info.plugin, info.version)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn registration(id: &str, model: &str) -> Registration {
+        Registration {
+            id: id.into(),
+            pool: "p".into(),
+            url: format!("http://{id}:1"),
+            zone: "a".into(),
+            labels: Default::default(),
+            model: model.into(),
+            block_size: 16,
+            engine: "sim/sim".into(),
+            started_at_ms: 0,
+            engine_kind: None,
+            metrics_url: None,
+            kv_events: None,
+            kv_replay: None,
+        }
+    }
+
+    fn doc(models: &str) -> RoutingDoc {
+        RoutingDoc::from_toml(&format!("[[pools]]\nname = \"p\"\nmodels = {models}\n")).unwrap()
+    }
+
+    #[test]
+    fn losing_most_of_a_pool_is_warned_and_losing_all_refused() {
+        let fleet = Fleet {
+            registrations: vec![
+                registration("m1", "m"),
+                registration("n1", "n"),
+                registration("n2", "n"),
+                registration("n3", "n"),
+            ],
+            cordoned: HashSet::new(),
+        };
+        let policies = HashMap::new();
+        let before = doc(r#"["m", "n"]"#);
+        let most = preview(&doc(r#"["m"]"#), Some(&before), &fleet, &policies);
+        assert!(most.refusals.is_empty());
+        assert_eq!(most.warnings, ["pool `p` goes from 4 workers to 1"]);
+        assert_eq!(
+            most.lines,
+            ["pool `p` routes to m1; n1 (serves n), n2 (serves n), n3 (serves n) excluded"]
+        );
+        let all = preview(&doc(r#"["x"]"#), Some(&before), &fleet, &policies);
+        assert_eq!(all.refusals.len(), 1, "{:?}", all.refusals);
+        // A pool no worker has registered for yet is how a fleet starts.
+        let empty = Fleet {
+            registrations: Vec::new(),
+            cordoned: HashSet::new(),
+        };
+        let start = preview(&doc(r#"["m"]"#), None, &empty, &policies);
+        assert!(start.refusals.is_empty() && start.warnings.len() == 1);
+    }
+}
