@@ -166,7 +166,7 @@ fn score_request(pool: &Pool, facts: &Facts<'_>, candidates: &[Candidate]) -> po
 /// Runs a plugin call where it may block: a guest's WASI calls (a panic
 /// message written to stderr, say) block on the runtime, which tokio forbids
 /// on a worker thread unless it was told with `block_in_place`.
-fn call<T>(f: impl FnOnce() -> T) -> T {
+pub(crate) fn call<T>(f: impl FnOnce() -> T) -> T {
     match tokio::runtime::Handle::try_current() {
         Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
             tokio::task::block_in_place(f)

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use crate::candidates;
 use crate::config::Config;
-use crate::decide::{Facts, PluginInputs};
+use crate::decide::{self, Facts, PluginInputs};
 use crate::plugin::{Decision, LoadedPolicy};
 use crate::pools::Pool;
 use crate::prefix::Cached;
@@ -44,7 +44,7 @@ pub fn problem(
         headers: &headers,
     };
     let inputs = PluginInputs::new(config, pool, &mut candidates, &facts, &mut rand::rng());
-    match inputs.ask(policy) {
+    match decide::call(|| inputs.ask(policy)) {
         Ok(Decision::Reject { status, message }) if status >= 500 => Some(format!(
             "the policy of pool `{}` ({} {}) refuses a plain request over all {} of its routable workers: {status} {message}",
             pool.name,

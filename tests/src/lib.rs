@@ -316,6 +316,17 @@ pub async fn metrics_text(gw: &GatewayProc) -> String {
         .unwrap()
 }
 
+/// The sum of the gateway's metric samples whose line starts with `prefix`
+/// (a name, or a name with its labels).
+pub async fn metric(gw: &GatewayProc, prefix: &str) -> f64 {
+    metrics_text(gw)
+        .await
+        .lines()
+        .filter(|l| l.starts_with(prefix) && !l.starts_with('#'))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 /// Sends a chat request through `api`; asserts success and returns the serving worker's id.
 pub async fn served_by(api: &str, body: &Value) -> String {
     answered(api, body).await.0

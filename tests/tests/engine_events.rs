@@ -136,15 +136,6 @@ async fn wait_cached(gw: &GatewayProc, worker: &str, n: u64) {
     .await;
 }
 
-async fn metric(gw: &GatewayProc, prefix: &str) -> f64 {
-    metrics_text(gw)
-        .await
-        .lines()
-        .filter(|l| l.starts_with(prefix))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 async fn first_served(gw: &GatewayProc, content: &str) -> String {
     served_by(&gw.api, &body(content)).await
 }

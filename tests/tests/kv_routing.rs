@@ -54,14 +54,6 @@ async fn ask(base: &str, content: &str) -> (Option<String>, u64) {
     )
 }
 
-async fn metric(gw: &GatewayProc, name: &str) -> f64 {
-    let text = metrics_text(gw).await;
-    text.lines()
-        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 async fn all_followed(gw: &GatewayProc, n: usize) -> bool {
     let s = status(gw).await;
     s["bus"] == "connected"

@@ -127,13 +127,19 @@ fn blue_green_without_an_active_worker_rejects() {
 #[test]
 fn zone_affinity_spills_past_saturated_local_workers() {
     let policy = load("zone-affinity", r#"{"spill_in_flight": 4}"#).unwrap();
+    spills_past_saturated_local_workers(&policy);
+}
+
+/// What zone-affinity does with a saturated local worker, an idle remote
+/// one and a free local one.
+fn spills_past_saturated_local_workers(policy: &LoadedPolicy) {
     let mut pool = pool(&[
         ("a-full", "a", &[]),
         ("b-idle", "b", &[]),
         ("a-free", "a", &[]),
     ]);
     pool.candidates.in_flight = vec![5, 0, 1];
-    let decision = pool.route(&policy, &request("a", None)).unwrap();
+    let decision = pool.route(policy, &request("a", None)).unwrap();
     assert_eq!(pool.routed(&decision), ["a-free", "b-idle", "a-full"]);
 }
 
@@ -200,14 +206,7 @@ fn a_plugin_built_before_worker_engines_still_loads() {
         r#"{"spill_in_flight": 4}"#,
     )
     .unwrap();
-    let mut pool = pool(&[
-        ("a-full", "a", &[]),
-        ("b-idle", "b", &[]),
-        ("a-free", "a", &[]),
-    ]);
-    pool.candidates.in_flight = vec![5, 0, 1];
-    let decision = pool.route(&policy, &request("a", None)).unwrap();
-    assert_eq!(pool.routed(&decision), ["a-free", "b-idle", "a-full"]);
+    spills_past_saturated_local_workers(&policy);
 }
 
 /// The engines the host passes reach the policy: a canary by engine sends
