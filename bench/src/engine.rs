@@ -325,6 +325,7 @@ impl Bench {
             self.scheduler.add(NewSequence {
                 id,
                 prompt: prompt.clone(),
+                resumed: Vec::new(),
                 max_tokens,
                 seed: 0,
                 sampling: Sampling {

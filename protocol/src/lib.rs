@@ -1,7 +1,8 @@
 //! What the gateway and the workers both speak, defined once: the OpenAI wire
 //! format, the OpenAI error shape, block hashing of prompts, the worker's
 //! health and load reports, KV-cache events, the bus that carries them, and
-//! the control plane's keys in etcd; and how every binary logs.
+//! the control plane's keys in etcd; how a stream is continued on another
+//! worker; and how every binary logs.
 
 pub mod blocks;
 pub mod bus;
@@ -12,6 +13,7 @@ pub mod health;
 pub mod kv;
 pub mod logs;
 pub mod openai;
+pub mod resume;
 mod worker_id;
 
 pub use blocks::{block_hashes, BlockHash};

@@ -79,6 +79,9 @@ pub struct SamplingFields {
     /// blocks (tenant isolation). The gateway hashes salted prompts apart.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache_salt: Option<String>,
+    /// The gateway continuing a stream that broke on another worker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub llmgw_resume: Option<crate::resume::Resume>,
 }
 
 impl SamplingFields {
@@ -139,6 +142,12 @@ impl SamplingFields {
                     "stop sequences must not be empty",
                 ));
             }
+        }
+        if self.llmgw_resume.is_some() && !self.is_stream() {
+            return Err(ApiError::invalid(
+                "llmgw_resume",
+                "llmgw_resume continues a stream; it needs stream set to true",
+            ));
         }
         if self.stream_options.is_some() && !self.is_stream() {
             return Err(ApiError::invalid(

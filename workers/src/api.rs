@@ -11,6 +11,7 @@ use protocol::openai::{
     AssistantMessage, ChatChoice, ChatCompletion, ChatCompletionRequest, Completion,
     CompletionChoice, CompletionRequest, ModelList, SamplingFields,
 };
+use protocol::resume::Resume;
 use protocol::{ApiError, HealthReport};
 use serde::de::DeserializeOwned;
 use tokio::sync::mpsc::UnboundedReceiver;
@@ -19,7 +20,7 @@ use crate::config::WorkerConfig;
 use crate::engine::{Engine, GenerateEvent, GenerateRequest};
 use crate::output::{engine_gone, Finish, TextOutput};
 use crate::respond::{self, Body};
-use crate::scheduler::Sampling;
+use crate::scheduler::{FinishReason, Sampling, TokenUsage};
 use crate::stream::{self, Chunker, Endpoint};
 use prompt::Tokenizer;
 
@@ -40,9 +41,22 @@ struct Generation {
     stops: Vec<String>,
     stream: bool,
     include_usage: bool,
+    /// The stream continues one that broke on another worker.
+    resume: Option<Resume>,
 }
 
-pub async fn chat_completions(app: &App, body: Bytes) -> Result<Response<Body>, ApiError> {
+/// How the gateway asked for the response, beyond the body.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Extensions {
+    /// Precede text frames with the token ids they came from.
+    pub stream_tokens: bool,
+}
+
+pub async fn chat_completions(
+    app: &App,
+    body: Bytes,
+    ext: Extensions,
+) -> Result<Response<Body>, ApiError> {
     let request: ChatCompletionRequest = parse(&body)?;
     request.validate()?;
     app.check_model(&request.model)?;
@@ -54,10 +68,14 @@ pub async fn chat_completions(app: &App, body: Bytes) -> Result<Response<Body>, 
         request.max_tokens(),
         &request.sampling,
     )?;
-    Ok(app.run(generation).await)
+    Ok(app.run(generation, ext).await)
 }
 
-pub async fn completions(app: &App, body: Bytes) -> Result<Response<Body>, ApiError> {
+pub async fn completions(
+    app: &App,
+    body: Bytes,
+    ext: Extensions,
+) -> Result<Response<Body>, ApiError> {
     let request: CompletionRequest = parse(&body)?;
     request.validate()?;
     app.check_model(&request.model)?;
@@ -70,7 +88,7 @@ pub async fn completions(app: &App, body: Bytes) -> Result<Response<Body>, ApiEr
         max_tokens,
         &request.sampling,
     )?;
-    Ok(app.run(generation).await)
+    Ok(app.run(generation, ext).await)
 }
 
 pub fn models(app: &App) -> Response<Body> {
@@ -141,6 +159,19 @@ impl App {
                 ),
             ));
         }
+        let resumed = sampling
+            .llmgw_resume
+            .as_ref()
+            .map_or(0, |r| r.token_ids.len());
+        if prompt.len() + resumed >= limit {
+            return Err(ApiError::invalid(
+                "llmgw_resume",
+                format!(
+                    "the prompt and the {resumed} tokens to resume from fill this model's \
+                     context length of {limit} tokens"
+                ),
+            ));
+        }
         let room = limit - prompt.len();
         let max_tokens = match max_tokens.map(|n| n as usize) {
             Some(n) if n > room => {
@@ -162,6 +193,11 @@ impl App {
             model: model.to_string(),
             request: GenerateRequest {
                 prompt,
+                resumed: sampling
+                    .llmgw_resume
+                    .as_ref()
+                    .map(|r| r.token_ids.clone())
+                    .unwrap_or_default(),
                 max_tokens,
                 seed: sampling.seed,
                 sampling: Sampling {
@@ -177,23 +213,34 @@ impl App {
                 .unwrap_or_default(),
             stream: sampling.is_stream(),
             include_usage: sampling.include_usage(),
+            resume: sampling.llmgw_resume.clone(),
         })
     }
 
-    async fn run(&self, generation: Generation) -> Response<Body> {
+    async fn run(&self, generation: Generation, ext: Extensions) -> Response<Body> {
         let prompt_tokens = generation.request.prompt.len();
         tracing::debug!(
             prompt_tokens,
+            resumed = generation.request.resumed.len(),
             max_tokens = generation.request.max_tokens,
             "generate"
         );
-        let events = self.engine.submit(generation.request);
-        let output = TextOutput::new(Arc::clone(&self.tokenizer), generation.stops, prompt_tokens);
+        let mut output =
+            TextOutput::new(Arc::clone(&self.tokenizer), generation.stops, prompt_tokens);
+        if let Err(e) = output.replay(&generation.request.resumed) {
+            return respond::error(&e);
+        }
+        let events = self.submit(generation.request);
         let (endpoint, model) = (generation.endpoint, generation.model);
-        let created = unix_now();
-        let id = match endpoint {
-            Endpoint::Chat => format!("chatcmpl-{}", uuid::Uuid::new_v4().simple()),
-            Endpoint::Completions => format!("cmpl-{}", uuid::Uuid::new_v4().simple()),
+        let (id, created) = match generation.resume {
+            Some(resume) => (resume.id, resume.created),
+            None => (
+                match endpoint {
+                    Endpoint::Chat => format!("chatcmpl-{}", uuid::Uuid::new_v4().simple()),
+                    Endpoint::Completions => format!("cmpl-{}", uuid::Uuid::new_v4().simple()),
+                },
+                unix_now(),
+            ),
         };
         if generation.stream {
             let chunker = Chunker {
@@ -203,7 +250,13 @@ impl App {
                 model,
                 include_usage: generation.include_usage,
             };
-            return respond::sse(stream::body(events, output, chunker));
+            let opening = output.resumed() == 0;
+            return respond::sse(stream::body(
+                events,
+                output,
+                chunker,
+                (opening, ext.stream_tokens),
+            ));
         }
         let (text, finish) = match collect(events, output).await {
             Ok(done) => done,
@@ -250,6 +303,29 @@ impl App {
     }
 }
 
+impl App {
+    /// Starts generating, unless a resumed stream already holds all its
+    /// tokens (it broke between its last token and its finish): then it
+    /// finishes at once, as the engine would have.
+    fn submit(&self, request: GenerateRequest) -> UnboundedReceiver<GenerateEvent> {
+        if request.resumed.len() < request.max_tokens {
+            return self.engine.submit(request);
+        }
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let usage = TokenUsage {
+            prompt_tokens: request.prompt.len(),
+            completion_tokens: request.resumed.len(),
+            cached_tokens: 0,
+        };
+        // The receiver is in hand, so the send cannot fail.
+        let _ = tx.send(GenerateEvent::Finished {
+            reason: FinishReason::Length,
+            usage,
+        });
+        rx
+    }
+}
+
 /// The whole completion. Returning drops `events`, cancelling the sequence if a
 /// stop string ended it before the engine did.
 async fn collect(
@@ -280,6 +356,7 @@ fn unix_now() -> u64 {
 #[cfg(test)]
 mod tests {
     use http_body_util::BodyExt;
+    use protocol::openai::Usage;
 
     use super::*;
     use crate::engine::BatchEngine;
@@ -313,5 +390,84 @@ mod tests {
             assert_eq!(report.backend, "sim");
             assert_eq!(report.load.kv_blocks_total, 8192);
         }
+    }
+
+    /// Text, token ids (from the comments), finish reason and usage of a stream.
+    async fn stream_of(app: &App, body: serde_json::Value) -> (String, Vec<u32>, String, Usage) {
+        let ext = Extensions {
+            stream_tokens: true,
+        };
+        let response = chat_completions(app, body.to_string().into(), ext)
+            .await
+            .unwrap();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        let (mut text, mut ids, mut finish, mut usage) = (String::new(), Vec::new(), None, None);
+        for line in String::from_utf8(bytes.to_vec()).unwrap().lines() {
+            if let Some(more) = protocol::resume::parse_tokens_comment(line.as_bytes()) {
+                ids.extend(more);
+            }
+            let Some(data) = line.strip_prefix("data: ") else {
+                continue;
+            };
+            if data == "[DONE]" {
+                break;
+            }
+            let chunk: serde_json::Value = serde_json::from_str(data).unwrap();
+            assert!(chunk.get("error").is_none(), "{chunk}");
+            if let Some(choice) = chunk["choices"].get(0) {
+                assert!(choice["delta"].get("role").is_none() || text.is_empty());
+                text.push_str(choice["delta"]["content"].as_str().unwrap_or_default());
+                if let Some(reason) = choice["finish_reason"].as_str() {
+                    finish = Some(reason.to_string());
+                }
+            }
+            if chunk["usage"].is_object() {
+                usage = Some(serde_json::from_value(chunk["usage"].clone()).unwrap());
+            }
+        }
+        (text, ids, finish.unwrap(), usage.unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_resumed_stream_is_the_rest_of_the_same_answer() {
+        let config = WorkerConfig::sim("w1", "127.0.0.1:0".parse().unwrap(), "m", "z");
+        let tokenizer = Tokenizer::builtin().unwrap();
+        let engine = BatchEngine::start(&config.engine, &tokenizer).unwrap();
+        let app = App {
+            config,
+            engine: Arc::new(engine),
+            tokenizer: Arc::new(tokenizer),
+            draining: Arc::new(AtomicBool::new(false)),
+        };
+        let mut body = serde_json::json!({
+            "model": "m", "messages": [{"role": "user", "content": "tell me"}],
+            "max_tokens": 24, "temperature": 0.9, "stream": true,
+            "stream_options": {"include_usage": true},
+        });
+        let (whole, ids, finish, usage) = stream_of(&app, body.clone()).await;
+        assert_eq!((ids.len(), finish.as_str()), (24, "length"));
+        for k in [1, 10, 23, 24] {
+            body["llmgw_resume"] = serde_json::json!({
+                "token_ids": ids[..k], "id": "chatcmpl-first", "created": 7,
+            });
+            let (rest, rest_ids, rest_finish, rest_usage) = stream_of(&app, body.clone()).await;
+            let sent = app.tokenizer.decode(&ids[..k]).unwrap();
+            assert_eq!(format!("{sent}{rest}"), whole, "resumed after {k} tokens");
+            assert_eq!(rest_ids, ids[k..]);
+            assert_eq!(rest_finish, finish);
+            assert_eq!(
+                (rest_usage.prompt_tokens, rest_usage.completion_tokens),
+                (usage.prompt_tokens, usage.completion_tokens)
+            );
+        }
+        // A resumed stream keeps the identity the client has.
+        let ext = Extensions::default();
+        let response = chat_completions(&app, body.to_string().into(), ext)
+            .await
+            .unwrap();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        let text = String::from_utf8(bytes.to_vec()).unwrap();
+        assert!(text.contains(r#""id":"chatcmpl-first","#) && text.contains(r#""created":7,"#));
+        assert!(!text.contains(": tokens") && !text.contains("assistant"));
     }
 }

@@ -25,6 +25,9 @@ use prompt::{Tokenizer, TokenizerError};
 #[derive(Debug, Clone)]
 pub struct GenerateRequest {
     pub prompt: Vec<u32>,
+    /// Tokens of this answer another worker generated before it broke; they
+    /// count towards `max_tokens` and are not sent again.
+    pub resumed: Vec<u32>,
     pub max_tokens: usize,
     /// Sampling seed; the prompt's hash when the client gives none.
     pub seed: Option<u64>,
@@ -302,6 +305,7 @@ impl EngineLoop {
         self.scheduler.add(NewSequence {
             id,
             prompt: request.prompt,
+            resumed: request.resumed,
             max_tokens: request.max_tokens,
             seed,
             sampling: request.sampling,
@@ -377,6 +381,7 @@ mod tests {
         let engine = engine(64);
         let request = GenerateRequest {
             prompt: (1..=10).collect(),
+            resumed: Vec::new(),
             max_tokens: 5,
             seed: None,
             sampling: Sampling::default(),
@@ -401,6 +406,7 @@ mod tests {
         );
         let seeded = collect(engine.submit(GenerateRequest {
             prompt: vec![1],
+            resumed: Vec::new(),
             max_tokens: 5,
             seed: Some(3),
             sampling: Sampling::default(),
@@ -414,6 +420,7 @@ mod tests {
         let engine = engine(64);
         let mut rx = engine.submit(GenerateRequest {
             prompt: vec![1; 30],
+            resumed: Vec::new(),
             max_tokens: 200,
             seed: None,
             sampling: Sampling::default(),
@@ -465,6 +472,7 @@ mod tests {
         assert!(engine.serving());
         let request = GenerateRequest {
             prompt: vec![1, 2, 3],
+            resumed: Vec::new(),
             max_tokens: 2,
             seed: None,
             sampling: Sampling::default(),

@@ -33,6 +33,8 @@ pub struct TextOutput {
     prompt_tokens: usize,
     cached_tokens: usize,
     completion_tokens: usize,
+    /// Tokens replayed from a stream another worker began.
+    resumed: usize,
 }
 
 impl TextOutput {
@@ -44,7 +46,35 @@ impl TextOutput {
             prompt_tokens,
             cached_tokens: 0,
             completion_tokens: 0,
+            resumed: 0,
         }
+    }
+
+    /// Passes tokens another worker generated, and whose text the client
+    /// already has, through the detokenizer and the stop strings, so what
+    /// follows is released exactly as the first worker would have released it.
+    /// A stop string among them would have ended that stream, so none is.
+    pub fn replay(&mut self, ids: &[u32]) -> Result<(), ApiError> {
+        for &id in ids {
+            let text = self
+                .detokenizer
+                .push(&self.tokenizer, id)
+                .map_err(internal)?;
+            if self.stop.push(&text).stopped {
+                return Err(ApiError::invalid(
+                    "llmgw_resume",
+                    "the tokens to resume from already end at a stop string",
+                ));
+            }
+        }
+        self.completion_tokens += ids.len();
+        self.resumed += ids.len();
+        Ok(())
+    }
+
+    /// How many tokens were replayed.
+    pub fn resumed(&self) -> usize {
+        self.resumed
     }
 
     /// The text `event` releases. After a piece with `finish` set, the caller

@@ -26,6 +26,9 @@ pub struct SchedulerConfig {
 pub struct NewSequence {
     pub id: SeqId,
     pub prompt: Vec<u32>,
+    /// Generated tokens to continue from (a stream resumed from another
+    /// worker): computed like a preempted sequence's, counted as completion.
+    pub resumed: Vec<u32>,
     pub max_tokens: usize,
     /// Seeds the sequence's sampling, so a repeated request repeats its output.
     pub seed: u64,
@@ -170,11 +173,14 @@ impl Scheduler {
     /// max_model_len` and a cache that can hold `max_model_len` tokens, so
     /// every sequence fits once it runs alone.
     pub fn add(&mut self, seq: NewSequence) {
-        debug_assert!(!seq.prompt.is_empty() && seq.max_tokens > 0);
+        debug_assert!(!seq.prompt.is_empty() && seq.max_tokens > seq.resumed.len());
+        let prompt_len = seq.prompt.len();
+        let mut tokens = seq.prompt;
+        tokens.extend(seq.resumed);
         self.waiting.push_back(Sequence {
             id: seq.id,
-            prompt_len: seq.prompt.len(),
-            tokens: seq.prompt,
+            prompt_len,
+            tokens,
             max_tokens: seq.max_tokens,
             seed: seq.seed,
             sampling: seq.sampling,
@@ -438,6 +444,7 @@ mod tests {
         NewSequence {
             id: SeqId(id),
             prompt: (first..first + prompt_len).collect(),
+            resumed: Vec::new(),
             max_tokens,
             seed: id,
             sampling: Sampling::default(),

@@ -12,6 +12,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
+use protocol::resume::STREAM_TOKENS;
 use protocol::ApiError;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -110,14 +111,17 @@ async fn handle(app: &App, request: Request<Incoming>) -> Response<Body> {
 
 async fn route(app: &App, request: Request<Incoming>) -> Result<Response<Body>, ApiError> {
     let path = request.uri().path().to_string();
+    let ext = api::Extensions {
+        stream_tokens: request.headers().contains_key(STREAM_TOKENS),
+    };
     match (request.method(), path.as_str()) {
         (&Method::POST, "/v1/chat/completions") => {
             let body = read_body(request, app.config.max_body_bytes).await?;
-            api::chat_completions(app, body).await
+            api::chat_completions(app, body, ext).await
         }
         (&Method::POST, "/v1/completions") => {
             let body = read_body(request, app.config.max_body_bytes).await?;
-            api::completions(app, body).await
+            api::completions(app, body, ext).await
         }
         (&Method::GET, "/v1/models") => Ok(api::models(app)),
         (&Method::GET, "/health") => Ok(api::health(app)),

@@ -11,6 +11,7 @@ use protocol::openai::{
     sse_event, ChatCompletionChunk, ChunkChoice, Completion, CompletionChoice, Delta, Usage,
     SSE_DONE,
 };
+use protocol::resume::tokens_comment;
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use crate::engine::GenerateEvent;
@@ -120,21 +121,28 @@ struct State {
     output: TextOutput,
     chunker: Chunker,
     opening: Option<String>,
+    /// Token ids not yet named in a frame, when the gateway asked for them
+    /// (see `protocol::resume`).
+    tokens: Option<Vec<u32>>,
 }
 
 /// The SSE body of one generation. Each frame is sent as soon as an event
 /// releases text; the stream ends after `[DONE]` (or an error event).
+/// `opening`: whether the role chunk opens it (not when it resumes a stream
+/// whose client has it); `stream_tokens`: whether frames name their tokens.
 pub fn body(
     events: UnboundedReceiver<GenerateEvent>,
     output: TextOutput,
     chunker: Chunker,
+    (opening, stream_tokens): (bool, bool),
 ) -> Body {
-    let opening = chunker.opening();
+    let opening = if opening { chunker.opening() } else { None };
     let state = State {
         events,
         output,
         chunker,
         opening,
+        tokens: stream_tokens.then(Vec::new),
     };
     let frames = futures_util::stream::unfold(Some(state), |state| async move {
         let mut state = state?;
@@ -142,6 +150,9 @@ pub fn body(
             let Some(event) = state.events.recv().await else {
                 return Some((frame(sse_error(&engine_gone())), None));
             };
+            if let (Some(tokens), GenerateEvent::Token { id }) = (&mut state.tokens, &event) {
+                tokens.push(*id);
+            }
             let piece = match state.output.on_event(event) {
                 Ok(piece) => piece,
                 Err(e) => return Some((frame(sse_error(&e)), None)),
@@ -152,7 +163,13 @@ pub fn body(
             let mut data = if piece.text.is_empty() && piece.finish.is_none() {
                 String::new()
             } else {
-                state.opening.take().unwrap_or_default()
+                let mut data = state.tokens.as_mut().map_or_else(String::new, |ids| {
+                    let comment = (!ids.is_empty()).then(|| tokens_comment(ids));
+                    ids.clear();
+                    comment.unwrap_or_default()
+                });
+                data.push_str(&state.opening.take().unwrap_or_default());
+                data
             };
             if !piece.text.is_empty() {
                 data.push_str(&state.chunker.text(piece.text));

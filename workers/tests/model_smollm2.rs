@@ -53,6 +53,7 @@ fn user(text: &str) -> ChatMessage {
 fn greedy(tokenizer: &Tokenizer, question: &str, max_tokens: usize) -> GenerateRequest {
     GenerateRequest {
         prompt: prompt::chat_tokens(&[user(question)], tokenizer).unwrap(),
+        resumed: Vec::new(),
         max_tokens,
         seed: None,
         sampling: Sampling {

@@ -119,6 +119,7 @@ async fn the_engine_serves_the_model_deterministically() {
     let engine = BatchEngine::start(&config, &tok).unwrap();
     let request = |text: &str, temperature: f32| GenerateRequest {
         prompt: prompt::chat_tokens(&[message("user", text)], &tok).unwrap(),
+        resumed: Vec::new(),
         max_tokens: 12,
         seed: Some(9),
         sampling: Sampling {
@@ -156,6 +157,16 @@ async fn the_engine_serves_the_model_deterministically() {
             }
         }
         assert_eq!(tokens, alone[i % 4], "request {i}");
+    }
+    // Resumed from any point (a stream migrated from another worker), greedy
+    // or sampled, a sequence goes on with the tokens it would have had.
+    for (i, whole) in alone.iter().enumerate() {
+        for k in [1, whole.len() / 2, whole.len() - 1] {
+            let mut resumed = request(texts[i / 2], [0.0, 0.8][i % 2]);
+            resumed.resumed = whole[..k].to_vec();
+            let (rest, _) = generate(&engine, resumed).await;
+            assert_eq!(rest, whole[k..], "request {i} resumed after {k} tokens");
+        }
     }
     drop(engine);
     std::fs::remove_file(path).unwrap();
@@ -257,6 +268,7 @@ async fn the_engine_serves_a_directory_like_the_file() {
         assert_eq!(engine.info().backend, "cpu");
         let request = GenerateRequest {
             prompt: prompt::chat_tokens(&[message("user", "rain")], &tok).unwrap(),
+            resumed: Vec::new(),
             max_tokens: 8,
             seed: Some(1),
             sampling: Sampling {
