@@ -18,7 +18,7 @@ use crate::failover::{self, Learn, Target, UpstreamRequest};
 use crate::live::{Live, Shared};
 use crate::parse::{self, Endpoint, Parsed};
 use crate::pools::Pool;
-use crate::stream::{Labels, Relay};
+use crate::relay::{self, Labels, Relay};
 use crate::upstream::Upstream;
 use crate::{candidates, decide, error, metrics, tokenize};
 
@@ -189,7 +189,7 @@ async fn route(
     };
     let order = decide::decide(config, &pool, candidates, &facts, &mut rand::rng())?;
 
-    let targets = order
+    let mut targets = order
         .into_iter()
         .map(|c| Target {
             uncached_tokens: prompt
@@ -198,32 +198,47 @@ async fn route(
             overlap_blocks: c.overlap_blocks,
             worker: c.worker,
         })
-        .collect();
+        .collect::<Vec<_>>()
+        .into_iter();
     // Set by the request-id layer before this handler runs.
     let request_id = headers
         .get("x-request-id")
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default();
+    let follow = parsed.stream && config.retry.max_migrations > 0;
+    let body_for = |_: &crate::worker::Worker| Some(body.clone());
     let upstream_req = UpstreamRequest {
         path: endpoint.path(),
-        body,
+        body: &body_for,
         request_id,
         stream: parsed.stream,
+        stream_tokens: follow,
         prefix: Learn {
             index: &pool.prefix,
             strategy,
             hashes: &prompt.hashes,
         },
     };
-    let served = failover::send(&gw.upstream, &config.retry, targets, &upstream_req).await?;
+    let served = failover::send(&gw.upstream, &config.retry, &mut targets, &upstream_req).await?;
 
     let worker = served.in_flight.worker();
     tracing::info!(worker = %worker.id, pool = %pool.name, attempts = served.attempts,
         prompt_blocks = prompt.hashes.len(), overlap_blocks = served.overlap_blocks,
-        status = served.response.status().as_u16(), "routed");
+        status = served.head.status.as_u16(), "routed");
     metrics::prompt_blocks(&pool.name, prompt.hashes.len(), served.overlap_blocks);
-    Ok(relay(
+    let follow = (follow && served.head.status.is_success()).then(|| relay::Continue {
+        upstream: gw.upstream.clone(),
+        remaining: targets,
+        body: body.clone(),
+        endpoint,
+        request_id: request_id.to_string(),
+        hashes: prompt.hashes.clone(),
+        pool: Arc::clone(&pool),
+        live: Arc::clone(&live),
+    });
+    Ok(respond(
         served,
+        follow,
         config.listeners.worker_id_header,
         labels,
         (parsed.stream, config.retry.stream_stall),
@@ -234,8 +249,9 @@ async fn route(
 
 /// The worker's response on its way to the client: connection headers
 /// dropped, the serving worker named, the body relayed frame by frame.
-fn relay(
+fn respond(
     served: failover::Served,
+    follow: Option<relay::Continue>,
     worker_id_header: bool,
     labels: &Labels,
     (stream, stall): (bool, Duration),
@@ -243,23 +259,22 @@ fn relay(
     permit: Permit,
 ) -> Response<Body> {
     let worker_id = served.in_flight.worker().id.clone();
-    let (mut parts, upstream_body) = served.response.into_parts();
+    let mut parts = served.head;
     strip_hop_by_hop(&mut parts.headers);
     if worker_id_header {
         if let Ok(id) = http::HeaderValue::from_str(&worker_id) {
             parts.headers.insert("x-worker-id", id);
         }
     }
-    let guards = (served.in_flight, permit);
     let body = Relay::new(
-        upstream_body,
-        served.first,
+        (served.in_flight, served.first, served.rest),
+        follow,
         labels,
         (stream, stall),
         started,
-        guards,
+        permit,
     );
-    Response::from_parts(parts, http_body_util::BodyExt::boxed(body))
+    Response::from_parts(parts, body.into_body())
 }
 
 /// Keys sticky routing: the `x-session-id` header, else the request's `user`.

@@ -264,7 +264,7 @@ pub struct RetryConfig {
     pub per_try_timeout: Duration,
     /// Once a response is on its way, the longest the worker may send
     /// nothing: a hung worker then costs its client this wait, not forever.
-    /// A stream ends with an OpenAI error event. Default 30000.
+    /// The stream is then continued elsewhere, as after a break. Default 30000.
     #[serde(
         rename = "stream_stall_ms",
         with = "millis",
@@ -278,6 +278,13 @@ pub struct RetryConfig {
         default = "default_total_timeout"
     )]
     pub total_timeout: Duration,
+    /// Times one stream may be continued on another worker after its worker
+    /// broke (reset, closed early, an error event, a stall) once the client
+    /// had its first byte. 0 turns continuing off, and with it the reading of
+    /// each event it needs: a broken stream then ends with an error event.
+    /// Default 2.
+    #[serde(default = "default_two")]
+    pub max_migrations: u32,
 }
 
 /// How the built-in policy orders candidates.
@@ -862,6 +869,7 @@ impl Default for RetryConfig {
             per_try_timeout: default_per_try_timeout(),
             stream_stall: default_stream_stall(),
             total_timeout: default_total_timeout(),
+            max_migrations: default_two(),
         }
     }
 }

@@ -1,20 +1,23 @@
 //! Upstream with failover: try the policy's workers in order until one
 //! answers, within attempt, per-try and total budgets. The body is replayed
-//! from memory. A stream's headers are held until its first event, so a worker
-//! that fails before the first token is failed over too; nothing is retried
-//! once a byte went to the client (that happens after this module returns).
+//! from memory. A stream's headers are held until its first event, and an
+//! answer that is not streamed is read whole, so a worker that fails before
+//! the client has a byte is failed over too. A stream that breaks later is
+//! continued by `relay`, through this module again.
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
 use http::StatusCode;
-use http_body_util::BodyExt;
+use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
+use protocol::resume::STREAM_TOKENS;
 use protocol::{ApiError, BlockHash, ErrorKind};
 
 use crate::body;
 use crate::config::{RetryConfig, Strategy};
+use crate::engine::EngineKind;
 use crate::metrics;
 use crate::prefix::PrefixState;
 use crate::upstream::{self, Upstream};
@@ -29,12 +32,21 @@ pub struct Target {
     pub uncached_tokens: usize,
 }
 
-/// What is sent to every worker tried.
+/// An answer that is not streamed is read whole before the client gets it,
+/// up to this size.
+const MAX_ANSWER_BYTES: usize = 64 << 20;
+
+/// What is sent to the workers tried.
 pub struct UpstreamRequest<'a> {
     pub path: &'static str,
-    pub body: Bytes,
+    /// The body for each worker; `None` passes over a worker that cannot
+    /// take it (one whose engine cannot continue a stream, say).
+    pub body: &'a (dyn Fn(&Worker) -> Option<Bytes> + Sync),
     pub request_id: &'a str,
     pub stream: bool,
+    /// Ask our workers to name each frame's tokens, so that the stream can be
+    /// continued elsewhere (`protocol::resume`).
+    pub stream_tokens: bool,
     /// The pool's prefix index learns where each attempt sends the prompt.
     pub prefix: Learn<'a>,
 }
@@ -49,9 +61,11 @@ pub struct Learn<'a> {
 /// A worker's answer that goes back to the client.
 pub struct Served {
     pub in_flight: InFlight,
-    pub response: http::Response<Incoming>,
-    /// A stream's first event, already read off `response`.
-    pub first: Option<Bytes>,
+    pub head: http::response::Parts,
+    /// A stream's first event, or a whole body.
+    pub first: Bytes,
+    /// The rest of a stream; `None` when `first` is the whole body.
+    pub rest: Option<Incoming>,
     pub attempts: u32,
     /// Leading prompt blocks the serving worker held.
     pub overlap_blocks: u32,
@@ -99,22 +113,27 @@ impl Failure {
     }
 }
 
+/// Tries the workers of `order` until one answers; those not reached stay
+/// in it, for a continuation.
 pub async fn send(
     upstream: &Upstream,
     retry: &RetryConfig,
-    order: Vec<Target>,
+    order: &mut impl Iterator<Item = Target>,
     req: &UpstreamRequest<'_>,
 ) -> Result<Served, ApiError> {
     let deadline = Instant::now() + retry.total_timeout;
     let per_try = retry.per_try_timeout;
     let mut attempts = 0;
     let mut last: Option<Failure> = None;
-    for target in order {
+    for target in order.by_ref() {
         let worker = target.worker;
         let now = Instant::now();
         if attempts >= retry.max_attempts || now >= deadline {
             break;
         }
+        let Some(body) = (req.body)(&worker) else {
+            continue;
+        };
         // A half-open worker takes a single trial request; others skip it.
         if !worker.breaker.lock().unwrap().try_acquire(now) {
             continue;
@@ -133,20 +152,21 @@ pub async fn send(
         // Until the first byte: then the worker's prefill of this prompt is done.
         let _prefill = worker.start_prefill(target.uncached_tokens);
         let budget = per_try.min(deadline - now);
-        let outcome = tokio::time::timeout(budget, attempt(upstream, &worker, req))
+        let outcome = tokio::time::timeout(budget, attempt(upstream, &worker, req, body))
             .await
             .unwrap_or(Err(Failure::Timeout));
         match outcome {
-            Ok((response, first)) => {
+            Ok((head, first, rest)) => {
                 worker.breaker.lock().unwrap().on_success();
                 // A 4xx may come from the HTTP front alone, not the engine.
-                if response.status().is_success() {
+                if head.status.is_success() {
                     worker.canary.lock().unwrap().answered(Instant::now());
                 }
                 return Ok(Served {
                     in_flight,
-                    response,
+                    head,
                     first,
+                    rest,
                     attempts,
                     overlap_blocks: target.overlap_blocks,
                 });
@@ -168,6 +188,12 @@ pub async fn send(
     ))
 }
 
+/// A stream that broke after its first byte counts against its worker as a
+/// failed attempt would.
+pub fn broke(worker: &Worker) {
+    record_failure(worker, Failure::Broken);
+}
+
 fn record_failure(worker: &Worker, failure: Failure) {
     let mut breaker = worker.breaker.lock().unwrap();
     if !failure.counts_against_worker() {
@@ -181,15 +207,24 @@ fn record_failure(worker: &Worker, failure: Failure) {
     }
 }
 
+/// One worker's answer: its head, then a stream's first event and the rest
+/// of it, or a whole body.
+type Answer = (http::response::Parts, Bytes, Option<Incoming>);
+
 async fn attempt(
     upstream: &Upstream,
     worker: &Worker,
     req: &UpstreamRequest<'_>,
-) -> Result<(http::Response<Incoming>, Option<Bytes>), Failure> {
-    let request = http::Request::post(upstream::uri(&worker.url, req.path))
+    body: Bytes,
+) -> Result<Answer, Failure> {
+    let mut request = http::Request::post(upstream::uri(&worker.url, req.path))
         .header(http::header::CONTENT_TYPE, "application/json")
-        .header("x-request-id", req.request_id)
-        .body(body::full(req.body.clone()))
+        .header("x-request-id", req.request_id);
+    if req.stream_tokens && worker.engine.kind == EngineKind::Llmgw {
+        request = request.header(STREAM_TOKENS, "1");
+    }
+    let request = request
+        .body(body::full(body))
         .map_err(|_| Failure::Connect)?;
     let response = upstream
         .request(request)
@@ -199,16 +234,18 @@ async fn attempt(
     if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
         return Err(Failure::Status(status));
     }
+    let (head, mut body) = response.into_parts();
     if !req.stream || !status.is_success() {
-        return Ok((response, None));
+        let whole = Limited::new(body, MAX_ANSWER_BYTES)
+            .collect()
+            .await
+            .map_err(|_| Failure::Broken)?;
+        return Ok((head, whole.to_bytes(), None));
     }
-    let (parts, mut body) = response.into_parts();
     loop {
         match body.frame().await {
             Some(Ok(frame)) => match frame.into_data() {
-                Ok(data) if !data.is_empty() => {
-                    return Ok((http::Response::from_parts(parts, body), Some(data)))
-                }
+                Ok(data) if !data.is_empty() => return Ok((head, data, Some(body))),
                 Ok(_) => continue,
                 Err(_trailers) => return Err(Failure::Broken),
             },

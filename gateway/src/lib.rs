@@ -4,7 +4,8 @@
 //! A request flows through the modules in this order: `server` (listeners,
 //! tower layers) → `api` → `admit` → `parse` → `tokenize` → `prefix` →
 //! `candidates` → `decide` (a WASM `plugin`, or the built-in `policy` over
-//! `score`) → `failover` (over `upstream`) → `stream` (relay back). Each
+//! `score`) → `failover` (over `upstream`) → `relay` (back to the client,
+//! continuing a broken stream elsewhere through `failover` again). Each
 //! `worker` carries its `health` state machines, which `probe` (by the
 //! conventions of the worker's `engine`) and `failover` feed; `pools`
 //! groups workers by model; `admin` reports them.
@@ -39,10 +40,10 @@ pub mod pools;
 mod prefix;
 pub mod probe;
 pub mod rehash;
+pub mod relay;
 mod routable;
 mod score;
 mod server;
-mod stream;
 mod tls;
 pub mod tokenize;
 pub mod upstream;

@@ -21,6 +21,7 @@ pub const SHED: &str = "llmgw_requests_shed_total";
 pub const CONNECTIONS_REFUSED: &str = "llmgw_connections_refused_total";
 pub const ZONE_SHIFTED: &str = "llmgw_zone_shifted";
 pub const STALLS: &str = "llmgw_response_stalls_total";
+pub const MIGRATIONS: &str = "llmgw_migrations_total";
 pub const KV_BATCHES: &str = "llmgw_kv_event_batches_total";
 pub const INDEX_ENTRIES: &str = "llmgw_prefix_index_entries";
 pub const BLOCK_SIZE_MISMATCH: &str = "llmgw_block_size_mismatches_total";
@@ -118,6 +119,13 @@ pub fn connection_refused(reason: &'static str) {
 /// A response whose worker went silent past `retry.stream_stall_ms`.
 pub fn stalled(pool: &str) {
     counter!(STALLS, "pool" => pool.to_string()).increment(1);
+}
+
+/// A stream broke mid-answer for `reason`; `outcome`: `continued` on
+/// another worker, `failed` (no worker could), or `exhausted` (the limit).
+pub fn migration(pool: &str, reason: &'static str, outcome: &'static str) {
+    counter!(MIGRATIONS, "pool" => pool.to_string(), "reason" => reason, "outcome" => outcome)
+        .increment(1);
 }
 
 pub fn shed() {

@@ -267,7 +267,8 @@ impl Scheduler {
             seq.slots = seq.tokens.len();
             seq.computed = cached;
             if seq.cached_tokens.is_none() {
-                seq.cached_tokens = Some(cached);
+                // Of the prompt: a resumed sequence's cache may hold more.
+                seq.cached_tokens = Some(cached.min(seq.prompt_len));
                 out.push(Output::Admitted {
                     seq: seq.id,
                     cached_tokens: cached,

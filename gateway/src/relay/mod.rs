@@ -1,0 +1,408 @@
+//! Relays a worker's answer to the client frame by frame, never buffering a
+//! stream, while measuring time to first token, inter-token latency and
+//! duration. It holds the request's in-flight and admission guards, so both
+//! last exactly as long as the body: a client that goes away drops it, which
+//! drops the upstream body and so cancels the worker's request.
+//!
+//! A stream whose worker breaks once the client has bytes (the connection
+//! reset or closed before `[DONE]`, an error event, silence past
+//! `retry.stream_stall_ms`) is continued on the next candidate: `transcript`
+//! follows what the client was sent, `resume` asks another worker for the
+//! rest, and the client reads one stream. When that cannot be done (no
+//! candidate left, `retry.max_migrations` reached, an answer no engine could
+//! continue faithfully) the stream ends with an OpenAI error event instead of
+//! a silent cut.
+
+pub mod resume;
+pub mod sse;
+pub mod transcript;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use http_body::Frame;
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Incoming;
+use protocol::{ApiError, BlockHash, ErrorKind};
+
+use crate::admit::Permit;
+use crate::body::{Body, BoxError};
+use crate::engine::EngineKind;
+use crate::failover::{self, Learn, Served, Target, UpstreamRequest};
+use crate::live::Live;
+use crate::metrics;
+use crate::parse::Endpoint;
+use crate::pools::Pool;
+use crate::upstream::Upstream;
+use crate::worker::InFlight;
+use transcript::{Rewrite, Seen, Transcript};
+
+/// A request's metric labels: empty until known, and only ever configured
+/// names, so a client cannot grow the label set.
+#[derive(Debug, Default, Clone)]
+pub struct Labels {
+    pub model: String,
+    pub pool: String,
+}
+
+/// Why a stream broke, as counted in `llmgw_migrations_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Break {
+    /// The connection failed mid-body.
+    Reset,
+    /// The body ended before `[DONE]`.
+    Closed,
+    /// The worker sent an error event.
+    ErrorEvent,
+    /// The worker went silent past `retry.stream_stall_ms`.
+    Stall,
+}
+
+impl Break {
+    fn reason(self) -> &'static str {
+        match self {
+            Break::Reset => "reset",
+            Break::Closed => "closed",
+            Break::ErrorEvent => "error_event",
+            Break::Stall => "stall",
+        }
+    }
+}
+
+/// Everything needed to ask other workers for the rest of a stream.
+pub struct Continue {
+    pub live: Arc<Live>,
+    pub pool: Arc<Pool>,
+    pub upstream: Upstream,
+    /// Candidates not yet tried, in the policy's order.
+    pub remaining: std::vec::IntoIter<Target>,
+    /// The client's request.
+    pub body: Bytes,
+    pub endpoint: Endpoint,
+    pub request_id: String,
+    pub hashes: Vec<BlockHash>,
+}
+
+/// A stream being followed so it can be continued.
+struct Follow {
+    events: sse::Events,
+    transcript: Transcript,
+    rewrite: Option<Rewrite>,
+    next: Continue,
+    migrations: u32,
+}
+
+pub struct Relay {
+    first: Option<Bytes>,
+    /// The rest of a stream; `None` when `first` was the whole body.
+    rest: Option<Incoming>,
+    /// Set for streams that may be continued elsewhere.
+    follow: Option<Follow>,
+    /// A break seen in a frame whose earlier events still went out.
+    broken: Option<Break>,
+    ended: bool,
+    stall: Duration,
+    observer: Observer,
+    in_flight: InFlight,
+    _permit: Permit,
+}
+
+/// Labels and clocks of one relayed response.
+struct Observer {
+    model: String,
+    pool: String,
+    stream: bool,
+    started: Instant,
+    last_frame: Option<Instant>,
+}
+
+impl Relay {
+    /// `follow`: what a stream needs to be continued elsewhere; `None` for
+    /// answers that are not streamed or when `retry.max_migrations` is 0.
+    pub fn new(
+        served: (InFlight, Bytes, Option<Incoming>),
+        follow: Option<Continue>,
+        labels: &Labels,
+        (stream, stall): (bool, Duration),
+        started: Instant,
+        permit: Permit,
+    ) -> Relay {
+        let (in_flight, first, rest) = served;
+        let with_tokens = in_flight.worker().engine.kind == EngineKind::Llmgw;
+        Relay {
+            first: Some(first),
+            rest,
+            follow: follow.map(|next| Follow {
+                events: sse::Events::default(),
+                transcript: Transcript::new(with_tokens),
+                rewrite: None,
+                next,
+                migrations: 0,
+            }),
+            broken: None,
+            ended: false,
+            stall,
+            observer: Observer {
+                model: labels.model.clone(),
+                pool: labels.pool.clone(),
+                stream,
+                started,
+                last_frame: None,
+            },
+            in_flight,
+            _permit: permit,
+        }
+    }
+
+    /// The response body.
+    pub fn into_body(self) -> Body {
+        let frames = futures_util::stream::unfold(self, |mut relay| async move {
+            let frame = relay.next().await?;
+            Some((frame, relay))
+        });
+        StreamBody::new(frames).boxed()
+    }
+
+    async fn next(&mut self) -> Option<Result<Frame<Bytes>, BoxError>> {
+        loop {
+            if self.ended {
+                return None;
+            }
+            if let Some(why) = self.broken.take() {
+                if let Err(e) = self.migrate(why).await {
+                    return self.end_with(why, e);
+                }
+                continue;
+            }
+            let read = match self.first.take() {
+                Some(first) => Ok(Some(first)),
+                None => self.read().await,
+            };
+            let data = match read {
+                Ok(Some(data)) => data,
+                Ok(None) => {
+                    let whole = self
+                        .follow
+                        .as_ref()
+                        .is_none_or(|f| f.transcript.is_complete() && !f.events.is_mid_event());
+                    if whole {
+                        self.ended = true;
+                        return None;
+                    }
+                    self.broken = Some(Break::Closed);
+                    continue;
+                }
+                Err(why) => {
+                    self.broken = Some(why);
+                    continue;
+                }
+            };
+            let out = match &mut self.follow {
+                None => data,
+                Some(follow) => match follow.see(data) {
+                    Ok(out) => out,
+                    Err((out, why)) => {
+                        self.broken = Some(why);
+                        out
+                    }
+                },
+            };
+            if !out.is_empty() {
+                self.observer.on_data();
+                return Some(Ok(Frame::data(out)));
+            }
+        }
+    }
+
+    /// The next frame of the current worker's body.
+    async fn read(&mut self) -> Result<Option<Bytes>, Break> {
+        let Some(body) = &mut self.rest else {
+            return Ok(None);
+        };
+        loop {
+            match tokio::time::timeout(self.stall, body.frame()).await {
+                Err(_) => return Err(Break::Stall),
+                Ok(None) => return Ok(None),
+                Ok(Some(Err(_))) => return Err(Break::Reset),
+                // Trailers have no place in an answer relayed as chunks.
+                Ok(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(data) if !data.is_empty() => return Ok(Some(data)),
+                    _ => continue,
+                },
+            }
+        }
+    }
+
+    /// Continues the stream on another worker, or says why not.
+    async fn migrate(&mut self, why: Break) -> Result<(), ApiError> {
+        let gone = |detail: &str| gone(why, self.stall, detail);
+        let broken = Arc::clone(self.in_flight.worker());
+        failover::broke(&broken);
+        // The broken worker's request is cancelled now, not when a
+        // continuation is found.
+        self.rest = None;
+        let pool = self.observer.pool.as_str();
+        let Some(follow) = &mut self.follow else {
+            return Err(gone("the answer cannot be continued elsewhere"));
+        };
+        if follow.migrations >= follow.next.live.config.retry.max_migrations {
+            metrics::migration(pool, why.reason(), "exhausted");
+            return Err(gone("it was continued as often as allowed"));
+        }
+        follow.migrations += 1;
+        let served = follow.continuation().await.map_err(|e| {
+            metrics::migration(pool, why.reason(), "failed");
+            gone(&e.message)
+        })?;
+        if !served.head.status.is_success() {
+            metrics::migration(pool, why.reason(), "failed");
+            let status = served.head.status.as_u16();
+            return Err(gone(&format!("the next worker answered {status}")));
+        }
+        let worker = served.in_flight.worker();
+        metrics::migration(pool, why.reason(), "continued");
+        tracing::warn!(pool, reason = why.reason(), from = %broken.id, to = %worker.id,
+            generated = follow.transcript.generated(), "stream continued on another worker");
+        follow.events = sse::Events::default();
+        if worker.engine.kind == EngineKind::Llmgw {
+            follow.rewrite = None;
+        } else {
+            follow.transcript.tokens = None;
+            follow.rewrite = Some(Rewrite {
+                id: follow.transcript.id.clone().unwrap_or_default(),
+                created: follow.transcript.created.unwrap_or_default(),
+                before: follow.transcript.generated(),
+            });
+        }
+        self.first = Some(served.first);
+        self.rest = served.rest;
+        self.in_flight = served.in_flight;
+        Ok(())
+    }
+
+    /// What ends a response that broke and could not be continued: a stream
+    /// gets an OpenAI error event and `[DONE]`, another body an error.
+    fn end_with(&mut self, why: Break, error: ApiError) -> Option<Result<Frame<Bytes>, BoxError>> {
+        self.ended = true;
+        if why == Break::Stall {
+            metrics::stalled(&self.observer.pool);
+        }
+        tracing::warn!(pool = %self.observer.pool, worker = %self.in_flight.worker().id,
+            reason = why.reason(), error = %error.message, "answer broke mid-response; ended it");
+        if !self.observer.stream {
+            return Some(Err(error.message.into()));
+        }
+        let event = format!("data: {}\n\ndata: [DONE]\n\n", error.to_json());
+        Some(Ok(Frame::data(Bytes::from(event))))
+    }
+}
+
+/// The error for an answer that broke for `why` and could not be continued.
+fn gone(why: Break, stall: Duration, detail: &str) -> ApiError {
+    let what = match why {
+        Break::Stall => format!(
+            "the worker sent nothing for {} ms mid-answer",
+            stall.as_millis()
+        ),
+        Break::ErrorEvent => "the worker failed mid-answer".to_string(),
+        Break::Reset | Break::Closed => "the worker's connection broke mid-answer".to_string(),
+    };
+    let kind = match why {
+        Break::Stall => ErrorKind::Timeout,
+        _ => ErrorKind::UpstreamFailed,
+    };
+    ApiError::new(kind, format!("{what}, and {detail}; the answer ends here"))
+}
+
+impl Follow {
+    /// What of `data` goes to the client, learning from each whole event;
+    /// with the break when an event reports one (the events before it still go).
+    fn see(&mut self, data: Bytes) -> Result<Bytes, (Bytes, Break)> {
+        let events = match self.events.push(data) {
+            Ok(events) => events,
+            Err(sse::TooLong) => return Err((Bytes::new(), Break::Reset)),
+        };
+        let mut out: Vec<Bytes> = Vec::with_capacity(events.len());
+        for event in events {
+            match self.transcript.see(event, self.rewrite.as_ref()) {
+                Seen::Forward(bytes) if bytes.is_empty() => {}
+                Seen::Forward(bytes) => out.push(bytes),
+                Seen::Error => return Err((concat(out), Break::ErrorEvent)),
+            }
+        }
+        Ok(concat(out))
+    }
+
+    /// Asks the remaining candidates, in order, for the rest of the answer.
+    async fn continuation(&mut self) -> Result<Served, ApiError> {
+        let next = &mut self.next;
+        let original: serde_json::Value = serde_json::from_slice(&next.body)
+            .map_err(|_| ApiError::new(ErrorKind::Internal, "the request is not JSON"))?;
+        let why_not = std::sync::Mutex::new(None);
+        let body_for = |worker: &crate::worker::Worker| {
+            resume::continuation(
+                &original,
+                next.endpoint,
+                &self.transcript,
+                worker.engine.kind,
+            )
+            .map_err(|e| *why_not.lock().unwrap() = Some(e))
+            .ok()
+        };
+        let request = UpstreamRequest {
+            path: next.endpoint.path(),
+            body: &body_for,
+            request_id: &next.request_id,
+            stream: true,
+            stream_tokens: true,
+            prefix: Learn {
+                index: &next.pool.prefix,
+                strategy: next.live.config.routing.strategy,
+                hashes: &next.hashes,
+            },
+        };
+        let retry = &next.live.config.retry;
+        let result = failover::send(&next.upstream, retry, &mut next.remaining, &request).await;
+        result.map_err(|e| match why_not.into_inner().unwrap() {
+            Some(why) if e.kind == ErrorKind::NoHealthyWorker => {
+                ApiError::new(ErrorKind::UpstreamFailed, why)
+            }
+            _ => e,
+        })
+    }
+}
+
+fn concat(mut parts: Vec<Bytes>) -> Bytes {
+    match parts.len() {
+        0 => Bytes::new(),
+        1 => parts.pop().expect("one part"),
+        _ => {
+            let mut out = BytesMut::with_capacity(parts.iter().map(Bytes::len).sum());
+            for part in parts {
+                out.extend_from_slice(&part);
+            }
+            out.freeze()
+        }
+    }
+}
+
+impl Observer {
+    fn on_data(&mut self) {
+        if !self.stream {
+            return;
+        }
+        let now = Instant::now();
+        match self.last_frame {
+            None => metrics::ttft(&self.model, &self.pool, now - self.started),
+            Some(last) => metrics::inter_token(&self.model, &self.pool, now - last),
+        }
+        self.last_frame = Some(now);
+    }
+}
+
+impl Drop for Observer {
+    fn drop(&mut self) {
+        metrics::request_duration(&self.model, &self.pool, self.started.elapsed());
+    }
+}
