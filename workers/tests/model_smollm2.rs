@@ -118,6 +118,36 @@ async fn answers_sensibly_the_same_with_prefix_cache_and_batching() {
     }
 }
 
+/// A stream migrated mid-answer continues on a fresh engine from the tokens
+/// so far (prefilled at once, where the first engine decoded them one by
+/// one) with exactly the greedy tokens the unbroken answer had.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs the real model (scripts/fetch-model.sh) and --release"]
+async fn a_resumed_answer_is_the_rest_of_the_unbroken_one() {
+    let path = model();
+    let (first, tok) = engine(path.clone(), 8);
+    let mut wholes = Vec::new();
+    for q in QUESTIONS {
+        wholes.push(run(first.submit(greedy(&tok, q, 40))).await.0);
+    }
+    drop(first);
+    let (second, _) = engine(path, 8);
+    for (q, whole) in QUESTIONS.iter().zip(&wholes) {
+        for k in [1, whole.len() / 3, whole.len() * 2 / 3] {
+            let mut request = greedy(&tok, q, 40);
+            request.resumed = whole[..k].to_vec();
+            let (rest, _) = run(second.submit(request)).await;
+            assert_eq!(
+                rest,
+                whole[k..],
+                "{q:?} resumed after {k} tokens: {:?} then {:?}",
+                tok.decode(&whole[..k]),
+                tok.decode(&rest)
+            );
+        }
+    }
+}
+
 /// Prints decode speed at batch 1 (the bench measures it properly; this is a smoke figure).
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "needs the real model (scripts/fetch-model.sh) and --release"]

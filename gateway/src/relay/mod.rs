@@ -273,6 +273,10 @@ impl Relay {
                 id: follow.transcript.id.clone().unwrap_or_default(),
                 created: follow.transcript.created.unwrap_or_default(),
                 before: follow.transcript.generated(),
+                echo: match (worker.engine.kind, follow.next.endpoint) {
+                    (EngineKind::Llamacpp, Endpoint::Chat) => follow.transcript.text.clone(),
+                    _ => String::new(),
+                },
             });
         }
         self.first = Some(served.first);
@@ -325,7 +329,7 @@ impl Follow {
         };
         let mut out: Vec<Bytes> = Vec::with_capacity(events.len());
         for event in events {
-            match self.transcript.see(event, self.rewrite.as_ref()) {
+            match self.transcript.see(event, self.rewrite.as_mut()) {
                 Seen::Forward(bytes) if bytes.is_empty() => {}
                 Seen::Forward(bytes) => out.push(bytes),
                 Seen::Error => return Err((concat(out), Break::ErrorEvent)),

@@ -51,6 +51,9 @@ pub struct Rewrite {
     /// Tokens generated before the continuation: its prompt held them, its
     /// usage did not.
     pub before: u32,
+    /// What of the text so far the continuation repeats before going on
+    /// (llama.cpp's server answers a prefilled message whole).
+    pub echo: String,
 }
 
 #[derive(Deserialize)]
@@ -105,7 +108,7 @@ impl Transcript {
     }
 
     /// Learns from one whole event and says what to forward of it.
-    pub fn see(&mut self, event: Bytes, rewrite: Option<&Rewrite>) -> Seen {
+    pub fn see(&mut self, event: Bytes, rewrite: Option<&mut Rewrite>) -> Seen {
         let mut comment = None;
         for line in sse::lines(&event) {
             if let Some(ids) = parse_tokens_comment(line) {
@@ -113,32 +116,38 @@ impl Transcript {
             }
         }
         let data = sse::data(&event);
-        let chunk = match data.as_deref() {
+        let json = match data.as_deref() {
             Some(b"[DONE]") => {
                 self.done = true;
                 None
             }
-            Some(json) => match serde_json::from_slice::<Chunk>(json) {
-                Ok(chunk) => Some(chunk),
-                // Not ours to judge: the client gets it as the engine sent it.
-                Err(_) => None,
-            },
+            Some(json) => Some(json),
             None => None,
         };
-        if let Some(chunk) = &chunk {
-            if chunk.error.is_some() {
-                return Seen::Error;
-            }
-            self.learn(chunk);
+        // Not ours to judge when it is not a chunk: the client gets it as sent.
+        let Some(chunk) = json.and_then(|j| serde_json::from_slice::<Chunk>(j).ok()) else {
+            return Seen::Forward(without_comment(event, comment.map(|(at, _)| at)));
+        };
+        if chunk.error.is_some() {
+            return Seen::Error;
         }
         if let (Some((_, ids)), Some(tokens)) = (&comment, &mut self.tokens) {
             tokens.extend(ids);
         }
-        let forward = match (rewrite, data.as_deref(), chunk.is_some()) {
-            (Some(rewrite), Some(json), true) => rewrite.apply(json),
-            _ => Some(without_comment(event, comment.map(|(at, _)| at))),
+        let Some(rewrite) = rewrite else {
+            self.learn(&chunk);
+            return Seen::Forward(without_comment(event, comment.map(|(at, _)| at)));
         };
-        Seen::Forward(forward.unwrap_or_default())
+        let Some(out) = json.and_then(|j| rewrite.apply(j)) else {
+            return Seen::Forward(Bytes::new());
+        };
+        if let Some(chunk) = sse::data(&out)
+            .as_deref()
+            .and_then(|j| serde_json::from_slice::<Chunk>(j).ok())
+        {
+            self.learn(&chunk);
+        }
+        Seen::Forward(out)
     }
 
     fn learn(&mut self, chunk: &Chunk<'_>) {
@@ -185,9 +194,26 @@ fn without_comment(event: Bytes, at: Option<usize>) -> Bytes {
 }
 
 impl Rewrite {
+    /// Cuts from `content` what it repeats of the text the client has.
+    fn skip_echo(&mut self, content: &mut String) {
+        if self.echo.is_empty() {
+            return;
+        }
+        if let Some(rest) = content.strip_prefix(self.echo.as_str()) {
+            *content = rest.to_string();
+            self.echo.clear();
+        } else if let Some(rest) = self.echo.strip_prefix(content.as_str()) {
+            self.echo = rest.to_string();
+            content.clear();
+        } else {
+            // Not an echo after all: pass it on as it is.
+            self.echo.clear();
+        }
+    }
+
     /// The continuation's event as the client's stream goes on; `None` for
     /// a chunk that only opens the assistant's turn again.
-    fn apply(&self, json: &[u8]) -> Option<Bytes> {
+    fn apply(&mut self, json: &[u8]) -> Option<Bytes> {
         let mut chunk: Value = serde_json::from_slice(json).ok()?;
         let object = chunk.as_object_mut()?;
         object.insert("id".into(), self.id.clone().into());
@@ -197,12 +223,16 @@ impl Rewrite {
             .and_then(|c| c.get_mut(0))
             .and_then(Value::as_object_mut)
         {
+            let finishes = choice.get("finish_reason").is_some_and(|f| !f.is_null());
             if let Some(delta) = choice.get_mut("delta").and_then(Value::as_object_mut) {
                 delta.remove("role");
+                if let Some(Value::String(content)) = delta.get_mut("content") {
+                    self.skip_echo(content);
+                }
                 let empty = delta
                     .get("content")
-                    .is_none_or(|c| c.as_str().is_some_and(str::is_empty));
-                if empty && delta.len() <= 1 && choice["finish_reason"].is_null() {
+                    .is_none_or(|c| c.is_null() || c.as_str().is_some_and(str::is_empty));
+                if empty && delta.len() <= 1 && !finishes {
                     return None;
                 }
             }
@@ -216,6 +246,13 @@ impl Rewrite {
                 (get(usage, "prompt_tokens"), get(usage, "completion_tokens"));
             usage.insert("prompt_tokens".into(), prompt.saturating_sub(before).into());
             usage.insert("completion_tokens".into(), (completion + before).into());
+        }
+        if let Some(Value::String(text)) = object
+            .get_mut("choices")
+            .and_then(|c| c.get_mut(0))
+            .and_then(|c| c.get_mut("text"))
+        {
+            self.skip_echo(text);
         }
         let mut out = b"data: ".to_vec();
         serde_json::to_writer(&mut out, &chunk).ok()?;
@@ -283,19 +320,20 @@ mod tests {
 
     #[test]
     fn a_continuation_reads_as_the_first_stream() {
-        let rewrite = Rewrite {
+        let mut rewrite = Rewrite {
             id: "c1".into(),
             created: 9,
             before: 4,
+            echo: String::new(),
         };
         let mut t = Transcript::new(false);
         let role = "data: {\"id\":\"x\",\"created\":1,\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"},\"finish_reason\":null}]}\n\n";
         assert_eq!(
-            t.see(event(role), Some(&rewrite)),
+            t.see(event(role), Some(&mut rewrite)),
             Seen::Forward(Bytes::new())
         );
         let text = "data: {\"id\":\"x\",\"created\":1,\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"on\"},\"finish_reason\":null}]}\n\n";
-        let Seen::Forward(out) = t.see(event(text), Some(&rewrite)) else {
+        let Seen::Forward(out) = t.see(event(text), Some(&mut rewrite)) else {
             panic!()
         };
         let json: Value = serde_json::from_slice(&sse::data(&out).unwrap()).unwrap();
@@ -306,7 +344,7 @@ mod tests {
             serde_json::json!({"content": "on"})
         );
         let usage = "data: {\"id\":\"x\",\"choices\":[],\"usage\":{\"prompt_tokens\":14,\"completion_tokens\":3,\"total_tokens\":17}}\n\n";
-        let Seen::Forward(out) = t.see(event(usage), Some(&rewrite)) else {
+        let Seen::Forward(out) = t.see(event(usage), Some(&mut rewrite)) else {
             panic!()
         };
         let json: Value = serde_json::from_slice(&sse::data(&out).unwrap()).unwrap();
@@ -314,5 +352,31 @@ mod tests {
             json["usage"],
             serde_json::json!({"prompt_tokens": 10, "completion_tokens": 7, "total_tokens": 17})
         );
+    }
+
+    #[test]
+    fn an_echo_of_the_text_so_far_is_cut() {
+        let mut rewrite = Rewrite {
+            id: "c1".into(),
+            created: 9,
+            before: 2,
+            echo: "The sky is".into(),
+        };
+        let mut t = Transcript::new(false);
+        let mut text = String::new();
+        for piece in ["The sky", " is blue", " today"] {
+            let event = format!(
+                "data: {}\n\n",
+                serde_json::json!({"id": "x", "choices": [{"delta": {"content": piece}}]})
+            );
+            if let Seen::Forward(out) = t.see(event.into(), Some(&mut rewrite)) {
+                if let Some(data) = sse::data(&out) {
+                    let json: Value = serde_json::from_slice(&data).unwrap();
+                    text.push_str(json["choices"][0]["delta"]["content"].as_str().unwrap());
+                }
+            }
+        }
+        assert_eq!(text, " blue today");
+        assert_eq!(t.text, " blue today");
     }
 }
