@@ -2,6 +2,7 @@
 //! same run. Each subcommand prints a Markdown table and writes JSON and a PNG
 //! chart into `--out`.
 
+mod chaos;
 mod control;
 mod engine;
 mod index;
@@ -33,6 +34,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Faults under load (worker, etcd, NATS, zone, gateway): what clients lose.
+    Chaos(chaos::Args),
     /// The etcd control plane: config put to routed, worker SIGKILL to removal.
     Control(control::Args),
     /// The llama engine on the real model: decode, prefill and cached-prefix TTFT against memory bandwidth.
@@ -54,6 +57,7 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     std::fs::create_dir_all(&cli.out)?;
     match cli.command {
+        Command::Chaos(args) => chaos::run(args, &cli.out).await,
         Command::Control(args) => control::run(args, &cli.out).await,
         Command::Engine(args) => engine::run(args, &cli.out),
         Command::Overhead(args) => overhead::run(args, &cli.out).await,

@@ -2,7 +2,11 @@
 //! binaries on free loopback ports with config files of their own, talks to
 //! them over HTTP, and stops them (with SIGTERM or SIGKILL) when asked or dropped.
 
+pub mod chaos;
 pub mod fake;
+mod nginx;
+
+pub use nginx::{nginx, Nginx};
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -490,6 +494,11 @@ impl EtcdServer {
         }
     }
 
+    /// Started and not stopped since.
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
     /// Stops it and deletes its data: the next [`restart`](Self::restart)
     /// is a new etcd, its revisions counting from 1 again.
     pub async fn wipe(&mut self) {
@@ -617,6 +626,11 @@ impl NatsServer {
         if let Some(mut child) = self.child.take() {
             child.kill().await.expect("stop nats-server");
         }
+    }
+
+    /// Started and not stopped since.
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
     }
 }
 
