@@ -39,7 +39,12 @@ pub async fn run(args: Args, out: &Path) -> anyhow::Result<()> {
     let mut tallies: Vec<Tally> = Vec::new();
     for fault in Fault::ALL {
         let tally = fleet.scenario(fault, args.clients, timing).await;
-        eprintln!("{}: {} requests, {} lost", fault.name(), tally.requests, tally.lost());
+        eprintln!(
+            "{}: {} requests, {} lost",
+            fault.name(),
+            tally.requests,
+            tally.lost()
+        );
         for example in &tally.examples {
             eprintln!("  {example}");
         }
@@ -106,7 +111,10 @@ pub async fn run(args: Args, out: &Path) -> anyhow::Result<()> {
             })
         })
         .collect();
-    report::write_json(&out.join("chaos.json"), &json!({"clients": args.clients, "scenarios": json}))?;
+    report::write_json(
+        &out.join("chaos.json"),
+        &json!({"clients": args.clients, "scenarios": json}),
+    )?;
     let names: Vec<&str> = tallies.iter().map(|t| t.fault.name()).collect();
     report::bar_chart(
         &out.join("chaos.png"),

@@ -194,7 +194,10 @@ impl Fleet {
             let (Ok(streamed), Ok(whole)) = (streamed.result, whole.result) else {
                 panic!("the fleet answers before any fault");
             };
-            assert_eq!(streamed, whole, "prompt {p}: streamed and whole answers agree");
+            assert_eq!(
+                streamed, whole,
+                "prompt {p}: streamed and whole answers agree"
+            );
             answers.push(streamed);
         }
         answers
@@ -311,7 +314,10 @@ impl Fleet {
                     node.stop().await;
                 }
             }
-            Fault::ZoneShift => self.gatewayctl(&["zone", "shift", "a", "--for", "10m"]).await,
+            Fault::ZoneShift => {
+                self.gatewayctl(&["zone", "shift", "a", "--for", "10m"])
+                    .await
+            }
             Fault::GatewayDrain => {
                 let mut gateway = self.gateways[0].0.take().expect("up");
                 gateway.proc.sigterm();

@@ -104,3 +104,52 @@ async fn a_connection_over_the_cap_is_answered_503() {
     })
     .await;
 }
+
+/// An h2c client learns the stream and header limits from the gateway's
+/// first SETTINGS frame, and an HTTP/1 head with too many header lines is
+/// refused with 431 while the connection's peers are served.
+#[tokio::test(flavor = "multi_thread")]
+async fn http2_and_http1_limits_are_announced_and_enforced() {
+    let w1 = spawn_worker("w1", "a", WorkerOpts::default()).await;
+    let gw = spawn_gateway("a", &[&w1], "").await;
+
+    let mut tcp = TcpStream::connect(addr(&gw)).await.unwrap();
+    // The client preface, then an empty SETTINGS frame.
+    tcp.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .await
+        .unwrap();
+    let mut head = [0u8; 9];
+    tcp.read_exact(&mut head).await.unwrap();
+    let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+    assert_eq!(
+        (head[3], head[4]),
+        (0x4, 0x0),
+        "the server's SETTINGS first"
+    );
+    let mut payload = vec![0u8; len];
+    tcp.read_exact(&mut payload).await.unwrap();
+    let settings: Vec<(u16, u32)> = payload
+        .chunks_exact(6)
+        .map(|s| {
+            (
+                u16::from_be_bytes([s[0], s[1]]),
+                u32::from_be_bytes([s[2], s[3], s[4], s[5]]),
+            )
+        })
+        .collect();
+    // SETTINGS_MAX_CONCURRENT_STREAMS and SETTINGS_MAX_HEADER_LIST_SIZE.
+    assert!(settings.contains(&(0x3, 256)), "{settings:?}");
+    assert!(settings.contains(&(0x6, 64 * 1024)), "{settings:?}");
+
+    let mut tcp = TcpStream::connect(addr(&gw)).await.unwrap();
+    let mut request = String::from("GET /v1/models HTTP/1.1\r\nhost: x\r\n");
+    for i in 0..150 {
+        request.push_str(&format!("x-extra-{i}: 1\r\n"));
+    }
+    request.push_str("\r\n");
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_string(&mut answer)).await;
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+    served_by(&gw.api, &chat("still served", false, 2)).await;
+}

@@ -37,6 +37,8 @@ pub fn continuation(
             let tokens = transcript
                 .tokens
                 .as_ref()
+                // Text without tokens: a worker that does not name them.
+                .filter(|t| !t.is_empty() || transcript.text.is_empty())
                 .ok_or("an earlier worker did not name its tokens")?;
             let resume = Resume {
                 token_ids: tokens.clone(),
@@ -129,6 +131,8 @@ mod tests {
         assert_eq!(b["max_tokens"], 10);
         let mut unnamed = transcript();
         unnamed.tokens = None;
+        assert!(continuation(&chat(), Endpoint::Chat, &unnamed, EngineKind::Llmgw).is_err());
+        unnamed.tokens = Some(Vec::new());
         assert!(continuation(&chat(), Endpoint::Chat, &unnamed, EngineKind::Llmgw).is_err());
     }
 
