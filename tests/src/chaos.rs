@@ -6,6 +6,7 @@
 //! `bench chaos` runs it long and prints the table; `tests/tests/chaos.rs`
 //! runs it short with hard assertions.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -119,6 +120,8 @@ pub struct Fleet {
     pub lb: Nginx,
     /// The unbroken answer to each prompt.
     answers: Vec<String>,
+    /// The worker the last worker fault struck.
+    struck: usize,
 }
 
 impl Fleet {
@@ -160,6 +163,7 @@ impl Fleet {
             gateway_extra,
             lb,
             answers: Vec::new(),
+            struck: 0,
         };
         fleet.all_serving().await;
         fleet.answers = fleet.learn_answers().await;
@@ -189,8 +193,9 @@ impl Fleet {
     async fn learn_answers(&self) -> Vec<String> {
         let mut answers = Vec::new();
         for p in 0..PROMPTS {
-            let streamed = ask(&self.lb.url, p, true).await;
-            let whole = ask(&self.lb.url, p, false).await;
+            let serving = Serving::default();
+            let streamed = ask(&self.lb.url, p, true, &serving).await;
+            let whole = ask(&self.lb.url, p, false, &serving).await;
             let (Ok(streamed), Ok(whole)) = (streamed.result, whole.result) else {
                 panic!("the fleet answers before any fault");
             };
@@ -209,6 +214,11 @@ impl Fleet {
         let load = Load::start(&self.lb.url, clients);
         tokio::time::sleep(timing.warm).await;
         let streams_at_fault = load.streams_in_flight();
+        // A worker fault strikes the worker with the most streams under way.
+        self.struck = load
+            .busiest()
+            .and_then(|id| WORKERS.iter().position(|(w, _)| *w == id))
+            .unwrap_or(0);
         let struck = Instant::now();
         self.strike(fault).await;
         tokio::time::sleep(timing.during.saturating_sub(struck.elapsed())).await;
@@ -297,10 +307,10 @@ impl Fleet {
     async fn strike(&mut self, fault: Fault) {
         match fault {
             Fault::None => {}
-            Fault::WorkerKill => self.workers[0].0.proc.sigkill().await,
-            Fault::WorkerStop => self.workers[1].0.proc.signal("STOP"),
+            Fault::WorkerKill => self.workers[self.struck].0.proc.sigkill().await,
+            Fault::WorkerStop => self.workers[self.struck].0.proc.signal("STOP"),
             Fault::WorkerDrain => {
-                let worker = &mut self.workers[0].0.proc;
+                let worker = &mut self.workers[self.struck].0.proc;
                 worker.sigterm();
                 worker.wait().await;
             }
@@ -333,8 +343,8 @@ impl Fleet {
     async fn repair(&mut self, fault: Fault) {
         match fault {
             Fault::None => {}
-            Fault::WorkerKill | Fault::WorkerDrain => self.respawn_worker(0).await,
-            Fault::WorkerStop => self.workers[1].0.proc.signal("CONT"),
+            Fault::WorkerKill | Fault::WorkerDrain => self.respawn_worker(self.struck).await,
+            Fault::WorkerStop => self.workers[self.struck].0.proc.signal("CONT"),
             Fault::EtcdLeaderKill => {
                 for member in &mut self.etcd {
                     if !member.is_running() {
@@ -419,8 +429,22 @@ struct Record {
     result: Result<String, Failure>,
 }
 
+/// Streams under way, by the worker serving them (`x-worker-id`).
+type Serving = Mutex<HashMap<String, usize>>;
+
+/// Counts a stream under `worker` while it lives.
+struct Streaming<'a>(&'a Serving, String);
+
+impl Drop for Streaming<'_> {
+    fn drop(&mut self) {
+        if let Some(n) = self.0.lock().unwrap().get_mut(&self.1) {
+            *n -= 1;
+        }
+    }
+}
+
 /// Greedy request `prompt` through `api`, streamed or not.
-async fn ask(api: &str, prompt: usize, stream: bool) -> Record {
+async fn ask(api: &str, prompt: usize, stream: bool, serving: &Serving) -> Record {
     let started = Instant::now();
     let mut body = json!({
         "model": MODEL,
@@ -465,6 +489,14 @@ async fn ask(api: &str, prompt: usize, stream: bool) -> Record {
         };
         return record;
     }
+    let worker = resp
+        .headers()
+        .get("x-worker-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    *serving.lock().unwrap().entry(worker.clone()).or_default() += 1;
+    let _streaming = Streaming(serving, worker);
     let mut raw = String::new();
     let mut chunks = resp.bytes_stream();
     while let Some(chunk) = chunks.next().await {
@@ -502,7 +534,7 @@ async fn ask(api: &str, prompt: usize, stream: bool) -> Record {
 struct Load {
     stop: Arc<AtomicBool>,
     records: Arc<Mutex<Vec<Record>>>,
-    streaming: Arc<std::sync::atomic::AtomicUsize>,
+    serving: Arc<Serving>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -510,22 +542,16 @@ impl Load {
     fn start(api: &str, clients: usize) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let records = Arc::new(Mutex::new(Vec::new()));
-        let streaming = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let serving = Arc::new(Serving::default());
         let tasks = (0..clients)
             .map(|i| {
-                let (stop, records, streaming) = (stop.clone(), records.clone(), streaming.clone());
+                let (stop, records, serving) = (stop.clone(), records.clone(), serving.clone());
                 let api = api.to_string();
                 tokio::spawn(async move {
                     let stream = i % 2 == 0;
                     let mut n = i;
                     while !stop.load(Ordering::Relaxed) {
-                        if stream {
-                            streaming.fetch_add(1, Ordering::Relaxed);
-                        }
-                        let record = ask(&api, n % PROMPTS, stream).await;
-                        if stream {
-                            streaming.fetch_sub(1, Ordering::Relaxed);
-                        }
+                        let record = ask(&api, n % PROMPTS, stream, &serving).await;
                         records.lock().unwrap().push(record);
                         n += 1;
                     }
@@ -535,13 +561,23 @@ impl Load {
         Load {
             stop,
             records,
-            streaming,
+            serving,
             tasks,
         }
     }
 
     fn streams_in_flight(&self) -> usize {
-        self.streaming.load(Ordering::Relaxed)
+        self.serving.lock().unwrap().values().sum()
+    }
+
+    /// The worker serving the most streams now, if any is.
+    fn busiest(&self) -> Option<String> {
+        let serving = self.serving.lock().unwrap();
+        serving
+            .iter()
+            .filter(|(_, &n)| n > 0)
+            .max_by_key(|(_, &n)| n)
+            .map(|(id, _)| id.clone())
     }
 
     async fn stop(self) -> Vec<Record> {
