@@ -297,6 +297,105 @@ pub fn sse_events(body: &str) -> (Vec<Value>, bool) {
     (events, done)
 }
 
+/// A streamed answer as its client read it.
+#[derive(Debug, PartialEq)]
+pub struct Streamed {
+    pub text: String,
+    pub ids: Vec<String>,
+    pub roles: usize,
+    pub finish: Option<String>,
+    pub usage: Value,
+    pub errors: Vec<Value>,
+    pub done: bool,
+}
+
+impl Streamed {
+    pub fn of(raw: &str) -> Streamed {
+        let (events, done) = sse_events(raw);
+        let mut answer = Streamed {
+            text: String::new(),
+            ids: Vec::new(),
+            roles: 0,
+            finish: None,
+            usage: Value::Null,
+            errors: Vec::new(),
+            done,
+        };
+        for event in events {
+            if !event["error"].is_null() {
+                answer.errors.push(event["error"].clone());
+                continue;
+            }
+            answer.ids.push(event["id"].as_str().unwrap().to_string());
+            if event["usage"].is_object() {
+                answer.usage = event["usage"].clone();
+            }
+            let Some(choice) = event["choices"].get(0) else {
+                continue;
+            };
+            let delta = &choice["delta"];
+            answer.roles += usize::from(delta.get("role").is_some());
+            answer
+                .text
+                .push_str(delta["content"].as_str().unwrap_or_default());
+            if let Some(reason) = choice["finish_reason"].as_str() {
+                answer.finish = Some(reason.to_string());
+            }
+        }
+        answer
+    }
+
+    /// The same answer, read as one stream.
+    pub fn assert_same_as(&self, unbroken: &Streamed) {
+        assert!(self.errors.is_empty(), "{:?}", self.errors);
+        assert!(self.done);
+        assert_eq!(self.text, unbroken.text);
+        assert_eq!(self.roles, 1);
+        assert!(
+            self.ids.iter().all(|id| *id == self.ids[0]),
+            "{:?}",
+            self.ids
+        );
+        assert_eq!(self.finish, unbroken.finish);
+        // Cached prompt tokens are the serving worker's own.
+        for count in ["prompt_tokens", "completion_tokens", "total_tokens"] {
+            assert_eq!(self.usage[count], unbroken.usage[count], "{count}");
+        }
+    }
+}
+
+/// Streams `body` through `api`; once `after` text events arrived, runs
+/// `fault` with the serving worker's id. Returns the raw body.
+pub async fn stream_with_fault(
+    api: &str,
+    body: &Value,
+    after: usize,
+    fault: impl FnOnce(&str),
+) -> String {
+    use futures_util::StreamExt;
+
+    let resp = post_chat(api, body).await;
+    assert_eq!(resp.status(), 200);
+    let worker = resp.headers()["x-worker-id"].to_str().unwrap().to_string();
+    let mut fault = Some(fault);
+    let mut raw = String::new();
+    let mut chunks = resp.bytes_stream();
+    while let Some(chunk) = tokio::time::timeout(Duration::from_secs(30), chunks.next())
+        .await
+        .expect("the stream goes on")
+    {
+        raw.push_str(std::str::from_utf8(&chunk.unwrap()).unwrap());
+        let texts = raw.matches(r#""content":""#).count() - raw.matches(r#""content":"""#).count();
+        if texts >= after {
+            if let Some(fault) = fault.take() {
+                fault(&worker);
+            }
+        }
+    }
+    assert!(fault.is_none(), "the stream ended before the fault: {raw}");
+    raw
+}
+
 /// Polls `check` every 50 ms until it holds, failing after `limit`.
 pub async fn eventually<F, Fut>(limit: Duration, what: &str, mut check: F)
 where
@@ -347,14 +446,19 @@ pub async fn served_with_answer(api: &str, body: &Value) -> (String, Value) {
     (worker, serde_json::from_str(&text).expect("a JSON answer"))
 }
 
-/// The serving worker's id and the body of a successful chat request.
-async fn answered(api: &str, body: &Value) -> (String, String) {
-    let resp = client()
+/// The response to a chat request through `api`.
+pub async fn post_chat(api: &str, body: &Value) -> reqwest::Response {
+    client()
         .post(format!("{api}/v1/chat/completions"))
         .json(body)
         .send()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+/// The serving worker's id and the body of a successful chat request.
+async fn answered(api: &str, body: &Value) -> (String, String) {
+    let resp = post_chat(api, body).await;
     let status = resp.status();
     let worker = resp
         .headers()

@@ -231,7 +231,7 @@ async fn llama_cpp_servers_serve_behind_the_gateway() {
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "needs llama-server (scripts/llama-server.sh) and the model (scripts/fetch-model.sh)"]
 async fn a_llama_cpp_stream_goes_on_when_its_server_is_killed() {
-    let mut servers = vec![
+    let servers = [
         LlamaServer::start(MODEL_ALIAS).await,
         LlamaServer::start(MODEL_ALIAS).await,
     ];
@@ -248,9 +248,19 @@ async fn a_llama_cpp_stream_goes_on_when_its_server_is_killed() {
     let gw = spawn_gateway_from(&text).await;
     let body = json!({"model": MODEL_ALIAS, "max_tokens": 64, "temperature": 0, "stream": true,
         "messages": [{"role": "user", "content": "Write a short story about a lighthouse keeper."}]});
-    let unbroken = read(&gw.api, &body, &mut servers, None).await;
+    let unbroken = Streamed::of(&stream_with_fault(&gw.api, &body, 0, |_| {}).await);
     assert!(unbroken.errors.is_empty() && unbroken.done, "{unbroken:?}");
-    let broken = read(&gw.api, &body, &mut servers, Some(12)).await;
+    let raw = stream_with_fault(&gw.api, &body, 12, |id| {
+        // Servers `l0` and `l1` are `servers[0]` and `servers[1]`.
+        let server = &servers[id[1..].parse::<usize>().unwrap()];
+        let pid = server.child.id().unwrap().to_string();
+        let killed = std::process::Command::new("kill")
+            .args(["-KILL", &pid])
+            .status();
+        assert!(killed.unwrap().success());
+    })
+    .await;
+    let broken = Streamed::of(&raw);
     assert!(broken.errors.is_empty() && broken.done, "{broken:?}");
     assert_eq!(broken.text, unbroken.text);
     assert_eq!(broken.roles, 1, "one role chunk");
@@ -265,65 +275,4 @@ async fn a_llama_cpp_stream_goes_on_when_its_server_is_killed() {
             && metrics.contains("outcome=\"continued\"} 1"),
         "{metrics}"
     );
-}
-
-/// A stream as its client read it.
-#[derive(Debug)]
-struct Read {
-    text: String,
-    ids: Vec<Value>,
-    roles: usize,
-    errors: Vec<Value>,
-    done: bool,
-}
-
-/// Streams `body` through `api`; after `kill_after` text events the serving
-/// server (`l0` is `servers[0]`) is killed.
-async fn read(
-    api: &str,
-    body: &Value,
-    servers: &mut [LlamaServer],
-    kill_after: Option<usize>,
-) -> Read {
-    use futures_util::StreamExt;
-
-    let resp = client()
-        .post(format!("{api}/v1/chat/completions"))
-        .json(body)
-        .send()
-        .await
-        .unwrap();
-    let serving: usize = resp.headers()["x-worker-id"].to_str().unwrap()[1..]
-        .parse()
-        .unwrap();
-    let (mut raw, mut texts) = (String::new(), 0);
-    let mut chunks = resp.bytes_stream();
-    while let Some(chunk) = chunks.next().await {
-        raw.push_str(std::str::from_utf8(&chunk.unwrap()).unwrap());
-        texts = raw.matches(r#""content":""#).count();
-        if kill_after.is_some_and(|n| texts >= n) && servers[serving].child.id().is_some() {
-            servers[serving].child.kill().await.unwrap();
-        }
-    }
-    assert!(kill_after.is_none_or(|n| texts > n), "{raw}");
-    let (events, done) = sse_events(&raw);
-    let mut read = Read {
-        text: String::new(),
-        ids: Vec::new(),
-        roles: 0,
-        errors: Vec::new(),
-        done,
-    };
-    for event in events {
-        if !event["error"].is_null() {
-            read.errors.push(event["error"].clone());
-            continue;
-        }
-        read.ids.push(event["id"].clone());
-        let delta = &event["choices"][0]["delta"];
-        read.roles += usize::from(delta.get("role").is_some());
-        read.text
-            .push_str(delta["content"].as_str().unwrap_or_default());
-    }
-    read
 }

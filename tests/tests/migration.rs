@@ -8,109 +8,11 @@
 use std::time::Duration;
 
 use e2e::*;
-use futures_util::StreamExt;
 use serde_json::{json, Value};
 
-/// An answer as the client read it.
-#[derive(Debug, PartialEq)]
-struct Answer {
-    text: String,
-    ids: Vec<String>,
-    roles: usize,
-    finish: Option<String>,
-    usage: Value,
-    errors: Vec<Value>,
-    done: bool,
-}
-
-impl Answer {
-    fn of(raw: &str) -> Answer {
-        let (events, done) = sse_events(raw);
-        let mut answer = Answer {
-            text: String::new(),
-            ids: Vec::new(),
-            roles: 0,
-            finish: None,
-            usage: Value::Null,
-            errors: Vec::new(),
-            done,
-        };
-        for event in events {
-            if !event["error"].is_null() {
-                answer.errors.push(event["error"].clone());
-                continue;
-            }
-            answer.ids.push(event["id"].as_str().unwrap().to_string());
-            if event["usage"].is_object() {
-                answer.usage = event["usage"].clone();
-            }
-            let Some(choice) = event["choices"].get(0) else {
-                continue;
-            };
-            let delta = &choice["delta"];
-            answer.roles += usize::from(delta.get("role").is_some());
-            answer
-                .text
-                .push_str(delta["content"].as_str().unwrap_or_default());
-            if let Some(reason) = choice["finish_reason"].as_str() {
-                answer.finish = Some(reason.to_string());
-            }
-        }
-        answer
-    }
-
-    /// The same answer, read as one stream.
-    fn assert_same_as(&self, unbroken: &Answer) {
-        assert!(self.errors.is_empty(), "{:?}", self.errors);
-        assert!(self.done);
-        assert_eq!(self.text, unbroken.text);
-        assert_eq!(self.roles, 1);
-        assert!(
-            self.ids.iter().all(|id| *id == self.ids[0]),
-            "{:?}",
-            self.ids
-        );
-        assert_eq!(self.finish, unbroken.finish);
-        // Cached prompt tokens are the serving worker's own.
-        for count in ["prompt_tokens", "completion_tokens", "total_tokens"] {
-            assert_eq!(self.usage[count], unbroken.usage[count], "{count}");
-        }
-    }
-}
-
-/// Streams `body` through `api`; once `after` text events arrived, runs
-/// `fault` with the serving worker's id. Returns the raw body.
-async fn stream(api: &str, body: &Value, after: usize, fault: impl FnOnce(&str)) -> String {
-    let resp = client()
-        .post(format!("{api}/v1/chat/completions"))
-        .json(body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    let worker = resp.headers()["x-worker-id"].to_str().unwrap().to_string();
-    let mut fault = Some(fault);
-    let mut raw = String::new();
-    let mut chunks = resp.bytes_stream();
-    while let Some(chunk) = tokio::time::timeout(Duration::from_secs(30), chunks.next())
-        .await
-        .expect("the stream goes on")
-    {
-        raw.push_str(std::str::from_utf8(&chunk.unwrap()).unwrap());
-        let texts = raw.matches(r#""content":""#).count() - raw.matches(r#""content":"""#).count();
-        if texts >= after {
-            if let Some(fault) = fault.take() {
-                fault(&worker);
-            }
-        }
-    }
-    assert!(fault.is_none(), "the stream ended before the fault: {raw}");
-    raw
-}
-
 /// The unbroken answer to `body`.
-async fn unbroken(api: &str, body: &Value) -> Answer {
-    let answer = Answer::of(&stream(api, body, 0, |_| {}).await);
+async fn unbroken(api: &str, body: &Value) -> Streamed {
+    let answer = Streamed::of(&stream_with_fault(api, body, 0, |_| {}).await);
     assert!(answer.errors.is_empty() && answer.done, "{answer:?}");
     answer
 }
@@ -154,11 +56,11 @@ async fn a_stream_goes_on_when_its_worker_is_killed() {
         let whole = unbroken(&gw.api, &body).await;
         assert_eq!(whole.finish.as_deref(), Some("length"));
         assert_eq!(whole.usage["completion_tokens"], 60);
-        let raw = stream(&gw.api, &body, 10, |id| {
+        let raw = stream_with_fault(&gw.api, &body, 10, |id| {
             named(&workers, id).proc.signal("KILL")
         })
         .await;
-        Answer::of(&raw).assert_same_as(&whole);
+        Streamed::of(&raw).assert_same_as(&whole);
     }
     let metrics = metrics_text(&gw).await;
     let continued: f64 = metrics
@@ -181,13 +83,13 @@ async fn a_stream_whose_worker_hangs_goes_on_after_the_stall_limit() {
     let body = story(Some(0.0));
     let whole = unbroken(&gw.api, &body).await;
     let mut stopped = None;
-    let raw = stream(&gw.api, &body, 10, |id| {
+    let raw = stream_with_fault(&gw.api, &body, 10, |id| {
         named(&workers, id).proc.signal("STOP");
         stopped = Some(id.to_string());
     })
     .await;
     named(&workers, &stopped.unwrap()).proc.signal("CONT");
-    Answer::of(&raw).assert_same_as(&whole);
+    Streamed::of(&raw).assert_same_as(&whole);
     let metrics = metrics_text(&gw).await;
     assert!(
         metrics.contains(
@@ -240,11 +142,11 @@ async fn what_cannot_be_continued_ends_with_an_error_event() {
     for (n, extra) in [(2, "[retry]\nmax_migrations = 0\n"), (1, "")] {
         let workers = workers(n).await;
         let gw = spawn_gateway("a", &workers.iter().collect::<Vec<_>>(), extra).await;
-        let raw = stream(&gw.api, &story(Some(0.0)), 10, |id| {
+        let raw = stream_with_fault(&gw.api, &story(Some(0.0)), 10, |id| {
             named(&workers, id).proc.signal("KILL")
         })
         .await;
-        let answer = Answer::of(&raw);
+        let answer = Streamed::of(&raw);
         assert!(answer.done, "{raw}");
         assert_eq!(answer.errors.len(), 1, "{raw}");
         let message = answer.errors[0]["message"].as_str().unwrap();

@@ -361,17 +361,21 @@ mod tests {
     use super::*;
     use crate::engine::BatchEngine;
 
-    #[tokio::test]
-    async fn health_reports_draining_with_503() {
+    fn sim_app() -> App {
         let config = WorkerConfig::sim("w1", "127.0.0.1:0".parse().unwrap(), "m", "z");
         let tokenizer = Tokenizer::builtin().unwrap();
         let engine = BatchEngine::start(&config.engine, &tokenizer).unwrap();
-        let app = App {
+        App {
             config,
             engine: Arc::new(engine),
             tokenizer: Arc::new(tokenizer),
             draining: Arc::new(AtomicBool::new(false)),
-        };
+        }
+    }
+
+    #[tokio::test]
+    async fn health_reports_draining_with_503() {
+        let app = sim_app();
         for (draining, status, word) in [(false, 200, "ok"), (true, 503, "draining")] {
             app.draining.store(draining, Ordering::SeqCst);
             let response = health(&app);
@@ -430,15 +434,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_resumed_stream_is_the_rest_of_the_same_answer() {
-        let config = WorkerConfig::sim("w1", "127.0.0.1:0".parse().unwrap(), "m", "z");
-        let tokenizer = Tokenizer::builtin().unwrap();
-        let engine = BatchEngine::start(&config.engine, &tokenizer).unwrap();
-        let app = App {
-            config,
-            engine: Arc::new(engine),
-            tokenizer: Arc::new(tokenizer),
-            draining: Arc::new(AtomicBool::new(false)),
-        };
+        let app = sim_app();
         let mut body = serde_json::json!({
             "model": "m", "messages": [{"role": "user", "content": "tell me"}],
             "max_tokens": 24, "temperature": 0.9, "stream": true,
