@@ -5,7 +5,8 @@
 # etcd-client crate compiles etcd's protobuf API when built), DejaVu fonts (bench charts), the `openai` Python client (its
 # end-to-end test), numpy (the model's reference forward pass), pyzmq and
 # msgspec (the vLLM/SGLang KV-event publisher of the tests), nginx (the load
-# balancer in front of gateway replicas in a test), g++ and make
+# balancer in front of gateway replicas in a test), promtool (Debian's
+# prometheus package: the alert rules' tests), g++ and make
 # (llama.cpp's server, built by scripts/llama-server.sh) and the
 # wasm32-wasip2 Rust target (plugins).
 set -euo pipefail
@@ -16,6 +17,7 @@ command -v etcdctl >/dev/null || need_apt+=(etcd-client)
 command -v nats-server >/dev/null || need_apt+=(nats-server)
 command -v protoc >/dev/null || need_apt+=(protobuf-compiler)
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need_apt+=(nginx)
+command -v promtool >/dev/null || need_apt+=(prometheus)
 [ -f /usr/include/google/protobuf/descriptor.proto ] || need_apt+=(libprotobuf-dev)
 [ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || need_apt+=(fonts-dejavu-core)
 # llama.cpp's server is built from source for the engine tests (scripts/llama-server.sh).

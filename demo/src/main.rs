@@ -39,7 +39,7 @@ struct Cli {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    protocol::logs::init("info");
+    protocol::logs::init("info", protocol::logs::LogFormat::Text);
     let cli = Cli::parse();
     run(cli.api, cli.admin, &cli.plugins, cli.model.as_deref()).await
 }

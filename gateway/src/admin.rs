@@ -25,11 +25,7 @@ pub struct Admin {
 pub async fn handle(admin: Arc<Admin>, req: http::Request<Incoming>) -> Response<Body> {
     match req.uri().path() {
         "/metrics" => {
-            // The indexes' sizes as of this scrape, whichever feeds them.
-            for pool in admin.gateway.live().registry.pools() {
-                let (exact, approx) = pool.prefix.sizes();
-                metrics::index_entries(&pool.name, exact, approx);
-            }
+            export_state(&admin.gateway);
             Response::builder()
                 .header(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")
                 .body(body::full(admin.prometheus.render()))
@@ -53,6 +49,36 @@ pub async fn handle(admin: Arc<Admin>, req: http::Request<Incoming>) -> Response
         }
         "/status" => body::json(200, status(&admin).to_string()),
         _ => body::json(404, r#"{"error":"not found"}"#),
+    }
+}
+
+/// Gauges read as of this scrape, and every counter that has not moved yet
+/// at 0 (see `metrics::pool_counters`).
+fn export_state(gw: &Gateway) {
+    let live = gw.live();
+    let now = Instant::now();
+    if gw.bus.is_some() {
+        metrics::bus_connected(gw.bus_up());
+    }
+    metrics::gateway_counters(gw.control.is_some());
+    let unroutable = unroutable(gw);
+    let mut zones = std::collections::HashMap::new();
+    for pool in live.registry.pools() {
+        let (exact, approx) = pool.prefix.sizes();
+        metrics::index_entries(&pool.name, exact, approx);
+        metrics::pool_routable(&pool.name, !unroutable.iter().any(|(p, _)| *p == pool.name));
+        let ids: Vec<&str> = pool.workers.iter().map(|w| w.id.as_str()).collect();
+        metrics::pool_counters(&pool.name, &ids);
+        for w in &pool.workers {
+            if let Some(load) = w.fresh_load(now, gw.load_stale) {
+                metrics::worker_load(&pool.name, &w.id, &load);
+            }
+            let shifted = w.zone_shifted.load(Ordering::Relaxed);
+            *zones.entry(w.zone.as_str()).or_insert(false) |= shifted;
+        }
+    }
+    for (zone, shifted) in zones {
+        metrics::zone_shifted(zone, shifted);
     }
 }
 

@@ -56,6 +56,9 @@ pub struct RawConfig {
     pub etcd: EtcdConfig,
     #[serde(default)]
     pub pools: Vec<RawPool>,
+    /// How the binary logs; read before the rest is checked.
+    #[serde(default)]
+    pub logs: protocol::logs::LogsConfig,
 }
 
 /// The whole gateway config, checked: what the gateway runs on.
@@ -511,6 +514,7 @@ impl Config {
             plugins: self.plugins.clone(),
             etcd: self.etcd.clone(),
             pools: doc.pools,
+            logs: Default::default(),
         }
         .check()
     }
@@ -825,6 +829,7 @@ impl Default for RawConfig {
             plugins: PluginsConfig::default(),
             etcd: EtcdConfig::default(),
             pools: Vec::new(),
+            logs: Default::default(),
         }
     }
 }

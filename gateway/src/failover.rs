@@ -71,6 +71,15 @@ pub struct Served {
     pub overlap_blocks: u32,
 }
 
+/// Every `reason` a failover is counted under.
+pub const REASONS: [&str; 5] = [
+    "connect",
+    "timeout",
+    "overloaded",
+    "status_5xx",
+    "stream_broken",
+];
+
 /// Why one attempt failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Failure {
@@ -251,5 +260,23 @@ async fn attempt(
             },
             Some(Err(_)) | None => return Err(Failure::Broken),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_reason_is_listed_for_the_metrics() {
+        let failures = [
+            Failure::Connect,
+            Failure::Timeout,
+            Failure::Status(StatusCode::TOO_MANY_REQUESTS),
+            Failure::Status(StatusCode::BAD_GATEWAY),
+            Failure::Broken,
+        ];
+        let reasons: Vec<_> = failures.iter().map(|f| f.reason()).collect();
+        assert_eq!(reasons, REASONS);
     }
 }

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use gateway::config::{Config, RawConfig};
+use protocol::logs::LogFormat;
 
 #[derive(Parser)]
 #[command(version, about = "OpenAI-compatible inference gateway")]
@@ -21,6 +22,9 @@ struct Cli {
     /// Overrides `bus.nats_url`: follow workers' KV events and load there.
     #[arg(long, global = true)]
     nats: Option<String>,
+    /// Overrides `logs.format`: `text` or `json` (one object per line).
+    #[arg(long, global = true)]
+    log_format: Option<LogFormat>,
 }
 
 #[derive(Subcommand)]
@@ -31,7 +35,6 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    protocol::logs::init("info");
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Check) => {
@@ -41,7 +44,8 @@ async fn main() -> anyhow::Result<()> {
         }
         None => {
             // Checked before any port is bound.
-            let config = load(&cli)?;
+            let (config, log_format) = load(&cli)?;
+            protocol::logs::init("info", log_format);
             let handle = gateway::start(config)
                 .await
                 .context("starting the gateway")?;
@@ -54,8 +58,9 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
-/// The config file with the command line's overrides, checked whole.
-fn load(cli: &Cli) -> anyhow::Result<Config> {
+/// The config file with the command line's overrides, checked whole, and
+/// how to log.
+fn load(cli: &Cli) -> anyhow::Result<(Config, LogFormat)> {
     let mut raw = RawConfig::from_file(&cli.config)
         .with_context(|| format!("config {}", cli.config.display()))?;
     if !cli.etcd.is_empty() {
@@ -64,6 +69,9 @@ fn load(cli: &Cli) -> anyhow::Result<Config> {
     if let Some(nats) = &cli.nats {
         raw.bus.nats_url = Some(nats.clone());
     }
-    raw.check()
-        .with_context(|| format!("config {}", cli.config.display()))
+    let log_format = cli.log_format.unwrap_or(raw.logs.format);
+    let config = raw
+        .check()
+        .with_context(|| format!("config {}", cli.config.display()))?;
+    Ok((config, log_format))
 }

@@ -20,6 +20,12 @@ pub const CANARIES: &str = "llmgw_canary_generations_total";
 pub const SHED: &str = "llmgw_requests_shed_total";
 pub const CONNECTIONS_REFUSED: &str = "llmgw_connections_refused_total";
 pub const ZONE_SHIFTED: &str = "llmgw_zone_shifted";
+pub const POOL_ROUTABLE: &str = "llmgw_pool_routable";
+pub const BUS_CONNECTED: &str = "llmgw_bus_connected";
+pub const WORKER_RUNNING: &str = "llmgw_worker_requests_running";
+pub const WORKER_WAITING: &str = "llmgw_worker_requests_waiting";
+pub const WORKER_PREFILL_PENDING: &str = "llmgw_worker_prefill_tokens_pending";
+pub const WORKER_KV_USAGE: &str = "llmgw_worker_kv_usage_ratio";
 pub const STALLS: &str = "llmgw_response_stalls_total";
 pub const MIGRATIONS: &str = "llmgw_migrations_total";
 pub const KV_BATCHES: &str = "llmgw_kv_event_batches_total";
@@ -99,14 +105,73 @@ pub fn canary(pool: &str, ok: bool) {
     counter!(CANARIES, "pool" => pool.to_string(), "outcome" => outcome).increment(1);
 }
 
-/// 1 for each zone shifted away now, 0 for one that was and is no longer.
-pub fn zones_shifted(
-    before: &std::collections::HashSet<String>,
-    now: &std::collections::HashSet<String>,
-) {
-    for zone in before.union(now) {
-        let on = if now.contains(zone) { 1.0 } else { 0.0 };
-        gauge!(ZONE_SHIFTED, "zone" => zone.clone()).set(on);
+/// 1 while `zone` is shifted away.
+pub fn zone_shifted(zone: &str, shifted: bool) {
+    gauge!(ZONE_SHIFTED, "zone" => zone.to_string()).set(u8::from(shifted));
+}
+
+/// Whether `pool` can route a plain request now (see `routable`).
+pub fn pool_routable(pool: &str, routable: bool) {
+    gauge!(POOL_ROUTABLE, "pool" => pool.to_string()).set(u8::from(routable));
+}
+
+pub fn bus_connected(connected: bool) {
+    gauge!(BUS_CONNECTED).set(u8::from(connected));
+}
+
+/// What a worker last reported of its own load: the demand an autoscaler
+/// scales a pool on.
+pub fn worker_load(pool: &str, worker: &str, load: &protocol::LoadReport) {
+    let labels = [("pool", pool.to_string()), ("worker", worker.to_string())];
+    gauge!(WORKER_RUNNING, &labels).set(load.running as f64);
+    gauge!(WORKER_WAITING, &labels).set(load.waiting as f64);
+    gauge!(WORKER_PREFILL_PENDING, &labels).set(load.prefill_tokens_pending as f64);
+    let used = if load.kv_blocks_total == 0 {
+        0.0
+    } else {
+        load.kv_blocks_used as f64 / load.kv_blocks_total as f64
+    };
+    gauge!(WORKER_KV_USAGE, &labels).set(used);
+}
+
+/// Puts every counter a pool can move at 0 until it does: `rate` and
+/// `increase` cannot see a series' first event, so an alert on a counter
+/// that appears at 1 would miss it.
+pub fn pool_counters(pool: &str, workers: &[&str]) {
+    let p = || pool.to_string();
+    for reason in crate::failover::REASONS {
+        counter!(FAILOVERS, "pool" => p(), "reason" => reason).increment(0);
+    }
+    for reason in crate::relay::BREAK_REASONS {
+        for outcome in crate::relay::MIGRATION_OUTCOMES {
+            counter!(MIGRATIONS, "pool" => p(), "reason" => reason, "outcome" => outcome)
+                .increment(0);
+        }
+    }
+    for worker in workers {
+        counter!(EJECTIONS, "pool" => p(), "worker" => worker.to_string()).increment(0);
+    }
+    for outcome in ["route", "reject"] {
+        counter!(POLICY_DECISIONS, "pool" => p(), "outcome" => outcome).increment(0);
+    }
+    for kind in crate::plugin::PluginError::CALL_KINDS {
+        counter!(POLICY_ERRORS, "pool" => p(), "kind" => kind).increment(0);
+    }
+    counter!(STALLS, "pool" => p()).increment(0);
+    counter!(PROMPT_BLOCKS, "pool" => p()).increment(0);
+    counter!(PROMPT_BLOCKS_CACHED, "pool" => p()).increment(0);
+}
+
+/// The same for the gateway-wide counters.
+pub fn gateway_counters(control: bool) {
+    counter!(SHED).increment(0);
+    for reason in ["too_many", "header_timeout"] {
+        counter!(CONNECTIONS_REFUSED, "reason" => reason).increment(0);
+    }
+    if control {
+        for outcome in ["applied", "refused"] {
+            counter!(CONTROL_CHANGES, "outcome" => outcome).increment(0);
+        }
     }
 }
 

@@ -1,14 +1,54 @@
 //! Every binary's logs: to stderr, filtered by `RUST_LOG` (else `default`),
-//! coloured only on a terminal, so a log file never holds escape codes.
+//! as text (coloured only on a terminal, so a log file never holds escape
+//! codes) or as one JSON object per line for a log pipeline, with the
+//! fields of the request's span (its `request_id`) in each line.
 
 use std::io::IsTerminal;
 
-pub fn init(default: &str) {
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            other => Err(format!("`{other}` is not a log format: text or json")),
+        }
+    }
+}
+
+/// The `[logs]` section of a config file.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogsConfig {
+    /// `text` (default) or `json`; `--log-format` overrides it.
+    #[serde(default)]
+    pub format: LogFormat,
+}
+
+pub fn init(default: &str, format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => logs
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .init(),
+    }
 }

@@ -83,10 +83,15 @@ impl Proc {
     /// Starts `cmd` and reads its stdout until a line starting with each of
     /// `prefixes` appeared, returning the rest of those lines in order.
     pub async fn spawn(mut cmd: Command, prefixes: &[&str]) -> (Proc, Vec<String>) {
-        cmd.stdout(Stdio::piped()).kill_on_drop(true);
         if std::env::var_os("E2E_LOG").is_none() {
             cmd.stderr(Stdio::null());
         }
+        Proc::spawn_logging(cmd, prefixes).await
+    }
+
+    /// Like [`spawn`](Self::spawn), leaving stderr (its logs) as `cmd` has it.
+    pub async fn spawn_logging(mut cmd: Command, prefixes: &[&str]) -> (Proc, Vec<String>) {
+        cmd.stdout(Stdio::piped()).kill_on_drop(true);
         let mut child = cmd.spawn().expect("spawn binary");
         let mut lines = BufReader::new(child.stdout.take().expect("stdout piped")).lines();
         let mut found = Vec::new();

@@ -33,6 +33,8 @@ pub struct WorkerConfig {
     pub engine: EngineConfig,
     pub bus: BusConfig,
     pub etcd: EtcdConfig,
+    /// How the binary logs (`format`: `text` or `json`).
+    pub logs: protocol::logs::LogsConfig,
 }
 
 /// Where this worker registers, so gateways discover it.
@@ -177,6 +179,7 @@ impl Default for WorkerConfig {
             labels: BTreeMap::new(),
             advertise_url: None,
             etcd: EtcdConfig::default(),
+            logs: protocol::logs::LogsConfig::default(),
         }
     }
 }

@@ -50,6 +50,9 @@ struct Args {
     /// Overrides `engine.model_path`: the model the llama engine loads.
     #[arg(long)]
     model_path: Option<PathBuf>,
+    /// Overrides `logs.format`: `text` or `json` (one object per line).
+    #[arg(long)]
+    log_format: Option<protocol::logs::LogFormat>,
     /// Overrides `engine.backend`: where the llama engine computes.
     #[arg(long, value_parser = ["cpu", "cuda"])]
     backend: Option<String>,
@@ -63,12 +66,12 @@ fn parse_label(text: &str) -> Result<(String, String), String> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    protocol::logs::init("info");
     let args = Args::parse();
     let mut config = match &args.config {
         Some(path) => WorkerConfig::load(path)?,
         None => WorkerConfig::default(),
     };
+    protocol::logs::init("info", args.log_format.unwrap_or(config.logs.format));
     config.id = args.id.unwrap_or(config.id);
     config.listen = args.listen.unwrap_or(config.listen);
     config.model = args.model.unwrap_or(config.model);

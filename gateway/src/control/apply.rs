@@ -201,7 +201,6 @@ impl Applier {
         }
         if shifted != self.shifted {
             tracing::info!(zones = ?shifted, "zones shifted away");
-            metrics::zones_shifted(&self.shifted, &shifted);
             self.shifted = shifted;
         }
         if let Some(registry) = registry {

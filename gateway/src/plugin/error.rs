@@ -56,6 +56,15 @@ pub enum PluginError {
 
 impl PluginError {
     /// A short fixed label for metrics and `/status`, one per variant.
+    /// The kinds a policy call can fail with, once its component loaded.
+    pub const CALL_KINDS: [&'static str; 5] = [
+        "instantiate",
+        "trap",
+        "timeout",
+        "out_of_memory",
+        "invalid_decision",
+    ];
+
     pub fn kind(&self) -> &'static str {
         match self {
             PluginError::Engine(_) => "engine",

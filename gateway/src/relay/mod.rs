@@ -46,6 +46,10 @@ pub struct Labels {
     pub pool: String,
 }
 
+/// Every `reason` and `outcome` of `llmgw_migrations_total`.
+pub const BREAK_REASONS: [&str; 4] = ["reset", "closed", "error_event", "stall"];
+pub const MIGRATION_OUTCOMES: [&str; 3] = ["continued", "failed", "exhausted"];
+
 /// Why a stream broke, as counted in `llmgw_migrations_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Break {
@@ -408,5 +412,17 @@ impl Observer {
 impl Drop for Observer {
     fn drop(&mut self) {
         metrics::request_duration(&self.model, &self.pool, self.started.elapsed());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_reason_is_listed_for_the_metrics() {
+        let breaks = [Break::Reset, Break::Closed, Break::ErrorEvent, Break::Stall];
+        let reasons: Vec<_> = breaks.iter().map(|b| b.reason()).collect();
+        assert_eq!(reasons, BREAK_REASONS);
     }
 }

@@ -47,6 +47,9 @@ struct Cli {
     /// JSON output, for scripts.
     #[arg(long, global = true)]
     json: bool,
+    /// How its warnings are logged: `text` or `json` (one object per line).
+    #[arg(long, global = true, default_value = "text")]
+    log_format: protocol::logs::LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -184,9 +187,10 @@ enum PluginCommand {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    protocol::logs::init("warn");
+    let cli = Cli::parse();
+    protocol::logs::init("warn", cli.log_format);
     // One sentence an operator can act on, never a backtrace.
-    match run(Cli::parse()).await {
+    match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("gatewayctl: {e:#}");
