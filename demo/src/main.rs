@@ -39,7 +39,13 @@ struct Cli {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    protocol::logs::init("info", protocol::logs::LogFormat::Text);
+    let tracing = protocol::traces::TracingConfig::default();
+    let _ = protocol::logs::init(
+        "info",
+        protocol::logs::LogFormat::Text,
+        &tracing,
+        "llmgw-demo",
+    );
     let cli = Cli::parse();
     run(cli.api, cli.admin, &cli.plugins, cli.model.as_deref()).await
 }

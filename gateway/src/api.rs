@@ -213,6 +213,7 @@ async fn route(
         request_id,
         stream: parsed.stream,
         stream_tokens: follow,
+        incoming: &headers,
         prefix: Learn {
             index: &pool.prefix,
             strategy,
@@ -232,6 +233,7 @@ async fn route(
         body: body.clone(),
         endpoint,
         request_id: request_id.to_string(),
+        trace: protocol::traces::headers_for(&tracing::Span::current(), &headers),
         hashes: prompt.hashes.clone(),
         pool: Arc::clone(&pool),
         live: Arc::clone(&live),

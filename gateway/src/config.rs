@@ -59,6 +59,9 @@ pub struct RawConfig {
     /// How the binary logs; read before the rest is checked.
     #[serde(default)]
     pub logs: protocol::logs::LogsConfig,
+    /// Where spans are exported (OTLP), if anywhere.
+    #[serde(default)]
+    pub tracing: protocol::traces::TracingConfig,
 }
 
 /// The whole gateway config, checked: what the gateway runs on.
@@ -515,6 +518,7 @@ impl Config {
             etcd: self.etcd.clone(),
             pools: doc.pools,
             logs: Default::default(),
+            tracing: Default::default(),
         }
         .check()
     }
@@ -557,6 +561,7 @@ impl RawConfig {
     }
 
     fn check_sections(&self, errors: &mut Vec<String>) {
+        errors.extend(self.tracing.problem());
         let mut positive = |key: &str, value: u64| {
             if value == 0 {
                 errors.push(format!("{key}: must be greater than 0"));
@@ -830,6 +835,7 @@ impl Default for RawConfig {
             etcd: EtcdConfig::default(),
             pools: Vec::new(),
             logs: Default::default(),
+            tracing: Default::default(),
         }
     }
 }

@@ -66,7 +66,19 @@ fn policy_order(
         return Ok(builtin(config, pool, candidates, facts, rng));
     };
     let inputs = PluginInputs::new(config, pool, &mut candidates, facts, rng);
-    match call(|| inputs.ask(&plugin)) {
+    let info = plugin.info();
+    let span = tracing::info_span!("policy", plugin = %info.plugin, version = %info.version,
+        outcome = tracing::field::Empty);
+    let decision = span.in_scope(|| call(|| inputs.ask(&plugin)));
+    span.record(
+        "outcome",
+        match &decision {
+            Ok(Decision::Route(_)) => "route",
+            Ok(Decision::Reject { .. }) => "reject",
+            Err(e) => e.kind(),
+        },
+    );
+    match decision {
         Ok(Decision::Route(order)) => {
             metrics::policy_decision(&pool.name, "route");
             Ok(order.into_iter().map(|i| candidates[i].clone()).collect())
@@ -77,7 +89,6 @@ fn policy_order(
         }
         Err(e) => {
             metrics::policy_error(&pool.name, e.kind());
-            let info = plugin.info();
             tracing::warn!(pool = %pool.name, plugin = %info.plugin, version = %info.version,
                 kind = e.kind(), error = %e, "policy failed");
             match config.plugins.on_error {

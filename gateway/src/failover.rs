@@ -14,6 +14,7 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use protocol::resume::STREAM_TOKENS;
 use protocol::{ApiError, BlockHash, ErrorKind};
+use tracing::Instrument;
 
 use crate::body;
 use crate::config::{RetryConfig, Strategy};
@@ -47,6 +48,9 @@ pub struct UpstreamRequest<'a> {
     /// Ask our workers to name each frame's tokens, so that the stream can be
     /// continued elsewhere (`protocol::resume`).
     pub stream_tokens: bool,
+    /// The client's headers, whose trace context is passed on when this
+    /// gateway records no spans of its own.
+    pub incoming: &'a http::HeaderMap,
     /// The pool's prefix index learns where each attempt sends the prompt.
     pub prefix: Learn<'a>,
 }
@@ -161,9 +165,16 @@ pub async fn send(
         // Until the first byte: then the worker's prefill of this prompt is done.
         let _prefill = worker.start_prefill(target.uncached_tokens);
         let budget = per_try.min(deadline - now);
+        let span = tracing::info_span!("upstream attempt", worker = %worker.id, attempt = attempts,
+            outcome = tracing::field::Empty);
         let outcome = tokio::time::timeout(budget, attempt(upstream, &worker, req, body))
+            .instrument(span.clone())
             .await
             .unwrap_or(Err(Failure::Timeout));
+        span.record(
+            "outcome",
+            outcome.as_ref().err().map_or("answered", |f| f.reason()),
+        );
         match outcome {
             Ok((head, first, rest)) => {
                 worker.breaker.lock().unwrap().on_success();
@@ -229,6 +240,11 @@ async fn attempt(
     let mut request = http::Request::post(upstream::uri(&worker.url, req.path))
         .header(http::header::CONTENT_TYPE, "application/json")
         .header("x-request-id", req.request_id);
+    // This attempt's span is the worker's parent.
+    let trace = protocol::traces::headers_for(&tracing::Span::current(), req.incoming);
+    for (name, value) in &trace {
+        request = request.header(name, value);
+    }
     if req.stream_tokens && worker.engine.kind == EngineKind::Llmgw {
         request = request.header(STREAM_TOKENS, "1");
     }

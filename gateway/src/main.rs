@@ -6,6 +6,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use gateway::config::{Config, RawConfig};
 use protocol::logs::LogFormat;
+use protocol::traces::TracingConfig;
 
 #[derive(Parser)]
 #[command(version, about = "OpenAI-compatible inference gateway")]
@@ -44,8 +45,9 @@ async fn main() -> anyhow::Result<()> {
         }
         None => {
             // Checked before any port is bound.
-            let (config, log_format) = load(&cli)?;
-            protocol::logs::init("info", log_format);
+            let (config, log_format, tracing) = load(&cli)?;
+            let _exporter = protocol::logs::init("info", log_format, &tracing, "llmgw-gateway")
+                .map_err(anyhow::Error::msg)?;
             let handle = gateway::start(config)
                 .await
                 .context("starting the gateway")?;
@@ -59,8 +61,8 @@ async fn main() -> anyhow::Result<()> {
 }
 
 /// The config file with the command line's overrides, checked whole, and
-/// how to log.
-fn load(cli: &Cli) -> anyhow::Result<(Config, LogFormat)> {
+/// how to log and trace.
+fn load(cli: &Cli) -> anyhow::Result<(Config, LogFormat, TracingConfig)> {
     let mut raw = RawConfig::from_file(&cli.config)
         .with_context(|| format!("config {}", cli.config.display()))?;
     if !cli.etcd.is_empty() {
@@ -70,8 +72,9 @@ fn load(cli: &Cli) -> anyhow::Result<(Config, LogFormat)> {
         raw.bus.nats_url = Some(nats.clone());
     }
     let log_format = cli.log_format.unwrap_or(raw.logs.format);
+    let tracing = raw.tracing.clone();
     let config = raw
         .check()
         .with_context(|| format!("config {}", cli.config.display()))?;
-    Ok((config, log_format))
+    Ok((config, log_format, tracing))
 }

@@ -425,7 +425,10 @@ fn request_span(req: &http::Request<Incoming>) -> Span {
     let client = forwarded
         .or_else(|| req.extensions().get::<Peer>().map(|p| p.0.ip().to_string()))
         .unwrap_or_default();
-    tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id, client)
+    let span = tracing::info_span!("request", method = %req.method(), path = %req.uri().path(),
+        request_id, client, trace_id = tracing::field::Empty, span_id = tracing::field::Empty);
+    protocol::traces::continue_trace(&span, req.headers());
+    span
 }
 
 fn connection_builder(idle_timeout: Duration) -> auto::Builder<TokioExecutor> {

@@ -14,6 +14,7 @@ pub mod kv;
 pub mod logs;
 pub mod openai;
 pub mod resume;
+pub mod traces;
 mod worker_id;
 
 pub use blocks::{block_hashes, BlockHash};

@@ -5,6 +5,7 @@
 pub mod chaos;
 pub mod fake;
 mod nginx;
+pub mod otlp;
 
 pub use nginx::{nginx, Nginx};
 
@@ -156,6 +157,8 @@ pub struct WorkerOpts {
     pub lease_ttl_s: u64,
     /// Labels registered with the worker.
     pub labels: Vec<(&'static str, &'static str)>,
+    /// More TOML sections for its config file.
+    pub extra: String,
 }
 
 impl Default for WorkerOpts {
@@ -169,6 +172,7 @@ impl Default for WorkerOpts {
             etcd: None,
             lease_ttl_s: 10,
             labels: Vec::new(),
+            extra: String::new(),
         }
     }
 }
@@ -188,8 +192,9 @@ pub async fn spawn_worker(id: &str, zone: &str, opts: WorkerOpts) -> WorkerProc 
         format!(
             "id = \"{id}\"\nlisten = \"{}\"\nmodel = \"{MODEL}\"\nzone = \"{zone}\"\ndrain_grace_ms = 5000\n\
              [engine]\nkind = \"sim\"\nblock_size = {}\n[engine.sim]\nprefill_us_per_token = {}\ndecode_step_us = {}\ndecode_us_per_seq = 10\n\
-             [etcd]\nlease_ttl_s = {}\n",
-            opts.listen, opts.block_size, opts.prefill_us_per_token, opts.decode_step_us, opts.lease_ttl_s
+             [etcd]\nlease_ttl_s = {}\n{}",
+            opts.listen, opts.block_size, opts.prefill_us_per_token, opts.decode_step_us, opts.lease_ttl_s,
+            opts.extra
         ),
     )
     .unwrap();

@@ -10,6 +10,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use e2e::*;
+use serde_json::json;
 use serde_json::Value;
 
 fn config_file(name: &str) -> PathBuf {
@@ -213,4 +214,135 @@ async fn json_logs_carry_the_request_id_in_gateway_and_worker() {
             }
         }
     }
+}
+
+/// The spans of one trace, by name, each found once.
+fn one<'a>(spans: &'a [otlp::Span], name: &str, service: &str) -> &'a otlp::Span {
+    let found: Vec<_> = spans
+        .iter()
+        .filter(|s| s.name == name && s.service == service)
+        .collect();
+    assert_eq!(found.len(), 1, "{name} of {service}: {spans:#?}");
+    found[0]
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_request_is_one_trace_across_gateway_and_workers() {
+    let receiver = otlp::Receiver::start().await;
+    // Spans leave each process a tenth of a second after they end.
+    std::env::set_var("OTEL_BSP_SCHEDULE_DELAY", "100");
+    let tracing = format!(
+        "[tracing]\notlp_endpoint = \"{}\"\nprotocol = \"http/json\"\n",
+        receiver.url
+    );
+    let opts = WorkerOpts {
+        decode_step_us: 20_000,
+        extra: tracing.clone(),
+        ..WorkerOpts::default()
+    };
+    let workers = [
+        spawn_worker("w1", "a", opts.clone()).await,
+        spawn_worker("w2", "a", opts).await,
+    ];
+    let gw = spawn_gateway("a", &workers.iter().collect::<Vec<_>>(), &tracing).await;
+
+    // A client's trace goes on through the gateway into the worker.
+    let (client_trace, client_span) = ("0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331");
+    let resp = client()
+        .post(format!("{}/v1/chat/completions", gw.api))
+        .header("traceparent", format!("00-{client_trace}-{client_span}-01"))
+        .json(&chat("a secret prompt", false, 4))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut spans = Vec::new();
+    eventually(Duration::from_secs(10), "the worker's span arrives", || {
+        spans = receiver
+            .spans()
+            .into_iter()
+            .filter(|s| s.trace_id == client_trace)
+            .collect();
+        let arrived = ["llmgw-worker", "llmgw-gateway"].iter().all(|service| {
+            spans
+                .iter()
+                .any(|s| s.service == *service && s.name == "request")
+        });
+        async move { arrived }
+    })
+    .await;
+    let request = one(&spans, "request", "llmgw-gateway");
+    let attempt = one(&spans, "upstream attempt", "llmgw-gateway");
+    let worker = one(&spans, "request", "llmgw-worker");
+    assert_eq!(request.parent_span_id, client_span);
+    assert_eq!(attempt.parent_span_id, request.span_id);
+    assert_eq!(worker.parent_span_id, attempt.span_id);
+
+    // A stream migrated mid-answer: the migration and the second attempt
+    // belong to the request's trace, under its span.
+    let body = json!({"model": MODEL, "messages": [{"role": "user", "content": "a long story"}],
+        "stream": true, "max_tokens": 40, "temperature": 0});
+    let mut killed = String::new();
+    stream_with_fault(&gw.api, &body, 8, |id| {
+        killed = id.to_string();
+        let victim = workers.iter().find(|w| w.id == id).unwrap();
+        victim.proc.signal("KILL");
+    })
+    .await;
+    let survivor = if killed == "w1" { "w2" } else { "w1" };
+    let mut trace = Vec::new();
+    eventually(
+        Duration::from_secs(10),
+        "the migrated stream's spans arrive",
+        || {
+            let all = receiver.spans();
+            trace = all
+                .iter()
+                .find(|s| s.name == "migration")
+                .map(|m| {
+                    all.iter()
+                        .filter(|s| s.trace_id == m.trace_id)
+                        .cloned()
+                        .collect()
+                })
+                .unwrap_or_default();
+            let arrived = ["llmgw-worker", "llmgw-gateway"].iter().all(|service| {
+                trace
+                    .iter()
+                    .any(|s| s.service == *service && s.name == "request")
+            });
+            async move { arrived }
+        },
+    )
+    .await;
+    let request = one(&trace, "request", "llmgw-gateway");
+    let migration = one(&trace, "migration", "llmgw-gateway");
+    assert_eq!(migration.parent_span_id, request.span_id);
+    let attempts: Vec<_> = trace
+        .iter()
+        .filter(|s| s.name == "upstream attempt")
+        .collect();
+    assert_eq!(attempts.len(), 2, "{trace:#?}");
+    assert!(attempts.iter().any(|a| a.parent_span_id == request.span_id));
+    let second = attempts
+        .iter()
+        .find(|a| a.parent_span_id == migration.span_id)
+        .expect("the continuation's attempt is the migration's");
+    assert!(
+        second.attributes.to_string().contains(survivor),
+        "{second:?}"
+    );
+    // The killed worker's span went out only if it was exported in time.
+    let served: Vec<_> = trace
+        .iter()
+        .filter(|s| s.service == "llmgw-worker" && s.name == "request")
+        .collect();
+    assert!(served.iter().any(|w| w.parent_span_id == second.span_id));
+    assert!(served
+        .iter()
+        .all(|w| attempts.iter().any(|a| a.span_id == w.parent_span_id)));
+
+    // Prompt text never goes into a span.
+    let exported = receiver.raw.lock().unwrap().join("\n");
+    assert!(!exported.contains("a secret prompt") && !exported.contains("a long story"));
 }

@@ -35,6 +35,8 @@ pub struct WorkerConfig {
     pub etcd: EtcdConfig,
     /// How the binary logs (`format`: `text` or `json`).
     pub logs: protocol::logs::LogsConfig,
+    /// Where spans are exported (OTLP), if anywhere.
+    pub tracing: protocol::traces::TracingConfig,
 }
 
 /// Where this worker registers, so gateways discover it.
@@ -180,6 +182,7 @@ impl Default for WorkerConfig {
             advertise_url: None,
             etcd: EtcdConfig::default(),
             logs: protocol::logs::LogsConfig::default(),
+            tracing: protocol::traces::TracingConfig::default(),
         }
     }
 }
@@ -262,6 +265,9 @@ impl WorkerConfig {
             }
         };
         check(!self.id.trim().is_empty(), "id: must not be empty");
+        if let Some(problem) = self.tracing.problem() {
+            check(false, &problem);
+        }
         // Both name bus subjects, where dots and wildcards have meaning.
         check(
             self.id.trim().is_empty() || protocol::bus::valid_token(&self.id),

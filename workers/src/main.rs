@@ -71,7 +71,9 @@ async fn main() -> anyhow::Result<()> {
         Some(path) => WorkerConfig::load(path)?,
         None => WorkerConfig::default(),
     };
-    protocol::logs::init("info", args.log_format.unwrap_or(config.logs.format));
+    let format = args.log_format.unwrap_or(config.logs.format);
+    let _exporter = protocol::logs::init("info", format, &config.tracing, "llmgw-worker")
+        .map_err(anyhow::Error::msg)?;
     config.id = args.id.unwrap_or(config.id);
     config.listen = args.listen.unwrap_or(config.listen);
     config.model = args.model.unwrap_or(config.model);

@@ -94,7 +94,10 @@ async fn handle(app: &App, request: Request<Incoming>) -> Response<Body> {
         method = %request.method(),
         path = request.uri().path(),
         request_id = request_id.as_ref().and_then(|v| v.to_str().ok()),
+        trace_id = tracing::field::Empty,
+        span_id = tracing::field::Empty,
     );
+    protocol::traces::continue_trace(&span, request.headers());
     async move {
         let mut response = route(app, request)
             .await

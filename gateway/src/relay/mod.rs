@@ -36,6 +36,7 @@ use crate::parse::Endpoint;
 use crate::pools::Pool;
 use crate::upstream::Upstream;
 use crate::worker::InFlight;
+use tracing::Instrument;
 use transcript::{Rewrite, Seen, Transcript};
 
 /// A request's metric labels: empty until known, and only ever configured
@@ -85,6 +86,8 @@ pub struct Continue {
     pub body: Bytes,
     pub endpoint: Endpoint,
     pub request_id: String,
+    /// The request's trace context: continuations belong to its trace.
+    pub trace: http::HeaderMap,
     pub hashes: Vec<BlockHash>,
 }
 
@@ -255,7 +258,10 @@ impl Relay {
             return Err(gone("it was continued as often as allowed"));
         }
         follow.migrations += 1;
-        let served = follow.continuation().await.map_err(|e| {
+        let span = tracing::info_span!("migration", reason = why.reason(), from = %broken.id);
+        // The request's span has closed: the stream outlives it.
+        protocol::traces::continue_trace(&span, &follow.next.trace);
+        let served = follow.continuation().instrument(span).await.map_err(|e| {
             metrics::migration(pool, why.reason(), "failed");
             gone(&e.message)
         })?;
@@ -364,6 +370,7 @@ impl Follow {
             request_id: &next.request_id,
             stream: true,
             stream_tokens: true,
+            incoming: &next.trace,
             prefix: Learn {
                 index: &next.pool.prefix,
                 strategy: next.live.config.routing.strategy,

@@ -188,7 +188,9 @@ enum PluginCommand {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    protocol::logs::init("warn", cli.log_format);
+    // Its own work is a few etcd calls: nothing to trace.
+    let tracing = protocol::traces::TracingConfig::default();
+    let _ = protocol::logs::init("warn", cli.log_format, &tracing, "gatewayctl");
     // One sentence an operator can act on, never a backtrace.
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
