@@ -64,18 +64,11 @@ impl TracingConfig {
                 self.sample_ratio
             ));
         }
-        match &self.otlp_endpoint {
-            Some(url)
-                if url
-                    .parse::<http::Uri>()
-                    .map_or(true, |u| u.host().is_none()) =>
-            {
-                Some(format!(
-                    "tracing.otlp_endpoint: `{url}` is not an http(s) URL"
-                ))
-            }
-            _ => None,
-        }
+        let url = self.otlp_endpoint.as_deref()?;
+        let usable = url
+            .parse::<http::Uri>()
+            .is_ok_and(|u| u.host().is_some() && matches!(u.scheme_str(), Some("http" | "https")));
+        (!usable).then(|| format!("tracing.otlp_endpoint: `{url}` is not an http(s) URL"))
     }
 }
 
@@ -172,7 +165,9 @@ mod tests {
         assert_eq!(parse("{}").problem(), None);
         let ratio = parse(r#"{"sample_ratio": 1.5}"#).problem().unwrap();
         assert!(ratio.starts_with("tracing.sample_ratio"), "{ratio}");
-        let url = parse(r#"{"otlp_endpoint": "collector"}"#).problem().unwrap();
+        let url = parse(r#"{"otlp_endpoint": "collector"}"#)
+            .problem()
+            .unwrap();
         assert!(url.starts_with("tracing.otlp_endpoint"), "{url}");
         assert!(serde_json::from_str::<TracingConfig>(r#"{"protocol": "grpc"}"#).is_err());
     }
