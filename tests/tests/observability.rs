@@ -342,6 +342,14 @@ async fn one_request_is_one_trace_across_gateway_and_workers() {
         .iter()
         .all(|w| attempts.iter().any(|a| a.span_id == w.parent_span_id)));
 
+    // The migrated request's trace, as received (run with --nocapture).
+    for span in &trace {
+        eprintln!(
+            "{} {} span {} parent {}",
+            span.service, span.name, span.span_id, span.parent_span_id
+        );
+    }
+
     // Prompt text never goes into a span.
     let exported = receiver.raw.lock().unwrap().join("\n");
     assert!(!exported.contains("a secret prompt") && !exported.contains("a long story"));
