@@ -244,7 +244,17 @@ async fn one_request_is_one_trace_across_gateway_and_workers() {
         spawn_worker("w1", "a", opts.clone()).await,
         spawn_worker("w2", "a", opts).await,
     ];
-    let gw = spawn_gateway("a", &workers.iter().collect::<Vec<_>>(), &tracing).await;
+    // A WASM policy decides, so its decision is a span too.
+    let mut text = gateway_toml("a", &workers.iter().collect::<Vec<_>>(), &tracing);
+    text = text.replace(
+        &format!("models = [\"{MODEL}\"]\n"),
+        &format!("models = [\"{MODEL}\"]\npolicy = {{ plugin = \"failover\" }}\n"),
+    );
+    text.push_str(&format!(
+        "[plugins]\ndir = {:?}\n",
+        plugins_dir().display().to_string()
+    ));
+    let gw = spawn_gateway_from(&text).await;
 
     // A client's trace goes on through the gateway into the worker.
     let (client_trace, client_span) = ("0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331");
@@ -274,6 +284,13 @@ async fn one_request_is_one_trace_across_gateway_and_workers() {
     let request = one(&spans, "request", "llmgw-gateway");
     let attempt = one(&spans, "upstream attempt", "llmgw-gateway");
     let worker = one(&spans, "request", "llmgw-worker");
+    let policy = one(&spans, "policy", "llmgw-gateway");
+    assert_eq!(policy.parent_span_id, request.span_id);
+    let attributes = policy.attributes.to_string();
+    assert!(
+        attributes.contains("failover") && attributes.contains("route"),
+        "{attributes}"
+    );
     assert_eq!(request.parent_span_id, client_span);
     assert_eq!(attempt.parent_span_id, request.span_id);
     assert_eq!(worker.parent_span_id, attempt.span_id);
