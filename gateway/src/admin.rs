@@ -70,9 +70,10 @@ fn export_state(gw: &Gateway) {
         let ids: Vec<&str> = pool.workers.iter().map(|w| w.id.as_str()).collect();
         metrics::pool_counters(&pool.name, &ids);
         for w in &pool.workers {
-            if let Some(load) = w.fresh_load(now, gw.load_stale) {
-                metrics::worker_load(&pool.name, &w.id, &load);
-            }
+            // A worker silent past `bus.load_stale_ms` reports no demand:
+            // an autoscaler must not scale on what it said last.
+            let load = w.fresh_load(now, gw.load_stale).unwrap_or_default();
+            metrics::worker_load(&pool.name, &w.id, &load);
             let shifted = w.zone_shifted.load(Ordering::Relaxed);
             *zones.entry(w.zone.as_str()).or_insert(false) |= shifted;
         }

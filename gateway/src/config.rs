@@ -261,7 +261,8 @@ pub struct RetryConfig {
     /// Workers tried per request, the first included. Default 3.
     #[serde(default = "default_three")]
     pub max_attempts: u32,
-    /// Time one attempt has to produce response headers (for streams: the first event). Default 30000.
+    /// Time one attempt has to answer: a stream its first event, another
+    /// answer its whole body (read before the client gets it). Default 30000.
     #[serde(
         rename = "per_try_timeout_ms",
         with = "millis",

@@ -67,10 +67,19 @@ pub async fn read_body(
 pub fn parse(endpoint: Endpoint, body: &[u8]) -> Result<Parsed, ApiError> {
     let invalid =
         |e: serde_json::Error| ApiError::invalid("body", format!("invalid JSON body: {e}"));
+    // Only the gateway continues a stream on a worker (`relay::resume`).
+    let gateways_own = |sampling: &openai::SamplingFields| match sampling.llmgw_resume {
+        Some(_) => Err(ApiError::invalid(
+            "llmgw_resume",
+            "llmgw_resume is set by the gateway, not by clients",
+        )),
+        None => Ok(()),
+    };
     match endpoint {
         Endpoint::Chat => {
             let req: ChatCompletionRequest = serde_json::from_slice(body).map_err(invalid)?;
             req.validate()?;
+            gateways_own(&req.sampling)?;
             Ok(Parsed {
                 stream: req.sampling.is_stream(),
                 user: req.sampling.user,
@@ -82,6 +91,7 @@ pub fn parse(endpoint: Endpoint, body: &[u8]) -> Result<Parsed, ApiError> {
         Endpoint::Completion => {
             let req: CompletionRequest = serde_json::from_slice(body).map_err(invalid)?;
             req.validate()?;
+            gateways_own(&req.sampling)?;
             Ok(Parsed {
                 stream: req.sampling.is_stream(),
                 user: req.sampling.user,
@@ -103,6 +113,14 @@ mod tests {
         assert_eq!(e.status(), 400);
         let e = parse(Endpoint::Completion, br#"{"model":"m"}"#).unwrap_err();
         assert!(e.message.contains("prompt"), "{}", e.message);
+    }
+
+    #[test]
+    fn a_client_cannot_resume_a_stream_itself() {
+        let body = br#"{"model":"m","prompt":"x","stream":true,
+            "llmgw_resume":{"token_ids":[1],"id":"c","created":1}}"#;
+        let e = parse(Endpoint::Completion, body).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("llmgw_resume"));
     }
 
     #[test]

@@ -163,6 +163,18 @@ impl App {
             .llmgw_resume
             .as_ref()
             .map_or(0, |r| r.token_ids.len());
+        let vocab = self.tokenizer.vocab_size();
+        if let Some(id) = sampling
+            .llmgw_resume
+            .iter()
+            .flat_map(|r| &r.token_ids)
+            .find(|&&id| id as usize >= vocab)
+        {
+            return Err(ApiError::invalid(
+                "llmgw_resume",
+                format!("token id {id} is outside this model's vocabulary of {vocab}"),
+            ));
+        }
         if prompt.len() + resumed >= limit {
             return Err(ApiError::invalid(
                 "llmgw_resume",

@@ -268,7 +268,8 @@ impl Scheduler {
             seq.computed = cached;
             if seq.cached_tokens.is_none() {
                 // Of the prompt: a resumed sequence's cache may hold more.
-                seq.cached_tokens = Some(cached.min(seq.prompt_len));
+                let cached = cached.min(seq.prompt_len);
+                seq.cached_tokens = Some(cached);
                 out.push(Output::Admitted {
                     seq: seq.id,
                     cached_tokens: cached,

@@ -163,14 +163,16 @@ pub fn body(
             let mut data = if piece.text.is_empty() && piece.finish.is_none() {
                 String::new()
             } else {
-                let mut data = state.tokens.as_mut().map_or_else(String::new, |ids| {
-                    let comment = (!ids.is_empty()).then(|| tokens_comment(ids));
-                    ids.clear();
-                    comment.unwrap_or_default()
-                });
-                data.push_str(&state.opening.take().unwrap_or_default());
-                data
+                state.opening.take().unwrap_or_default()
             };
+            if !data.is_empty() || piece.finish.is_some() || !piece.text.is_empty() {
+                // In the event that carries their text (or the finish), so
+                // a gateway that has the ids has what the client was sent.
+                if let Some(ids) = state.tokens.as_mut().filter(|ids| !ids.is_empty()) {
+                    data.push_str(&tokens_comment(ids));
+                    ids.clear();
+                }
+            }
             if !piece.text.is_empty() {
                 data.push_str(&state.chunker.text(piece.text));
             }

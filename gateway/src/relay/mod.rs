@@ -177,6 +177,12 @@ impl Relay {
                 return None;
             }
             if let Some(why) = self.broken.take() {
+                if why == Break::Stall {
+                    metrics::stalled(&self.observer.pool);
+                }
+                if let Some(end) = self.end_if_answered() {
+                    return end;
+                }
                 if let Err(e) = self.migrate(why).await {
                     return self.end_with(why, e);
                 }
@@ -188,15 +194,12 @@ impl Relay {
             };
             let data = match read {
                 Ok(Some(data)) => data,
+                Ok(None) if self.follow.is_none() => {
+                    self.ended = true;
+                    return None;
+                }
                 Ok(None) => {
-                    let whole = self
-                        .follow
-                        .as_ref()
-                        .is_none_or(|f| f.transcript.is_complete() && !f.events.is_mid_event());
-                    if whole {
-                        self.ended = true;
-                        return None;
-                    }
+                    // Whether it was whole is for the break's handling to say.
                     self.broken = Some(Break::Closed);
                     continue;
                 }
@@ -241,11 +244,31 @@ impl Relay {
         }
     }
 
+    /// How a followed stream ends when its worker went away after the
+    /// answer was whole (`None` when it was not): as it was, or, after its
+    /// finish but before `[DONE]`, with the `[DONE]` it lacked.
+    fn end_if_answered(&mut self) -> Option<Option<Result<Frame<Bytes>, BoxError>>> {
+        let transcript = &self.follow.as_ref()?.transcript;
+        if transcript.is_complete() {
+            self.ended = true;
+            return Some(None);
+        }
+        if transcript.finished {
+            self.ended = true;
+            let done = Bytes::from_static(b"data: [DONE]\n\n");
+            return Some(Some(Ok(Frame::data(done))));
+        }
+        None
+    }
+
     /// Continues the stream on another worker, or says why not.
     async fn migrate(&mut self, why: Break) -> Result<(), ApiError> {
         let gone = |detail: &str| gone(why, self.stall, detail);
         let broken = Arc::clone(self.in_flight.worker());
-        failover::broke(&broken);
+        // An error event may be about the request; the rest is the worker's fault.
+        if why != Break::ErrorEvent {
+            failover::broke(&broken);
+        }
         // The broken worker's request is cancelled now, not when a
         // continuation is found.
         self.rest = None;
@@ -278,11 +301,14 @@ impl Relay {
         if worker.engine.kind == EngineKind::Llmgw {
             follow.rewrite = None;
         } else {
+            let before = follow.transcript.generated();
+            // From here on its tokens are unknown: counted by text events.
             follow.transcript.tokens = None;
+            follow.transcript.text_events = before;
             follow.rewrite = Some(Rewrite {
                 id: follow.transcript.id.clone().unwrap_or_default(),
                 created: follow.transcript.created.unwrap_or_default(),
-                before: follow.transcript.generated(),
+                before,
                 echo: match (worker.engine.kind, follow.next.endpoint) {
                     (EngineKind::Llamacpp, Endpoint::Chat) => follow.transcript.text.clone(),
                     _ => String::new(),
@@ -299,9 +325,6 @@ impl Relay {
     /// gets an OpenAI error event and `[DONE]`, another body an error.
     fn end_with(&mut self, why: Break, error: ApiError) -> Option<Result<Frame<Bytes>, BoxError>> {
         self.ended = true;
-        if why == Break::Stall {
-            metrics::stalled(&self.observer.pool);
-        }
         tracing::warn!(pool = %self.observer.pool, worker = %self.in_flight.worker().id,
             reason = why.reason(), error = %error.message, "answer broke mid-response; ended it");
         if !self.observer.stream {

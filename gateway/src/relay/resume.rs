@@ -30,6 +30,9 @@ pub fn continuation(
     if object.get("n").and_then(Value::as_u64).unwrap_or(1) != 1 {
         return Err("an answer with several choices cannot be continued");
     }
+    if transcript.beyond_text {
+        return Err("an answer with tool calls, reasoning or logprobs cannot be continued");
+    }
     let id = transcript.id.clone().ok_or("the stream had no id")?;
     let created = transcript.created.unwrap_or_default();
     match kind {
@@ -55,6 +58,17 @@ pub fn continuation(
                 .is_none_or(|t| t > 0.0);
             if object.get("seed").is_some_and(|s| !s.is_null()) && samples {
                 return Err("a seeded sampled answer can be continued only by our workers");
+            }
+            // What a continuation from text would not reproduce.
+            let asks_more =
+                |key: &str| object.get(key).is_some_and(|v| !v.is_null() && *v != false);
+            if ["tools", "functions", "echo", "logprobs"]
+                .into_iter()
+                .any(asks_more)
+            {
+                return Err(
+                    "an answer with tools, echo or logprobs can be continued only by our workers",
+                );
             }
             let text = transcript.text.as_str();
             match endpoint {
@@ -187,5 +201,11 @@ mod tests {
         assert!(continuation(&two, Endpoint::Chat, &t, EngineKind::Llmgw).is_err());
         let batch = json!({"model": "m", "prompt": ["a", "b"]});
         assert!(continuation(&batch, Endpoint::Completion, &t, EngineKind::Vllm).is_err());
+        let mut tools = chat();
+        tools["tools"] = json!([{"type": "function"}]);
+        assert!(continuation(&tools, Endpoint::Chat, &t, EngineKind::Sglang).is_err());
+        let mut called = transcript();
+        called.beyond_text = true;
+        assert!(continuation(&chat(), Endpoint::Chat, &called, EngineKind::Llmgw).is_err());
     }
 }

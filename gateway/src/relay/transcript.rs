@@ -12,6 +12,7 @@ use std::borrow::Cow;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use protocol::resume::parse_tokens_comment;
+use serde::de::IgnoredAny;
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -30,6 +31,9 @@ pub struct Transcript {
     pub text_events: u32,
     /// The stream said how it finished.
     pub finished: bool,
+    /// The answer carries more than text (tool calls, reasoning, logprobs),
+    /// which a continuation from its text would lose.
+    pub beyond_text: bool,
     /// `data: [DONE]` arrived: nothing is missing.
     pub done: bool,
 }
@@ -65,7 +69,7 @@ struct Chunk<'a> {
     #[serde(borrow, default)]
     choices: Vec<Choice<'a>>,
     #[serde(default)]
-    error: Option<serde::de::IgnoredAny>,
+    error: Option<IgnoredAny>,
 }
 
 #[derive(Deserialize)]
@@ -77,12 +81,20 @@ struct Choice<'a> {
     text: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
     finish_reason: Option<Cow<'a, str>>,
+    #[serde(default)]
+    logprobs: Option<IgnoredAny>,
 }
 
 #[derive(Deserialize)]
 struct Delta<'a> {
     #[serde(borrow, default)]
     content: Option<Cow<'a, str>>,
+    #[serde(default)]
+    tool_calls: Option<IgnoredAny>,
+    #[serde(default)]
+    function_call: Option<IgnoredAny>,
+    #[serde(default)]
+    reasoning_content: Option<IgnoredAny>,
 }
 
 impl Transcript {
@@ -159,6 +171,10 @@ impl Transcript {
         let Some(choice) = chunk.choices.first() else {
             return;
         };
+        let more = choice.delta.as_ref().is_some_and(|d| {
+            d.tool_calls.is_some() || d.function_call.is_some() || d.reasoning_content.is_some()
+        });
+        self.beyond_text |= more || choice.logprobs.is_some();
         let text = choice
             .delta
             .as_ref()
@@ -310,6 +326,15 @@ mod tests {
         // Events that are not JSON pass as they are.
         let odd = event("event: ping\ndata: hello\n\n");
         assert_eq!(t.see(odd.clone(), None), Seen::Forward(odd));
+    }
+
+    #[test]
+    fn an_answer_with_more_than_text_is_marked() {
+        let mut t = Transcript::new(false);
+        t.see(event("data: {\"id\":\"c\",\"choices\":[{\"delta\":{\"content\":\"a\"},\"logprobs\":null}]}\n\n"), None);
+        assert!(!t.beyond_text);
+        t.see(event("data: {\"id\":\"c\",\"choices\":[{\"delta\":{\"tool_calls\":[{\"index\":0}]}}]}\n\n"), None);
+        assert!(t.beyond_text);
     }
 
     #[test]
