@@ -1,6 +1,7 @@
 //! `bench overhead`: what the gateway adds. The same small chat request goes
-//! straight to a sim worker and through an in-process gateway in front of it,
-//! in interleaved rounds so drift on a shared machine hits both paths alike.
+//! straight to a sim worker, through nginx's `proxy_pass` in front of it (the
+//! baseline a proxy is measured against), and through an in-process gateway,
+//! in interleaved rounds so drift on a shared machine hits every path alike.
 
 use std::path::Path;
 use std::time::Duration;
@@ -20,7 +21,7 @@ pub struct Args {
     #[arg(long, default_value_t = 20000)]
     throughput_requests: usize,
     /// Clients in flight during the throughput phase.
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 16)]
     concurrency: usize,
     /// Interleaved rounds per phase.
     #[arg(long, default_value_t = 4)]
@@ -45,28 +46,29 @@ pub async fn run(args: Args, out: &Path) -> anyhow::Result<()> {
     ))?)
     .await?;
     let direct = format!("{}/v1/chat/completions", worker.url());
+    let port: u16 = worker
+        .url()
+        .rsplit(':')
+        .next()
+        .unwrap_or_default()
+        .parse()?;
+    let nginx = e2e::nginx(&e2e::temp_dir(), &[port]).await;
+    let proxied = format!("{}/v1/chat/completions", nginx.url);
     let via = format!("http://{}/v1/chat/completions", gateway.api_addr());
+    let paths = [direct.as_str(), proxied.as_str(), via.as_str()];
     let body = Bytes::from(
         json!({"model": "sim-llama", "messages": [{"role": "user", "content": "Hello there!"}], "max_tokens": 1})
             .to_string(),
     );
     let client = load::client();
-    // Warm connections, caches and the allocator on both paths.
-    load::run(&client, &direct, &body, 500, 4).await?;
-    load::run(&client, &via, &body, 500, 4).await?;
-
-    let latency = interleave(
-        &client,
-        [&direct, &via],
-        &body,
-        args.latency_requests,
-        1,
-        args.rounds,
-    )
-    .await?;
+    // Warm connections, caches and the allocator on every path.
+    for url in paths {
+        load::run(&client, url, &body, 500, 4).await?;
+    }
+    let latency = interleave(&client, paths, &body, args.latency_requests, 1, args.rounds).await?;
     let throughput = interleave(
         &client,
-        [&direct, &via],
+        paths,
         &body,
         args.throughput_requests,
         args.concurrency,
@@ -75,65 +77,70 @@ pub async fn run(args: Args, out: &Path) -> anyhow::Result<()> {
     .await?;
     gateway.shutdown().await;
     worker.shutdown(Duration::from_secs(1)).await;
+    drop(nginx);
 
     let us = |d: Duration| d.as_secs_f64() * 1e6;
-    let [(ld, lg), (td, tg)] = [(&latency[0], &latency[1]), (&throughput[0], &throughput[1])];
-    let rows = vec![
-        row("direct to worker", ld, td),
-        row("through gateway", lg, tg),
-        vec![
-            "**gateway adds**".into(),
-            format!(
-                "**{:+.0} µs**",
-                us(lg.percentile(0.5)) - us(ld.percentile(0.5))
-            ),
-            format!(
-                "**{:+.0} µs**",
-                us(lg.percentile(0.99)) - us(ld.percentile(0.99))
-            ),
-            format!(
-                "**{:.0}% of direct**",
-                100.0 * tg.throughput() / td.throughput()
-            ),
-        ],
-    ];
+    let names = ["direct to worker", "through nginx", "through gateway"];
+    let (ld, td) = (&latency[0], &throughput[0]);
+    let (tn, ln) = (&throughput[1], &latency[1]);
+    let rows: Vec<Vec<String>> = names
+        .iter()
+        .zip(latency.iter().zip(&throughput))
+        .map(|(name, (l, t))| {
+            let mut row = row(name, l, t);
+            row.push(format!(
+                "{:+.0} / {:+.0} µs",
+                us(l.percentile(0.5)) - us(ld.percentile(0.5)),
+                us(l.percentile(0.99)) - us(ld.percentile(0.99))
+            ));
+            row.push(format!("{:.2}x", t.throughput() / tn.throughput()));
+            row
+        })
+        .collect();
+    let (lg, tg) = (&latency[2], &throughput[2]);
     println!(
         "## bench overhead\n\n{} latency requests per path (one at a time), {} throughput requests per path at concurrency {}, \
-         {} interleaved rounds, sim decode step {} µs\n\n{}",
+         {} interleaved rounds, sim decode step {} µs\n\n{}\n\
+         the gateway adds {:.1}x nginx's p50 latency and serves {:.2}x its throughput",
         args.latency_requests,
         args.throughput_requests,
         args.concurrency,
         args.rounds,
         args.decode_step_us,
-        report::table(&["path", "p50", "p99", "throughput (req/s)"], &rows)
+        report::table(
+            &["path", "p50", "p99", "throughput (req/s)", "added p50 / p99", "throughput vs nginx"],
+            &rows
+        ),
+        (us(lg.percentile(0.5)) - us(ld.percentile(0.5)))
+            / (us(ln.percentile(0.5)) - us(ld.percentile(0.5))).max(1.0),
+        tg.throughput() / tn.throughput(),
     );
-    let figures = json!({
+    let figures = |l: &Run, t: &Run| {
+        json!({"p50_us": us(l.percentile(0.5)), "p99_us": us(l.percentile(0.99)), "rps": t.throughput(),
+            "added_p50_us": us(l.percentile(0.5)) - us(ld.percentile(0.5)),
+            "added_p99_us": us(l.percentile(0.99)) - us(ld.percentile(0.99))})
+    };
+    let json = json!({
         "latency_requests": args.latency_requests,
         "throughput_requests": args.throughput_requests,
         "concurrency": args.concurrency,
         "decode_step_us": args.decode_step_us,
-        "direct": {"p50_us": us(ld.percentile(0.5)), "p99_us": us(ld.percentile(0.99)), "rps": td.throughput()},
-        "gateway": {"p50_us": us(lg.percentile(0.5)), "p99_us": us(lg.percentile(0.99)), "rps": tg.throughput()},
-        "added_p50_us": us(lg.percentile(0.5)) - us(ld.percentile(0.5)),
-        "added_p99_us": us(lg.percentile(0.99)) - us(ld.percentile(0.99)),
-        "throughput_ratio": tg.throughput() / td.throughput(),
+        "direct": figures(ld, td),
+        "nginx": figures(ln, tn),
+        "gateway": figures(lg, tg),
+        "gateway_throughput_vs_nginx": tg.throughput() / tn.throughput(),
     });
-    report::write_json(&out.join("overhead.json"), &figures)?;
+    report::write_json(&out.join("overhead.json"), &json)?;
     report::bar_chart(
         &out.join("overhead.png"),
-        "Gateway overhead: latency of one small request",
+        "Latency of one small request, by path",
         "latency (µs)",
         &["p50", "p99"],
-        &[
-            (
-                "direct",
-                vec![us(ld.percentile(0.5)), us(ld.percentile(0.99))],
-            ),
-            (
-                "through gateway",
-                vec![us(lg.percentile(0.5)), us(lg.percentile(0.99))],
-            ),
-        ],
+        &names
+            .iter()
+            .zip(&latency)
+            .map(|(name, l)| (*name, vec![us(l.percentile(0.5)), us(l.percentile(0.99))]))
+            .collect::<Vec<_>>(),
     )?;
     println!(
         "wrote {} and {}",
@@ -153,15 +160,15 @@ fn row(name: &str, latency: &Run, throughput: &Run) -> Vec<String> {
 }
 
 /// Runs each URL `count` times in total, alternating between them in `rounds`.
-async fn interleave(
+async fn interleave<const N: usize>(
     client: &load::HttpClient,
-    urls: [&str; 2],
+    urls: [&str; N],
     body: &Bytes,
     count: usize,
     concurrency: usize,
     rounds: usize,
-) -> anyhow::Result<[Run; 2]> {
-    let mut runs: [Run; 2] = Default::default();
+) -> anyhow::Result<[Run; N]> {
+    let mut runs: [Run; N] = std::array::from_fn(|_| Run::default());
     for _ in 0..rounds {
         for (run, url) in runs.iter_mut().zip(urls) {
             let r = load::run(client, url, body, count / rounds, concurrency).await?;
