@@ -191,6 +191,12 @@ async fn zone_affinity_spills_past_its_threshold() {
         json!({"spill_in_flight": 1}),
     )
     .await;
+    // A first probe that times out on a busy machine marks a worker down.
+    eventually(Duration::from_secs(10), "both workers healthy", || async {
+        worker_status(&gw, "wa").await["health"] == "healthy"
+            && worker_status(&gw, "wb").await["health"] == "healthy"
+    })
+    .await;
     assert_eq!(served_by(&gw.api, &chat("hello", false, 2)).await, "wa");
     let long = route(&gw, &chat("long", true, 2000)).await;
     assert_eq!(long.headers()["x-worker-id"], "wa");

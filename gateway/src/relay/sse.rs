@@ -12,6 +12,9 @@ pub const MAX_EVENT_BYTES: usize = 4 << 20;
 pub struct Events {
     /// The start of an event whose end has not arrived.
     partial: BytesMut,
+    /// Where in `partial` its last, unfinished line starts: the lines before
+    /// it were read already, so each byte is scanned once.
+    resume: usize,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -22,19 +25,36 @@ impl Events {
     /// pending, they are slices of `data` itself.
     pub fn push(&mut self, data: Bytes) -> Result<Vec<Bytes>, TooLong> {
         let mut events = Vec::new();
-        let mut rest = if self.partial.is_empty() {
-            data
+        if self.partial.is_empty() {
+            let mut rest = data;
+            loop {
+                match event_end(&rest, 0) {
+                    Ok(end) => events.push(rest.split_to(end)),
+                    Err(line) => {
+                        self.resume = line;
+                        break;
+                    }
+                }
+            }
+            self.partial.extend_from_slice(&rest);
         } else {
             self.partial.extend_from_slice(&data);
-            self.partial.split().freeze()
-        };
-        while let Some(end) = event_end(&rest) {
-            events.push(rest.split_to(end));
+            loop {
+                match event_end(&self.partial, self.resume) {
+                    Ok(end) => {
+                        events.push(self.partial.split_to(end).freeze());
+                        self.resume = 0;
+                    }
+                    Err(line) => {
+                        self.resume = line;
+                        break;
+                    }
+                }
+            }
         }
-        if rest.len() > MAX_EVENT_BYTES {
+        if self.partial.len() > MAX_EVENT_BYTES {
             return Err(TooLong);
         }
-        self.partial.extend_from_slice(&rest);
         Ok(events)
     }
 
@@ -44,21 +64,22 @@ impl Events {
     }
 }
 
-/// Where the first event of `data` ends, past its blank line: lines end in
-/// `\n` or `\r\n`, and an empty line ends an event.
-fn event_end(data: &[u8]) -> Option<usize> {
-    let mut line_start = 0;
-    for (i, &b) in data.iter().enumerate() {
+/// Where the first event of `data` ends, past its blank line, scanning from
+/// `from` (the start of a line): lines end in `\n` or `\r\n`, and an empty
+/// line ends an event. Without an end, where the last line starts.
+fn event_end(data: &[u8], from: usize) -> Result<usize, usize> {
+    let mut line_start = from;
+    for (i, &b) in data.iter().enumerate().skip(from) {
         if b != b'\n' {
             continue;
         }
         let line = &data[line_start..i];
         if line.is_empty() || line == b"\r" {
-            return Some(i + 1);
+            return Ok(i + 1);
         }
         line_start = i + 1;
     }
-    None
+    Err(line_start)
 }
 
 /// An event's lines, without their line ends.
@@ -122,6 +143,17 @@ mod tests {
             Some(&b"a\nb"[..])
         );
         assert_eq!(data(b": only a comment\n\n"), None);
+    }
+
+    #[test]
+    fn an_event_dribbled_byte_by_byte_comes_whole() {
+        let mut e = Events::default();
+        let mut got = Vec::new();
+        for b in STREAM.bytes() {
+            got.extend(e.push(Bytes::from(vec![b])).unwrap());
+        }
+        assert_eq!(got.concat(), STREAM.as_bytes());
+        assert_eq!(got.len(), 3);
     }
 
     #[test]
