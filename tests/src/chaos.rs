@@ -15,8 +15,8 @@ use futures_util::StreamExt;
 use serde_json::{json, Value};
 
 use crate::{
-    client, eventually, free_port, gatewayctl, nginx, spawn_gateway, spawn_worker, sse_events,
-    status, temp_dir, EtcdServer, GatewayProc, NatsServer, Nginx, WorkerOpts, WorkerProc, MODEL,
+    client, eventually, free_port, gatewayctl, nginx, spawn_gateway, spawn_worker, status,
+    temp_dir, EtcdServer, GatewayProc, NatsServer, Nginx, Streamed, WorkerOpts, WorkerProc, MODEL,
 };
 
 /// One fault, struck once the load is steady and repaired after a while.
@@ -511,21 +511,14 @@ async fn ask(api: &str, prompt: usize, stream: bool, serving: &Serving) -> Recor
             }
         }
     }
-    let (events, done) = sse_events(&raw);
-    let mut text = String::new();
-    for event in &events {
-        if !event["error"].is_null() {
-            record.result = Err(Failure::MidStream(event["error"].to_string()));
-            return record;
-        }
-        if let Some(content) = event["choices"][0]["delta"]["content"].as_str() {
-            text.push_str(content);
-        }
-    }
-    record.result = if done {
-        Ok(text)
-    } else {
-        Err(Failure::MidStream(format!("no [DONE] after {text:?}")))
+    let answer = Streamed::of(&raw);
+    record.result = match answer.errors.first() {
+        Some(error) => Err(Failure::MidStream(error.to_string())),
+        None if answer.done => Ok(answer.text),
+        None => Err(Failure::MidStream(format!(
+            "no [DONE] after {:?}",
+            answer.text
+        ))),
     };
     record
 }
