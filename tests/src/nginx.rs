@@ -14,7 +14,8 @@ pub struct Nginx {
 }
 
 /// nginx on a port of its own, balancing over the gateways at `ports`: a
-/// connect error or a 502/503 moves a request to the other.
+/// connect error or a 502/503 moves a request to the other. One process,
+/// without a master: killing it on drop then leaves no worker behind.
 pub async fn nginx(dir: &Path, ports: &[u16]) -> Nginx {
     let port = free_port();
     let servers: String = ports
@@ -23,7 +24,7 @@ pub async fn nginx(dir: &Path, ports: &[u16]) -> Nginx {
         .collect();
     let d = dir.display();
     let conf = format!(
-        "daemon off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
+        "daemon off;\nmaster_process off;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
          events {{ worker_connections 1024; }}\n\
          http {{\n access_log off;\n client_body_temp_path {d}/body;\n proxy_temp_path {d}/proxy;\n\
          fastcgi_temp_path {d}/fastcgi;\n uwsgi_temp_path {d}/uwsgi;\n scgi_temp_path {d}/scgi;\n\
