@@ -200,9 +200,11 @@ async fn zone_affinity_spills_past_its_threshold() {
     assert_eq!(served_by(&gw.api, &chat("hello", false, 2)).await, "wa");
     // The load wa reports lags its answers: a report taken while "hello"
     // ran would show it saturated.
-    eventually(Duration::from_secs(10), "wa reports itself idle", || async {
-        worker_status(&gw, "wa").await["load"]["running"] == 0
-    })
+    eventually(
+        Duration::from_secs(10),
+        "wa reports itself idle",
+        || async { worker_status(&gw, "wa").await["load"]["running"] == 0 },
+    )
     .await;
     let long = route(&gw, &chat("long", true, 2000)).await;
     assert_eq!(long.headers()["x-worker-id"], "wa");
