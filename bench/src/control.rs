@@ -43,7 +43,7 @@ pub async fn run(args: Args, out: &Path) -> anyhow::Result<()> {
     let _blue = spawn_worker("blue", "a", fast(vec![("colour", "blue")])).await;
     let _green = spawn_worker("green", "a", fast(vec![("colour", "green")])).await;
     let gateway = gateway::start(gateway::Config::from_toml(&format!(
-        "zone = \"a\"\n[listeners]\napi = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n\
+        "zone = \"a\"\n[listeners]\napi = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\nworker_id_header = true\n\
          [etcd]\nendpoints = [\"{}\"]\n[[pools]]\nname = \"{POOL}\"\nmodels = [\"{MODEL}\"]\n",
         etcd.url
     ))?)

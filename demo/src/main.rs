@@ -101,7 +101,7 @@ async fn run(
         format!("policy = {{ plugin = \"{POLICY}\" }}\n")
     };
     let config = Config::from_toml(&format!(
-        "zone = \"a\"\n[listeners]\napi = \"{api}\"\nadmin = \"{admin}\"\ndrain_grace_ms = 5000\n{policy}\
+        "zone = \"a\"\n[listeners]\napi = \"{api}\"\nadmin = \"{admin}\"\ndrain_grace_ms = 5000\nworker_id_header = true\n{policy}\
          [[pools]]\nname = \"{POOL}\"\nmodels = [\"{model_name}\"]\ntokenizer = {tokenizer:?}\n{binding}{pool}"
     ))?;
     let gateway = gateway::start_on_bus(config, Some(bus)).await?;

@@ -1,6 +1,7 @@
 //! The admin listener: Prometheus metrics, liveness, readiness (503 while
 //! draining or while some pool cannot route, see `routable`) and a JSON
-//! status of every pool.
+//! status of every pool. With API keys, `/metrics` and `/status` take an
+//! admin key; `/live` and `/ready` stay open for probes.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -23,7 +24,15 @@ pub struct Admin {
 }
 
 pub async fn handle(admin: Arc<Admin>, req: http::Request<Incoming>) -> Response<Body> {
-    match req.uri().path() {
+    let path = req.uri().path();
+    let open = matches!(path, "/live" | "/ready");
+    if !open && !admin.gateway.tenancy.is_admin(req.headers()) {
+        return crate::error::response(&protocol::ApiError::new(
+            protocol::ErrorKind::InvalidApiKey,
+            "the admin listener needs an admin API key (`gatewayctl key create --admin`)",
+        ));
+    }
+    match path {
         "/metrics" => {
             export_state(&admin.gateway);
             Response::builder()

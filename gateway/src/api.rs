@@ -16,9 +16,10 @@ use crate::admit::{Admit, Permit};
 use crate::body::{self, Body};
 use crate::failover::{self, Learn, Target, UpstreamRequest};
 use crate::live::{Live, Shared};
-use crate::parse::{self, Endpoint, Parsed};
+use crate::parse::{self, Endpoint, Parsed, Prompt};
 use crate::pools::Pool;
 use crate::relay::{self, Labels, Relay};
+use crate::tenancy::{self, Caller, Outcome, Tenancy, Ticket};
 use crate::upstream::Upstream;
 use crate::{candidates, decide, error, metrics, tokenize};
 
@@ -31,6 +32,8 @@ pub struct Gateway {
     pub live: Shared,
     pub upstream: Upstream,
     pub admit: Admit,
+    /// Keys, limits, queues and usage.
+    pub tenancy: Arc<Tenancy>,
     /// Where workers' KV events and load arrive from, when configured.
     pub bus: Option<Bus>,
     pub load_stale: Duration,
@@ -85,7 +88,7 @@ async fn complete(
         Ok(accepted) => {
             let labels = accepted.labels();
             let response = route(gw, accepted, &labels, started).await;
-            (labels, response.unwrap_or_else(|e| error::response(&e)))
+            (labels, response)
         }
         Err(e) => (Labels::default(), error::response(&e)),
     };
@@ -96,6 +99,7 @@ async fn complete(
 /// A request admitted, read, parsed and matched to its model's pool.
 struct Accepted {
     permit: Permit,
+    caller: Caller,
     headers: http::HeaderMap,
     body: Bytes,
     parsed: Parsed,
@@ -114,13 +118,15 @@ impl Accepted {
     }
 }
 
-/// Admit → read the body → parse → find the model's pool.
+/// Admit → the caller's key → read the body → parse → find the model's
+/// pool, if the key may use it.
 async fn accept(
     gw: &Gateway,
     req: http::Request<Incoming>,
     endpoint: Endpoint,
 ) -> Result<Accepted, ApiError> {
     let permit = gw.admit.try_admit()?;
+    let caller = gw.tenancy.authenticate(req.headers())?;
     let (head, body) = req.into_parts();
     let declared_len = head
         .headers
@@ -129,6 +135,7 @@ async fn accept(
     let live = gw.live();
     let body = parse::read_body(body, declared_len, live.config.listeners.max_body_bytes).await?;
     let parsed = parse::parse(endpoint, &body)?;
+    gw.tenancy.may_use(&caller, &parsed.model)?;
     let pool = live
         .registry
         .pool_for(&parsed.model)
@@ -136,6 +143,7 @@ async fn accept(
         .clone();
     Ok(Accepted {
         permit,
+        caller,
         headers: head.headers,
         body,
         parsed,
@@ -145,49 +153,116 @@ async fn accept(
     })
 }
 
-/// Tokenize → candidates with their prefix overlap → policy → upstream
-/// with failover → relay.
+/// Tokenize → the caller's limits → the pool's queue → send → relay. Every
+/// answer from here on carries the caller's rate-limit headers, and its
+/// ticket records what it used.
 async fn route(
     gw: &Gateway,
-    req: Accepted,
+    mut req: Accepted,
     labels: &Labels,
     started: Instant,
-) -> Result<Response<Body>, ApiError> {
+) -> Response<Body> {
+    // The prompt goes to the tokenizer; the body forwarded is the client's bytes.
+    let text = std::mem::replace(&mut req.parsed.prompt, Prompt::Chat(Vec::new()));
+    let prompt = match tokenize::prompt_blocks_of(
+        &req.pool.tokenizer,
+        req.pool.block_size,
+        text,
+        req.parsed.cache_salt.clone(),
+        req.body.len(),
+    )
+    .await
+    {
+        Ok(prompt) => prompt,
+        Err(e) => return error::response(&e),
+    };
+    let mut ticket = Ticket {
+        tenancy: gw.tenancy.clone(),
+        caller: req.caller.clone(),
+        admitted: None,
+        slot: None,
+        // Set by the request-id layer before this handler runs.
+        request_id: header(&req.headers, "x-request-id").to_string(),
+        model: labels.model.clone(),
+        pool: labels.pool.clone(),
+        prompt_tokens: prompt.tokens as u64,
+        cached_tokens: 0,
+    };
+    let reserve = prompt.tokens as u64 + req.parsed.max_tokens.unwrap_or(0);
+    match gw.tenancy.charge(&req.caller, reserve) {
+        Ok(admitted) => ticket.admitted = admitted,
+        Err(refused) => {
+            ticket.finish(Outcome {
+                status: 429,
+                duration: started.elapsed(),
+                ..Outcome::default()
+            });
+            return tenancy::refused_response(&refused);
+        }
+    }
+    match send(gw, &req, &prompt, &mut ticket, reserve).await {
+        Ok((served, follow)) => respond(served, follow, labels, req, started, ticket),
+        Err(e) => {
+            let mut response = error::response(&e);
+            if let Some(headers) = ticket.headers() {
+                headers.apply(response.headers_mut());
+            }
+            ticket.finish(Outcome {
+                status: e.status(),
+                duration: started.elapsed(),
+                ..Outcome::default()
+            });
+            response
+        }
+    }
+}
+
+/// The pool's queue → candidates with their prefix overlap → policy →
+/// upstream with failover; what a stream needs to go on elsewhere.
+async fn send(
+    gw: &Gateway,
+    req: &Accepted,
+    prompt: &tokenize::PromptBlocks,
+    ticket: &mut Ticket,
+    reserve: u64,
+) -> Result<(failover::Served, Option<relay::Continue>), ApiError> {
     let Accepted {
-        permit,
         headers,
         body,
         parsed,
         live,
         pool,
         endpoint,
+        caller,
+        ..
     } = req;
     let config = &*live.config;
     let strategy = config.routing.strategy;
-    let prompt = tokenize::prompt_blocks_of(
-        &pool.tokenizer,
-        pool.block_size,
-        parsed.prompt,
-        parsed.cache_salt,
-        body.len(),
-    )
-    .await?;
+    let routable = pool
+        .workers
+        .iter()
+        .filter(|w| w.routable(Instant::now()))
+        .count();
+    ticket.slot = gw
+        .tenancy
+        .enter(&pool.name, routable, caller, reserve)
+        .await?;
 
     let now = Instant::now();
     let cached = pool
         .prefix
         .cached(strategy, gw.bus_up(), &prompt.hashes, &pool.workers, now);
-    let candidates = candidates::gather(&pool, &cached, &config.zone, now, gw.load_stale);
+    let candidates = candidates::gather(pool, &cached, &config.zone, now, gw.load_stale);
 
     let facts = decide::Facts {
         model: &parsed.model,
         stream: parsed.stream,
         prompt_tokens: prompt.tokens,
         prompt_blocks: prompt.hashes.len(),
-        session_key: session_key(&headers, parsed.user.as_deref()),
-        headers: &headers,
+        session_key: session_key(headers, parsed.user.as_deref()),
+        headers,
     };
-    let order = decide::decide(config, &pool, candidates, &facts, &mut rand::rng())?;
+    let order = decide::decide(config, pool, candidates, &facts, &mut rand::rng())?;
 
     let mut targets = order
         .into_iter()
@@ -200,12 +275,9 @@ async fn route(
         })
         .collect::<Vec<_>>()
         .into_iter();
-    // Set by the request-id layer before this handler runs.
-    let request_id = headers
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default();
-    let follow = parsed.stream && config.retry.max_migrations > 0;
+    let request_id = header(headers, "x-request-id");
+    // Followed to continue it elsewhere, and to count what it generates.
+    let follow = parsed.stream && (config.retry.max_migrations > 0 || gw.tenancy.meters());
     let body_for = |_: &crate::worker::Worker| Some(body.clone());
     let upstream_req = UpstreamRequest {
         path: endpoint.path(),
@@ -213,7 +285,8 @@ async fn route(
         request_id,
         stream: parsed.stream,
         stream_tokens: follow,
-        incoming: &headers,
+        incoming: headers,
+        credential: pool.credential.as_ref(),
         prefix: Learn {
             index: &pool.prefix,
             strategy,
@@ -227,56 +300,61 @@ async fn route(
         prompt_blocks = prompt.hashes.len(), overlap_blocks = served.overlap_blocks,
         status = served.head.status.as_u16(), "routed");
     metrics::prompt_blocks(&pool.name, prompt.hashes.len(), served.overlap_blocks);
+    ticket.cached_tokens =
+        (served.overlap_blocks as usize * pool.block_size).min(prompt.tokens) as u64;
     let follow = (follow && served.head.status.is_success()).then(|| relay::Continue {
         upstream: gw.upstream.clone(),
         remaining: targets,
         body: body.clone(),
-        endpoint,
+        endpoint: *endpoint,
         request_id: request_id.to_string(),
-        trace: protocol::traces::headers_for(&tracing::Span::current(), &headers),
+        trace: protocol::traces::headers_for(&tracing::Span::current(), headers),
         hashes: prompt.hashes.clone(),
-        pool: Arc::clone(&pool),
-        live: Arc::clone(&live),
+        pool: Arc::clone(pool),
+        live: Arc::clone(live),
     });
-    Ok(respond(
-        served,
-        follow,
-        config.listeners.worker_id_header,
-        labels,
-        (parsed.stream, config.retry.stream_stall),
-        started,
-        permit,
-    ))
+    Ok((served, follow))
 }
 
 /// The worker's response on its way to the client: connection headers
-/// dropped, the serving worker named, the body relayed frame by frame.
+/// dropped, the caller's rate-limit headers added, the serving worker
+/// named where allowed, the body relayed frame by frame.
 fn respond(
     served: failover::Served,
     follow: Option<relay::Continue>,
-    worker_id_header: bool,
     labels: &Labels,
-    (stream, stall): (bool, Duration),
+    req: Accepted,
     started: Instant,
-    permit: Permit,
+    ticket: Ticket,
 ) -> Response<Body> {
     let worker_id = served.in_flight.worker().id.clone();
     let mut parts = served.head;
     strip_hop_by_hop(&mut parts.headers);
-    if worker_id_header {
+    if req.live.config.listeners.worker_id_header || req.caller.is_admin() {
         if let Ok(id) = http::HeaderValue::from_str(&worker_id) {
             parts.headers.insert("x-worker-id", id);
         }
     }
+    if let Some(headers) = ticket.headers() {
+        headers.apply(&mut parts.headers);
+    }
+    let stall = req.live.config.retry.stream_stall;
     let body = Relay::new(
         (served.in_flight, served.first, served.rest),
         follow,
         labels,
-        (stream, stall),
+        (req.parsed.stream, stall),
         started,
-        permit,
+        (req.permit, ticket, parts.status.as_u16()),
     );
     Response::from_parts(parts, body.into_body())
+}
+
+fn header<'a>(headers: &'a http::HeaderMap, name: &str) -> &'a str {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
 }
 
 /// Keys sticky routing: the `x-session-id` header, else the request's `user`.

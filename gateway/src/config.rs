@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::engine::{Engine, EngineKind};
 use crate::plugin::{PluginsConfig, PolicyBinding};
+use crate::tenancy::config::{AdmissionConfig, AuthConfig, AuthMode, LimitsConfig, UsageConfig};
 use protocol::control::Registration;
 use protocol::WorkerId;
 
@@ -62,6 +63,18 @@ pub struct RawConfig {
     /// Where spans are exported (OTLP), if anywhere.
     #[serde(default)]
     pub tracing: protocol::traces::TracingConfig,
+    /// Who may use the API: keys, or anyone.
+    #[serde(default)]
+    pub auth: AuthConfig,
+    /// How rate limits are shared between replicas.
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    /// Queueing when a pool's workers are all busy.
+    #[serde(default)]
+    pub admission: AdmissionConfig,
+    /// Accounting of what each request used.
+    #[serde(default)]
+    pub usage: UsageConfig,
 }
 
 /// The whole gateway config, checked: what the gateway runs on.
@@ -78,6 +91,12 @@ pub struct Config {
     pub plugins: PluginsConfig,
     pub etcd: EtcdConfig,
     pub pools: Vec<PoolConfig>,
+    pub auth: AuthConfig,
+    /// `auth.mode` as resolved for this listener.
+    pub auth_mode: AuthMode,
+    pub limits: LimitsConfig,
+    pub admission: AdmissionConfig,
+    pub usage: UsageConfig,
 }
 
 /// The control plane: workers register in etcd, and the routing config
@@ -179,8 +198,9 @@ pub struct Listeners {
         default = "default_drain_grace"
     )]
     pub drain_grace: Duration,
-    /// Add `x-worker-id` to responses, naming the worker that served them. Default true.
-    #[serde(default = "default_true")]
+    /// Add `x-worker-id` to every response, naming the worker that served
+    /// it; without it, only admin keys' responses carry it. Default false.
+    #[serde(default)]
     pub worker_id_header: bool,
 }
 
@@ -439,6 +459,11 @@ pub struct RawPool {
     /// `openai` (any OpenAI-compatible server). Default `llmgw`.
     #[serde(default, skip_serializing_if = "is_default")]
     pub engine: EngineKind,
+    /// The environment variable holding the API key its engines require
+    /// (vLLM's `--api-key`, say), sent as `Authorization: Bearer` to them.
+    /// Clients' own keys never reach a worker. Default none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_key_env: Option<String>,
     #[serde(default)]
     pub workers: Vec<RawStaticWorker>,
 }
@@ -479,6 +504,8 @@ pub struct PoolConfig {
     pub block_size: usize,
     pub tokenizer: String,
     pub policy: Option<PolicyBinding>,
+    /// `Bearer` and the key named by `upstream_key_env`.
+    pub credential: Option<http::HeaderValue>,
     pub workers: Vec<StaticWorker>,
 }
 
@@ -520,6 +547,10 @@ impl Config {
             pools: doc.pools,
             logs: Default::default(),
             tracing: Default::default(),
+            auth: self.auth.clone(),
+            limits: self.limits.clone(),
+            admission: self.admission.clone(),
+            usage: self.usage.clone(),
         }
         .check()
     }
@@ -543,6 +574,14 @@ impl RawConfig {
         let mut errors = Vec::new();
         self.check_sections(&mut errors);
         let pools = self.check_pools(&mut errors);
+        let etcd = !self.etcd.endpoints.is_empty();
+        let auth_mode = self
+            .auth
+            .resolve(self.listeners.api, etcd)
+            .map_err(|e| errors.push(e));
+        let Ok(auth_mode) = auth_mode else {
+            return Err(ConfigError::Invalid(errors));
+        };
         if !errors.is_empty() {
             return Err(ConfigError::Invalid(errors));
         }
@@ -558,6 +597,11 @@ impl RawConfig {
             plugins: self.plugins,
             etcd: self.etcd,
             pools,
+            auth: self.auth,
+            auth_mode,
+            limits: self.limits,
+            admission: self.admission,
+            usage: self.usage,
         })
     }
 
@@ -625,6 +669,12 @@ impl RawConfig {
         );
         positive("bus.load_stale_ms", ms(self.bus.load_stale));
         positive("bus.snapshot_timeout_ms", ms(self.bus.snapshot_timeout));
+        positive("limits.exchange_ms", ms(self.limits.exchange));
+        positive("limits.replicas", self.limits.replicas.into());
+        positive(
+            "admission.max_queue_wait_ms",
+            ms(self.admission.max_queue_wait),
+        );
         for (key, value) in [
             ("routing.prefill_weight", self.routing.prefill_weight),
             ("routing.decode_weight", self.routing.decode_weight),
@@ -735,7 +785,20 @@ impl RawConfig {
                     Err((field, reason)) => errors.push(format!("{key}.{field}: {reason}")),
                 }
             }
+            let credential = pool.upstream_key_env.as_ref().and_then(|var| {
+                let key = format!("{key}.upstream_key_env");
+                let Ok(secret) = std::env::var(var) else {
+                    errors.push(format!("{key}: the environment has no `{var}`"));
+                    return None;
+                };
+                let mut value = http::HeaderValue::try_from(format!("Bearer {secret}"))
+                    .map_err(|_| errors.push(format!("{key}: `{var}` is not a valid header value")))
+                    .ok()?;
+                value.set_sensitive(true);
+                Some(value)
+            });
             pools.push(PoolConfig {
+                credential,
                 name: pool.name.clone(),
                 models: pool.models.clone(),
                 block_size: pool.block_size,
@@ -790,7 +853,7 @@ pub(crate) fn worker_url(url: &str) -> Result<Uri, String> {
 }
 
 /// A `Duration` written as whole milliseconds, under a key ending `_ms`.
-mod millis {
+pub(crate) mod millis {
     use std::time::Duration;
 
     use serde::{Deserialize, Deserializer, Serializer};
@@ -816,7 +879,7 @@ impl Default for Listeners {
             max_body_bytes: default_max_body_bytes(),
             max_concurrent_requests: default_max_concurrent_requests(),
             drain_grace: default_drain_grace(),
-            worker_id_header: true,
+            worker_id_header: false,
         }
     }
 }
@@ -837,6 +900,10 @@ impl Default for RawConfig {
             pools: Vec::new(),
             logs: Default::default(),
             tracing: Default::default(),
+            auth: AuthConfig::default(),
+            limits: LimitsConfig::default(),
+            admission: AdmissionConfig::default(),
+            usage: UsageConfig::default(),
         }
     }
 }
@@ -934,9 +1001,6 @@ fn default_api() -> SocketAddr {
 }
 fn default_admin() -> SocketAddr {
     ([127, 0, 0, 1], 9090).into()
-}
-fn default_true() -> bool {
-    true
 }
 fn default_two() -> u32 {
     2

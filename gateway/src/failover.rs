@@ -51,6 +51,8 @@ pub struct UpstreamRequest<'a> {
     /// The client's headers, whose trace context is passed on when this
     /// gateway records no spans of its own.
     pub incoming: &'a http::HeaderMap,
+    /// The pool's own `Authorization` for its engines; the client's never goes.
+    pub credential: Option<&'a http::HeaderValue>,
     /// The pool's prefix index learns where each attempt sends the prompt.
     pub prefix: Learn<'a>,
 }
@@ -244,6 +246,9 @@ async fn attempt(
     let trace = protocol::traces::headers_for(&tracing::Span::current(), req.incoming);
     for (name, value) in &trace {
         request = request.header(name, value);
+    }
+    if let Some(credential) = req.credential {
+        request = request.header(http::header::AUTHORIZATION, credential);
     }
     if req.stream_tokens && worker.engine.kind == EngineKind::Llmgw {
         request = request.header(STREAM_TOKENS, "1");

@@ -38,6 +38,14 @@ pub const PROMPT_BLOCKS_CACHED: &str = "llmgw_prompt_blocks_cached_total";
 pub const CONTROL_CHANGES: &str = "llmgw_control_changes_total";
 pub const ETCD_CONNECTED: &str = "llmgw_etcd_connected";
 pub const CONTROL_REVISION: &str = "llmgw_control_revision";
+pub const KEYS_LOADED: &str = "llmgw_api_keys";
+pub const KEYS_RELOADS: &str = "llmgw_api_key_reloads_total";
+pub const AUTH_FAILURES: &str = "llmgw_auth_failures_total";
+pub const RATE_LIMITED: &str = "llmgw_rate_limited_total";
+pub const TENANT_REQUESTS: &str = "llmgw_tenant_requests_total";
+pub const TENANT_TOKENS: &str = "llmgw_tenant_tokens_total";
+pub const QUEUE_LENGTH: &str = "llmgw_queue_length";
+pub const QUEUE_WAIT: &str = "llmgw_queue_wait_seconds";
 
 /// The process-wide Prometheus recorder; installed once, however many gateways a process runs.
 pub fn install() -> PrometheusHandle {
@@ -55,6 +63,7 @@ pub fn install() -> PrometheusHandle {
                 .set_buckets_for_metric(Matcher::Full(REQUEST_DURATION.into()), &latency)
                 .and_then(|b| b.set_buckets_for_metric(Matcher::Full(TTFT.into()), &latency))
                 .and_then(|b| b.set_buckets_for_metric(Matcher::Full(ITL.into()), &itl))
+                .and_then(|b| b.set_buckets_for_metric(Matcher::Full(QUEUE_WAIT.into()), &latency))
                 .expect("static buckets are valid")
                 .build_recorder();
             let handle = recorder.handle();
@@ -63,6 +72,47 @@ pub fn install() -> PrometheusHandle {
             handle
         })
         .clone()
+}
+
+pub fn keys_loaded(count: usize) {
+    gauge!(KEYS_LOADED).set(count as f64);
+}
+
+/// `outcome`: `applied` or `refused` (a keys file that does not parse).
+pub fn keys_reload(outcome: &'static str) {
+    counter!(KEYS_RELOADS, "outcome" => outcome).increment(1);
+}
+
+/// `reason`: `missing`, `unknown` or `expired`.
+pub fn auth_failure(reason: &'static str) {
+    counter!(AUTH_FAILURES, "reason" => reason).increment(1);
+}
+
+pub fn rate_limited(tenant: &str) {
+    counter!(RATE_LIMITED, "tenant" => tenant.to_string()).increment(1);
+}
+
+/// Per key and tenant (empty without keys): operators make keys, clients cannot.
+pub fn tenant_request(key: &str, tenant: &str, model: &str, status: u16) {
+    counter!(TENANT_REQUESTS, "key" => key.to_string(), "tenant" => tenant.to_string(),
+        "model" => model.to_string(), "status" => status.to_string())
+    .increment(1);
+}
+
+pub fn tenant_tokens(key: &str, tenant: &str, model: &str, kinds: [(&'static str, u64); 3]) {
+    for (kind, tokens) in kinds {
+        counter!(TENANT_TOKENS, "key" => key.to_string(), "tenant" => tenant.to_string(),
+            "model" => model.to_string(), "kind" => kind)
+        .increment(tokens);
+    }
+}
+
+pub fn queue_length(pool: &str, priority: &'static str, waiting: usize) {
+    gauge!(QUEUE_LENGTH, "pool" => pool.to_string(), "priority" => priority).set(waiting as f64);
+}
+
+pub fn queue_wait(pool: &str, priority: &'static str, waited: Duration) {
+    histogram!(QUEUE_WAIT, "pool" => pool.to_string(), "priority" => priority).record(waited);
 }
 
 pub fn request_done(model: &str, pool: &str, status: u16) {

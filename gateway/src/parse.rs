@@ -30,6 +30,9 @@ pub struct Parsed {
     pub user: Option<String>,
     /// vLLM's `cache_salt`: the prompt's blocks are hashed apart.
     pub cache_salt: Option<String>,
+    /// Completion tokens the request may generate in all (`max_tokens`
+    /// times `n`), when it says.
+    pub max_tokens: Option<u64>,
     pub prompt: Prompt,
 }
 
@@ -80,8 +83,10 @@ pub fn parse(endpoint: Endpoint, body: &[u8]) -> Result<Parsed, ApiError> {
             let req: ChatCompletionRequest = serde_json::from_slice(body).map_err(invalid)?;
             req.validate()?;
             gateways_own(&req.sampling)?;
+            let max = req.max_completion_tokens.or(req.sampling.max_tokens);
             Ok(Parsed {
                 stream: req.sampling.is_stream(),
+                max_tokens: max_tokens(max, req.sampling.n),
                 user: req.sampling.user,
                 cache_salt: req.sampling.cache_salt,
                 model: req.model,
@@ -94,6 +99,7 @@ pub fn parse(endpoint: Endpoint, body: &[u8]) -> Result<Parsed, ApiError> {
             gateways_own(&req.sampling)?;
             Ok(Parsed {
                 stream: req.sampling.is_stream(),
+                max_tokens: max_tokens(req.sampling.max_tokens, req.sampling.n),
                 user: req.sampling.user,
                 cache_salt: req.sampling.cache_salt,
                 model: req.model,
@@ -101,6 +107,10 @@ pub fn parse(endpoint: Endpoint, body: &[u8]) -> Result<Parsed, ApiError> {
             })
         }
     }
+}
+
+fn max_tokens(max: Option<u32>, n: Option<u32>) -> Option<u64> {
+    max.map(|m| u64::from(m) * u64::from(n.unwrap_or(1).max(1)))
 }
 
 #[cfg(test)]

@@ -37,6 +37,8 @@ pub struct Pool {
     pub plugin_table: Arc<PluginTable>,
     /// Requests routed so far: the round-robin strategy's turn.
     turn: AtomicUsize,
+    /// What its engines require as `Authorization`, if anything.
+    pub credential: Option<http::HeaderValue>,
 }
 
 impl Pool {
@@ -141,6 +143,7 @@ impl Registry {
                 policy,
                 plugin_table,
                 turn: AtomicUsize::new(0),
+                credential: p.credential.clone(),
                 workers,
             }));
         }

@@ -30,6 +30,8 @@ use crate::body::{Body, BoxError};
 use crate::config::{Config, Listeners};
 use crate::plugin::{PluginEngine, PluginWatcher, WatchHandle};
 use crate::pools::Registry;
+use crate::tenancy::config::AuthMode;
+use crate::tenancy::Tenancy;
 use crate::tls::{self, TlsError};
 use crate::upstream::Upstream;
 use crate::{control, error, kv_zmq, live, metrics, mirror, probe};
@@ -45,6 +47,8 @@ pub enum StartError {
     Plugins(#[from] crate::plugin::PluginError),
     #[error(transparent)]
     Tls(#[from] TlsError),
+    #[error("cannot read the API keys or open the usage log: {0}")]
+    Tenancy(std::io::Error),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -114,13 +118,29 @@ pub async fn start_on_bus(config: Config, bus: Option<Bus>) -> Result<Handle, St
 
     let mut background = Vec::new();
     // With etcd, it feeds the policy slots too; the directory watcher serves embedded mode.
+    let tenancy = Arc::new(
+        Tenancy::new(&config, config.auth_mode, bus.is_some()).map_err(StartError::Tenancy)?,
+    );
     let control = if config.etcd.endpoints.is_empty() {
         None
     } else {
-        let (control, tasks) = control::start(config.clone(), live.clone()).await;
+        let (control, snapshots, tasks) = control::start(config.clone(), live.clone()).await;
         background.extend(tasks);
+        if config.auth_mode == AuthMode::Keys && config.auth.keys_file.is_none() {
+            background.push(tenancy.follow_etcd(&config.etcd.prefix, snapshots));
+        }
         Some(control)
     };
+    if let (AuthMode::Keys, Some(path)) = (config.auth_mode, &config.auth.keys_file) {
+        background.push(tenancy.watch_file(path.clone()));
+    }
+    if let Some(bus) = &bus {
+        let subject = protocol::bus::Subjects::new(&config.bus.subject_prefix).limits();
+        background.push(tenancy.share(bus.clone(), subject, config.limits.exchange));
+    }
+    if config.auth_mode == AuthMode::None {
+        tracing::warn!(api = %api_addr, "no API keys: anyone who reaches the API may use it");
+    }
     let grace = config.listeners.drain_grace;
     let load_stale = config.bus.load_stale;
     let health_config = config.health.clone();
@@ -129,6 +149,7 @@ pub async fn start_on_bus(config: Config, bus: Option<Bus>) -> Result<Handle, St
     let backstop = config.retry.total_timeout + Duration::from_secs(1);
     let gateway = Arc::new(Gateway {
         admit: Admit::new(config.listeners.max_concurrent_requests),
+        tenancy,
         live: live.clone(),
         upstream: upstream.clone(),
         bus: bus.clone(),

@@ -311,6 +311,12 @@ impl Subjects {
         format!("{}.{}.{pool}.{worker}", self.prefix, Subjects::name(topic))
     }
 
+    /// Where gateway replicas exchange what they admitted against shared
+    /// rate limits.
+    pub fn limits(&self) -> String {
+        format!("{}.limits", self.prefix)
+    }
+
     /// Every worker's messages of `topic`.
     pub fn all(&self, topic: Topic) -> String {
         format!("{}.{}.*.*", self.prefix, Subjects::name(topic))

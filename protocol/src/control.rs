@@ -139,6 +139,24 @@ impl Keys {
         format!("{}/gateways/{id}", self.prefix)
     }
 
+    /// API keys, each as JSON under its id (only the secret's hash).
+    pub fn api_keys(&self) -> String {
+        format!("{}/keys/", self.prefix)
+    }
+
+    pub fn api_key(&self, id: &str) -> String {
+        format!("{}/keys/{id}", self.prefix)
+    }
+
+    /// Tenants' shared limits, each as JSON under its name.
+    pub fn tenants(&self) -> String {
+        format!("{}/tenants/", self.prefix)
+    }
+
+    pub fn tenant(&self, name: &str) -> String {
+        format!("{}/tenants/{name}", self.prefix)
+    }
+
     pub fn shifts(&self) -> String {
         format!("{}/shifts/", self.prefix)
     }

@@ -7,6 +7,8 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorKind {
     InvalidRequest,
+    /// No API key, or one that is unknown, revoked or expired.
+    InvalidApiKey,
     PayloadTooLarge,
     ModelNotFound,
     NotFound,
@@ -25,6 +27,7 @@ impl ErrorKind {
     pub fn status(self) -> u16 {
         match self {
             ErrorKind::InvalidRequest => 400,
+            ErrorKind::InvalidApiKey => 401,
             ErrorKind::ModelNotFound | ErrorKind::NotFound => 404,
             ErrorKind::MethodNotAllowed => 405,
             ErrorKind::PayloadTooLarge => 413,
@@ -41,6 +44,7 @@ impl ErrorKind {
     pub fn type_name(self) -> &'static str {
         match self {
             ErrorKind::InvalidRequest
+            | ErrorKind::InvalidApiKey
             | ErrorKind::PayloadTooLarge
             | ErrorKind::ModelNotFound
             | ErrorKind::NotFound
@@ -56,6 +60,7 @@ impl ErrorKind {
     /// OpenAI's `code` field.
     pub fn code(self) -> Option<&'static str> {
         match self {
+            ErrorKind::InvalidApiKey => Some("invalid_api_key"),
             ErrorKind::ModelNotFound => Some("model_not_found"),
             ErrorKind::PayloadTooLarge => Some("payload_too_large"),
             ErrorKind::RateLimited => Some("rate_limit_exceeded"),

@@ -405,7 +405,7 @@ impl Fleet {
 
 async fn gateway_on(port: u16, extra: &str) -> GatewayProc {
     let listeners = format!(
-        "[listeners]\napi = \"127.0.0.1:{port}\"\nadmin = \"127.0.0.1:0\"\ndrain_grace_ms = 10000\n"
+        "[listeners]\napi = \"127.0.0.1:{port}\"\nadmin = \"127.0.0.1:0\"\nworker_id_header = true\ndrain_grace_ms = 10000\n"
     );
     spawn_gateway("a", &[], &format!("{listeners}{extra}")).await
 }

@@ -250,7 +250,7 @@ pub fn gateway_toml(zone: &str, workers: &[&WorkerProc], extra: &str) -> String 
     let mut text = format!("zone = \"{zone}\"\n");
     if !extra.contains("[listeners]") {
         text.push_str(
-            "[listeners]\napi = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\ndrain_grace_ms = 10000\n",
+            "[listeners]\napi = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\nworker_id_header = true\ndrain_grace_ms = 10000\n",
         );
     }
     if !extra.contains("[health]") {

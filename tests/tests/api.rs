@@ -208,7 +208,7 @@ async fn bad_input_gets_openai_errors() {
     let gw = spawn_gateway(
         "a",
         &[&w1],
-        "[listeners]\napi = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\nmax_body_bytes = 2000\n",
+        "[listeners]\napi = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\nworker_id_header = true\nmax_body_bytes = 2000\n",
     )
     .await;
     let c = client();

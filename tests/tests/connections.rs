@@ -16,7 +16,7 @@ fn addr(gw: &GatewayProc) -> String {
 #[tokio::test(flavor = "multi_thread")]
 async fn slow_header_clients_are_cut_while_others_are_served() {
     let w1 = spawn_worker("w1", "a", WorkerOpts::default()).await;
-    let gw = spawn_gateway("a", &[&w1], "[listeners]\napi = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\nheader_read_timeout_ms = 1000\n").await;
+    let gw = spawn_gateway("a", &[&w1], "[listeners]\napi = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\nworker_id_header = true\nheader_read_timeout_ms = 1000\n").await;
     let started = Instant::now();
     let mut slow = Vec::new();
     for _ in 0..50 {
@@ -72,7 +72,7 @@ async fn a_connection_over_the_cap_is_answered_503() {
     let gw = spawn_gateway(
         "a",
         &[&w1],
-        "[listeners]\napi = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\nmax_connections = 4\n",
+        "[listeners]\napi = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\nworker_id_header = true\nmax_connections = 4\n",
     )
     .await;
     let mut held = Vec::new();

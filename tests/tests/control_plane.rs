@@ -1156,7 +1156,7 @@ async fn a_gateway_restarted_while_etcd_is_down_serves_the_saved_fleet() {
     let stale = e2e::fake::start(200, None).await;
     let saved = temp_dir().join("etcd-state.json");
     let config = format!(
-        "zone = \"a\"\n[listeners]\napi = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n\
+        "zone = \"a\"\n[listeners]\napi = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\nworker_id_header = true\n\
          [health]\ninterval_ms = 100\ntimeout_ms = 500\nunhealthy_threshold = 1\nhealthy_threshold = 1\n\
          [etcd]\nendpoints = [\"{}\"]\nsnapshot = \"{}\"\n\
          [[pools]]\nname = \"{POOL}\"\nmodels = [\"{MODEL}\"]\n\

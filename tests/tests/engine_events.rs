@@ -150,7 +150,7 @@ async fn vllm_and_sglang_events_over_zmq_route_prompts() {
         fake::start(200, None).await,
     ];
     let config = format!(
-        "[listeners]\napi = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n\
+        "[listeners]\napi = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\nworker_id_header = true\n\
          [health]\ninterval_ms = 100\ntimeout_ms = 500\nunhealthy_threshold = 1\nhealthy_threshold = 1\n\
          [[pools]]\nname = \"{POOL}\"\nmodels = [\"{MODEL}\"]\nengine = \"vllm\"\nblock_size = {BLOCK}\n\
          [[pools.workers]]\nid = \"w0\"\nurl = \"{}\"\nengine = \"sglang\"\nkv_events = \"{}\"\nkv_replay = \"{}\"\n\

@@ -97,7 +97,7 @@ async fn llama_cpp_servers_serve_behind_the_gateway() {
     // A second pool names a model the servers do not serve: its worker is
     // misconfigured, whatever its `/health` says.
     let text = format!(
-        "[listeners]\napi = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n\
+        "[listeners]\napi = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\nworker_id_header = true\n\
          [health]\ninterval_ms = 200\ntimeout_ms = 2000\nunhealthy_threshold = 1\nhealthy_threshold = 1\n\
          canary_interval_ms = 1000\ncanary_timeout_ms = 3000\n\
          [[pools]]\nname = \"llama\"\nmodels = [\"{MODEL_ALIAS}\"]\nengine = \"llamacpp\"\ntokenizer = {model:?}\n\
@@ -236,7 +236,7 @@ async fn a_llama_cpp_stream_goes_on_when_its_server_is_killed() {
         LlamaServer::start(MODEL_ALIAS).await,
     ];
     let text = format!(
-        "[listeners]\napi = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n\
+        "[listeners]\napi = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\nworker_id_header = true\n\
          [health]\ninterval_ms = 200\ntimeout_ms = 2000\nunhealthy_threshold = 1\nhealthy_threshold = 1\n\
          [[pools]]\nname = \"llama\"\nmodels = [\"{MODEL_ALIAS}\"]\nengine = \"llamacpp\"\ntokenizer = {:?}\n\
          [[pools.workers]]\nid = \"l0\"\nurl = \"{}\"\n\

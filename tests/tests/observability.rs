@@ -170,7 +170,7 @@ async fn json_logs_carry_the_request_id_in_gateway_and_worker() {
     std::fs::write(
         &config,
         format!(
-            "[listeners]\napi = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n[logs]\nformat = \"json\"\n\
+            "[listeners]\napi = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\nworker_id_header = true\n[logs]\nformat = \"json\"\n\
              [[pools]]\nname = \"{POOL}\"\nmodels = [\"{MODEL}\"]\n[[pools.workers]]\nid = \"w1\"\nurl = \"{}\"\n",
             found[0]
         ),

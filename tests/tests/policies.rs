@@ -27,7 +27,7 @@ async fn gateway(
     config: Value,
 ) -> GatewayProc {
     let mut text = format!(
-        "zone = \"a\"\n[listeners]\napi = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n\
+        "zone = \"a\"\n[listeners]\napi = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\nworker_id_header = true\n\
          [health]\ninterval_ms = 100\ntimeout_ms = 500\nunhealthy_threshold = 1\nhealthy_threshold = 1\n\
          [plugins]\ndir = {:?}\npoll_interval_ms = 50\n\
          [[pools]]\nname = \"{POOL}\"\nmodels = [\"{MODEL}\"]\npolicy = {{ plugin = \"{plugin}\", config = {} }}\n",

@@ -152,7 +152,7 @@ async fn server_errors_eject_passively_and_fail_over() {
     let broken = fake::start(500, None).await;
     let w2 = spawn_worker("w2", "b", WorkerOpts::default()).await;
     let text = format!(
-        "zone = \"a\"\n[listeners]\napi = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n\
+        "zone = \"a\"\n[listeners]\napi = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\nworker_id_header = true\n\
          [breaker]\nfailure_threshold = 2\nbase_ejection_ms = 60000\nmax_ejection_ms = 60000\n\
          [[pools]]\nname = \"sim\"\nmodels = [\"{MODEL}\"]\n\
          [[pools.workers]]\nid = \"broken\"\nurl = \"{}\"\nzone = \"a\"\n\
@@ -178,7 +178,7 @@ async fn server_errors_eject_passively_and_fail_over() {
 async fn client_errors_from_a_worker_pass_through_and_never_eject() {
     let picky = fake::start(400, None).await;
     let text = format!(
-        "[listeners]\napi = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n[breaker]\nfailure_threshold = 1\n\
+        "[listeners]\napi = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\nworker_id_header = true\n[breaker]\nfailure_threshold = 1\n\
          [[pools]]\nname = \"sim\"\nmodels = [\"{MODEL}\"]\n[[pools.workers]]\nid = \"picky\"\nurl = \"{}\"\n",
         picky.url
     );
@@ -302,7 +302,7 @@ async fn a_worker_whose_engine_hangs_is_caught_by_canary_generations() {
     let hung = fake::start(0, None).await;
     let w2 = spawn_worker("w2", "b", WorkerOpts::default()).await;
     let text = format!(
-        "zone = \"a\"\n[listeners]\napi = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n\
+        "zone = \"a\"\n[listeners]\napi = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\nworker_id_header = true\n\
          [health]\ninterval_ms = 100\ntimeout_ms = 500\nunhealthy_threshold = 1\nhealthy_threshold = 1\n\
          canary_interval_ms = 300\ncanary_timeout_ms = 300\n\
          [[pools]]\nname = \"sim\"\nmodels = [\"{MODEL}\"]\n\
@@ -346,7 +346,7 @@ async fn a_worker_whose_engine_hangs_is_caught_by_canary_generations() {
 async fn a_stream_whose_worker_falls_silent_ends_with_an_error_event() {
     let stalling = fake::start_stalling().await;
     let gw = spawn_gateway_from(&format!(
-        "[listeners]\napi = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n[retry]\nstream_stall_ms = 500\n\
+        "[listeners]\napi = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\nworker_id_header = true\n[retry]\nstream_stall_ms = 500\n\
          [[pools]]\nname = \"{POOL}\"\nmodels = [\"{MODEL}\"]\nengine = \"openai\"\n\
          [[pools.workers]]\nid = \"hung\"\nurl = \"{}\"\n",
         stalling.url

@@ -18,7 +18,7 @@ async fn https_listener_and_https_worker() {
     let worker = fake::start(200, Some(fake::server_tls(&cert, &key))).await;
     assert!(worker.url.starts_with("https://"));
     let text = format!(
-        "[listeners]\napi = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n\
+        "[listeners]\napi = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\nworker_id_header = true\n\
          [listeners.tls]\ncert_path = \"{}\"\nkey_path = \"{}\"\n\
          [upstream]\nca_path = \"{}\"\n\
          [[pools]]\nname = \"sim\"\nmodels = [\"{MODEL}\"]\n[[pools.workers]]\nid = \"tls\"\nurl = \"{}\"\n",

@@ -90,7 +90,7 @@ impl Cluster {
         zmq: Option<&Publishers>,
     ) -> anyhow::Result<gateway::Handle> {
         let mut toml = format!(
-            "zone = \"{LOCAL_ZONE}\"\n[listeners]\napi = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n\
+            "zone = \"{LOCAL_ZONE}\"\n[listeners]\napi = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\nworker_id_header = true\n\
              [[pools]]\nname = \"{POOL}\"\nmodels = [\"{MODEL}\"]\nblock_size = {}\ntokenizer = \"builtin\"\n",
             sizing.block_size
         );

@@ -25,6 +25,7 @@ use crate::config::Config;
 use crate::live::Shared;
 use crate::plugin::RETRY_TRANSIENT;
 
+pub use follow::EtcdSnapshot;
 pub use status::{ConfigRefusal, Connection, Control, ControlStatus, SavedState};
 
 /// How long startup waits for etcd's state before serving the file's.
@@ -33,8 +34,15 @@ const FIRST_STATE_WAIT: Duration = Duration::from_secs(3);
 /// Follows etcd and applies its changes to `live` until the tasks are
 /// aborted. Returns once the first state is applied, or after a few seconds
 /// without etcd: then the saved state serves if there is one, else the
-/// file's config.
-pub async fn start(base: Config, live: Shared) -> (Arc<Control>, Vec<JoinHandle<()>>) {
+/// file's config. The snapshots it follows are also for the API keys.
+pub async fn start(
+    base: Config,
+    live: Shared,
+) -> (
+    Arc<Control>,
+    watch::Receiver<Arc<EtcdSnapshot>>,
+    Vec<JoinHandle<()>>,
+) {
     let control = Arc::new(Control::default());
     let keys = protocol::control::Keys::new(&base.etcd.prefix);
     let root = keys.root();
@@ -128,5 +136,9 @@ pub async fn start(base: Config, live: Shared) -> (Arc<Control>, Vec<JoinHandle<
             None => tracing::warn!("etcd has not answered yet; serving this gateway's file until it does (set etcd.snapshot to serve the last known fleet instead)"),
         }
     }
-    (control, vec![follower, applying, reporter])
+    (
+        control,
+        snapshots.subscribe(),
+        vec![follower, applying, reporter],
+    )
 }

@@ -34,6 +34,7 @@ use crate::live::Live;
 use crate::metrics;
 use crate::parse::Endpoint;
 use crate::pools::Pool;
+use crate::tenancy::{Outcome, Ticket};
 use crate::upstream::Upstream;
 use crate::worker::InFlight;
 use tracing::Instrument;
@@ -113,6 +114,12 @@ pub struct Relay {
     observer: Observer,
     in_flight: InFlight,
     _permit: Permit,
+    /// What the answer is counted against, settled when the relay ends.
+    ticket: Option<Ticket>,
+    /// The answer's status, for its usage record.
+    status: u16,
+    /// The usage of a whole answer, as the engine reported it.
+    reported: Option<transcript::Reported>,
 }
 
 /// Labels and clocks of one relayed response.
@@ -121,23 +128,32 @@ struct Observer {
     pool: String,
     stream: bool,
     started: Instant,
+    first_frame: Option<Instant>,
     last_frame: Option<Instant>,
 }
 
 impl Relay {
-    /// `follow`: what a stream needs to be continued elsewhere; `None` for
-    /// answers that are not streamed or when `retry.max_migrations` is 0.
+    /// `follow`: what a stream needs to be continued elsewhere and counted;
+    /// `None` for answers that are not streamed, or not followed.
+    /// `held`: the admission permit, the request's ticket and the answer's status.
     pub fn new(
         served: (InFlight, Bytes, Option<Incoming>),
         follow: Option<Continue>,
         labels: &Labels,
         (stream, stall): (bool, Duration),
         started: Instant,
-        permit: Permit,
+        (permit, ticket, status): (Permit, Ticket, u16),
     ) -> Relay {
         let (in_flight, first, rest) = served;
         let with_tokens = in_flight.worker().engine.kind == EngineKind::Llmgw;
+        // A whole answer is in `first`.
+        let reported = (rest.is_none() && !stream)
+            .then(|| transcript::usage_of(&first))
+            .flatten();
         Relay {
+            ticket: Some(ticket),
+            status,
+            reported,
             first: Some(first),
             rest,
             follow: follow.map(|next| Follow {
@@ -155,6 +171,7 @@ impl Relay {
                 pool: labels.pool.clone(),
                 stream,
                 started,
+                first_frame: None,
                 last_frame: None,
             },
             in_flight,
@@ -394,6 +411,7 @@ impl Follow {
             stream: true,
             stream_tokens: true,
             incoming: &next.trace,
+            credential: next.pool.credential.as_ref(),
             prefix: Learn {
                 index: &next.pool.prefix,
                 strategy: next.live.config.routing.strategy,
@@ -432,10 +450,35 @@ impl Observer {
         }
         let now = Instant::now();
         match self.last_frame {
-            None => metrics::ttft(&self.model, &self.pool, now - self.started),
+            None => {
+                self.first_frame = Some(now);
+                metrics::ttft(&self.model, &self.pool, now - self.started);
+            }
             Some(last) => metrics::inter_token(&self.model, &self.pool, now - last),
         }
         self.last_frame = Some(now);
+    }
+}
+
+impl Drop for Relay {
+    /// The answer is over, whole or not: its ticket is settled.
+    fn drop(&mut self) {
+        let Some(ticket) = self.ticket.take() else {
+            return;
+        };
+        let (reported, generated) = match &self.follow {
+            Some(f) => (f.transcript.usage, f.transcript.generated()),
+            None => (self.reported, 0),
+        };
+        let started = self.observer.started;
+        ticket.finish(Outcome {
+            status: self.status,
+            worker: Some(self.in_flight.worker().id.to_string()),
+            reported,
+            generated: generated.into(),
+            ttft: self.observer.first_frame.map(|t| t - started),
+            duration: started.elapsed(),
+        });
     }
 }
 

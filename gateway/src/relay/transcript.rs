@@ -36,6 +36,46 @@ pub struct Transcript {
     pub beyond_text: bool,
     /// `data: [DONE]` arrived: nothing is missing.
     pub done: bool,
+    /// The usage the stream reported (asked by `stream_options.include_usage`).
+    pub usage: Option<Reported>,
+}
+
+/// Usage as an engine reports it: prompt, cached and completion tokens.
+pub type Reported = (u64, Option<u64>, u64);
+
+#[derive(Deserialize)]
+struct Usage {
+    prompt_tokens: u64,
+    completion_tokens: u64,
+    #[serde(default)]
+    prompt_tokens_details: Option<Details>,
+}
+
+#[derive(Deserialize)]
+struct Details {
+    #[serde(default)]
+    cached_tokens: Option<u64>,
+}
+
+impl Usage {
+    fn reported(&self) -> Reported {
+        let cached = self
+            .prompt_tokens_details
+            .as_ref()
+            .and_then(|d| d.cached_tokens);
+        (self.prompt_tokens, cached, self.completion_tokens)
+    }
+}
+
+/// The usage of a whole (not streamed) answer.
+pub fn usage_of(body: &[u8]) -> Option<Reported> {
+    #[derive(Deserialize)]
+    struct Answer {
+        #[serde(default)]
+        usage: Option<Usage>,
+    }
+    let answer: Answer = serde_json::from_slice(body).ok()?;
+    answer.usage.map(|u| u.reported())
 }
 
 /// What one event turned out to be.
@@ -70,6 +110,8 @@ struct Chunk<'a> {
     choices: Vec<Choice<'a>>,
     #[serde(default)]
     error: Option<IgnoredAny>,
+    #[serde(default)]
+    usage: Option<Usage>,
 }
 
 #[derive(Deserialize)]
@@ -166,6 +208,9 @@ impl Transcript {
         if self.id.is_none() {
             self.id = chunk.id.as_deref().map(str::to_string);
             self.created = chunk.created;
+        }
+        if let Some(usage) = &chunk.usage {
+            self.usage = Some(usage.reported());
         }
         // Only n = 1 is followed, so the first choice is the answer.
         let Some(choice) = chunk.choices.first() else {

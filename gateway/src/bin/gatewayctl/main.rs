@@ -7,6 +7,7 @@
 mod backup;
 mod edit;
 mod in_force;
+mod keys;
 mod preview;
 mod workers;
 mod zones;
@@ -100,6 +101,25 @@ enum Command {
     Zone {
         #[command(subcommand)]
         command: ZoneCommand,
+    },
+    /// API keys: create, list, revoke, rotate (in etcd, or in `--file`).
+    Key {
+        #[command(subcommand)]
+        command: keys::KeyCommand,
+    },
+    /// Limits shared by all keys of a tenant.
+    Tenant {
+        #[command(subcommand)]
+        command: keys::TenantCommand,
+    },
+    /// Sums a gateway's usage log (`usage.log`) per tenant and model.
+    Usage {
+        log: PathBuf,
+        #[arg(long)]
+        tenant: Option<String>,
+        /// From when: a duration ago (24h, 7d) or an instant (2027-01-31T00:00:00Z).
+        #[arg(long)]
+        since: Option<String>,
     },
     /// Takes a worker out of rotation (`cordon`, or `drain`: cordon and wait
     /// until it runs nothing) or puts it back (`uncordon`).
@@ -212,8 +232,30 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         println!("{}: ok", file.display());
         return Ok(());
     }
+    // Keys in a file and usage logs need no etcd.
+    let command = match cli.command {
+        Command::Usage { log, tenant, since } => {
+            return keys::usage(&log, tenant.as_deref(), since.as_deref(), cli.json);
+        }
+        Command::Key { command } => match command.file() {
+            Some(file) => return keys::key(keys::Store::File(&file), command, cli.json).await,
+            None => Command::Key { command },
+        },
+        Command::Tenant { command } => match command.file() {
+            Some(file) => return keys::tenant(keys::Store::File(&file), command).await,
+            None => Command::Tenant { command },
+        },
+        other => other,
+    };
     let mut client = connect(&cli.etcd).await?;
-    match cli.command {
+    match command {
+        Command::Key { command } => {
+            keys::key(keys::Store::Etcd(&mut client, &keys), command, cli.json).await
+        }
+        Command::Tenant { command } => {
+            keys::tenant(keys::Store::Etcd(&mut client, &keys), command).await
+        }
+        Command::Usage { .. } => unreachable!("handled without etcd"),
         Command::Config { command } => match command {
             ConfigCommand::Validate { .. } => unreachable!("handled without etcd"),
             ConfigCommand::Put { file, force } => {

@@ -1,0 +1,113 @@
+//! Usage accounting: per key, tenant and model counters in Prometheus, and
+//! a JSON line per finished request in `usage.log` for billing, appended by
+//! a thread of its own so the request path never waits on the disk.
+
+use std::io::Write;
+use std::path::Path;
+use std::sync::mpsc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::metrics;
+
+/// One finished request, as the usage log holds it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    /// Unix milliseconds when the request finished.
+    pub ts_ms: u64,
+    pub request_id: String,
+    /// `None` without keys (`auth.mode = "none"`).
+    pub key: Option<String>,
+    pub tenant: Option<String>,
+    pub model: String,
+    pub pool: String,
+    pub worker: Option<String>,
+    pub status: u16,
+    pub prompt_tokens: u64,
+    pub cached_tokens: u64,
+    pub completion_tokens: u64,
+    pub ttft_ms: Option<u64>,
+    pub duration_ms: u64,
+}
+
+/// Where finished requests are counted.
+pub struct Usage {
+    log: Option<mpsc::Sender<Record>>,
+}
+
+impl Usage {
+    /// Appends to `log` when given; a file that cannot be opened stops startup.
+    pub fn new(log: Option<&Path>) -> std::io::Result<Usage> {
+        let Some(path) = log else {
+            return Ok(Usage { log: None });
+        };
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)?;
+        let (tx, rx) = mpsc::channel::<Record>();
+        let path = path.display().to_string();
+        std::thread::Builder::new()
+            .name("usage-log".into())
+            .spawn(move || {
+                let mut out = std::io::BufWriter::new(file);
+                while let Ok(first) = rx.recv() {
+                    // Whatever queued meanwhile goes in the same write.
+                    for record in std::iter::once(first).chain(rx.try_iter()) {
+                        let mut line = serde_json::to_vec(&record).expect("a record serializes");
+                        line.push(b'\n');
+                        if let Err(e) = out.write_all(&line) {
+                            tracing::error!(path, error = %e, "cannot write the usage log");
+                        }
+                    }
+                    if let Err(e) = out.flush() {
+                        tracing::error!(path, error = %e, "cannot write the usage log");
+                    }
+                }
+            })?;
+        Ok(Usage { log: Some(tx) })
+    }
+
+    pub fn logs(&self) -> bool {
+        self.log.is_some()
+    }
+
+    pub fn record(&self, record: Record) {
+        let key = record.key.as_deref().unwrap_or("");
+        let tenant = record.tenant.as_deref().unwrap_or("");
+        metrics::tenant_request(key, tenant, &record.model, record.status);
+        metrics::tenant_tokens(
+            key,
+            tenant,
+            &record.model,
+            [
+                ("prompt", record.prompt_tokens),
+                ("cached", record.cached_tokens),
+                ("completion", record.completion_tokens),
+            ],
+        );
+        if let Some(log) = &self.log {
+            let _ = log.send(record);
+        }
+    }
+}
+
+/// Totals of a usage log, per tenant and model, as `gatewayctl usage` prints them.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Totals {
+    pub requests: u64,
+    pub errors: u64,
+    pub prompt_tokens: u64,
+    pub cached_tokens: u64,
+    pub completion_tokens: u64,
+}
+
+impl Totals {
+    pub fn add(&mut self, r: &Record) {
+        self.requests += 1;
+        self.errors += u64::from(r.status >= 400);
+        self.prompt_tokens += r.prompt_tokens;
+        self.cached_tokens += r.cached_tokens;
+        self.completion_tokens += r.completion_tokens;
+    }
+}
