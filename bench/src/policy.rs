@@ -145,7 +145,12 @@ pub fn run(args: Args, out: &Path) -> anyhow::Result<()> {
             let mut candidates = candidates.clone();
             let inputs =
                 PluginInputs::new(&config, pool, &mut candidates, &facts, &mut rand::rng());
-            let decision = policy.route_fresh(&inputs.request, inputs.table(), &inputs.candidates);
+            let decision = policy.route_fresh(
+                &inputs.request,
+                inputs.table(),
+                &inputs.candidates,
+                &inputs.caller,
+            );
             black_box(decision?);
             Ok(())
         })?;
@@ -458,6 +463,7 @@ fn facts(headers: &http::HeaderMap) -> Facts<'_> {
         prompt_blocks: PROMPT_BLOCKS,
         session_key: Some("session-42".to_string()),
         headers,
+        caller: gateway::plugin::nobody(),
     }
 }
 

@@ -61,11 +61,7 @@ pub async fn handle(gw: Arc<Gateway>, req: http::Request<Incoming>) -> Response<
     };
     match (req.method(), endpoint, path) {
         (&Method::POST, Some(endpoint), _) => complete(&gw, req, endpoint).await,
-        (&Method::GET, None, "/v1/models") => body::json(
-            200,
-            serde_json::to_vec(&ModelList::new(gw.live().registry.models(), OWNED_BY))
-                .expect("serializes"),
-        ),
+        (&Method::GET, None, "/v1/models") => models(&gw, req.headers()),
         (_, Some(_), _) | (_, None, "/v1/models") => error::response(&ApiError::new(
             ErrorKind::MethodNotAllowed,
             format!("{} is not allowed on {path}", req.method()),
@@ -75,6 +71,19 @@ pub async fn handle(gw: Arc<Gateway>, req: http::Request<Incoming>) -> Response<
             format!("no route for {path}"),
         )),
     }
+}
+
+/// The models the caller may use.
+fn models(gw: &Gateway, headers: &http::HeaderMap) -> Response<Body> {
+    let caller = match gw.tenancy.authenticate(headers) {
+        Ok(caller) => caller,
+        Err(e) => return error::response(&e),
+    };
+    let live = gw.live();
+    let mut allowed = live.registry.models();
+    allowed.retain(|m| gw.tenancy.may_use(&caller, m).is_ok());
+    let list = ModelList::new(allowed, OWNED_BY);
+    body::json(200, serde_json::to_vec(&list).expect("serializes"))
 }
 
 /// A completion, counted once under its model and pool (empty until known).
@@ -261,6 +270,7 @@ async fn send(
         prompt_blocks: prompt.hashes.len(),
         session_key: session_key(headers, parsed.user.as_deref()),
         headers,
+        caller: caller.for_policy(),
     };
     let order = decide::decide(config, pool, candidates, &facts, &mut rand::rng())?;
 

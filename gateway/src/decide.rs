@@ -22,8 +22,8 @@ use crate::config::{Config, RoutingConfig};
 use crate::health::ProbeState;
 use crate::metrics;
 use crate::plugin::{
-    CandidateState, Decision, LoadedPolicy, OnError, PluginError, PolicyCandidates, RouteRequest,
-    WorkerTable,
+    CandidateState, Decision, LoadedPolicy, OnError, PluginError, PolicyCaller, PolicyCandidates,
+    RouteRequest, WorkerTable,
 };
 use crate::plugin_table::TableSnapshot;
 use crate::policy;
@@ -37,6 +37,8 @@ pub struct Facts<'a> {
     pub prompt_blocks: usize,
     pub session_key: Option<String>,
     pub headers: &'a http::HeaderMap,
+    /// Its API key's tenant and priority class.
+    pub caller: PolicyCaller,
 }
 
 /// The candidates to try, in order, or the policy's rejection. `rng` breaks
@@ -110,6 +112,7 @@ pub struct PluginInputs {
     /// In the order of the gateway's candidates, so a decision's positions
     /// index those too.
     pub candidates: PolicyCandidates,
+    pub caller: PolicyCaller,
 }
 
 impl PluginInputs {
@@ -150,6 +153,7 @@ impl PluginInputs {
                 attempt: 1,
             },
             table,
+            caller: facts.caller.clone(),
             candidates: policy_candidates(
                 candidates,
                 workers,
@@ -166,7 +170,7 @@ impl PluginInputs {
 
     /// `plugin`'s decision on these inputs; see [`LoadedPolicy::route`].
     pub fn ask(&self, plugin: &LoadedPolicy) -> Result<Decision, PluginError> {
-        plugin.route(&self.request, self.table(), &self.candidates)
+        plugin.route(&self.request, self.table(), &self.candidates, &self.caller)
     }
 }
 

@@ -42,6 +42,7 @@ pub fn problem(
         prompt_blocks: 0,
         session_key: None,
         headers: &headers,
+        caller: crate::plugin::nobody(),
     };
     let inputs = PluginInputs::new(config, pool, &mut candidates, &facts, &mut rand::rng());
     match decide::call(|| inputs.ask(policy)) {

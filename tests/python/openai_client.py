@@ -7,7 +7,9 @@ import sys
 import openai
 
 base_url, model = sys.argv[1], sys.argv[2]
-client = openai.OpenAI(base_url=base_url, api_key="unused", max_retries=0)
+# The key, when the gateway wants one.
+api_key = sys.argv[3] if len(sys.argv) > 3 else "unused"
+client = openai.OpenAI(base_url=base_url, api_key=api_key, max_retries=0)
 
 chat = client.chat.completions.create(
     model=model,
@@ -49,5 +51,13 @@ try:
     raise SystemExit("expected NotFoundError")
 except openai.NotFoundError as e:
     assert e.code == "model_not_found", e
+
+if len(sys.argv) > 3:
+    wrong = openai.OpenAI(base_url=base_url, api_key="sk-llmgw-wrong", max_retries=0)
+    try:
+        wrong.chat.completions.create(model=model, messages=[{"role": "user", "content": "x"}])
+        raise SystemExit("expected AuthenticationError")
+    except openai.AuthenticationError as e:
+        assert e.code == "invalid_api_key", e
 
 print("all openai client checks passed")

@@ -14,10 +14,15 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+/// A request's `Authorization` and `api-key` headers.
+pub type Credentials = (Option<String>, Option<String>);
+
 pub struct FakeWorker {
     pub url: String,
     /// Completion requests received.
     pub hits: Arc<AtomicU32>,
+    /// The `Authorization` and `api-key` headers of each completion request.
+    pub credentials: Arc<std::sync::Mutex<Vec<Credentials>>>,
     task: JoinHandle<()>,
 }
 
@@ -36,6 +41,8 @@ pub async fn start(status: u16, tls: Option<Arc<rustls::ServerConfig>>) -> FakeW
     let addr = listener.local_addr().unwrap();
     let hits = Arc::new(AtomicU32::new(0));
     let counter = hits.clone();
+    let credentials = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = credentials.clone();
     let scheme = if tls.is_some() { "https" } else { "http" };
     let task = tokio::spawn(async move {
         let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
@@ -44,13 +51,22 @@ pub async fn start(status: u16, tls: Option<Arc<rustls::ServerConfig>>) -> FakeW
                 continue;
             };
             let hits = counter.clone();
+            let seen = seen.clone();
             let acceptor = acceptor.clone();
             tokio::spawn(async move {
                 let service =
                     hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
                         let hits = hits.clone();
+                        let probe = matches!(req.uri().path(), "/health" | "/v1/models");
+                        if !probe {
+                            let header = |name: &str| {
+                                let value = req.headers().get(name)?.to_str().ok()?;
+                                Some(value.to_string())
+                            };
+                            let got = (header("authorization"), header("api-key"));
+                            seen.lock().unwrap().push(got);
+                        }
                         async move {
-                            let probe = matches!(req.uri().path(), "/health" | "/v1/models");
                             if status == 0 && !probe {
                                 hits.fetch_add(1, Ordering::Relaxed);
                                 std::future::pending::<()>().await;
@@ -79,7 +95,12 @@ pub async fn start(status: u16, tls: Option<Arc<rustls::ServerConfig>>) -> FakeW
         "https" => format!("https://localhost:{}", addr.port()),
         _ => format!("http://{addr}"),
     };
-    FakeWorker { url, hits, task }
+    FakeWorker {
+        url,
+        hits,
+        credentials,
+        task,
+    }
 }
 
 /// Serves `/health` and `/v1/models` like [`start`], and answers every
@@ -137,6 +158,7 @@ pub async fn start_stalling() -> FakeWorker {
     FakeWorker {
         url: format!("http://{addr}"),
         hits,
+        credentials: Arc::default(),
         task,
     }
 }

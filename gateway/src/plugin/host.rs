@@ -36,6 +36,8 @@ pub(crate) struct HostState {
     pub deadline: Deadline,
     /// The engines of the worker table the guest is being sent or holds.
     pub engines: Vec<types::Engine>,
+    /// Who sent the request being routed.
+    pub caller: types::Caller,
 }
 
 impl HostState {
@@ -49,6 +51,7 @@ impl HostState {
             memory_exhausted: false,
             deadline: Deadline::default(),
             engines: Vec::new(),
+            caller: nobody(),
         }
     }
 }
@@ -129,9 +132,21 @@ impl host::Host for HostState {
     fn worker_engines(&mut self) -> Vec<types::Engine> {
         self.engines.clone()
     }
+
+    fn request_caller(&mut self) -> types::Caller {
+        self.caller.clone()
+    }
 }
 
 impl types::Host for HostState {}
+
+/// The caller of a request sent without an API key.
+pub fn nobody() -> types::Caller {
+    types::Caller {
+        tenant: None,
+        priority: types::Priority::Normal,
+    }
+}
 
 impl ResourceLimiter for HostState {
     fn memory_growing(

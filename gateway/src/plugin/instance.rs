@@ -82,6 +82,7 @@ impl Instance {
         request: &RouteRequest,
         table: &WorkerTable,
         candidates: &PolicyCandidates,
+        caller: &types::Caller,
     ) -> Result<types::Decision, PluginError> {
         let timeout_ms = engine.limits().call_timeout_ms;
         self.calls += 1;
@@ -95,6 +96,7 @@ impl Instance {
             // Only once the guest took it: after a failure the instance is dropped anyway.
             self.table = table.generation();
         }
+        self.store.data_mut().caller = caller.clone();
         self.arm(timeout_ms);
         let decided = self.policy.call_route(&mut self.store, request, candidates);
         decided.map_err(|error| self.failure(engine, timeout_ms, error))

@@ -19,7 +19,7 @@ use super::error::PluginError;
 use super::host::{HostState, Tag};
 use super::instance::Instance;
 use super::table::WorkerTable;
-use super::{sample, PolicyCandidates, RouteRequest};
+use super::{sample, PolicyCaller, PolicyCandidates, RouteRequest};
 
 /// An instance is retired after this many calls, so memory a guest leaks or
 /// fragments a little per call never adds up to its limit.
@@ -127,7 +127,7 @@ impl LoadedPolicy {
         let mut first = Instance::new(engine, &code.pre, &tag, config)?;
         let (table, candidates) = (sample::table(), sample::candidates());
         for request in sample::requests() {
-            let raw = first.route(engine, &request, &table, &candidates)?;
+            let raw = first.route(engine, &request, &table, &candidates, &super::nobody())?;
             decision::check(raw, candidates.worker.len())?;
         }
         Ok(Self {
@@ -157,13 +157,14 @@ impl LoadedPolicy {
         request: &RouteRequest,
         table: &WorkerTable,
         candidates: &PolicyCandidates,
+        caller: &PolicyCaller,
     ) -> Result<Decision, PluginError> {
         let idle = self.lock_idle().pop();
         let mut instance = match idle {
             Some(instance) => instance,
             None => Instance::new(&self.engine, &self.code.pre, &self.tag, &self.config)?,
         };
-        let raw = instance.route(&self.engine, request, table, candidates)?;
+        let raw = instance.route(&self.engine, request, table, candidates, caller)?;
         // A decision that fails the check came from a guest that returned
         // normally: its instance is sound and goes back to the pool.
         let checked = decision::check(raw, candidates.worker.len());
@@ -179,9 +180,10 @@ impl LoadedPolicy {
         request: &RouteRequest,
         table: &WorkerTable,
         candidates: &PolicyCandidates,
+        caller: &PolicyCaller,
     ) -> Result<Decision, PluginError> {
         let mut instance = Instance::new(&self.engine, &self.code.pre, &self.tag, &self.config)?;
-        let raw = instance.route(&self.engine, request, table, candidates)?;
+        let raw = instance.route(&self.engine, request, table, candidates, caller)?;
         decision::check(raw, candidates.worker.len())
     }
 

@@ -33,13 +33,15 @@ mod watch;
 mod tests;
 
 pub use bindings::llmgw::policy::types::{
-    Candidates as PolicyCandidates, Engine as PolicyEngine, Label, Request as RouteRequest,
-    State as CandidateState, Worker as PolicyWorker,
+    Caller as PolicyCaller, Candidates as PolicyCandidates, Engine as PolicyEngine, Label,
+    Priority as PolicyPriority, Request as RouteRequest, State as CandidateState,
+    Worker as PolicyWorker,
 };
 pub use config::{OnError, PluginsConfig, PolicyBinding};
 pub use decision::Decision;
 pub use engine::{PluginEngine, Tier};
 pub use error::PluginError;
+pub use host::nobody;
 pub use loaded::{LoadedPolicy, PolicyInfo};
 pub use slot::{PolicySlot, Prepared, Refusal, SlotStatus};
 pub use table::WorkerTable;

@@ -210,7 +210,7 @@ impl KeySet {
         KeySet::new(file.keys, &file.tenants)
     }
 
-    pub fn len(&self) -> usize {
+    pub fn count(&self) -> usize {
         self.by_hash.len()
     }
 
@@ -343,7 +343,7 @@ mod tests {
         ];
         let (set, bad) =
             KeySet::from_etcd(kvs.iter().map(|(k, v)| (*k, *v)), "/p/keys/", "/p/tenants/");
-        assert_eq!(set.len(), 1);
+        assert_eq!(set.count(), 1);
         assert_eq!(bad.len(), 1, "{bad:?}");
         let key = set.find(&secret).unwrap();
         assert_eq!(key.tenant.as_ref().unwrap().tpm, Some(100));

@@ -132,7 +132,7 @@ impl Limits {
 
     /// Takes one request and `tokens` from every limit of `key` and its
     /// tenant, or none when any is short.
-    pub fn admit(&self, key: &Key, tokens: u64, now: Instant) -> Result<Admitted, Refused> {
+    pub fn admit(&self, key: &Key, tokens: u64, now: Instant) -> Result<Admitted, Box<Refused>> {
         let record = &key.record;
         let tenant = key.tenant.as_ref();
         let scope = |kind: &str, name: &str, unit: &str| format!("{kind}/{name}/{unit}");
@@ -190,7 +190,7 @@ impl Limits {
         let wait = short(&requests, 1.0).max(short(&token_scopes, tokens as f64));
         if let Some((_, limit)) = too_large {
             let headers = window_headers(&buckets, &requests, &token_scopes, share);
-            return Err(Refused {
+            return Err(Box::new(Refused {
                 error: ApiError::new(
                     ErrorKind::RateLimited,
                     format!(
@@ -200,7 +200,7 @@ impl Limits {
                 ),
                 headers,
                 retry_after: Duration::from_secs(60),
-            });
+            }));
         }
         if let Some(wait) = wait {
             let headers = window_headers(&buckets, &requests, &token_scopes, share);
@@ -210,7 +210,7 @@ impl Limits {
                 (Some(r), None) => ("requests", r.limit),
                 (None, None) => unreachable!("a short bucket has a window"),
             };
-            return Err(Refused {
+            return Err(Box::new(Refused {
                 error: ApiError::new(
                     ErrorKind::RateLimited,
                     format!(
@@ -220,7 +220,7 @@ impl Limits {
                 ),
                 headers,
                 retry_after: wait,
-            });
+            }));
         }
         let mut taken = Vec::with_capacity(requests.len() + token_scopes.len());
         for (name, limit) in &requests {

@@ -24,6 +24,7 @@ use tokio::task::JoinHandle;
 
 use crate::control::EtcdSnapshot;
 use crate::metrics;
+use crate::plugin::{PolicyCaller, PolicyPriority};
 use config::{AdmissionConfig, AuthMode};
 use keys::{Key, KeySet, KeysFile, Priority};
 use limits::{Admitted, Limits, RateHeaders, Refused};
@@ -59,6 +60,18 @@ impl Caller {
         self.key.as_ref().is_some_and(|k| k.record.admin)
     }
 
+    /// As routing policies see it.
+    pub fn for_policy(&self) -> PolicyCaller {
+        PolicyCaller {
+            tenant: self.tenant().map(str::to_string),
+            priority: match self.priority() {
+                Priority::High => PolicyPriority::High,
+                Priority::Normal => PolicyPriority::Normal,
+                Priority::Low => PolicyPriority::Low,
+            },
+        }
+    }
+
     pub fn priority(&self) -> Priority {
         self.key
             .as_ref()
@@ -74,7 +87,7 @@ impl Tenancy {
                 .map_err(std::io::Error::other)?,
             _ => KeySet::default(),
         };
-        metrics::keys_loaded(keys.len());
+        metrics::keys_loaded(keys.count());
         Ok(Tenancy {
             mode,
             keys: ArcSwap::from_pointee(keys),
@@ -144,7 +157,7 @@ impl Tenancy {
     }
 
     /// Takes a request and `tokens` from the caller's limits.
-    pub fn charge(&self, caller: &Caller, tokens: u64) -> Result<Option<Admitted>, Refused> {
+    pub fn charge(&self, caller: &Caller, tokens: u64) -> Result<Option<Admitted>, Box<Refused>> {
         let Some(key) = &caller.key else {
             return Ok(None);
         };
@@ -263,9 +276,9 @@ impl Tenancy {
     }
 
     fn install(&self, keys: KeySet, from: &str) {
-        metrics::keys_loaded(keys.len());
+        metrics::keys_loaded(keys.count());
         metrics::keys_reload("applied");
-        tracing::info!(keys = keys.len(), from, "API keys in force");
+        tracing::info!(keys = keys.count(), from, "API keys in force");
         self.keys.store(Arc::new(keys));
     }
 

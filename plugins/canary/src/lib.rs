@@ -18,6 +18,9 @@
 //!   the kind of server instead, `stable` and `canary` naming engines: a
 //!   fleet moving from llama.cpp to vLLM sends `canary_percent` of its
 //!   traffic to `"vllm"` workers and the rest to `"llamacpp"` ones.
+//! - `stable_tenants`: tenants (of the gateway's API keys) whose requests
+//!   always go to stable first, a customer under a contract, say: they
+//!   never try the canary while stable can serve. Default none.
 
 #![no_std]
 
@@ -43,6 +46,8 @@ struct RawConfig {
     label: String,
     #[serde(default)]
     by: By,
+    #[serde(default)]
+    stable_tenants: Vec<String>,
 }
 
 /// What tells a worker's side.
@@ -65,11 +70,18 @@ pub struct Canary {
     canary: String,
     /// `canary_percent` as a fraction in [0, 1].
     canary_share: f64,
+    stable_tenants: Vec<String>,
 }
 
 impl Canary {
-    /// Whether this request's point falls in the canary's share.
+    /// Whether this request's point falls in the canary's share; never
+    /// for a tenant kept on stable.
     fn picks_canary(&self, request: &Request) -> bool {
+        if let Some(tenant) = host::request_caller().tenant {
+            if self.stable_tenants.contains(&tenant) {
+                return false;
+            }
+        }
         let point = match &request.session_key {
             // Keyed by the canary version too, so each rollout samples a
             // different set of users instead of the same early few every time.
@@ -142,6 +154,7 @@ impl Policy for Canary {
             stable: raw.stable,
             canary: raw.canary,
             canary_share: raw.canary_percent / 100.0,
+            stable_tenants: raw.stable_tenants,
         })
     }
 
@@ -224,6 +237,23 @@ mod tests {
 
     fn on_canary(policy: &Canary, session: &str) -> bool {
         first(policy, &request().with_session(session)).starts_with("v2")
+    }
+
+    #[test]
+    fn a_tenant_kept_on_stable_never_tries_the_canary() {
+        let policy = Canary::init(
+            r#"{"stable": "v1", "canary": "v2", "canary_percent": 100, "stable_tenants": ["acme"]}"#,
+        )
+        .unwrap();
+        let as_tenant = |tenant: &str| {
+            host::set_request_caller(policy_sdk::Caller {
+                tenant: Some(tenant.to_string()),
+                priority: policy_sdk::Priority::Normal,
+            });
+            first(&policy, &request())
+        };
+        assert_eq!(as_tenant("acme"), "v1-fast");
+        assert_eq!(as_tenant("other"), "v2-b");
     }
 
     #[test]

@@ -1,11 +1,11 @@
-//! What the host offers a policy (log, clock, random, the workers' engines),
-//! with stand-ins when the policy runs natively.
+//! What the host offers a policy (log, clock, random, the workers' engines,
+//! the request's caller), with stand-ins when the policy runs natively.
 
 pub use crate::Level;
 
+pub use imp::{log, now_ms, random, request_caller, worker_engines};
 #[cfg(not(target_arch = "wasm32"))]
-pub use imp::seed_random;
-pub use imp::{log, now_ms, random, worker_engines};
+pub use imp::{seed_random, set_request_caller};
 
 #[cfg(target_arch = "wasm32")]
 mod imp {
@@ -31,6 +31,11 @@ mod imp {
     pub fn worker_engines() -> alloc::vec::Vec<crate::Engine> {
         host::worker_engines()
     }
+
+    /// Who sent the request being routed: its API key's tenant and priority.
+    pub fn request_caller() -> crate::Caller {
+        host::request_caller()
+    }
 }
 
 /// Natively there is no host: these let a policy's unit tests run on the
@@ -47,6 +52,7 @@ mod imp {
         // Each test thread starts from the same seed, so tests that draw
         // random numbers are reproducible without seeding explicitly.
         static STATE: Cell<u64> = const { Cell::new(0x5eed) };
+        static CALLER: core::cell::RefCell<Option<crate::Caller>> = const { core::cell::RefCell::new(None) };
     }
 
     /// Writes to stderr, which the test harness captures per test.
@@ -76,6 +82,22 @@ mod imp {
     /// `testing`'s candidates instead.
     pub fn worker_engines() -> alloc::vec::Vec<crate::Engine> {
         alloc::vec::Vec::new()
+    }
+
+    /// The caller [`set_request_caller`] gave this thread; else no tenant, normal priority.
+    pub fn request_caller() -> crate::Caller {
+        CALLER
+            .with(|c| c.borrow().clone())
+            .unwrap_or(crate::Caller {
+                tenant: None,
+                priority: crate::Priority::Normal,
+            })
+    }
+
+    /// What [`request_caller`] returns on this thread from now on, as the
+    /// host would for a request sent with such a key.
+    pub fn set_request_caller(caller: crate::Caller) {
+        CALLER.with(|c| *c.borrow_mut() = Some(caller));
     }
 
     /// Restarts this thread's sequence of [`random`] numbers from `seed`.

@@ -63,7 +63,9 @@ pub mod bindings {
 }
 
 pub use bindings::llmgw::policy::host::Level;
-pub use bindings::llmgw::policy::types::{Decision, Engine, Label, Rejection, Request, Worker};
+pub use bindings::llmgw::policy::types::{
+    Caller, Decision, Engine, Label, Priority, Rejection, Request, Worker,
+};
 
 impl Engine {
     /// The name a gateway config gives it: `llmgw`, `vllm`, `sglang`,

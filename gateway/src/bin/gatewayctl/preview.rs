@@ -219,7 +219,7 @@ fn ask(
         attempt: 1,
     };
     let info = policy.info();
-    match policy.route(&request, &table, &candidates) {
+    match policy.route(&request, &table, &candidates, &gateway::plugin::nobody()) {
         Ok(Decision::Route(order)) => Ok(order.into_iter().map(|i| eligible[i].worker.id.clone()).collect()),
         Ok(Decision::Reject { status, message }) if status >= 500 => Err(format!(
             "its policy ({} {}) refuses a plain request over all {n} of its workers: {status} {message}",

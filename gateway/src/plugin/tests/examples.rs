@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use super::*;
-use crate::plugin::PolicySlot;
+use crate::plugin::{nobody, PolicySlot};
 
 #[test]
 fn failover_orders_local_zone_by_score_then_other_zones() {
@@ -29,6 +29,27 @@ fn failover_max_workers_cuts_the_list() {
     let pool = pool(&[("w1", "a", &[]), ("w2", "a", &[])]);
     let decision = pool.route(&policy, &request("a", None)).unwrap();
     assert_eq!(pool.routed(&decision).len(), 1);
+}
+
+#[test]
+fn canary_sees_the_callers_tenant_through_the_host() {
+    let config =
+        r#"{"stable": "v1", "canary": "v2", "canary_percent": 100, "stable_tenants": ["acme"]}"#;
+    let policy = load("canary", config).unwrap();
+    let pool = canary_pool();
+    let as_tenant = |tenant: Option<&str>| {
+        let caller = super::super::PolicyCaller {
+            tenant: tenant.map(str::to_string),
+            priority: super::super::PolicyPriority::High,
+        };
+        let decision = pool
+            .route_as(&policy, &request("a", None), &caller)
+            .unwrap();
+        pool.routed(&decision)[0].to_string()
+    };
+    assert_eq!(as_tenant(Some("acme")), "stable-1");
+    assert_eq!(as_tenant(Some("other")), "canary-1");
+    assert_eq!(as_tenant(None), "canary-1");
 }
 
 fn canary_pool() -> Pool {
@@ -157,7 +178,7 @@ fn fresh_instances_decide_like_recycled_ones() {
     let request = request("a", None);
     assert_eq!(
         policy
-            .route_fresh(&request, &pool.table, &pool.candidates)
+            .route_fresh(&request, &pool.table, &pool.candidates, &nobody())
             .unwrap(),
         pool.route(&policy, &request).unwrap()
     );
@@ -221,7 +242,7 @@ fn canary_splits_by_the_engines_the_host_passes() {
     .unwrap();
     let (table, candidates) = (sample::table(), sample::candidates_of(&[2, 3, 0, 1]));
     let decision = policy
-        .route(&request("a", None), &table, &candidates)
+        .route(&request("a", None), &table, &candidates, &nobody())
         .unwrap();
     let Decision::Route(order) = decision else {
         panic!("{decision:?}")

@@ -80,7 +80,16 @@ impl Pool {
         policy: &LoadedPolicy,
         request: &RouteRequest,
     ) -> Result<Decision, super::PluginError> {
-        policy.route(request, &self.table, &self.candidates)
+        self.route_as(policy, request, &super::nobody())
+    }
+
+    fn route_as(
+        &self,
+        policy: &LoadedPolicy,
+        request: &RouteRequest,
+        caller: &super::PolicyCaller,
+    ) -> Result<Decision, super::PluginError> {
+        policy.route(request, &self.table, &self.candidates, caller)
     }
 
     /// The ids a decision routes to, in order.
