@@ -5,6 +5,7 @@
 mod chaos;
 mod control;
 mod engine;
+mod fairness;
 mod index;
 mod load;
 mod memory;
@@ -36,6 +37,8 @@ struct Cli {
 enum Command {
     /// Faults under load (worker, etcd, NATS, zone, gateway): what clients lose.
     Chaos(chaos::Args),
+    /// A quiet and a high-priority tenant under a noisy one's flood: TTFT, shedding only against the fair queue.
+    Fairness(fairness::Args),
     /// The etcd control plane: config put to routed, worker SIGKILL to removal.
     Control(control::Args),
     /// The llama engine on the real model: decode, prefill and cached-prefix TTFT against memory bandwidth.
@@ -59,6 +62,7 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Chaos(args) => chaos::run(args, &cli.out).await,
         Command::Control(args) => control::run(args, &cli.out).await,
+        Command::Fairness(args) => fairness::run(args, &cli.out).await,
         Command::Engine(args) => engine::run(args, &cli.out),
         Command::Overhead(args) => overhead::run(args, &cli.out).await,
         Command::Index(args) => index::run(args, &cli.out),

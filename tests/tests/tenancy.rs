@@ -506,8 +506,11 @@ async fn a_saturated_pool_queues_by_priority_and_usage_is_logged() {
     let send = |key: String, who: &'static str| {
         let (api, tx) = (gw.api.clone(), tx.clone());
         tokio::spawn(async move {
-            let resp = post(&api, Some(&key), &chat(who, false, 20)).await;
+            // The high one streams: its tokens are counted from the stream.
+            let resp = post(&api, Some(&key), &chat(who, who == "high", 20)).await;
             assert_eq!(resp.status(), 200);
+            let text = resp.text().await.unwrap();
+            assert!(text.contains("[DONE]") || who == "low", "{text}");
             tx.send(who).unwrap();
         })
     };

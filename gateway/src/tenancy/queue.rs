@@ -10,6 +10,13 @@
 //! lately carries tags far ahead, so a quiet tenant's request overtakes its
 //! backlog. A waiter that gives up (its client gone, `max_queue_wait_ms`
 //! passed) leaves the queue.
+//!
+//! The cap holds back the tenants that take more than their share: one
+//! holding fewer slots than its fair share (the slots divided among the
+//! tenants with requests in flight or waiting) goes at once, even past the
+//! cap, so a quiet tenant never waits for a flood's requests to finish.
+//! Past the cap by at most the pool's slots again; in practice by a few,
+//! which is why workers should take a few more than the cap.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -24,12 +31,18 @@ use crate::metrics;
 /// Waiters in the order they leave: class, finish tag, arrival.
 type Order = (Priority, u64, u64);
 
+/// A waiter's tenant, and how it is told its turn came.
+type Place = (String, oneshot::Sender<()>);
+
 #[derive(Default)]
 struct State {
     in_flight: usize,
+    /// Slots each tenant holds, and requests each has waiting.
+    held: HashMap<String, usize>,
+    queued: HashMap<String, usize>,
     /// Workers' room as last seen by an arrival.
     capacity: usize,
-    waiting: BTreeMap<Order, oneshot::Sender<()>>,
+    waiting: BTreeMap<Order, Place>,
     /// Each tenant's last finish tag.
     tags: HashMap<String, u64>,
     clock: u64,
@@ -45,6 +58,7 @@ pub struct Queue {
 /// letting the next waiter through.
 pub struct Slot {
     queue: Arc<Queue>,
+    tenant: String,
 }
 
 /// How the queue is bounded.
@@ -86,12 +100,13 @@ impl Queue {
                 .clock
                 .max(state.tags.get(who.tenant).copied().unwrap_or(0));
             let finish = start.saturating_add(who.tokens.max(1));
-            if state.waiting.is_empty() && state.in_flight < capacity {
-                state.in_flight += 1;
+            let free = state.waiting.is_empty() && state.in_flight < capacity;
+            if free || state.under_share(who.tenant) {
+                state.take(who.tenant);
                 state.tags.insert(who.tenant.to_string(), finish);
                 state.clock = start;
                 metrics::queue_wait(&self.pool, class, Duration::ZERO);
-                return Ok(self.slot());
+                return Ok(self.slot(who.tenant));
             }
             if state.waiting.len() >= bounds.max_length {
                 return Err(ApiError::new(
@@ -103,13 +118,15 @@ impl Queue {
             state.arrivals += 1;
             let order = (who.priority, finish, state.arrivals);
             let (tx, rx) = oneshot::channel();
-            state.waiting.insert(order, tx);
+            state.waiting.insert(order, (who.tenant.to_string(), tx));
+            *state.queued.entry(who.tenant.to_string()).or_default() += 1;
             metrics::queue_length(&self.pool, class, self.count(&state, who.priority));
             (order, rx)
         };
         let waited = Instant::now();
         let mut waiter = Waiter {
             queue: self,
+            tenant: who.tenant,
             order,
             granted,
             done: false,
@@ -118,11 +135,11 @@ impl Queue {
         waiter.done = true;
         metrics::queue_wait(&self.pool, class, waited.elapsed());
         match turn {
-            Ok(Ok(())) => Ok(self.slot()),
+            Ok(Ok(())) => Ok(self.slot(who.tenant)),
             _ => {
                 // Let through meanwhile: the slot is ours after all.
                 if waiter.leave() {
-                    return Ok(self.slot());
+                    return Ok(self.slot(who.tenant));
                 }
                 Err(ApiError::new(
                     ErrorKind::Overloaded,
@@ -136,9 +153,11 @@ impl Queue {
         }
     }
 
-    fn slot(self: &Arc<Self>) -> Slot {
+    /// A slot already counted in the state.
+    fn slot(self: &Arc<Self>, tenant: &str) -> Slot {
         Slot {
             queue: Arc::clone(self),
+            tenant: tenant.to_string(),
         }
     }
 
@@ -153,23 +172,65 @@ impl Queue {
     /// Lets waiters through while there is room; the lock is held.
     fn let_through(&self, state: &mut State) {
         while state.in_flight < state.capacity {
-            let Some((order, tx)) = state.waiting.pop_first() else {
+            let Some((order, (tenant, tx))) = state.waiting.pop_first() else {
                 return;
             };
+            state.unqueue(&tenant);
             metrics::queue_length(&self.pool, order.0.as_str(), self.count(state, order.0));
             // A waiter that is gone leaves its place to the next.
             if tx.send(()).is_ok() {
-                state.in_flight += 1;
+                state.take(&tenant);
                 state.clock = state.clock.max(order.1);
             }
         }
     }
 }
 
+impl State {
+    fn take(&mut self, tenant: &str) {
+        self.in_flight += 1;
+        *self.held.entry(tenant.to_string()).or_default() += 1;
+    }
+
+    fn give_back(&mut self, tenant: &str) {
+        self.in_flight -= 1;
+        if let Some(held) = self.held.get_mut(tenant) {
+            *held -= 1;
+            if *held == 0 {
+                self.held.remove(tenant);
+            }
+        }
+    }
+
+    fn unqueue(&mut self, tenant: &str) {
+        if let Some(queued) = self.queued.get_mut(tenant) {
+            *queued -= 1;
+            if *queued == 0 {
+                self.queued.remove(tenant);
+            }
+        }
+    }
+
+    /// Whether `tenant` holds fewer slots than its fair share, counting it
+    /// among the tenants with requests in flight or waiting.
+    fn under_share(&self, tenant: &str) -> bool {
+        let others = self
+            .held
+            .keys()
+            .chain(self.queued.keys())
+            .filter(|t| t.as_str() != tenant)
+            .collect::<std::collections::HashSet<_>>()
+            .len();
+        let share = self.capacity / (others + 1);
+        let held = self.held.get(tenant).copied().unwrap_or(0);
+        held < share && self.in_flight < 2 * self.capacity
+    }
+}
+
 impl Drop for Slot {
     fn drop(&mut self) {
         let mut state = self.queue.state.lock().expect("queue lock");
-        state.in_flight -= 1;
+        state.give_back(&self.tenant);
         self.queue.let_through(&mut state);
     }
 }
@@ -177,6 +238,7 @@ impl Drop for Slot {
 /// A request in the queue; leaving it (dropped) takes it out.
 struct Waiter<'a> {
     queue: &'a Arc<Queue>,
+    tenant: &'a str,
     order: Order,
     granted: oneshot::Receiver<()>,
     /// Its wait is over, one way or another.
@@ -189,6 +251,7 @@ impl Waiter<'_> {
     fn leave(&mut self) -> bool {
         let mut state = self.queue.state.lock().expect("queue lock");
         if state.waiting.remove(&self.order).is_some() {
+            state.unqueue(self.tenant);
             let count = self.queue.count(&state, self.order.0);
             metrics::queue_length(&self.queue.pool, self.order.0.as_str(), count);
             return false;
@@ -201,7 +264,7 @@ impl Drop for Waiter<'_> {
     fn drop(&mut self) {
         // The client went away while waiting: its place, or its slot, goes on.
         if !self.done && self.leave() {
-            drop(self.queue.slot());
+            drop(self.queue.slot(self.tenant));
         }
     }
 }
@@ -261,6 +324,54 @@ mod tests {
         let order = order_of(arrivals).await;
         assert_eq!(order[0], "noisy");
         assert_eq!(order[1], "quiet", "{order:?}");
+    }
+
+    #[tokio::test]
+    async fn a_tenant_under_its_share_goes_past_the_cap() {
+        let queue = Queue::new("p");
+        let mut noisy = Vec::new();
+        for _ in 0..4 {
+            noisy.push(
+                queue
+                    .enter(4, who("noisy", Priority::Normal, 1), BOUNDS)
+                    .await
+                    .unwrap(),
+            );
+        }
+        let waiting = {
+            let queue = queue.clone();
+            tokio::spawn(async move {
+                queue
+                    .enter(4, who("noisy", Priority::Normal, 1), BOUNDS)
+                    .await
+                    .map(drop)
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        // Two tenants: a share of two slots each; the quiet one holds none.
+        let quiet = queue
+            .enter(4, who("quiet", Priority::Normal, 1), BOUNDS)
+            .await
+            .unwrap();
+        let again = queue
+            .enter(4, who("quiet", Priority::Normal, 1), BOUNDS)
+            .await
+            .unwrap();
+        assert_eq!(queue.state.lock().unwrap().in_flight, 6);
+        assert_eq!(queue.state.lock().unwrap().waiting.len(), 1);
+        // Past its share it waits like anyone.
+        let short = Bounds {
+            max_wait: Duration::from_millis(20),
+            ..BOUNDS
+        };
+        assert!(queue
+            .enter(4, who("quiet", Priority::Normal, 1), short)
+            .await
+            .is_err());
+        drop((quiet, again));
+        drop(noisy.pop());
+        waiting.await.unwrap().unwrap();
+        assert_eq!(queue.state.lock().unwrap().in_flight, 3);
     }
 
     #[tokio::test]
