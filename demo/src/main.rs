@@ -114,6 +114,10 @@ async fn run(
         println!("worker   {}   id {id}, zone {zone}", worker.url());
     }
     println!(
+        "\nno API keys: the demo listens on this host only, and anyone on it may use it \
+         (a gateway on another address needs auth.keys_file, or auth.mode = \"none\" said explicitly)"
+    );
+    println!(
         "\ntry:\n  curl -s http://{api}/v1/chat/completions -H 'content-type: application/json' \\\n    \
          -d '{{\"model\":\"{model_name}\",\"messages\":[{{\"role\":\"user\",\"content\":\"Hello!\"}}]}}'\n\nCtrl-C stops."
     );
