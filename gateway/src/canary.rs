@@ -81,6 +81,7 @@ pub async fn send(
     upstream: &Upstream,
     url: &http::Uri,
     model: &str,
+    credential: Option<&http::HeaderValue>,
     timeout: Duration,
 ) -> Result<(), String> {
     let body = json!({
@@ -89,8 +90,12 @@ pub async fn send(
         "max_tokens": 1,
         "temperature": 0,
     });
-    let req = http::Request::post(upstream::uri(url, "/v1/chat/completions"))
-        .header(http::header::CONTENT_TYPE, "application/json")
+    let mut req = http::Request::post(upstream::uri(url, "/v1/chat/completions"))
+        .header(http::header::CONTENT_TYPE, "application/json");
+    if let Some(credential) = credential {
+        req = req.header(http::header::AUTHORIZATION, credential);
+    }
+    let req = req
         .body(body::full(Bytes::from(body.to_string())))
         .map_err(|e| e.to_string())?;
     let answer = async {

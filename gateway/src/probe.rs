@@ -37,7 +37,8 @@ pub async fn run_probes(live: Shared, upstream: Upstream, config: HealthConfig) 
 }
 
 async fn probe_one(pool: &Pool, worker: Arc<Worker>, upstream: &Upstream, config: &HealthConfig) {
-    let verdict = tokio::time::timeout(config.timeout, check(upstream, &worker, &pool.models))
+    let checked = check(upstream, &worker, &pool.models, pool.credential.as_ref());
+    let verdict = tokio::time::timeout(config.timeout, checked)
         .await
         .unwrap_or(Err(None))
         .and_then(|()| canary(pool, &worker, upstream, config));
@@ -79,11 +80,13 @@ fn canary(
     ) {
         let (worker, upstream) = (worker.clone(), upstream.clone());
         let model = pool.models[0].clone();
+        let credential = pool.credential.clone();
         let timeout = config.canary_timeout;
         // Not awaited by shutdown: it is bounded by its timeout, and only
         // updates the worker it holds.
         tokio::spawn(async move {
-            let outcome = canary::send(&upstream, &worker.url, &model, timeout).await;
+            let outcome =
+                canary::send(&upstream, &worker.url, &model, credential.as_ref(), timeout).await;
             metrics::canary(&worker.pool, outcome.is_ok());
             if let Err(why) = &outcome {
                 tracing::warn!(worker = %worker.id, pool = %worker.pool, %why, "canary generation failed");
@@ -104,11 +107,13 @@ fn canary(
 /// Whether `worker` is up and serves every model of its pool, by its
 /// engine's conventions, keeping the load it reports or its metrics tell on
 /// the way. `Err(Some(why))` when it answered but cannot serve the pool,
-/// `Err(None)` when it did not answer as up.
+/// `Err(None)` when it did not answer as up. `credential`: what the pool's
+/// engines require (vLLM's `--api-key` guards `/v1/models`).
 async fn check(
     upstream: &Upstream,
     worker: &Worker,
     models: &[String],
+    credential: Option<&http::HeaderValue>,
 ) -> Result<(), Option<String>> {
     let served = match worker.engine.kind {
         EngineKind::Llmgw => {
@@ -120,25 +125,28 @@ async fn check(
             vec![report.model]
         }
         kind => {
-            let (status, body) = get(upstream, upstream::uri(&worker.url, kind.health_path()))
-                .await
-                .ok_or(None)?;
+            let health = upstream::uri(&worker.url, kind.health_path());
+            let (status, body) = get(upstream, health, credential).await.ok_or(None)?;
             if !status.is_success() {
                 return Err(None);
             }
             let list = match kind {
                 EngineKind::Openai => body,
                 _ => {
-                    get(upstream, upstream::uri(&worker.url, "/v1/models"))
-                        .await
-                        .filter(|(status, _)| status.is_success())
-                        .ok_or(None)?
-                        .1
+                    get(
+                        upstream,
+                        upstream::uri(&worker.url, "/v1/models"),
+                        credential,
+                    )
+                    .await
+                    .filter(|(status, _)| status.is_success())
+                    .ok_or(None)?
+                    .1
                 }
             };
             if let Some(url) = &worker.engine.metrics_url {
                 // A failed scrape keeps no figure: the last one goes stale.
-                if let Some((_, text)) = get(upstream, url.clone()).await {
+                if let Some((_, text)) = get(upstream, url.clone(), credential).await {
                     let text = String::from_utf8_lossy(&text);
                     if let Some(load) = engine::load_from_metrics(kind, &text) {
                         worker.report_load(load, Instant::now());
@@ -153,8 +161,16 @@ async fn check(
 }
 
 /// A GET's status and body; `None` when no answer came.
-async fn get(upstream: &Upstream, uri: http::Uri) -> Option<(http::StatusCode, Bytes)> {
-    let req = http::Request::get(uri)
+async fn get(
+    upstream: &Upstream,
+    uri: http::Uri,
+    credential: Option<&http::HeaderValue>,
+) -> Option<(http::StatusCode, Bytes)> {
+    let mut req = http::Request::get(uri);
+    if let Some(credential) = credential {
+        req = req.header(http::header::AUTHORIZATION, credential);
+    }
+    let req = req
         .body(Empty::<Bytes>::new().map_err(|e| match e {}).boxed())
         .ok()?;
     let resp = upstream.request(req).await.ok()?;
@@ -165,7 +181,7 @@ async fn get(upstream: &Upstream, uri: http::Uri) -> Option<(http::StatusCode, B
 
 /// A worker's `/health` answer; `None` when it gave none that parses.
 pub async fn fetch_report(upstream: &Upstream, url: &http::Uri) -> Option<HealthReport> {
-    let (status, body) = get(upstream, upstream::uri(url, "/health")).await?;
+    let (status, body) = get(upstream, upstream::uri(url, "/health"), None).await?;
     let mut report: HealthReport = serde_json::from_slice(&body).ok()?;
     if !status.is_success() && report.status == "ok" {
         report.status = "unavailable".to_string();

@@ -21,7 +21,7 @@ pub struct FakeWorker {
     pub url: String,
     /// Completion requests received.
     pub hits: Arc<AtomicU32>,
-    /// The `Authorization` and `api-key` headers of each completion request.
+    /// The `Authorization` and `api-key` headers of each request, probes included.
     pub credentials: Arc<std::sync::Mutex<Vec<Credentials>>>,
     task: JoinHandle<()>,
 }
@@ -58,14 +58,12 @@ pub async fn start(status: u16, tls: Option<Arc<rustls::ServerConfig>>) -> FakeW
                     hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
                         let hits = hits.clone();
                         let probe = matches!(req.uri().path(), "/health" | "/v1/models");
-                        if !probe {
-                            let header = |name: &str| {
-                                let value = req.headers().get(name)?.to_str().ok()?;
-                                Some(value.to_string())
-                            };
-                            let got = (header("authorization"), header("api-key"));
-                            seen.lock().unwrap().push(got);
-                        }
+                        let header = |name: &str| {
+                            let value = req.headers().get(name)?.to_str().ok()?;
+                            Some(value.to_string())
+                        };
+                        let got = (header("authorization"), header("api-key"));
+                        seen.lock().unwrap().push(got);
                         async move {
                             if status == 0 && !probe {
                                 hits.fetch_add(1, Ordering::Relaxed);

@@ -174,6 +174,27 @@ async fn api_keys_guard_the_api_and_the_admin_listener() {
     )
     .await;
 
+    // Rotated: the old secret stops, the new one works.
+    let rotated = new_key(&keys, &["--tenant", "acme"]).await;
+    eventually(Duration::from_secs(1), "the new key works", || async {
+        post(&gw.api, Some(&rotated), &body).await.status() == 200
+    })
+    .await;
+    let listed = ctl(&keys, &["key", "list"]).await;
+    let newest = listed["keys"].as_array().unwrap().last().unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let fresh = ctl(&keys, &["key", "rotate", &newest]).await["secret"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    eventually(Duration::from_secs(1), "the old secret refused", || async {
+        post(&gw.api, Some(&rotated), &body).await.status() == 401
+    })
+    .await;
+    assert_eq!(post(&gw.api, Some(&fresh), &body).await.status(), 200);
+
     // A keys file that does not parse leaves the last good keys serving.
     std::fs::write(&keys, "[[keys]]\nid = 1\n").unwrap();
     tokio::time::sleep(Duration::from_millis(600)).await;
@@ -463,8 +484,9 @@ async fn the_clients_key_never_reaches_a_worker_the_pools_own_does() {
         .await
         .unwrap();
     assert_eq!(azure.status(), 200);
+    // Completions and probes alike (vLLM's key guards `/v1/models`).
     let seen = fake.credentials.lock().unwrap().clone();
-    assert!(seen.len() >= 2);
+    assert!(seen.len() >= 4, "{seen:?}");
     for (authorization, api_key) in seen {
         assert_eq!(authorization.as_deref(), Some("Bearer engine-secret"));
         assert_eq!(api_key, None);

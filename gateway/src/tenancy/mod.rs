@@ -209,10 +209,13 @@ impl Tenancy {
     pub fn watch_file(self: &Arc<Self>, path: PathBuf) -> JoinHandle<()> {
         let tenancy = Arc::clone(self);
         tokio::spawn(async move {
+            // The inode too: a rewrite through a rename within one mtime
+            // tick, of the same length (a rotated key), is still a change.
             let stamp = |p: &PathBuf| {
+                use std::os::unix::fs::MetadataExt;
                 std::fs::metadata(p)
                     .ok()
-                    .map(|m| (m.modified().ok(), m.len()))
+                    .map(|m| (m.modified().ok(), m.len(), m.ino()))
             };
             let mut seen = stamp(&path);
             loop {
