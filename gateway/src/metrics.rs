@@ -92,7 +92,7 @@ pub fn rate_limited(tenant: &str) {
     counter!(RATE_LIMITED, "tenant" => tenant.to_string()).increment(1);
 }
 
-/// Per key and tenant (empty without keys): operators make keys, clients cannot.
+/// Per key and tenant: operators make keys, clients cannot.
 pub fn tenant_request(key: &str, tenant: &str, model: &str, status: u16) {
     counter!(TENANT_REQUESTS, "key" => key.to_string(), "tenant" => tenant.to_string(),
         "model" => model.to_string(), "status" => status.to_string())

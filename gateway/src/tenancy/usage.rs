@@ -72,20 +72,22 @@ impl Usage {
         self.log.is_some()
     }
 
+    /// Counts `record` under its key in Prometheus (without keys,
+    /// `llmgw_requests_total` already counts it), and logs it.
     pub fn record(&self, record: Record) {
-        let key = record.key.as_deref().unwrap_or("");
-        let tenant = record.tenant.as_deref().unwrap_or("");
-        metrics::tenant_request(key, tenant, &record.model, record.status);
-        metrics::tenant_tokens(
-            key,
-            tenant,
-            &record.model,
-            [
-                ("prompt", record.prompt_tokens),
-                ("cached", record.cached_tokens),
-                ("completion", record.completion_tokens),
-            ],
-        );
+        if let (Some(key), Some(tenant)) = (&record.key, &record.tenant) {
+            metrics::tenant_request(key, tenant, &record.model, record.status);
+            metrics::tenant_tokens(
+                key,
+                tenant,
+                &record.model,
+                [
+                    ("prompt", record.prompt_tokens),
+                    ("cached", record.cached_tokens),
+                    ("completion", record.completion_tokens),
+                ],
+            );
+        }
         if let Some(log) = &self.log {
             let _ = log.send(record);
         }
