@@ -70,6 +70,17 @@ async fn error_code(resp: reqwest::Response) -> (u16, String) {
     )
 }
 
+/// The gateway's `/metrics`, read with an admin key.
+async fn admin_metrics(gw: &GatewayProc, key: &str) -> String {
+    let resp = client()
+        .get(format!("{}/metrics", gw.admin))
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap();
+    resp.text().await.unwrap()
+}
+
 const LISTENERS: &str = "[listeners]\napi = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n";
 
 #[tokio::test]
@@ -199,15 +210,7 @@ async fn api_keys_guard_the_api_and_the_admin_listener() {
     std::fs::write(&keys, "[[keys]]\nid = 1\n").unwrap();
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert_eq!(post(&gw.api, Some(&admin), &body).await.status(), 200);
-    let metrics = client()
-        .get(format!("{}/metrics", gw.admin))
-        .bearer_auth(&admin)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = admin_metrics(&gw, &admin).await;
     assert!(
         metrics.contains("llmgw_api_key_reloads_total{outcome=\"refused\"} 1"),
         "{metrics}"
@@ -548,15 +551,7 @@ async fn a_saturated_pool_queues_by_priority_and_usage_is_logged() {
         order.push(who);
     }
     assert_eq!(order, ["low", "high", "low", "low", "low"]);
-    let metrics = client()
-        .get(format!("{}/metrics", gw.admin))
-        .bearer_auth(&admin)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = admin_metrics(&gw, &admin).await;
     assert!(
         metrics.contains("llmgw_queue_wait_seconds_count{pool=\"sim\",priority=\"low\"} 4"),
         "{metrics}"
