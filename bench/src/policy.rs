@@ -193,9 +193,12 @@ pub fn run(args: Args, out: &Path) -> anyhow::Result<()> {
         }));
     }
 
+    let hostile = read_wasm(&args.wasm_dir, "hostile")?;
     let failover_kb = failover.len() / 1024;
     anyhow::ensure!(args.swaps > 0, "--swaps must be at least 1");
-    let swap = swaps(&engine, &plugins, &args, [failover, zone_affinity])?;
+    let swap = swaps(&engine, &plugins, &args, [failover.clone(), zone_affinity])?;
+    // After the swaps: the spinning shadow would slow them.
+    let (live, shadowed, shadow_stats) = shadow_cost(&engine, args.calls, &failover, &hostile)?;
 
     let pooled_64 = figures
         .iter()
@@ -218,6 +221,10 @@ pub fn run(args: Args, out: &Path) -> anyhow::Result<()> {
          tier), and to its optimized build serving, while another thread calls the policy with {} \
          candidates in a loop. Each version is written once the previous one is optimized, as \
          deploys minutes apart would be.\n\n{}\n\
+         Shadow: the live decision (`failover`, 64 candidates, {} calls in 4 interleaved rounds) \
+         with no shadow, and with the `hostile` plugin in shadow for every request, spinning to \
+         its deadline on the shadow thread: p50 / p99 {} without, {} with ({} samples compared, \
+         {} timed out, {} skipped while the shadow thread was busy).\n\n\
          Goals: pooled p50 with 64 candidates under 20 µs: {}; swap p50 and p99 under 100 ms \
          ({:.1} / {:.1} ms): {}; no failed call: {}.\n",
         failover_kb,
@@ -267,6 +274,12 @@ pub fn run(args: Args, out: &Path) -> anyhow::Result<()> {
                 },
             ]]
         ),
+        args.calls,
+        us(&live),
+        us(&shadowed),
+        shadow_stats["compared"],
+        shadow_stats["errors"]["timeout"].as_u64().unwrap_or(0),
+        shadow_stats["skipped"],
         verdict(pooled_64.map(|p50| p50 < 20.0)),
         swap.p50_ms,
         swap.p99_ms,
@@ -280,6 +293,11 @@ pub fn run(args: Args, out: &Path) -> anyhow::Result<()> {
             "load_ms_p50": load_ms,
             "baseline_load_ms_p50": baseline_load_ms,
             "decision": figures,
+            "shadow": {
+                "live_without": {"p50_us": live.p50_us, "p99_us": live.p99_us},
+                "live_with_hostile_shadow": {"p50_us": shadowed.p50_us, "p99_us": shadowed.p99_us},
+                "samples": shadow_stats,
+            },
             "swap": {
                 "swaps": swap.count,
                 "poll_interval_ms": plugins.poll_interval_ms,
@@ -319,6 +337,68 @@ pub fn run(args: Args, out: &Path) -> anyhow::Result<()> {
         ],
     )?;
     Ok(())
+}
+
+/// The live decision's cost with a shadow version bound: `decide` with the
+/// `failover` plugin live, against the same with the `hostile` plugin in
+/// shadow for every request, spinning to its deadline on the shadow thread
+/// (one core of the machine's); interleaved rounds. Also what became of the
+/// samples.
+fn shadow_cost(
+    engine: &PluginEngine,
+    calls: usize,
+    failover: &[u8],
+    hostile: &[u8],
+) -> anyhow::Result<(Timing, Timing, serde_json::Value)> {
+    const N: usize = 64;
+    let binding =
+        "policy = { plugin = \"failover\", shadow = { version = \"6.6.6\", sample = 1.0 } }";
+    let (plain_config, plain) = gateway_with(N, "policy = { plugin = \"failover\" }")?;
+    let (shadow_config, shadowed) = gateway_with(N, binding)?;
+    for registry in [&plain, &shadowed] {
+        registry.pools()[0]
+            .policy
+            .try_load(engine, "failover", "1.0.0", failover, "{}")?;
+    }
+    let spin = r#"{"mode": "loop", "on_model": "llama-3-8b"}"#;
+    let pool = &shadowed.pools()[0];
+    pool.shadow
+        .slot
+        .try_load(engine, "failover", "6.6.6", hostile, spin)?;
+    let headers = headers();
+    let facts = facts(&headers);
+    let (mut without, mut with) = (Vec::new(), Vec::new());
+    for _ in 0..4 {
+        for (config, registry, samples) in [
+            (&plain_config, &plain, &mut without),
+            (&shadow_config, &shadowed, &mut with),
+        ] {
+            let pool = &registry.pools()[0];
+            let candidates = gather(pool);
+            for _ in 0..calls / 4 {
+                let candidates = candidates.clone();
+                let start = Instant::now();
+                let order = decide::decide(config, pool, candidates, &facts, &mut rand::rng())?;
+                samples.push(start.elapsed().as_secs_f64() * 1e6);
+                black_box(order.len());
+            }
+        }
+    }
+    let timing = |samples: &mut Vec<f64>| Timing {
+        p50_us: percentile(samples, 0.5),
+        p99_us: percentile(samples, 0.99),
+    };
+    // Wait out the shadow thread's backlog (a deadline per sample).
+    let mut stats = pool.shadow.status(pool.shadow_sample)["stats"].clone();
+    loop {
+        std::thread::sleep(Duration::from_millis(200));
+        let now = pool.shadow.status(pool.shadow_sample)["stats"].clone();
+        if now == stats {
+            break;
+        }
+        stats = now;
+    }
+    Ok((timing(&mut without), timing(&mut with), stats))
 }
 
 /// What `decide` does with a plugin in force, minus its fallback: inputs
@@ -401,9 +481,19 @@ fn verdict(met: Option<bool>) -> &'static str {
 /// workers over three zones, two versions and two colours. The workers are
 /// never contacted.
 fn gateway(n: usize) -> anyhow::Result<(Config, Registry)> {
-    let mut text = String::from(
-        "zone = \"a\"\n[plugins]\nheaders = [\"x-tenant\"]\n\
-         [[pools]]\nname = \"chat\"\nmodels = [\"llama-3-8b\"]\n",
+    gateway_with(n, "")
+}
+
+/// [`gateway`] with `policy` (a pool's `policy = ...` line) bound.
+fn gateway_with(n: usize, policy: &str) -> anyhow::Result<(Config, Registry)> {
+    let dir = if policy.is_empty() {
+        ""
+    } else {
+        "dir = \"unused\"\n"
+    };
+    let mut text = format!(
+        "zone = \"a\"\n[plugins]\n{dir}headers = [\"x-tenant\"]\n\
+         [[pools]]\nname = \"chat\"\nmodels = [\"llama-3-8b\"]\n{policy}\n",
     );
     for i in 0..n {
         text.push_str(&format!(
@@ -503,9 +593,10 @@ fn swaps(
         // Write then rename, as a deploy should: a poll never sees half a file.
         let staging = dir.join("routing").join(format!(".{version}.partial"));
         std::fs::write(&staging, bytes)?;
+        // Versions are semantic versions: 0.0.0, 1.0.0, ...
         std::fs::rename(
             &staging,
-            dir.join("routing").join(format!("{version}.wasm")),
+            dir.join("routing").join(format!("{version}.0.0.wasm")),
         )
     };
     put(0, &components[0])?;
@@ -517,6 +608,7 @@ fn swaps(
             plugin: "routing".to_string(),
             version: None,
             config: None,
+            shadow: None,
         },
         slot.clone(),
     );
@@ -589,7 +681,7 @@ fn swaps(
     for version in 1..=args.swaps {
         let start = Instant::now();
         put(version, &components[version % 2])?;
-        let wanted = version.to_string();
+        let wanted = format!("{version}.0.0");
         let mut served: Option<Instant> = None;
         loop {
             served = served.or_else(|| {
@@ -612,7 +704,10 @@ fn swaps(
             std::thread::sleep(Duration::from_micros(200));
         }
         // Old versions would pile up in the listing; a deploy removes them too.
-        std::fs::remove_file(dir.join("routing").join(format!("{}.wasm", version - 1)))?;
+        std::fs::remove_file(
+            dir.join("routing")
+                .join(format!("{}.0.0.wasm", version - 1)),
+        )?;
     }
     stop.store(true, Ordering::Relaxed);
     caller

@@ -145,6 +145,7 @@ fn status(admin: &Admin) -> serde_json::Value {
                 "models": pool.models,
                 "block_size": pool.block_size,
                 "policy": pool.policy.status(),
+                "shadow": (pool.shadow_sample > 0.0).then(|| pool.shadow.status(pool.shadow_sample)),
                 "strategy": live.config.routing.strategy,
                 "workers": workers,
                 "unroutable": unroutable.iter().find(|(p, _)| *p == pool.name).map(|(_, why)| why),

@@ -28,6 +28,7 @@ use crate::plugin::{
 use crate::plugin_table::TableSnapshot;
 use crate::policy;
 use crate::pools::Pool;
+use crate::shadow::Live;
 
 /// What the policy stage knows of the request.
 pub struct Facts<'a> {
@@ -72,6 +73,7 @@ fn policy_order(
     let span = tracing::info_span!("policy", plugin = %info.plugin, version = %info.version,
         outcome = tracing::field::Empty);
     let decision = span.in_scope(|| call(|| inputs.ask(&plugin)));
+    shadow(pool, &decision, inputs, rng);
     span.record(
         "outcome",
         match &decision {
@@ -168,6 +170,12 @@ impl PluginInputs {
         self.table.table()
     }
 
+    /// The zone of the candidate at `position`.
+    pub fn zone_of(&self, position: usize) -> &str {
+        let worker = self.candidates.worker[position] as usize;
+        &self.table().workers()[worker].zone
+    }
+
     /// `plugin`'s decision on these inputs; see [`LoadedPolicy::route`].
     pub fn ask(&self, plugin: &LoadedPolicy) -> Result<Decision, PluginError> {
         plugin.route(&self.request, self.table(), &self.candidates, &self.caller)
@@ -176,6 +184,25 @@ impl PluginInputs {
 
 fn score_request(pool: &Pool, facts: &Facts<'_>, candidates: &[Candidate]) -> policy::Request {
     policy::Request::new(facts.prompt_blocks, pool.block_size, candidates)
+}
+
+/// Sends a sample of requests' inputs to the pool's shadow version, with
+/// the live decision to compare against (none when the live one failed).
+fn shadow(
+    pool: &Pool,
+    decision: &Result<Decision, PluginError>,
+    inputs: PluginInputs,
+    rng: &mut impl Rng,
+) {
+    if pool.shadow_sample <= 0.0 || rng.random::<f64>() >= pool.shadow_sample {
+        return;
+    }
+    let live = match decision {
+        Ok(Decision::Route(order)) => Live::Route(order[0]),
+        Ok(Decision::Reject { status, .. }) => Live::Reject(*status),
+        Err(_) => return,
+    };
+    pool.shadow.submit(&pool.name, inputs, live);
 }
 
 /// Runs a plugin call where it may block: a guest's WASI calls (a panic

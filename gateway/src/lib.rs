@@ -44,6 +44,7 @@ pub mod relay;
 mod routable;
 mod score;
 mod server;
+pub mod shadow;
 pub mod tenancy;
 mod tls;
 pub mod tokenize;

@@ -46,6 +46,7 @@ pub const TENANT_REQUESTS: &str = "llmgw_tenant_requests_total";
 pub const TENANT_TOKENS: &str = "llmgw_tenant_tokens_total";
 pub const QUEUE_LENGTH: &str = "llmgw_queue_length";
 pub const QUEUE_WAIT: &str = "llmgw_queue_wait_seconds";
+pub const SHADOW_DECISIONS: &str = "llmgw_shadow_decisions_total";
 
 /// The process-wide Prometheus recorder; installed once, however many gateways a process runs.
 pub fn install() -> PrometheusHandle {
@@ -72,6 +73,11 @@ pub fn install() -> PrometheusHandle {
             handle
         })
         .clone()
+}
+
+/// `outcome`: one of `shadow::OUTCOMES`.
+pub fn shadow_decision(pool: &str, outcome: &'static str) {
+    counter!(SHADOW_DECISIONS, "pool" => pool.to_string(), "outcome" => outcome).increment(1);
 }
 
 pub fn keys_loaded(count: usize) {
@@ -206,6 +212,9 @@ pub fn pool_counters(pool: &str, workers: &[&str]) {
     }
     for kind in crate::plugin::PluginError::CALL_KINDS {
         counter!(POLICY_ERRORS, "pool" => p(), "kind" => kind).increment(0);
+    }
+    for outcome in crate::shadow::OUTCOMES {
+        counter!(SHADOW_DECISIONS, "pool" => p(), "outcome" => outcome).increment(0);
     }
     counter!(STALLS, "pool" => p()).increment(0);
     counter!(PROMPT_BLOCKS, "pool" => p()).increment(0);

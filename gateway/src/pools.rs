@@ -13,6 +13,7 @@ use crate::config::{registered_engine, worker_url, Config};
 use crate::plugin::PolicySlot;
 use crate::plugin_table::PluginTable;
 use crate::prefix::PrefixState;
+use crate::shadow::Shadow;
 use crate::tokenize;
 use crate::worker::Worker;
 use protocol::WorkerId;
@@ -39,6 +40,10 @@ pub struct Pool {
     turn: AtomicUsize,
     /// What its engines require as `Authorization`, if anything.
     pub credential: Option<http::HeaderValue>,
+    /// The version its binding tries in shadow, and the share of requests
+    /// it decides too (0: none).
+    pub shadow: Arc<Shadow>,
+    pub shadow_sample: f64,
 }
 
 impl Pool {
@@ -76,21 +81,28 @@ impl Registry {
             let kept = previous
                 .and_then(|r| r.pools.iter().find(|old| old.name == p.name))
                 .filter(|old| old.block_size == p.block_size && old.tokenizer_spec == p.tokenizer);
-            let (tokenizer, prefix, policy, plugin_table) = match kept {
+            let (tokenizer, prefix, policy, plugin_table, shadow) = match kept {
                 // The plugin table checks itself against the workers it is asked about.
                 Some(old) => (
                     old.tokenizer.clone(),
                     old.prefix.clone(),
                     old.policy.clone(),
                     old.plugin_table.clone(),
+                    old.shadow.clone(),
                 ),
                 None => (
                     tokenize::load(&p.tokenizer)?,
                     Arc::new(PrefixState::new(p.block_size, &config.routing)),
                     Arc::new(PolicySlot::new(p.name.clone())),
                     Arc::default(),
+                    Shadow::new(&p.name),
                 ),
             };
+            let shadow_sample = p
+                .policy
+                .as_ref()
+                .and_then(|b| b.shadow.as_ref())
+                .map_or(0.0, |s| s.sample);
             let statics = p.workers.iter().map(|w| {
                 (
                     w.id.as_str(),
@@ -144,6 +156,8 @@ impl Registry {
                 plugin_table,
                 turn: AtomicUsize::new(0),
                 credential: p.credential.clone(),
+                shadow,
+                shadow_sample,
                 workers,
             }));
         }

@@ -227,6 +227,9 @@ async fn start_plugins(
             .iter()
             .find(|p| p.name == pool)
             .expect("pools come from this config");
+        if let Some(shadow) = binding.shadow_binding() {
+            watcher.watch(pool.clone(), shadow, slot.shadow.slot.clone());
+        }
         watcher.watch(pool, binding, slot.policy.clone());
     }
     // Compiling is blocking work: off the runtime's threads.

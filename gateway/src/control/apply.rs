@@ -193,6 +193,10 @@ impl Applier {
             break (registry, workers, ignored, plan);
         };
         self.commit_plugins(snapshot, plan);
+        let serving = registry
+            .clone()
+            .unwrap_or_else(|| self.live.load().registry.clone());
+        self.apply_shadows(snapshot, &config, &serving);
         let cordoned = cordons(&self.keys, snapshot);
         let shifted = shifts(&self.keys, snapshot, &config);
         match &registry {
@@ -410,6 +414,70 @@ impl Applier {
             plan.tried.push((pool.name.clone(), tried));
         }
         plan
+    }
+
+    /// Loads, swaps or clears each pool's shadow version. A shadow never
+    /// holds back a document: its refusal shows in the pool's shadow
+    /// status and the log, and the live version serves on regardless.
+    fn apply_shadows(&mut self, snapshot: &EtcdSnapshot, config: &Config, registry: &Registry) {
+        for pool in registry.pools() {
+            let key = format!("{}#shadow", pool.name);
+            let slot = pool.shadow.slot.clone();
+            let binding = config
+                .pools
+                .iter()
+                .find(|p| p.name == pool.name)
+                .and_then(|p| p.policy.as_ref())
+                .and_then(PolicyBinding::shadow_binding);
+            let Some(binding) = binding else {
+                if slot.current().is_some() {
+                    slot.clear();
+                }
+                self.tried.remove(&key);
+                continue;
+            };
+            let wanted = binding.version.clone().unwrap_or_default();
+            let mut tried = Try {
+                slot: Arc::as_ptr(&slot) as usize,
+                plugin: binding.plugin.clone(),
+                version: wanted.clone(),
+                sha256: String::new(),
+                config: String::new(),
+            };
+            let artifact = match self.artifact(snapshot, &binding) {
+                Ok(artifact) => artifact,
+                Err(error) => {
+                    tried.config = error.to_string();
+                    if self.tried.get(&key) != Some(&tried) {
+                        slot.refuse(&binding.plugin, &wanted, None, &error);
+                        self.tried.insert(key, tried);
+                    }
+                    continue;
+                }
+            };
+            let init_config = binding.config_json();
+            (tried.sha256, tried.config) = (sha256_hex(&artifact.bytes), init_config.clone());
+            let retry_due = self
+                .transient
+                .get(&key)
+                .is_some_and(|at| at.elapsed() >= RETRY_TRANSIENT);
+            if self.tried.get(&key) == Some(&tried) && !retry_due {
+                continue;
+            }
+            let loaded = self.engine().and_then(|engine| {
+                let (plugin, version) = (&binding.plugin, &artifact.version);
+                slot.try_load(&engine, plugin, version, &artifact.bytes, &init_config)
+            });
+            match loaded {
+                Err(error) if is_transient(&error) => {
+                    self.transient.insert(key.clone(), Instant::now());
+                }
+                _ => {
+                    self.transient.remove(&key);
+                }
+            }
+            self.tried.insert(key, tried);
+        }
     }
 
     /// Swaps in what `plan` prepared, and remembers what it tried.

@@ -134,9 +134,42 @@ pub struct PolicyBinding {
     /// converted). Default: `{}`.
     #[serde(default)]
     pub config: Option<serde_json::Value>,
+    /// Another version of the plugin deciding too, for a sample of requests,
+    /// off the request path: what it would do, never acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<ShadowBinding>,
+}
+
+/// A pool's `policy.shadow = { version, sample, config }`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShadowBinding {
+    /// The version tried in shadow.
+    pub version: String,
+    /// The share of requests it decides too, in (0, 1]. Default 0.1.
+    #[serde(default = "default_sample")]
+    pub sample: f64,
+    /// Its `init` config; default: the live version's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<serde_json::Value>,
+}
+
+fn default_sample() -> f64 {
+    0.1
 }
 
 impl PolicyBinding {
+    /// The shadow version as a binding of its own, loaded like any.
+    pub fn shadow_binding(&self) -> Option<PolicyBinding> {
+        let shadow = self.shadow.as_ref()?;
+        Some(PolicyBinding {
+            plugin: self.plugin.clone(),
+            version: Some(shadow.version.clone()),
+            config: shadow.config.clone().or_else(|| self.config.clone()),
+            shadow: None,
+        })
+    }
+
     /// The config text `init` receives.
     pub fn config_json(&self) -> String {
         match &self.config {
@@ -156,6 +189,17 @@ impl PolicyBinding {
         }
         if let Some(problem) = self.version.as_deref().and_then(super::version_problem) {
             errors.push(format!("{prefix}.version: {problem}"));
+        }
+        if let Some(shadow) = &self.shadow {
+            if let Some(problem) = super::version_problem(&shadow.version) {
+                errors.push(format!("{prefix}.shadow.version: {problem}"));
+            }
+            if !(shadow.sample > 0.0 && shadow.sample <= 1.0) {
+                errors.push(format!(
+                    "{prefix}.shadow.sample: must be above 0 and at most 1, got {}",
+                    shadow.sample
+                ));
+            }
         }
     }
 }
@@ -206,12 +250,31 @@ mod tests {
     }
 
     #[test]
+    fn a_shadow_is_a_binding_of_its_own() {
+        let binding: PolicyBinding = toml::from_str(
+            "plugin = \"canary\"\nversion = \"1.0.0\"\nconfig = { a = 1 }\nshadow = { version = \"1.1.0\" }",
+        )
+        .unwrap();
+        let shadow = binding.shadow_binding().unwrap();
+        assert_eq!(shadow.version.as_deref(), Some("1.1.0"));
+        assert_eq!(shadow.config_json(), r#"{"a":1}"#);
+        assert_eq!(binding.shadow.as_ref().unwrap().sample, 0.1);
+        let mut errors = Vec::new();
+        let bad: PolicyBinding =
+            toml::from_str("plugin = \"canary\"\nshadow = { version = \"x\", sample = 0 }")
+                .unwrap();
+        bad.validate("pools[0].policy", &mut errors);
+        assert_eq!(errors.len(), 2, "{errors:?}");
+    }
+
+    #[test]
     fn binding_names_stay_inside_the_plugin_dir() {
         for (plugin, version) in [("../etc", None), ("ok", Some("1/2")), ("", None)] {
             let binding = PolicyBinding {
                 plugin: plugin.to_string(),
                 version: version.map(str::to_string),
                 config: None,
+                shadow: None,
             };
             let mut errors = Vec::new();
             binding.validate("pools.p.policy", &mut errors);

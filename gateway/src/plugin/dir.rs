@@ -137,6 +137,7 @@ mod tests {
             plugin: "canary".into(),
             version: None,
             config: Some(serde_json::json!({"a": 1})),
+            shadow: None,
         };
         assert_eq!(select(&dir, &binding).unwrap().version, "1.10.0");
         binding.version = Some("1.2.0".into());

@@ -203,6 +203,24 @@ enum PluginCommand {
     },
     /// Lists published plugins.
     List,
+    /// Has version VERSION of POOL's plugin decide too, for a sample of
+    /// requests, without acting on it; `/status` shows how often it agrees.
+    Shadow {
+        pool: String,
+        version: String,
+        /// The share of requests it decides, in (0, 1].
+        #[arg(long, default_value_t = 0.1)]
+        sample: f64,
+    },
+    /// Stops POOL's shadow.
+    Unshadow { pool: String },
+    /// Makes POOL's shadow version the live one, through the checks of any change.
+    Promote {
+        pool: String,
+        /// Write it even if it would take the pool down.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[tokio::main]
@@ -274,6 +292,25 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 force,
             } => put_plugin(&mut client, &keys, &name, &version, &file, force).await,
             PluginCommand::List => list_plugins(&mut client, &keys, cli.json).await,
+            PluginCommand::Shadow {
+                pool,
+                version,
+                sample,
+            } => {
+                if !(sample > 0.0 && sample <= 1.0) {
+                    bail!("--sample must be above 0 and at most 1, got {sample}");
+                }
+                let edit = |text: &str| edit::set_shadow(text, &pool, Some((&version, sample)));
+                edit_doc(&mut client, &keys, &pool, edit, false).await
+            }
+            PluginCommand::Unshadow { pool } => {
+                let edit = |text: &str| edit::set_shadow(text, &pool, None);
+                edit_doc(&mut client, &keys, &pool, edit, false).await
+            }
+            PluginCommand::Promote { pool, force } => {
+                let edit = |text: &str| edit::promote(text, &pool);
+                edit_doc(&mut client, &keys, &pool, edit, force).await
+            }
         },
         Command::Flip {
             pool,
@@ -443,7 +480,12 @@ async fn check_bindings(
         return Ok(loaded);
     }
     let engine = PluginEngine::new(&PluginsConfig::default())?;
-    for (pool, binding) in bound {
+    // A shadow is loaded as a gateway would, but not previewed: it routes nothing.
+    let shadows = bound
+        .iter()
+        .filter_map(|(pool, b)| Some((format!("{pool}:shadow"), b.shadow_binding()?)))
+        .collect::<Vec<_>>();
+    for (pool, binding) in bound.into_iter().chain(shadows) {
         let kvs = get_prefix(client, &format!("{}{}/", keys.plugins(), binding.plugin)).await?;
         let artifact = artifact::in_etcd(keys, &kvs, &binding)?
             .ok_or_else(|| artifact::missing(&binding))
@@ -465,7 +507,9 @@ async fn check_bindings(
             .with_context(|| format!("pool {name}: plugin {plugin} {}", artifact.version))
         })
         .await??;
-        loaded.insert(pool, policy);
+        if !pool.ends_with(":shadow") {
+            loaded.insert(pool, policy);
+        }
     }
     Ok(loaded)
 }
@@ -505,6 +549,31 @@ async fn edit_binding(
     put_doc(client, keys, Some((old, revision)), &doc, text, force)
         .await
         .with_context(|| format!("setting `{field}` of pool `{pool}`'s plugin {plugin}"))
+}
+
+/// Writes back the routing document as `edit` changes its text, through
+/// the checks of any write.
+async fn edit_doc(
+    client: &mut Client,
+    keys: &Keys,
+    pool: &str,
+    edit: impl FnOnce(&str) -> anyhow::Result<String>,
+    force: bool,
+) -> anyhow::Result<()> {
+    let got = client.get(keys.config(), None).await?;
+    let Some(kv) = got.kvs().first() else {
+        bail!("no routing config in etcd; put one with `gatewayctl config put` first");
+    };
+    let (old_text, revision) = (
+        String::from_utf8_lossy(kv.value()).into_owned(),
+        kv.mod_revision(),
+    );
+    let old = RoutingDoc::from_toml(&old_text).context("the routing config in etcd")?;
+    let text = edit(&old_text)?;
+    let doc = RoutingDoc::from_toml(&text)?;
+    put_doc(client, keys, Some((old, revision)), &doc, text, force)
+        .await
+        .with_context(|| format!("changing pool `{pool}`'s policy"))
 }
 
 async fn put_plugin(

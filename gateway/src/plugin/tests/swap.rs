@@ -194,6 +194,7 @@ fn binding(plugin: &str) -> PolicyBinding {
         plugin: plugin.to_string(),
         version: None,
         config: None,
+        shadow: None,
     }
 }
 

@@ -1,0 +1,164 @@
+//! A policy version in shadow: it decides for a sample of live requests,
+//! off the request path, and the gateway counts how it agrees; a shadow
+//! that loops costs the live path nothing; `gatewayctl plugin promote`
+//! makes it live through the checks of any change.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use e2e::*;
+use serde_json::Value;
+
+async fn ctl_ok(etcd: &EtcdServer, args: &[&str]) -> String {
+    let (ok, out, err) = gatewayctl(&etcd.url, args).await;
+    assert!(ok, "gatewayctl {args:?} failed:\n{out}\n{err}");
+    out
+}
+
+fn component(name: &str) -> PathBuf {
+    let dir = plugins_dir().join(name);
+    std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "wasm"))
+        .unwrap_or_else(|| panic!("no component in {}", dir.display()))
+}
+
+async fn put_doc(etcd: &EtcdServer, policy: &str) -> String {
+    let path = temp_dir().join("routing.toml");
+    let text = format!("[[pools]]\nname = \"{POOL}\"\nmodels = [\"{MODEL}\"]\n{policy}\n");
+    std::fs::write(&path, text).unwrap();
+    ctl_ok(etcd, &["config", "put", path.to_str().unwrap()]).await
+}
+
+async fn shadow_status(gw: &GatewayProc) -> Value {
+    status(gw).await["pools"][0]["shadow"].clone()
+}
+
+#[tokio::test]
+async fn a_shadow_decides_aside_and_is_promoted() {
+    let etcd = EtcdServer::start().await;
+    let gw = spawn_gateway(
+        "a",
+        &[],
+        &format!("[etcd]\nendpoints = [\"{}\"]\n", etcd.url),
+    )
+    .await;
+    let mut workers = Vec::new();
+    for colour in ["blue", "green"] {
+        let opts = WorkerOpts {
+            etcd: Some(etcd.url.clone()),
+            labels: vec![("colour", colour)],
+            ..WorkerOpts::default()
+        };
+        workers.push(spawn_worker(colour, "a", opts).await);
+    }
+    // The same component as two versions, and the hostile one as a third.
+    let blue_green = component("blue-green");
+    for version in ["1.0.0", "1.1.0"] {
+        ctl_ok(
+            &etcd,
+            &[
+                "plugin",
+                "put",
+                "blue-green",
+                version,
+                blue_green.to_str().unwrap(),
+            ],
+        )
+        .await;
+    }
+    let hostile = component("hostile");
+    ctl_ok(
+        &etcd,
+        &[
+            "plugin",
+            "put",
+            "blue-green",
+            "6.6.6",
+            hostile.to_str().unwrap(),
+        ],
+    )
+    .await;
+
+    // Live: blue. In shadow, for every request: green.
+    put_doc(
+        &etcd,
+        "policy = { plugin = \"blue-green\", version = \"1.0.0\", config = { active = \"blue\" }, \
+         shadow = { version = \"1.1.0\", sample = 1.0, config = { active = \"green\" } } }",
+    )
+    .await;
+    eventually(Duration::from_secs(10), "the shadow loaded", || async {
+        shadow_status(&gw).await["policy"]["version"] == "1.1.0"
+    })
+    .await;
+    for _ in 0..20 {
+        assert_eq!(served_by(&gw.api, &chat("x", false, 2)).await, "blue");
+    }
+    eventually(Duration::from_secs(5), "20 compared", || async {
+        shadow_status(&gw).await["stats"]["compared"] == 20
+    })
+    .await;
+    let shadow = shadow_status(&gw).await;
+    assert_eq!(shadow["stats"]["other_worker"], 20, "{shadow}");
+    assert_eq!(shadow["agreement"], 0.0);
+    assert!(
+        metric(
+            &gw,
+            "llmgw_shadow_decisions_total{pool=\"sim\",outcome=\"other_worker\"}"
+        )
+        .await
+            >= 20.0
+    );
+
+    // A shadow that spins on live traffic: live answers are untouched.
+    put_doc(
+        &etcd,
+        "policy = { plugin = \"blue-green\", version = \"1.0.0\", config = { active = \"blue\" }, \
+         shadow = { version = \"6.6.6\", sample = 1.0, config = { mode = \"loop\", on_model = \"sim-llama\" } } }",
+    )
+    .await;
+    eventually(
+        Duration::from_secs(10),
+        "the hostile shadow loaded",
+        || async { shadow_status(&gw).await["policy"]["version"] == "6.6.6" },
+    )
+    .await;
+    let load = Load::start(&gw.api, 4);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (ok, failures) = load.stop().await;
+    assert!(ok > 20 && failures.is_empty(), "{ok} {failures:?}");
+    let shadow = shadow_status(&gw).await;
+    assert!(
+        shadow["stats"]["errors"]["timeout"].as_u64().unwrap() > 0,
+        "{shadow}"
+    );
+    assert_eq!(shadow["stats"]["compared"], 0, "{shadow}");
+
+    // A shadow that cannot load is refused by gatewayctl, as any version is.
+    let (ok, _, err) = gatewayctl(&etcd.url, &["plugin", "shadow", POOL, "9.9.9"]).await;
+    assert!(!ok && err.contains("9.9.9"), "{err}");
+
+    // Back to 1.1.0 in shadow (its config kept), then promoted: green serves.
+    let set = ctl_ok(
+        &etcd,
+        &["plugin", "shadow", POOL, "6.6.6", "--sample", "0.5"],
+    )
+    .await;
+    assert!(set.contains("sample"), "{set}");
+    put_doc(
+        &etcd,
+        "policy = { plugin = \"blue-green\", version = \"1.0.0\", config = { active = \"blue\" }, \
+         shadow = { version = \"1.1.0\", sample = 0.5, config = { active = \"green\" } } }",
+    )
+    .await;
+    let promoted = ctl_ok(&etcd, &["plugin", "promote", POOL]).await;
+    assert!(promoted.contains("1.1.0"), "{promoted}");
+    eventually(Duration::from_secs(10), "green serves", || async {
+        served_by(&gw.api, &chat("x", false, 2)).await == "green"
+    })
+    .await;
+    assert!(shadow_status(&gw).await.is_null());
+    let (ok, _, err) = gatewayctl(&etcd.url, &["plugin", "promote", POOL]).await;
+    assert!(!ok && err.contains("no shadow"), "{err}");
+}
