@@ -22,8 +22,8 @@ use crate::config::{Config, RoutingConfig};
 use crate::health::ProbeState;
 use crate::metrics;
 use crate::plugin::{
-    CandidateState, Decision, LoadedPolicy, OnError, PluginError, PolicyCaller, PolicyCandidates,
-    RouteRequest, WorkerTable,
+    record, CandidateState, Decision, LoadedPolicy, OnError, PluginError, PolicyCaller,
+    PolicyCandidates, RouteRequest, WorkerTable,
 };
 use crate::plugin_table::TableSnapshot;
 use crate::policy;
@@ -66,13 +66,40 @@ fn policy_order(
     rng: &mut impl Rng,
 ) -> Result<Vec<Candidate>, ApiError> {
     let Some(plugin) = pool.policy.current() else {
-        return Ok(builtin(config, pool, candidates, facts, rng));
+        let logged = logged(config, rng).then(|| {
+            let mut listed = candidates.clone();
+            (
+                PluginInputs::new(config, pool, &mut listed, facts, rng),
+                listed,
+            )
+        });
+        let order = builtin(config, pool, candidates, facts, rng);
+        if let Some((inputs, listed)) = logged {
+            // Positions of the built-in order among the candidates as listed.
+            let positions = order
+                .iter()
+                .filter_map(|c| {
+                    listed
+                        .iter()
+                        .position(|l| Arc::ptr_eq(&l.worker, &c.worker))
+                })
+                .collect();
+            log_decision(config, None, &inputs, &Ok(Decision::Route(positions)));
+        }
+        return Ok(order);
     };
     let inputs = PluginInputs::new(config, pool, &mut candidates, facts, rng);
     let info = plugin.info();
     let span = tracing::info_span!("policy", plugin = %info.plugin, version = %info.version,
         outcome = tracing::field::Empty);
     let decision = span.in_scope(|| call(|| inputs.ask(&plugin)));
+    if logged(config, rng) {
+        let version = record::Version {
+            plugin: info.plugin.clone(),
+            version: info.version.clone(),
+        };
+        log_decision(config, Some(version), &inputs, &decision);
+    }
     shadow(pool, &decision, inputs, rng);
     span.record(
         "outcome",
@@ -184,6 +211,38 @@ impl PluginInputs {
 
 fn score_request(pool: &Pool, facts: &Facts<'_>, candidates: &[Candidate]) -> policy::Request {
     policy::Request::new(facts.prompt_blocks, pool.block_size, candidates)
+}
+
+/// Whether this decision is one of the sample `plugins.decision_log` keeps.
+fn logged(config: &Config, rng: &mut impl Rng) -> bool {
+    let plugins = &config.plugins;
+    plugins.decision_log.is_some() && rng.random::<f64>() < plugins.decision_log_sample
+}
+
+fn log_decision(
+    config: &Config,
+    policy: Option<record::Version>,
+    inputs: &PluginInputs,
+    decision: &Result<Decision, PluginError>,
+) {
+    let Some(log) = config
+        .plugins
+        .decision_log
+        .as_deref()
+        .and_then(record::log_at)
+    else {
+        return;
+    };
+    let ts_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let parts = (
+        &inputs.request,
+        inputs.table(),
+        &inputs.candidates,
+        &inputs.caller,
+    );
+    log.append(record::Logged::of(policy, parts, decision, ts_ms));
 }
 
 /// Sends a sample of requests' inputs to the pool's shadow version, with

@@ -28,6 +28,7 @@ mod error;
 mod failover;
 mod health;
 pub mod index;
+mod jsonl;
 mod kv_zmq;
 mod live;
 mod metrics;

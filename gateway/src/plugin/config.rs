@@ -43,6 +43,13 @@ pub struct PluginsConfig {
     /// regard to case; no others reach a plugin. Default: none.
     #[serde(default)]
     pub headers: Vec<String>,
+    /// A JSON-lines file of sampled routing decisions with their inputs
+    /// (never prompt text), for `gatewayctl plugin replay`. Default: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decision_log: Option<PathBuf>,
+    /// The share of decisions logged there. Default 0.01.
+    #[serde(default = "default_decision_log_sample")]
+    pub decision_log_sample: f64,
 }
 
 /// What a request does when its policy fails.
@@ -57,6 +64,9 @@ pub enum OnError {
     FailClosed,
 }
 
+fn default_decision_log_sample() -> f64 {
+    0.01
+}
 fn default_poll_interval_ms() -> u64 {
     50
 }
@@ -84,6 +94,8 @@ impl Default for PluginsConfig {
             max_instances: default_max_instances(),
             on_error: OnError::default(),
             headers: Vec::new(),
+            decision_log: None,
+            decision_log_sample: default_decision_log_sample(),
         }
     }
 }
@@ -110,6 +122,12 @@ impl PluginsConfig {
                     "{prefix}.headers[{i}]: `{name}` is not a header name"
                 ));
             }
+        }
+        if !(0.0..=1.0).contains(&self.decision_log_sample) {
+            errors.push(format!(
+                "{prefix}.decision_log_sample: must be between 0 and 1, got {}",
+                self.decision_log_sample
+            ));
         }
         // Components address 32-bit memories: a limit above 4 GiB means none.
         if !(WASM_PAGE_BYTES..=(4 << 30)).contains(&self.memory_limit_bytes) {

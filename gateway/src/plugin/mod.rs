@@ -22,6 +22,7 @@ mod error;
 mod host;
 mod instance;
 mod loaded;
+pub mod record;
 mod sample;
 mod slot;
 mod table;

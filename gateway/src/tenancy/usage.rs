@@ -1,13 +1,11 @@
 //! Usage accounting: per key, tenant and model counters in Prometheus, and
-//! a JSON line per finished request in `usage.log` for billing, appended by
-//! a thread of its own so the request path never waits on the disk.
+//! a JSON line per finished request in `usage.log` for billing.
 
-use std::io::Write;
 use std::path::Path;
-use std::sync::mpsc;
 
 use serde::{Deserialize, Serialize};
 
+use crate::jsonl::Appender;
 use crate::metrics;
 
 /// One finished request, as the usage log holds it.
@@ -32,40 +30,15 @@ pub struct Record {
 
 /// Where finished requests are counted.
 pub struct Usage {
-    log: Option<mpsc::Sender<Record>>,
+    log: Option<Appender<Record>>,
 }
 
 impl Usage {
     /// Appends to `log` when given; a file that cannot be opened stops startup.
     pub fn new(log: Option<&Path>) -> std::io::Result<Usage> {
-        let Some(path) = log else {
-            return Ok(Usage { log: None });
-        };
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)?;
-        let (tx, rx) = mpsc::channel::<Record>();
-        let path = path.display().to_string();
-        std::thread::Builder::new()
-            .name("usage-log".into())
-            .spawn(move || {
-                let mut out = std::io::BufWriter::new(file);
-                while let Ok(first) = rx.recv() {
-                    // Whatever queued meanwhile goes in the same write.
-                    for record in std::iter::once(first).chain(rx.try_iter()) {
-                        let mut line = serde_json::to_vec(&record).expect("a record serializes");
-                        line.push(b'\n');
-                        if let Err(e) = out.write_all(&line) {
-                            tracing::error!(path, error = %e, "cannot write the usage log");
-                        }
-                    }
-                    if let Err(e) = out.flush() {
-                        tracing::error!(path, error = %e, "cannot write the usage log");
-                    }
-                }
-            })?;
-        Ok(Usage { log: Some(tx) })
+        Ok(Usage {
+            log: log.map(Appender::open).transpose()?,
+        })
     }
 
     pub fn logs(&self) -> bool {
@@ -89,7 +62,7 @@ impl Usage {
             );
         }
         if let Some(log) = &self.log {
-            let _ = log.send(record);
+            log.append(record);
         }
     }
 }

@@ -10,7 +10,10 @@ use alloc::vec;
 use alloc::vec::Vec;
 
 use crate::bindings::llmgw::policy::types::{self, State};
-use crate::{view, Decision, Engine, Health, Label, Load, Policy, Rejection, Request, Worker};
+use crate::{
+    view, Caller, Decision, Engine, Health, Label, Load, Policy, Priority, Rejection, Request,
+    Worker,
+};
 
 /// A candidate for a test: its worker and its figures, which a host sends apart.
 #[derive(Debug, Clone)]
@@ -176,16 +179,191 @@ impl TestCandidate {
     }
 
     /// A fresh load report of the worker: `running` requests, the rest 0.
-    pub fn with_running(mut self, running: u32) -> Self {
+    pub fn with_running(self, running: u32) -> Self {
+        self.with_report(running, 0, 0, 0)
+    }
+
+    /// A fresh load report of the worker: requests running and waiting,
+    /// KV-cache blocks used of its total.
+    pub fn with_report(mut self, running: u32, waiting: u32, kv_used: u32, kv_total: u32) -> Self {
         self.load = Load {
             running: Some(running),
-            waiting: Some(0),
-            kv_blocks_used: Some(0),
-            kv_blocks_total: Some(0),
+            waiting: Some(waiting),
+            kv_blocks_used: Some(kv_used),
+            kv_blocks_total: Some(kv_total),
             ..self.load
         };
         self
     }
+
+    /// Leading blocks of the request's prompt the worker holds in KV cache.
+    pub fn with_overlap(mut self, blocks: u32) -> Self {
+        self.overlap_blocks = blocks;
+        self
+    }
+}
+
+/// One decision of a gateway's decision log (`plugins.decision_log`): what
+/// a policy was asked, and what the one in force answered.
+#[derive(Debug, Clone)]
+pub struct LoggedDecision {
+    pub request: Request,
+    pub caller: Caller,
+    pub candidates: Vec<TestCandidate>,
+    /// The workers routed to, in order, or the rejection's status; `None`
+    /// when the policy failed.
+    pub decision: Option<Result<Vec<String>, u16>>,
+}
+
+mod log {
+    use alloc::collections::BTreeMap;
+    use alloc::string::String;
+    use alloc::vec::Vec;
+
+    use serde::Deserialize;
+
+    #[derive(Deserialize)]
+    pub struct Record {
+        pub request: Request,
+        pub caller: Caller,
+        pub candidates: Vec<Candidate>,
+        pub decision: Outcome,
+    }
+
+    #[derive(Deserialize)]
+    pub struct Request {
+        pub model: String,
+        pub pool: String,
+        pub stream: bool,
+        pub prompt_tokens: u32,
+        pub block_size: u32,
+        pub session_key: Option<String>,
+        pub headers: Vec<(String, String)>,
+        pub gateway_zone: String,
+        pub attempt: u32,
+    }
+
+    #[derive(Deserialize)]
+    pub struct Caller {
+        pub tenant: Option<String>,
+        pub priority: String,
+    }
+
+    #[derive(Deserialize)]
+    pub struct Candidate {
+        pub id: String,
+        pub zone: String,
+        pub labels: BTreeMap<String, String>,
+        pub engine: String,
+        pub state: Vec<String>,
+        pub in_flight: u32,
+        pub running: u32,
+        pub waiting: u32,
+        pub kv_blocks_used: u32,
+        pub kv_blocks_total: u32,
+        pub overlap_blocks: u32,
+        pub score: f64,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(rename_all = "snake_case")]
+    pub enum Outcome {
+        Route(Vec<String>),
+        Reject { status: u16 },
+        Error(serde::de::IgnoredAny),
+    }
+}
+
+/// Reads a decision log's lines (the gateway's `plugins.decision_log`), so
+/// a policy's tests can run over real traffic: [`replay`] asks a policy
+/// about one as the host asked the logged one.
+pub fn decision_log(text: &str) -> Result<Vec<LoggedDecision>, String> {
+    let engine = |name: &str| {
+        [
+            Engine::Llmgw,
+            Engine::Vllm,
+            Engine::Sglang,
+            Engine::Llamacpp,
+            Engine::Openai,
+        ]
+        .into_iter()
+        .find(|e| e.name() == name)
+    };
+    let mut out = Vec::new();
+    for (n, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        let record: log::Record =
+            serde_json::from_str(line).map_err(|e| alloc::format!("line {}: {e}", n + 1))?;
+        let candidates = record
+            .candidates
+            .into_iter()
+            .map(|c| {
+                let state = |s: &str| c.state.iter().any(|x| x == s);
+                let health = if state("half_open") {
+                    Health::HalfOpen
+                } else if state("unprobed") {
+                    Health::Unknown
+                } else {
+                    Health::Healthy
+                };
+                let mut t = candidate(&c.id)
+                    .in_zone(&c.zone)
+                    .on_engine(engine(&c.engine).unwrap_or(Engine::Llmgw))
+                    .with_health(health)
+                    .with_in_flight(c.in_flight)
+                    .with_overlap(c.overlap_blocks)
+                    .with_score(c.score);
+                if state("reported") {
+                    t = t.with_report(c.running, c.waiting, c.kv_blocks_used, c.kv_blocks_total);
+                }
+                for (key, value) in &c.labels {
+                    t = t.with_label(key, value);
+                }
+                t
+            })
+            .collect();
+        let r = record.request;
+        let priority = match record.caller.priority.as_str() {
+            "high" => Priority::High,
+            "low" => Priority::Low,
+            _ => Priority::Normal,
+        };
+        out.push(LoggedDecision {
+            request: Request {
+                model: r.model,
+                pool: r.pool,
+                stream: r.stream,
+                prompt_tokens: r.prompt_tokens,
+                block_size: r.block_size,
+                session_key: r.session_key,
+                headers: r.headers,
+                gateway_zone: r.gateway_zone,
+                attempt: r.attempt,
+            },
+            caller: Caller {
+                tenant: record.caller.tenant,
+                priority,
+            },
+            candidates,
+            decision: match record.decision {
+                log::Outcome::Route(ids) => Some(Ok(ids)),
+                log::Outcome::Reject { status } => Some(Err(status)),
+                log::Outcome::Error(_) => None,
+            },
+        });
+    }
+    Ok(out)
+}
+
+/// Asks `policy` about a logged decision's inputs, from its caller, as
+/// [`route`] does.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn replay<P: Policy>(policy: &P, logged: &LoggedDecision) -> Result<Vec<String>, Rejection> {
+    crate::host::set_request_caller(logged.caller.clone());
+    route(policy, &logged.request, &logged.candidates)
 }
 
 impl Request {
@@ -197,5 +375,32 @@ impl Request {
     pub fn with_session(mut self, key: &str) -> Self {
         self.session_key = Some(key.to_string());
         self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The gateway's own test reads the same lines (`plugin::record`).
+    const FIXTURE: &str = include_str!("../tests/decisions.jsonl");
+
+    #[test]
+    fn a_gateways_decision_log_reads_as_test_inputs() {
+        let logged = decision_log(FIXTURE).unwrap();
+        assert_eq!(logged.len(), 2);
+        let first = &logged[0];
+        assert_eq!(first.request.session_key.as_deref(), Some("alice"));
+        assert_eq!(first.caller.tenant.as_deref(), Some("acme"));
+        assert_eq!(first.caller.priority, Priority::High);
+        assert_eq!(first.candidates[0].overlap_blocks, 2);
+        assert_eq!(first.candidates[0].load.kv_blocks_used, Some(120));
+        assert_eq!(first.candidates[1].health, Health::Unknown);
+        assert_eq!(
+            first.decision,
+            Some(Ok(alloc::vec!["w1".into(), "w2".into()]))
+        );
+        assert_eq!(logged[1].decision, Some(Err(503)));
+        assert!(decision_log("{").unwrap_err().starts_with("line 1"));
     }
 }

@@ -9,6 +9,7 @@ mod edit;
 mod in_force;
 mod keys;
 mod preview;
+mod replay;
 mod workers;
 mod zones;
 
@@ -214,6 +215,15 @@ enum PluginCommand {
     },
     /// Stops POOL's shadow.
     Unshadow { pool: String },
+    /// Runs the component WASM over a decision log (`plugins.decision_log`)
+    /// and prints where its decisions differ from the logged ones.
+    Replay {
+        wasm: PathBuf,
+        log: PathBuf,
+        /// The JSON its `init` gets.
+        #[arg(long, default_value = "{}")]
+        config: String,
+    },
     /// Makes POOL's shadow version the live one, through the checks of any change.
     Promote {
         pool: String,
@@ -252,6 +262,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
     // Keys in a file and usage logs need no etcd.
     let command = match cli.command {
+        Command::Plugin {
+            command: PluginCommand::Replay { wasm, log, config },
+        } => return replay::replay(&wasm, &config, &log, cli.json),
         Command::Usage { log, tenant, since } => {
             return keys::usage(&log, tenant.as_deref(), since.as_deref(), cli.json);
         }
@@ -292,6 +305,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 force,
             } => put_plugin(&mut client, &keys, &name, &version, &file, force).await,
             PluginCommand::List => list_plugins(&mut client, &keys, cli.json).await,
+            PluginCommand::Replay { .. } => unreachable!("handled without etcd"),
             PluginCommand::Shadow {
                 pool,
                 version,

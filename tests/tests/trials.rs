@@ -1,7 +1,9 @@
-//! A policy version in shadow: it decides for a sample of live requests,
-//! off the request path, and the gateway counts how it agrees; a shadow
-//! that loops costs the live path nothing; `gatewayctl plugin promote`
-//! makes it live through the checks of any change.
+//! Trying a policy before it acts. A version in shadow decides for a
+//! sample of live requests, off the request path, and the gateway counts
+//! how it agrees; a shadow that loops costs the live path nothing;
+//! `gatewayctl plugin promote` makes it live through the checks of any
+//! change. The decision log records what policies were asked, and
+//! `gatewayctl plugin replay` runs another policy over it.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -161,4 +163,135 @@ async fn a_shadow_decides_aside_and_is_promoted() {
     assert!(shadow_status(&gw).await.is_null());
     let (ok, _, err) = gatewayctl(&etcd.url, &["plugin", "promote", POOL]).await;
     assert!(!ok && err.contains("no shadow"), "{err}");
+}
+
+/// Runs `gatewayctl ARGS…` needing no etcd: its stdout.
+async fn ctl_local(args: &[&str]) -> String {
+    let out = tokio::process::Command::new(bin("gatewayctl"))
+        .args(args)
+        .output()
+        .await
+        .expect("run gatewayctl");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "gatewayctl {args:?}: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+#[tokio::test]
+async fn decisions_are_logged_and_replayed_against_another_policy() {
+    let blue = WorkerOpts {
+        labels: vec![("colour", "blue")],
+        ..WorkerOpts::default()
+    };
+    let green = WorkerOpts {
+        labels: vec![("colour", "green")],
+        ..WorkerOpts::default()
+    };
+    let (wb, wg) = (
+        spawn_worker("blue", "a", blue).await,
+        spawn_worker("green", "a", green).await,
+    );
+    let log = temp_dir().join("decisions.jsonl");
+    let mut text = gateway_toml(
+        "a",
+        &[&wb, &wg],
+        &format!(
+            "[plugins]\ndir = {:?}\ndecision_log = {log:?}\ndecision_log_sample = 1.0\n",
+            plugins_dir()
+        ),
+    );
+    // The harness's pool, bound to blue-green with blue active; the labels
+    // come from the file without etcd.
+    text = text.replace(
+        &format!("models = [\"{MODEL}\"]\n"),
+        &format!("models = [\"{MODEL}\"]\npolicy = {{ plugin = \"blue-green\", config = {{ active = \"blue\" }} }}\n"),
+    );
+    text = text.replace(
+        &format!("id = \"blue\"\nurl = \"{}\"\nzone = \"a\"\n", wb.url),
+        &format!(
+            "id = \"blue\"\nurl = \"{}\"\nzone = \"a\"\nlabels = {{ colour = \"blue\" }}\n",
+            wb.url
+        ),
+    );
+    text = text.replace(
+        &format!("id = \"green\"\nurl = \"{}\"\nzone = \"a\"\n", wg.url),
+        &format!(
+            "id = \"green\"\nurl = \"{}\"\nzone = \"a\"\nlabels = {{ colour = \"green\" }}\n",
+            wg.url
+        ),
+    );
+    let gw = spawn_gateway_from(&text).await;
+    for _ in 0..10 {
+        assert_eq!(served_by(&gw.api, &chat("x", false, 2)).await, "blue");
+    }
+    eventually(Duration::from_secs(5), "ten decisions logged", || async {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .count()
+            >= 10
+    })
+    .await;
+    let first: Value = serde_json::from_str(
+        std::fs::read_to_string(&log)
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(first["policy"]["plugin"], "blue-green");
+    assert_eq!(first["decision"]["route"][0], "blue");
+    assert_eq!(first["candidates"].as_array().unwrap().len(), 2);
+    assert!(
+        !first.to_string().contains("\"x\""),
+        "no prompt text: {first}"
+    );
+
+    let wasm = component("blue-green");
+    let (wasm, log) = (wasm.to_str().unwrap(), log.to_str().unwrap());
+    let same = ctl_local(&[
+        "plugin",
+        "replay",
+        wasm,
+        log,
+        "--config",
+        r#"{"active": "blue"}"#,
+    ])
+    .await;
+    assert!(same.contains("10 decisions replayed: 10 agree"), "{same}");
+    let flipped = ctl_local(&[
+        "plugin",
+        "replay",
+        wasm,
+        log,
+        "--config",
+        r#"{"active": "green"}"#,
+    ])
+    .await;
+    assert!(
+        flipped.contains(": 0 agree") && flipped.contains("other_worker 10"),
+        "{flipped}"
+    );
+    assert!(
+        flipped.contains("logged route blue, now route green"),
+        "{flipped}"
+    );
+    let hostile = component("hostile");
+    let json = ctl_local(&[
+        "--json",
+        "plugin",
+        "replay",
+        hostile.to_str().unwrap(),
+        log,
+        "--config",
+        r#"{"mode": "trap", "on_model": "sim-llama"}"#,
+    ])
+    .await;
+    let replayed: Value = serde_json::from_str(json.trim()).unwrap();
+    assert_eq!(replayed["counts"]["error"], 10, "{replayed}");
 }
