@@ -7,8 +7,9 @@
 # msgspec (the vLLM/SGLang KV-event publisher of the tests), nginx (the load
 # balancer in front of gateway replicas in a test), promtool (Debian's
 # prometheus package: the alert rules' tests), g++ and make
-# (llama.cpp's server, built by scripts/llama-server.sh) and the
-# wasm32-wasip2 Rust target (plugins).
+# (llama.cpp's server, built by scripts/llama-server.sh), the
+# wasm32-wasip2 Rust target (plugins), and componentize-py and
+# componentize-js with node (the Python and JavaScript policy ports).
 set -euo pipefail
 
 need_apt=()
@@ -23,6 +24,9 @@ command -v promtool >/dev/null || need_apt+=(prometheus)
 # llama.cpp's server is built from source for the engine tests (scripts/llama-server.sh).
 command -v g++ >/dev/null || need_apt+=(g++)
 command -v make >/dev/null || need_apt+=(make)
+# The JavaScript policy ports are built with componentize-js, an npm package.
+command -v node >/dev/null || need_apt+=(nodejs)
+command -v npm >/dev/null || need_apt+=(npm)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: installing ${need_apt[*]}"
   sudo_cmd=""
@@ -34,6 +38,21 @@ fi
 if ! python3 -c "import openai, numpy, zmq, msgspec" 2>/dev/null; then
   echo "setup: installing the openai Python client, numpy (the model reference test), pyzmq and msgspec (KV-event publisher)"
   python3 -m pip install --quiet --disable-pip-version-check openai numpy pyzmq msgspec
+fi
+
+# The policy ports (plugins/py, plugins/js): componentize-py from PyPI;
+# componentize-js and the rolldown bundler from npm, kept outside the clone.
+if ! command -v componentize-py >/dev/null; then
+  echo "setup: installing componentize-py (Python policies)"
+  python3 -m pip install --quiet --disable-pip-version-check componentize-py==0.25.1
+  command -v pyenv >/dev/null && pyenv rehash || true
+fi
+js_tools="${LLMGW_CACHE:-$HOME/.cache/llmgw}/js"
+if [ ! -x "$js_tools/node_modules/.bin/componentize-js" ] || [ ! -x "$js_tools/node_modules/.bin/rolldown" ]; then
+  echo "setup: installing componentize-js and rolldown (JavaScript policies) into $js_tools"
+  mkdir -p "$js_tools"
+  npm install --silent --no-audit --no-fund --prefix "$js_tools" \
+    @bytecodealliance/componentize-js@0.23.0 rolldown@1.3.4
 fi
 
 if ! rustup target list --installed | grep -qx wasm32-wasip2; then

@@ -92,8 +92,23 @@ async fn failover_policy_keeps_the_zone_and_fails_over_down_its_list() {
 
 #[tokio::test]
 async fn canary_splits_by_session_and_sticks() {
+    canary_splits("canary").await;
+}
+
+#[tokio::test]
+async fn canary_in_python_splits_by_session_and_sticks() {
+    canary_splits("canary-py").await;
+}
+
+#[tokio::test]
+async fn canary_in_javascript_splits_by_session_and_sticks() {
+    canary_splits("canary-js").await;
+}
+
+/// `plugin` (the canary example, or a port of it) splits users by session.
+async fn canary_splits(plugin: &str) {
     let dir = temp_dir();
-    install(&dir, "canary", "1.0.0");
+    install(&dir, plugin, "1.0.0");
     let stable1 = spawn_worker("s1", "a", WorkerOpts::default()).await;
     let stable2 = spawn_worker("s2", "a", WorkerOpts::default()).await;
     let canary = spawn_worker("c1", "a", WorkerOpts::default()).await;
@@ -103,7 +118,9 @@ async fn canary_splits_by_session_and_sticks() {
         (&stable2, "version = \"v1\""),
         (&canary, "version = \"v2\""),
     ];
-    let gw = gateway(&workers, &dir, "canary", config).await;
+    let gw = gateway(&workers, &dir, plugin, config).await;
+    let st = policy_status(&gw).await;
+    assert_eq!(st["policy"]["plugin"], plugin, "{st}");
     let mut side: HashMap<usize, HashSet<bool>> = HashMap::new();
     for round in 0..3 {
         for user in 0..40 {
@@ -176,8 +193,22 @@ async fn blue_green_flip_moves_new_traffic_and_lets_streams_finish() {
 
 #[tokio::test]
 async fn zone_affinity_spills_past_its_threshold() {
+    zone_affinity_spills("zone-affinity").await;
+}
+
+#[tokio::test]
+async fn zone_affinity_in_python_spills_past_its_threshold() {
+    zone_affinity_spills("zone-affinity-py").await;
+}
+
+#[tokio::test]
+async fn zone_affinity_in_javascript_spills_past_its_threshold() {
+    zone_affinity_spills("zone-affinity-js").await;
+}
+
+async fn zone_affinity_spills(plugin: &str) {
     let dir = temp_dir();
-    install(&dir, "zone-affinity", "1.0.0");
+    install(&dir, plugin, "1.0.0");
     let slow = WorkerOpts {
         decode_step_us: 5000,
         ..WorkerOpts::default()
@@ -187,10 +218,12 @@ async fn zone_affinity_spills_past_its_threshold() {
     let gw = gateway(
         &[(&wa, ""), (&wb, "")],
         &dir,
-        "zone-affinity",
+        plugin,
         json!({"spill_in_flight": 1}),
     )
     .await;
+    let st = policy_status(&gw).await;
+    assert_eq!(st["policy"]["plugin"], plugin, "{st}");
     // A first probe that times out on a busy machine marks a worker down.
     eventually(Duration::from_secs(10), "both workers healthy", || async {
         worker_status(&gw, "wa").await["health"] == "healthy"
@@ -325,6 +358,77 @@ async fn hostile_plugins_are_refused_or_contained() {
             metrics.contains(&format!("kind=\"{kind}\"")),
             "no {kind} counted:\n{metrics}"
         );
+    }
+}
+
+#[tokio::test]
+async fn ports_refuse_a_bad_config_naming_every_problem() {
+    let w1 = spawn_worker("w1", "a", WorkerOpts::default()).await;
+    for plugin in [
+        "canary-py",
+        "canary-js",
+        "zone-affinity-py",
+        "zone-affinity-js",
+    ] {
+        let dir = temp_dir();
+        install(&dir, plugin, "1.0.0");
+        let (config, fields) = if plugin.starts_with("canary") {
+            (
+                json!({"stable": "v1", "canary": "v2", "canary_percent": 140, "colour": "x"}),
+                ["canary_percent", "colour"],
+            )
+        } else {
+            (
+                json!({"spill_in_flight": 0, "spill": 3}),
+                ["spill_in_flight", "spill"],
+            )
+        };
+        let gw = gateway(&[(&w1, "")], &dir, plugin, config).await;
+        let status = policy_status(&gw).await;
+        assert!(status["policy"].is_null(), "{plugin}: {status}");
+        assert_eq!(status["last_refusal"]["kind"], "init", "{plugin}: {status}");
+        let reason = status["last_refusal"]["reason"].as_str().unwrap();
+        for field in fields {
+            assert!(reason.contains(field), "{plugin}: {reason}");
+        }
+        // The built-in policy serves meanwhile.
+        assert_eq!(served_by(&gw.api, &chat("x", false, 2)).await, "w1");
+    }
+}
+
+#[tokio::test]
+async fn a_hostile_python_policy_is_contained_at_call_time() {
+    hostile_port_contained("hostile-py").await;
+}
+
+#[tokio::test]
+async fn a_hostile_javascript_policy_is_contained_at_call_time() {
+    hostile_port_contained("hostile-js").await;
+}
+
+/// `plugin` looping, exhausting its memory or raising in `route`: each
+/// request falls back to the built-in policy, and the failure is counted.
+async fn hostile_port_contained(plugin: &str) {
+    let w1 = spawn_worker("w1", "a", WorkerOpts::default()).await;
+    let modes = [
+        ("loop", "timeout"),
+        ("oom", "out_of_memory"),
+        ("trap", "trap"),
+    ];
+    for (mode, kind) in modes {
+        let dir = temp_dir();
+        install(&dir, plugin, "1.0.0");
+        let config = json!({"mode": mode, "on_model": MODEL});
+        let gw = gateway(&[(&w1, "")], &dir, plugin, config).await;
+        let st = policy_status(&gw).await;
+        assert_eq!(st["policy"]["plugin"], plugin, "{st}");
+        // Each request falls back to the built-in policy.
+        for _ in 0..3 {
+            assert_eq!(served_by(&gw.api, &chat("x", false, 2)).await, "w1");
+        }
+        let errors = format!("llmgw_policy_errors_total{{pool=\"{POOL}\",kind=\"{kind}\"}}");
+        let counted = metric(&gw, &errors).await;
+        assert!(counted >= 3.0, "{plugin} {mode}: {counted}");
     }
 }
 

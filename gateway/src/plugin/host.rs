@@ -1,5 +1,6 @@
-//! What a guest can reach: the `host` imports (log, clock, random), an empty
-//! WASI context for Rust's std, and the memory limiter. One per instance.
+//! What a guest can reach: the `host` imports (log, clock, random, the
+//! workers' engines, the request's caller), WASI over an empty sandbox, and
+//! the memory limiter. One per instance.
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -8,7 +9,7 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use wasmtime::component::{HasData, Linker, ResourceTable};
 use wasmtime::ResourceLimiter;
-use wasmtime_wasi::cli::{WasiCli, WasiCliCtx, WasiCliCtxView};
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use super::bindings::llmgw::policy::{host, types};
 use super::bindings::Policy;
@@ -24,8 +25,8 @@ pub(crate) struct Tag {
 /// The store data of one instance.
 pub(crate) struct HostState {
     tag: Arc<Tag>,
-    /// No arguments, no environment, stdin empty, stdout and stderr discarded.
-    cli: WasiCliCtx,
+    /// The sandbox WASI calls see (see [`link`]).
+    wasi: WasiCtx,
     table: ResourceTable,
     rng: SmallRng,
     memory_limit_bytes: usize,
@@ -44,7 +45,7 @@ impl HostState {
     pub fn new(tag: Arc<Tag>, memory_limit_bytes: usize, seed: u64) -> Self {
         Self {
             tag,
-            cli: WasiCliCtx::default(),
+            wasi: sandbox(),
             table: ResourceTable::new(),
             rng: SmallRng::seed_from_u64(seed),
             memory_limit_bytes,
@@ -56,35 +57,31 @@ impl HostState {
     }
 }
 
-/// Links the policy world's imports and the few WASI interfaces Rust's std
-/// imports on `wasm32-wasip2` (`wasi:cli/*`, `wasi:io/*`), and nothing else:
-/// a component importing files, sockets or clocks fails to link.
+/// Links the policy world's imports and WASI 0.2, which Rust's std imports
+/// in part and the interpreters of other languages (componentize-py,
+/// componentize-js) import whole, over an empty sandbox: no files (nothing
+/// preopened), no network (no socket, no name lookup), no environment or
+/// arguments, stdin empty, stdout and stderr discarded.
 pub(crate) fn link(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
-    use wasmtime_wasi::p2::bindings::{cli, io, sync};
-
     Policy::add_to_linker::<HostState, Own>(linker, |state| state)?;
-    io::error::add_to_linker::<HostState, Table>(linker, |state| &mut state.table)?;
-    sync::io::poll::add_to_linker::<HostState, Table>(linker, |state| &mut state.table)?;
-    sync::io::streams::add_to_linker::<HostState, Table>(linker, |state| &mut state.table)?;
-    let view = cli_view;
-    cli::environment::add_to_linker::<HostState, WasiCli>(linker, view)?;
-    cli::exit::add_to_linker::<HostState, WasiCli>(linker, view)?;
-    cli::stdin::add_to_linker::<HostState, WasiCli>(linker, view)?;
-    cli::stdout::add_to_linker::<HostState, WasiCli>(linker, view)?;
-    cli::stderr::add_to_linker::<HostState, WasiCli>(linker, view)?;
-    cli::terminal_input::add_to_linker::<HostState, WasiCli>(linker, view)?;
-    cli::terminal_output::add_to_linker::<HostState, WasiCli>(linker, view)?;
-    cli::terminal_stdin::add_to_linker::<HostState, WasiCli>(linker, view)?;
-    cli::terminal_stdout::add_to_linker::<HostState, WasiCli>(linker, view)?;
-    cli::terminal_stderr::add_to_linker::<HostState, WasiCli>(linker, view)?;
-    Ok(())
+    wasmtime_wasi::p2::add_to_linker_sync(linker)
 }
 
-fn cli_view(state: &mut HostState) -> WasiCliCtxView<'_> {
-    WasiCliCtxView {
-        ctx: &mut state.cli,
-        table: &mut state.table,
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
     }
+}
+
+fn sandbox() -> WasiCtx {
+    WasiCtxBuilder::new()
+        .allow_tcp(false)
+        .allow_udp(false)
+        .allow_ip_name_lookup(false)
+        .build()
 }
 
 /// The policy imports are implemented on `HostState` itself.
@@ -92,13 +89,6 @@ struct Own;
 
 impl HasData for Own {
     type Data<'a> = &'a mut HostState;
-}
-
-/// `wasi:io` needs only the resource table.
-struct Table;
-
-impl HasData for Table {
-    type Data<'a> = &'a mut ResourceTable;
 }
 
 /// A guest's log line is capped: a plugin must not flood the gateway's logs.
