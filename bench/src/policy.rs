@@ -25,8 +25,8 @@ use gateway::candidates::{self, Cached, Candidate};
 use gateway::config::Config;
 use gateway::decide::{self, Facts, PluginInputs};
 use gateway::plugin::{
-    Decision, LoadedPolicy, PluginEngine, PluginError, PluginWatcher, PluginsConfig, PolicyBinding,
-    PolicySlot, Tier,
+    Decision, LoadedPolicy, PluginEngine, PluginError, PluginLimits, PluginWatcher, PluginsConfig,
+    PolicyBinding, PolicySlot, Tier,
 };
 use gateway::pools::{Pool, Registry};
 use gateway::worker::Worker;
@@ -57,6 +57,100 @@ pub struct Args {
     /// default: the gateway's default.
     #[arg(long)]
     poll_interval_ms: Option<u64>,
+    /// Where `scripts/build-plugins.sh` put the Python and JavaScript ports.
+    #[arg(long, default_value = "target/plugins")]
+    ports_dir: PathBuf,
+}
+
+/// The memory limit the bench gives the Python and JavaScript builds.
+const PORT_MEMORY_LIMIT: u64 = 256 << 20;
+
+/// One language's build of the same policy.
+struct Port {
+    language: &'static str,
+    size_kb: usize,
+    baseline_load_ms: f64,
+    load_ms: f64,
+    memory_kb: usize,
+    call: Timing,
+}
+
+/// The `zone-affinity` policy in Rust, Python and JavaScript: component
+/// size, load time at each tier (median of 3), linear memory per
+/// initialised instance, and the cost of a decision at 64 candidates.
+fn ports(args: &Args, calls: usize) -> anyhow::Result<Vec<Port>> {
+    let builds = [
+        (
+            "Rust",
+            "zone-affinity",
+            read_wasm(&args.wasm_dir, "zone_affinity")?,
+        ),
+        (
+            "Python",
+            "zone-affinity-py",
+            read_port(&args.ports_dir, "zone-affinity-py")?,
+        ),
+        (
+            "JavaScript",
+            "zone-affinity-js",
+            read_port(&args.ports_dir, "zone-affinity-js")?,
+        ),
+    ];
+    // The interpreters' instances get room of their own (`[plugins.limits]`).
+    let mut plugins = PluginsConfig::default();
+    for port in ["zone-affinity-py", "zone-affinity-js"] {
+        let own = PluginLimits {
+            memory_limit_bytes: Some(PORT_MEMORY_LIMIT),
+            ..PluginLimits::default()
+        };
+        plugins.limits.insert(port.to_string(), own);
+    }
+    let engine = &PluginEngine::with_seed(&plugins, 1)?;
+    let (config, registry) = gateway(64)?;
+    let pool = &registry.pools()[0];
+    let candidates = gather(pool);
+    let headers = headers();
+    let facts = facts(&headers);
+    let mut out = Vec::new();
+    for (language, name, bytes) in builds {
+        let load = |tier| -> anyhow::Result<(f64, LoadedPolicy)> {
+            let mut times = Vec::new();
+            let mut last = None;
+            for _ in 0..3 {
+                let start = Instant::now();
+                last = Some(LoadedPolicy::load(
+                    engine, tier, name, "1.0.0", &bytes, "{}",
+                )?);
+                times.push(start.elapsed().as_secs_f64() * 1e3);
+            }
+            Ok((percentile(&mut times, 0.5), last.expect("three loads")))
+        };
+        let (baseline_load_ms, _) = load(Tier::Baseline)?;
+        let (load_ms, policy) = load(Tier::Optimized)?;
+        let call = time(calls, || {
+            black_box(plugin_decide(&config, pool, &policy, &candidates, &facts)?);
+            Ok(())
+        })?;
+        out.push(Port {
+            language,
+            size_kb: bytes.len() / 1024,
+            baseline_load_ms,
+            load_ms,
+            memory_kb: policy.instance_memory_bytes().unwrap_or(0) / 1024,
+            call,
+        });
+    }
+    Ok(out)
+}
+
+fn read_port(dir: &Path, name: &str) -> anyhow::Result<Vec<u8>> {
+    let path = dir.join(name).join("0.1.0.wasm");
+    std::fs::read(&path).map_err(|error| {
+        anyhow::anyhow!(
+            "reading {}: {error}; build the ports first: scripts/build-plugins.sh",
+            path.display()
+        )
+    })
 }
 
 /// Tokens per KV block, as the workers' default.
@@ -199,6 +293,20 @@ pub fn run(args: Args, out: &Path) -> anyhow::Result<()> {
     let swap = swaps(&engine, &plugins, &args, [failover.clone(), zone_affinity])?;
     // After the swaps: the spinning shadow would slow them.
     let (live, shadowed, shadow_stats) = shadow_cost(&engine, args.calls, &failover, &hostile)?;
+    let ports = ports(&args, args.fresh_calls)?;
+    let port_rows: Vec<Vec<String>> = ports
+        .iter()
+        .map(|p| {
+            vec![
+                p.language.to_string(),
+                format!("{:.1} MB", p.size_kb as f64 / 1024.0),
+                format!("{:.0} ms", p.baseline_load_ms),
+                format!("{:.0} ms", p.load_ms),
+                format!("{:.1} MB", p.memory_kb as f64 / 1024.0),
+                us(&p.call),
+            ]
+        })
+        .collect();
 
     let pooled_64 = figures
         .iter()
@@ -225,6 +333,10 @@ pub fn run(args: Args, out: &Path) -> anyhow::Result<()> {
          with no shadow, and with the `hostile` plugin in shadow for every request, spinning to \
          its deadline on the shadow thread: p50 / p99 {} without, {} with ({} samples compared, \
          {} timed out, {} skipped while the shadow thread was busy).\n\n\
+         Languages: the `zone-affinity` policy built from Rust, Python (componentize-py) and \
+         JavaScript (componentize-js): component size, load (compile, link, `init`, sample \
+         decisions; median of 3) at each tier, linear memory of one initialised instance, and \
+         a decision at 64 candidates ({} calls, optimized tier):\n\n{}\n\
          Goals: pooled p50 with 64 candidates under 20 µs: {}; swap p50 and p99 under 100 ms \
          ({:.1} / {:.1} ms): {}; no failed call: {}.\n",
         failover_kb,
@@ -280,6 +392,11 @@ pub fn run(args: Args, out: &Path) -> anyhow::Result<()> {
         shadow_stats["compared"],
         shadow_stats["errors"]["timeout"].as_u64().unwrap_or(0),
         shadow_stats["skipped"],
+        args.fresh_calls,
+        report::table(
+            &["language", "size", "load, baseline", "load, optimized", "memory per instance", "decision p50 / p99"],
+            &port_rows
+        ),
         verdict(pooled_64.map(|p50| p50 < 20.0)),
         swap.p50_ms,
         swap.p99_ms,
@@ -293,6 +410,12 @@ pub fn run(args: Args, out: &Path) -> anyhow::Result<()> {
             "load_ms_p50": load_ms,
             "baseline_load_ms_p50": baseline_load_ms,
             "decision": figures,
+            "languages": ports.iter().map(|p| json!({
+                "language": p.language, "size_kb": p.size_kb,
+                "baseline_load_ms": p.baseline_load_ms, "load_ms": p.load_ms,
+                "memory_kb": p.memory_kb,
+                "call": {"p50_us": p.call.p50_us, "p99_us": p.call.p99_us},
+            })).collect::<Vec<_>>(),
             "shadow": {
                 "live_without": {"p50_us": live.p50_us, "p99_us": live.p99_us},
                 "live_with_hostile_shadow": {"p50_us": shadowed.p50_us, "p99_us": shadowed.p99_us},

@@ -26,10 +26,21 @@ async fn gateway(
     plugin: &str,
     config: Value,
 ) -> GatewayProc {
+    gateway_with(workers, dir, plugin, config, "").await
+}
+
+/// [`gateway`], with `limits` (`[plugins.limits.NAME]` tables) in its config.
+async fn gateway_with(
+    workers: &[(&WorkerProc, &str)],
+    dir: &Path,
+    plugin: &str,
+    config: Value,
+    limits: &str,
+) -> GatewayProc {
     let mut text = format!(
         "zone = \"a\"\n[listeners]\napi = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\nworker_id_header = true\n\
          [health]\ninterval_ms = 100\ntimeout_ms = 500\nunhealthy_threshold = 1\nhealthy_threshold = 1\n\
-         [plugins]\ndir = {:?}\npoll_interval_ms = 50\n\
+         [plugins]\ndir = {:?}\npoll_interval_ms = 50\n{limits}\
          [[pools]]\nname = \"{POOL}\"\nmodels = [\"{MODEL}\"]\npolicy = {{ plugin = \"{plugin}\", config = {} }}\n",
         dir.display().to_string(),
         toml_inline(&config),
@@ -394,6 +405,33 @@ async fn ports_refuse_a_bad_config_naming_every_problem() {
         // The built-in policy serves meanwhile.
         assert_eq!(served_by(&gw.api, &chat("x", false, 2)).await, "w1");
     }
+}
+
+#[tokio::test]
+async fn a_plugins_own_limits_apply_to_it_alone() {
+    let w1 = spawn_worker("w1", "a", WorkerOpts::default()).await;
+    let dir = temp_dir();
+    install(&dir, "canary-js", "1.0.0");
+    // Its interpreter alone takes more than a megabyte.
+    let limits = "[plugins.limits.canary-js]\nmemory_limit_bytes = 1048576\n";
+    let config = json!({"stable": "v1", "canary": "v2", "canary_percent": 10});
+    let gw = gateway_with(
+        &[(&w1, "version = \"v1\"")],
+        &dir,
+        "canary-js",
+        config,
+        limits,
+    )
+    .await;
+    let status = policy_status(&gw).await;
+    assert_eq!(status["last_refusal"]["kind"], "out_of_memory", "{status}");
+    assert!(
+        status["last_refusal"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("1048576"),
+        "{status}"
+    );
 }
 
 #[tokio::test]

@@ -1,5 +1,6 @@
 //! Plugin settings: the gateway-wide `[plugins]` section and a pool's policy binding.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
@@ -50,6 +51,21 @@ pub struct PluginsConfig {
     /// The share of decisions logged there. Default 0.01.
     #[serde(default = "default_decision_log_sample")]
     pub decision_log_sample: f64,
+    /// Limits of their own for some plugins, by name, in place of the ones
+    /// above: a policy written in Python or JavaScript carries its
+    /// interpreter and needs more memory and a longer `init` than one in
+    /// Rust (`[plugins.limits.canary-py] memory_limit_bytes = 134217728`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub limits: BTreeMap<String, PluginLimits>,
+}
+
+/// One plugin's `[plugins.limits.NAME]`: each unset key keeps the gateway-wide value.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginLimits {
+    pub call_timeout_ms: Option<u64>,
+    pub init_timeout_ms: Option<u64>,
+    pub memory_limit_bytes: Option<u64>,
 }
 
 /// What a request does when its policy fails.
@@ -96,6 +112,7 @@ impl Default for PluginsConfig {
             headers: Vec::new(),
             decision_log: None,
             decision_log_sample: default_decision_log_sample(),
+            limits: BTreeMap::new(),
         }
     }
 }
@@ -130,10 +147,31 @@ impl PluginsConfig {
             ));
         }
         // Components address 32-bit memories: a limit above 4 GiB means none.
-        if !(WASM_PAGE_BYTES..=(4 << 30)).contains(&self.memory_limit_bytes) {
-            errors.push(format!(
-                "{prefix}.memory_limit_bytes: must be between 65536 (one wasm page) and 4 GiB"
-            ));
+        let memory = |key: &str, bytes: u64, errors: &mut Vec<String>| {
+            if !(WASM_PAGE_BYTES..=(4 << 30)).contains(&bytes) {
+                errors.push(format!(
+                    "{key}: must be between 65536 (one wasm page) and 4 GiB"
+                ));
+            }
+        };
+        memory(
+            &format!("{prefix}.memory_limit_bytes"),
+            self.memory_limit_bytes,
+            errors,
+        );
+        for (plugin, limits) in &self.limits {
+            let key = format!("{prefix}.limits.{plugin}");
+            if let Some(bytes) = limits.memory_limit_bytes {
+                memory(&format!("{key}.memory_limit_bytes"), bytes, errors);
+            }
+            for (name, value) in [
+                ("call_timeout_ms", limits.call_timeout_ms),
+                ("init_timeout_ms", limits.init_timeout_ms),
+            ] {
+                if value == Some(0) {
+                    errors.push(format!("{key}.{name}: must be greater than 0"));
+                }
+            }
         }
     }
 }

@@ -3,6 +3,7 @@
 //! and a linker per engine (built once; every plugin version is
 //! pre-instantiated against the one of its tier).
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -39,6 +40,8 @@ struct Inner {
     baseline: Compiler,
     optimized: Compiler,
     limits: Limits,
+    /// Plugins' own limits, by name.
+    by_plugin: BTreeMap<String, Limits>,
     /// Seeds each new instance's random generator: the base seed plus a counter.
     seeds: AtomicU64,
 }
@@ -77,16 +80,31 @@ impl PluginEngine {
         // would only hold pooling slots.
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         let idle_per_version = (cores * 2).clamp(2, config.max_instances.max(1) as usize);
+        let limits = Limits {
+            call_timeout_ms: config.call_timeout_ms,
+            init_timeout_ms: config.init_timeout_ms,
+            memory_limit_bytes: config.memory_limit_bytes,
+            idle_per_version,
+        };
+        let by_plugin = config
+            .limits
+            .iter()
+            .map(|(plugin, own)| {
+                let mine = Limits {
+                    call_timeout_ms: own.call_timeout_ms.unwrap_or(limits.call_timeout_ms),
+                    init_timeout_ms: own.init_timeout_ms.unwrap_or(limits.init_timeout_ms),
+                    memory_limit_bytes: own.memory_limit_bytes.unwrap_or(limits.memory_limit_bytes),
+                    idle_per_version,
+                };
+                (plugin.clone(), mine)
+            })
+            .collect();
         Ok(Self {
             inner: Arc::new(Inner {
                 baseline,
                 optimized,
-                limits: Limits {
-                    call_timeout_ms: config.call_timeout_ms,
-                    init_timeout_ms: config.init_timeout_ms,
-                    memory_limit_bytes: config.memory_limit_bytes,
-                    idle_per_version,
-                },
+                limits,
+                by_plugin,
                 seeds: AtomicU64::new(seed),
             }),
         })
@@ -111,6 +129,15 @@ impl PluginEngine {
         self.inner.limits
     }
 
+    /// `plugin`'s own limits where it has some, else the gateway-wide ones.
+    pub(crate) fn limits_for(&self, plugin: &str) -> Limits {
+        self.inner
+            .by_plugin
+            .get(plugin)
+            .copied()
+            .unwrap_or(self.inner.limits)
+    }
+
     pub(crate) fn next_seed(&self) -> u64 {
         // Consecutive seeds are fine: `SmallRng::seed_from_u64` scrambles them.
         self.inner.seeds.fetch_add(1, Ordering::Relaxed)
@@ -131,7 +158,12 @@ impl Compiler {
 /// The same settings for both tiers, so a version behaves the same (limits,
 /// deadlines) whichever compiler built it.
 fn engine_config(config: &PluginsConfig) -> Config {
-    let memory_limit = config.memory_limit_bytes as usize;
+    // A pooling slot holds the largest memory any plugin may grow to.
+    let memory_limit = config
+        .limits
+        .values()
+        .filter_map(|l| l.memory_limit_bytes)
+        .fold(config.memory_limit_bytes, u64::max) as usize;
     let instances = config.max_instances;
     let mut pooling = PoolingAllocationConfig::new();
     // A Rust policy component is one main core module plus a few adapter

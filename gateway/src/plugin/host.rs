@@ -33,6 +33,8 @@ pub(crate) struct HostState {
     /// Set when the guest asked for more memory than its limit: the call's
     /// failure is then reported as out of memory, not as the trap it becomes.
     pub memory_exhausted: bool,
+    /// Linear memory the instance's memories hold, all together.
+    pub memory_bytes: usize,
     /// The running call's deadline.
     pub deadline: Deadline,
     /// The engines of the worker table the guest is being sent or holds.
@@ -50,6 +52,7 @@ impl HostState {
             rng: SmallRng::seed_from_u64(seed),
             memory_limit_bytes,
             memory_exhausted: false,
+            memory_bytes: 0,
             deadline: Deadline::default(),
             engines: Vec::new(),
             caller: nobody(),
@@ -65,6 +68,12 @@ impl HostState {
 pub(crate) fn link(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     Policy::add_to_linker::<HostState, Own>(linker, |state| state)?;
     wasmtime_wasi::p2::add_to_linker_sync(linker)
+}
+
+impl HostState {
+    pub fn tag(&self) -> &Tag {
+        &self.tag
+    }
 }
 
 impl WasiView for HostState {
@@ -141,10 +150,11 @@ pub fn nobody() -> types::Caller {
 impl ResourceLimiter for HostState {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
+        self.memory_bytes += desired.saturating_sub(current);
         if desired > self.memory_limit_bytes {
             self.memory_exhausted = true;
             // An error, not `Ok(false)`: the guest traps at once instead of

@@ -31,7 +31,7 @@ impl Instance {
         tag: &Arc<Tag>,
         config: &str,
     ) -> Result<Self, PluginError> {
-        let limits = engine.limits();
+        let limits = engine.limits_for(&tag.name);
         let state = HostState::new(
             tag.clone(),
             limits.memory_limit_bytes as usize,
@@ -84,7 +84,9 @@ impl Instance {
         candidates: &PolicyCandidates,
         caller: &types::Caller,
     ) -> Result<types::Decision, PluginError> {
-        let timeout_ms = engine.limits().call_timeout_ms;
+        let timeout_ms = engine
+            .limits_for(&self.store.data().tag().name)
+            .call_timeout_ms;
         self.calls += 1;
         if self.table != table.generation() {
             self.store.data_mut().engines = table.engines().to_vec();
@@ -102,6 +104,11 @@ impl Instance {
         decided.map_err(|error| self.failure(engine, timeout_ms, error))
     }
 
+    /// Linear memory it holds.
+    pub fn memory_bytes(&self) -> usize {
+        self.store.data().memory_bytes
+    }
+
     fn arm(&mut self, timeout_ms: u64) {
         let ticks = self.store.data_mut().deadline.arm(timeout_ms);
         self.store.set_epoch_deadline(ticks);
@@ -116,7 +123,9 @@ impl Instance {
         Failure {
             memory_exhausted: self.store.data().memory_exhausted,
             deadline_ms,
-            memory_limit_bytes: engine.limits().memory_limit_bytes,
+            memory_limit_bytes: engine
+                .limits_for(&self.store.data().tag().name)
+                .memory_limit_bytes,
         }
         .classify(error)
     }

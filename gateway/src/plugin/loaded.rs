@@ -187,6 +187,12 @@ impl LoadedPolicy {
         decision::check(raw, candidates.worker.len())
     }
 
+    /// Linear memory an initialised instance holds (one that decided
+    /// already, when there is one idle).
+    pub fn instance_memory_bytes(&self) -> Option<usize> {
+        self.lock_idle().first().map(Instance::memory_bytes)
+    }
+
     pub fn info(&self) -> &PolicyInfo {
         &self.info
     }

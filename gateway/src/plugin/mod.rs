@@ -38,7 +38,7 @@ pub use bindings::llmgw::policy::types::{
     Priority as PolicyPriority, Request as RouteRequest, State as CandidateState,
     Worker as PolicyWorker,
 };
-pub use config::{OnError, PluginsConfig, PolicyBinding, ShadowBinding};
+pub use config::{OnError, PluginLimits, PluginsConfig, PolicyBinding, ShadowBinding};
 pub use decision::Decision;
 pub use engine::{PluginEngine, Tier};
 pub use error::PluginError;
