@@ -8,6 +8,7 @@ mod backup;
 mod edit;
 mod in_force;
 mod keys;
+mod new;
 mod preview;
 mod replay;
 mod workers;
@@ -215,6 +216,19 @@ enum PluginCommand {
     },
     /// Stops POOL's shadow.
     Unshadow { pool: String },
+    /// Writes a buildable policy NAME of one's own, with a test.
+    New {
+        name: String,
+        #[arg(long, value_enum, default_value = "rust")]
+        lang: new::Lang,
+        /// Where; default ./NAME.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// The policy SDK a Rust policy builds against; default the one this
+        /// gatewayctl was built with.
+        #[arg(long)]
+        sdk: Option<PathBuf>,
+    },
     /// Runs the component WASM over a decision log (`plugins.decision_log`)
     /// and prints where its decisions differ from the logged ones.
     Replay {
@@ -265,6 +279,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Plugin {
             command: PluginCommand::Replay { wasm, log, config },
         } => return replay::replay(&wasm, &config, &log, cli.json),
+        Command::Plugin {
+            command:
+                PluginCommand::New {
+                    name,
+                    lang,
+                    dir,
+                    sdk,
+                },
+        } => return new::new(&name, lang, dir.as_deref(), sdk.as_deref()),
         Command::Usage { log, tenant, since } => {
             return keys::usage(&log, tenant.as_deref(), since.as_deref(), cli.json);
         }
@@ -305,7 +328,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 force,
             } => put_plugin(&mut client, &keys, &name, &version, &file, force).await,
             PluginCommand::List => list_plugins(&mut client, &keys, cli.json).await,
-            PluginCommand::Replay { .. } => unreachable!("handled without etcd"),
+            PluginCommand::Replay { .. } | PluginCommand::New { .. } => {
+                unreachable!("handled without etcd")
+            }
             PluginCommand::Shadow {
                 pool,
                 version,
