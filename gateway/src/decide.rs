@@ -100,6 +100,20 @@ fn policy_order(
         };
         log_decision(config, Some(version), &inputs, &decision);
     }
+    // When it fails, the plugin's previous version decides first: it knows
+    // the plugin's intent (workers it keeps requests off), the built-in
+    // policy does not.
+    let previous = match &decision {
+        Err(e) => {
+            metrics::policy_error(&pool.name, e.kind());
+            tracing::warn!(pool = %pool.name, plugin = %info.plugin, version = %info.version,
+                kind = e.kind(), error = %e, "policy failed");
+            pool.policy
+                .previous()
+                .map(|p| (p.info().version.clone(), call(|| inputs.ask(&p))))
+        }
+        Ok(_) => None,
+    };
     shadow(pool, &decision, inputs, rng);
     span.record(
         "outcome",
@@ -116,19 +130,37 @@ fn policy_order(
         }
         Ok(Decision::Reject { status, message }) => {
             metrics::policy_decision(&pool.name, "reject");
+            tracing::info!(pool = %pool.name, plugin = %info.plugin, version = %info.version,
+                status, %message, "policy rejected the request");
             Err(ApiError::new(ErrorKind::Rejected(status), message))
         }
-        Err(e) => {
-            metrics::policy_error(&pool.name, e.kind());
-            tracing::warn!(pool = %pool.name, plugin = %info.plugin, version = %info.version,
-                kind = e.kind(), error = %e, "policy failed");
-            match config.plugins.on_error {
-                OnError::Fallback => Ok(builtin(config, pool, candidates, facts, rng)),
-                OnError::FailClosed => Err(ApiError::new(
+        Err(_) => {
+            match previous {
+                Some((version, Ok(Decision::Route(order)))) => {
+                    metrics::policy_decision(&pool.name, "route");
+                    tracing::info!(pool = %pool.name, plugin = %info.plugin, %version,
+                        "the previous version decided");
+                    return Ok(order.into_iter().map(|i| candidates[i].clone()).collect());
+                }
+                Some((_, Ok(Decision::Reject { status, message }))) => {
+                    metrics::policy_decision(&pool.name, "reject");
+                    return Err(ApiError::new(ErrorKind::Rejected(status), message));
+                }
+                Some((version, Err(e))) => {
+                    metrics::policy_error(&pool.name, e.kind());
+                    tracing::warn!(pool = %pool.name, plugin = %info.plugin, %version,
+                        kind = e.kind(), error = %e, "the previous version failed too");
+                }
+                None => {}
+            }
+            // A policy that declared it must fail closed, or a gateway that says so.
+            if info.fail_closed || config.plugins.on_error == OnError::FailClosed {
+                return Err(ApiError::new(
                     ErrorKind::Overloaded,
                     "the routing policy failed; retry later",
-                )),
+                ));
             }
+            Ok(builtin(config, pool, candidates, facts, rng))
         }
     }
 }

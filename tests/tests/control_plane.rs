@@ -5,9 +5,9 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use e2e::{
-    chat, etcdctl, etcdctl_with, eventually, gatewayctl, plugins_dir, served_by, spawn_gateway,
-    spawn_worker, status, temp_dir, EtcdServer, GatewayProc, Load, NatsServer, WorkerOpts,
-    WorkerProc, MODEL, POOL,
+    chat, etcdctl, etcdctl_with, eventually, gatewayctl, metric, plugins_dir, post_chat, served_by,
+    spawn_gateway, spawn_worker, status, temp_dir, EtcdServer, GatewayProc, Load, NatsServer,
+    WorkerOpts, WorkerProc, MODEL, POOL,
 };
 use serde_json::Value;
 
@@ -1360,4 +1360,89 @@ async fn the_etcd_leader_lost_under_load_loses_nothing() {
         ok > 0 && failures.is_empty(),
         "{ok} ok, failed: {failures:?}"
     );
+}
+
+/// A policy version that fails on live requests: its plugin's previous
+/// version decides for it (it knows the workers the plugin keeps requests
+/// off; the built-in policy would not), and a policy that declared itself
+/// fail-closed, with no previous version, answers 503 rather than falling
+/// back to the built-in policy.
+#[tokio::test]
+async fn a_failing_version_falls_back_to_the_previous_one_then_fails_closed() {
+    let etcd = EtcdServer::start().await;
+    let gw = etcd_gateway(&etcd, "").await;
+    let _blue = coloured_worker("blue", &etcd).await;
+    let _green = coloured_worker("green", &etcd).await;
+    eventually(Duration::from_secs(10), "workers discovered", || {
+        has_workers(&gw, &["blue", "green"])
+    })
+    .await;
+    let (good, bad) = (plugin_file("blue-green"), plugin_file("hostile"));
+    for (name, version, file) in [
+        ("guard", "1.0.0", &good),
+        ("guard", "2.0.0", &bad),
+        ("strict", "1.0.0", &bad),
+    ] {
+        ctl_ok(
+            &etcd,
+            &["plugin", "put", name, version, file.to_str().unwrap()],
+        )
+        .await;
+    }
+    put_config(
+        &etcd,
+        &doc(
+            "",
+            "policy = { plugin = \"guard\", version = \"1.0.0\", config = { active = \"blue\" } }",
+        ),
+    )
+    .await;
+    eventually(Duration::from_secs(10), "1.0.0 serves", || async {
+        status(&gw).await["pools"][0]["policy"]["policy"]["version"] == "1.0.0"
+    })
+    .await;
+    // gatewayctl sees it fail on a plain request: forced, as a hasty operator would.
+    let failing = doc(
+        "",
+        &format!("policy = {{ plugin = \"guard\", version = \"2.0.0\", config = {{ mode = \"trap\", on_model = \"{MODEL}\" }} }}"),
+    );
+    ctl_ok(
+        &etcd,
+        &[
+            "config",
+            "put",
+            write(&failing).to_str().unwrap(),
+            "--force",
+        ],
+    )
+    .await;
+    eventually(Duration::from_secs(10), "2.0.0 serves", || async {
+        status(&gw).await["pools"][0]["policy"]["policy"]["version"] == "2.0.0"
+    })
+    .await;
+    // Every request traps in 2.0.0; 1.0.0 (blue only) decides, never green.
+    for i in 0..30 {
+        assert_eq!(
+            served_by(&gw.api, &chat(&format!("q{i}"), false, 2)).await,
+            "blue"
+        );
+    }
+    assert!(metric(&gw, "llmgw_policy_errors_total{pool=\"sim\",kind=\"trap\"}").await >= 30.0);
+
+    let strict = doc(
+        "",
+        &format!("policy = {{ plugin = \"strict\", version = \"1.0.0\", config = {{ mode = \"trap\", on_model = \"{MODEL}\", fail_closed = true }} }}"),
+    );
+    ctl_ok(
+        &etcd,
+        &["config", "put", write(&strict).to_str().unwrap(), "--force"],
+    )
+    .await;
+    eventually(Duration::from_secs(10), "strict serves", || async {
+        let policy = &status(&gw).await["pools"][0]["policy"]["policy"];
+        policy["plugin"] == "strict" && policy["fail_closed"] == true
+    })
+    .await;
+    let resp = post_chat(&gw.api, &chat("x", false, 2)).await;
+    assert_eq!(resp.status(), 503, "{}", resp.text().await.unwrap());
 }

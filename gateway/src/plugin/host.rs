@@ -41,6 +41,8 @@ pub(crate) struct HostState {
     pub engines: Vec<types::Engine>,
     /// Who sent the request being routed.
     pub caller: types::Caller,
+    /// The guest asked, in `init`, that its failures fail closed.
+    pub fail_closed: bool,
 }
 
 impl HostState {
@@ -56,6 +58,7 @@ impl HostState {
             deadline: Deadline::default(),
             engines: Vec::new(),
             caller: nobody(),
+            fail_closed: false,
         }
     }
 }
@@ -134,6 +137,10 @@ impl host::Host for HostState {
 
     fn request_caller(&mut self) -> types::Caller {
         self.caller.clone()
+    }
+
+    fn fail_closed(&mut self) {
+        self.fail_closed = true;
     }
 }
 

@@ -104,6 +104,11 @@ impl Instance {
         decided.map_err(|error| self.failure(engine, timeout_ms, error))
     }
 
+    /// Its guest asked, in `init`, to fail closed.
+    pub fn fails_closed(&self) -> bool {
+        self.store.data().fail_closed
+    }
+
     /// Linear memory it holds.
     pub fn memory_bytes(&self) -> usize {
         self.store.data().memory_bytes

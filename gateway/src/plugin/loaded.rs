@@ -37,6 +37,8 @@ pub struct PolicyInfo {
     pub loaded_at_ms: u64,
     /// Which compiler built the code serving.
     pub tier: Tier,
+    /// It declared in `init` that its failures must fail closed.
+    pub fail_closed: bool,
 }
 
 /// A plugin version ready to route. Requests hold it by `Arc`, so a request
@@ -137,6 +139,7 @@ impl LoadedPolicy {
                 sha256: code.sha256.clone(),
                 loaded_at_ms: unix_ms(SystemTime::now()),
                 tier: code.tier,
+                fail_closed: first.fails_closed(),
             },
             config: config.to_string(),
             code,

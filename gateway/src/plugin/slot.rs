@@ -18,6 +18,9 @@ use super::upgrade::{Upgradable, Upgrader};
 pub struct PolicySlot {
     pool: String,
     current: ArcSwapOption<LoadedPolicy>,
+    /// The version of the same plugin that served before `current`: what a
+    /// request falls back to first when `current` fails on it.
+    previous: ArcSwapOption<LoadedPolicy>,
     status: Mutex<SlotStatus>,
     /// Serialises loads, so two sources (the watcher, etcd) cannot swap in
     /// out of order the versions they compiled concurrently, and an
@@ -78,6 +81,7 @@ impl PolicySlot {
             }),
             pool,
             current: ArcSwapOption::empty(),
+            previous: ArcSwapOption::empty(),
             loading: Mutex::new(()),
             upgrader: Upgrader::default(),
         }
@@ -87,6 +91,11 @@ impl PolicySlot {
     /// request, so a swap meanwhile does not change its policy.
     pub fn current(&self) -> Option<Arc<LoadedPolicy>> {
         self.current.load_full()
+    }
+
+    /// The version of the same plugin that served before the current one.
+    pub fn previous(&self) -> Option<Arc<LoadedPolicy>> {
+        self.previous.load_full()
     }
 
     /// Loads `bytes` as `plugin` `version` with `config` and swaps it in, or
@@ -158,7 +167,19 @@ impl PolicySlot {
 
     fn swap_in(self: &Arc<Self>, engine: &PluginEngine, prepared: Prepared) -> Arc<LoadedPolicy> {
         let loaded = prepared.loaded;
-        self.current.store(Some(loaded.clone()));
+        let before = self.current.swap(Some(loaded.clone()));
+        // Another version of the same plugin becomes the fallback; a new
+        // config of the same version, or another plugin, keeps the old one.
+        if let Some(before) = before.filter(|b| {
+            b.info().plugin == loaded.info().plugin && b.info().version != loaded.info().version
+        }) {
+            self.previous.store(Some(before));
+        } else if self
+            .previous()
+            .is_some_and(|p| p.info().plugin != loaded.info().plugin)
+        {
+            self.previous.store(None);
+        }
         if let Some(bytes) = prepared.bytes {
             let code = loaded.code().clone();
             self.upgrader
@@ -204,6 +225,7 @@ impl PolicySlot {
     /// Back to the built-in policy (the pool's binding was removed).
     pub fn clear(&self) {
         self.current.store(None);
+        self.previous.store(None);
         self.lock_status().policy = None;
         tracing::info!(pool = %self.pool, "policy removed; built-in policy serves");
     }

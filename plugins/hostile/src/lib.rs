@@ -13,6 +13,7 @@
 //! - `on_model`: misbehave in `route` only for requests of this model and
 //!   route by score otherwise, so a version passes the host's sample
 //!   decisions at load time and misbehaves at call time. Default: always.
+//! - `fail_closed`: declares in `init` that its failures must fail closed.
 
 #![no_std]
 
@@ -48,6 +49,8 @@ struct RawConfig {
     mode: Mode,
     #[serde(default)]
     on_model: Option<String>,
+    #[serde(default)]
+    fail_closed: bool,
 }
 
 pub struct Hostile {
@@ -58,6 +61,9 @@ pub struct Hostile {
 impl Policy for Hostile {
     fn init(config: &str) -> Result<Self, String> {
         let raw: RawConfig = config::parse(config)?;
+        if raw.fail_closed {
+            policy_sdk::host::fail_closed();
+        }
         match raw.mode {
             Mode::InitFail => Err("hostile: init_fail asked for".to_string()),
             Mode::SlowInit => spin(),

@@ -3,7 +3,7 @@
 
 pub use crate::Level;
 
-pub use imp::{log, now_ms, random, request_caller, worker_engines};
+pub use imp::{fail_closed, log, now_ms, random, request_caller, worker_engines};
 #[cfg(not(target_arch = "wasm32"))]
 pub use imp::{seed_random, set_request_caller};
 
@@ -35,6 +35,13 @@ mod imp {
     /// Who sent the request being routed: its API key's tenant and priority.
     pub fn request_caller() -> crate::Caller {
         host::request_caller()
+    }
+
+    /// From `init`: when this policy fails on a request, the gateway tries
+    /// the plugin's previous version and then answers 503, never routing by
+    /// its built-in policy (for policies that keep requests off workers).
+    pub fn fail_closed() {
+        host::fail_closed()
     }
 }
 
@@ -99,6 +106,9 @@ mod imp {
     pub fn set_request_caller(caller: crate::Caller) {
         CALLER.with(|c| *c.borrow_mut() = Some(caller));
     }
+
+    /// Natively there is no host to tell: a no-op.
+    pub fn fail_closed() {}
 
     /// Restarts this thread's sequence of [`random`] numbers from `seed`.
     pub fn seed_random(seed: u64) {
