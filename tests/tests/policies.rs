@@ -321,7 +321,17 @@ async fn hostile_plugins_are_refused_or_contained() {
             },
         )
         .await;
-        assert_eq!(policy_status(&gw).await["policy"]["plugin"], "hostile");
+        let status = policy_status(&gw).await;
+        assert_eq!(status["policy"]["plugin"], "hostile");
+        if mode == "trap" {
+            // The guest's panic message and where it trapped come out.
+            let reason = status["last_refusal"]["reason"].as_str().unwrap();
+            assert!(
+                reason.contains("in `route`: panicked at")
+                    && reason.contains("hostile: trap asked for"),
+                "{reason}"
+            );
+        }
     }
     // Not a component at all, and a component of another world: refused too.
     std::fs::write(

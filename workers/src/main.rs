@@ -97,6 +97,11 @@ async fn main() -> anyhow::Result<()> {
         None => {}
     }
     config.validate()?;
+    if !config.labels.is_empty() && config.etcd.endpoints.is_empty() {
+        // Labels reach gateways only in an etcd registration; without one,
+        // each gateway's file says what labels a static worker has.
+        tracing::warn!(labels = ?config.labels, "labels set without etcd: gateways will not see them; give them to this worker in the gateways' [[pools.workers]] instead");
+    }
     let grace = Duration::from_millis(config.drain_grace_ms);
 
     let mut terminate = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;

@@ -30,7 +30,7 @@ pub enum PluginError {
     #[error("cannot instantiate: {0}")]
     Instantiate(String),
     /// The guest crashed: `unreachable` (a Rust panic), an out-of-bounds access, a stack overflow, ...
-    #[error("plugin trapped: {0}")]
+    #[error("plugin trapped {0}")]
     Trap(String),
     /// The guest used up its deadline (in CPU time, see `deadline`) and was interrupted.
     #[error("plugin ran past its {deadline_ms} ms deadline")]
@@ -91,6 +91,10 @@ pub(crate) struct Failure {
     pub memory_exhausted: bool,
     pub deadline_ms: u64,
     pub memory_limit_bytes: u64,
+    /// The export that failed: `init`, `set-workers` or `route`.
+    pub during: &'static str,
+    /// What the guest said of its panic, when it did (the SDK logs it).
+    pub panic: Option<String>,
 }
 
 impl Failure {
@@ -105,7 +109,10 @@ impl Failure {
                 deadline_ms: self.deadline_ms,
             },
             // `{:#}` keeps the guest backtrace wasmtime attaches as context.
-            _ => PluginError::Trap(format!("{error:#}")),
+            _ => PluginError::Trap(match &self.panic {
+                Some(panic) => format!("in `{}`: {panic}; {error:#}", self.during),
+                None => format!("in `{}`: {error:#}", self.during),
+            }),
         }
     }
 }

@@ -2,6 +2,7 @@
 //! workers' engines, the request's caller), WASI over an empty sandbox, and
 //! the memory limiter. One per instance.
 
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -20,6 +21,9 @@ use super::deadline::Deadline;
 pub(crate) struct Tag {
     pub name: String,
     pub version: String,
+    /// Instances whose `init` succeeded: every pooled instance runs `init`,
+    /// and only the first one's lines are worth more than debug.
+    pub inits: AtomicU32,
 }
 
 /// The store data of one instance.
@@ -43,6 +47,10 @@ pub(crate) struct HostState {
     pub caller: types::Caller,
     /// The guest asked, in `init`, that its failures fail closed.
     pub fail_closed: bool,
+    /// The panic the guest reported last (the SDK logs one before it traps).
+    pub panic: Option<String>,
+    /// In `init` (or instantiation).
+    pub initializing: bool,
 }
 
 impl HostState {
@@ -59,6 +67,8 @@ impl HostState {
             engines: Vec::new(),
             caller: nobody(),
             fail_closed: false,
+            panic: None,
+            initializing: false,
         }
     }
 }
@@ -113,6 +123,14 @@ impl host::Host for HostState {
             end -= 1;
         }
         let (plugin, version, message) = (&self.tag.name, &self.tag.version, &message[..end]);
+        // What `init` says was said by the version's first instance already.
+        let level = match self.initializing && self.tag.inits.load(Ordering::Relaxed) > 0 {
+            true => host::Level::Debug,
+            false => level,
+        };
+        if level == host::Level::Error && message.starts_with("panicked at ") {
+            self.panic = Some(message.to_string());
+        }
         match level {
             host::Level::Debug => tracing::debug!(plugin, version, message, "plugin log"),
             host::Level::Info => tracing::info!(plugin, version, message, "plugin log"),

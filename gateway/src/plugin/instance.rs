@@ -32,11 +32,12 @@ impl Instance {
         config: &str,
     ) -> Result<Self, PluginError> {
         let limits = engine.limits_for(&tag.name);
-        let state = HostState::new(
+        let mut state = HostState::new(
             tag.clone(),
             limits.memory_limit_bytes as usize,
             engine.next_seed(),
         );
+        state.initializing = true;
         // The engine that compiled `pre`, not one chosen here: code of one
         // tier cannot run in a store of the other's engine.
         let mut store = Store::new(pre.engine(), state);
@@ -49,6 +50,8 @@ impl Instance {
             memory_exhausted: store.data().memory_exhausted,
             deadline_ms: limits.init_timeout_ms,
             memory_limit_bytes: limits.memory_limit_bytes,
+            during: "init",
+            panic: store.data().panic.clone(),
         };
         let policy = match pre.instantiate(&mut store) {
             Ok(policy) => policy,
@@ -62,13 +65,18 @@ impl Instance {
             }
             Err(error) => return Err(PluginError::Instantiate(format!("{error:#}"))),
         };
-        match policy.call_init(&mut store, config) {
-            Ok(Ok(())) => Ok(Self {
-                store,
-                policy,
-                calls: 0,
-                table: 0,
-            }),
+        let initialized = policy.call_init(&mut store, config);
+        store.data_mut().initializing = false;
+        match initialized {
+            Ok(Ok(())) => {
+                tag.inits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Ok(Self {
+                    store,
+                    policy,
+                    calls: 0,
+                    table: 0,
+                })
+            }
             Ok(Err(message)) => Err(PluginError::Init(message)),
             Err(error) => Err(failure(&store).classify(error)),
         }
@@ -94,14 +102,14 @@ impl Instance {
             let sent = self
                 .policy
                 .call_set_workers(&mut self.store, table.workers());
-            sent.map_err(|error| self.failure(engine, timeout_ms, error))?;
+            sent.map_err(|error| self.failure(engine, (timeout_ms, "set-workers"), error))?;
             // Only once the guest took it: after a failure the instance is dropped anyway.
             self.table = table.generation();
         }
         self.store.data_mut().caller = caller.clone();
         self.arm(timeout_ms);
         let decided = self.policy.call_route(&mut self.store, request, candidates);
-        decided.map_err(|error| self.failure(engine, timeout_ms, error))
+        decided.map_err(|error| self.failure(engine, (timeout_ms, "route"), error))
     }
 
     /// Its guest asked, in `init`, to fail closed.
@@ -122,11 +130,13 @@ impl Instance {
     fn failure(
         &self,
         engine: &PluginEngine,
-        deadline_ms: u64,
+        (deadline_ms, during): (u64, &'static str),
         error: wasmtime::Error,
     ) -> PluginError {
         Failure {
             memory_exhausted: self.store.data().memory_exhausted,
+            during,
+            panic: self.store.data().panic.clone(),
             deadline_ms,
             memory_limit_bytes: engine
                 .limits_for(&self.store.data().tag().name)

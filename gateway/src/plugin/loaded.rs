@@ -125,6 +125,7 @@ impl LoadedPolicy {
         let tag = Arc::new(Tag {
             name: plugin.to_string(),
             version: version.to_string(),
+            inits: Default::default(),
         });
         let mut first = Instance::new(engine, &code.pre, &tag, config)?;
         let (table, candidates) = (sample::table(), sample::candidates());

@@ -13,11 +13,39 @@ use core::alloc::Layout;
 static ALLOCATOR: dlmalloc::GlobalDlmalloc = dlmalloc::GlobalDlmalloc;
 
 /// A panic is a trap: the host counts it and falls back for that request.
-/// No message, since there is nowhere to print it and formatting it would
-/// cost what leaving std saved.
+/// First it tells the host where it happened and, when the message is a
+/// plain literal, what it said (the host puts both in the trap's error).
+/// Built by hand: `core::fmt` would cost what leaving std saved.
 #[panic_handler]
-fn panic(_: &core::panic::PanicInfo) -> ! {
+fn panic(info: &core::panic::PanicInfo) -> ! {
+    let mut line = alloc::string::String::from("panicked at ");
+    if let Some(at) = info.location() {
+        line.push_str(at.file());
+        for n in [at.line(), at.column()] {
+            line.push(':');
+            push_decimal(&mut line, n);
+        }
+    }
+    line.push_str(": ");
+    line.push_str(info.message().as_str().unwrap_or("(a formatted message)"));
+    crate::host::log(crate::Level::Error, &line);
     core::arch::wasm32::unreachable()
+}
+
+fn push_decimal(out: &mut alloc::string::String, mut n: u32) {
+    let mut digits = [0u8; 10];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for &d in &digits[i..] {
+        out.push(d as char);
+    }
 }
 
 /// The canonical ABI's allocator, through which the host passes strings and
