@@ -39,7 +39,8 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Check) => {
-            load(&cli)?;
+            let (config, _, _) = load(&cli)?;
+            check_plugins(&config)?;
             println!("{}: ok", cli.config.display());
             Ok(())
         }
@@ -58,6 +59,42 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// Loads each pool's bound plugin (and its shadow) from `plugins.dir` as
+/// the gateway would; with etcd, `gatewayctl` checks them when written.
+fn check_plugins(config: &Config) -> anyhow::Result<()> {
+    let Some(dir) = config.plugins.dir.as_deref() else {
+        return Ok(());
+    };
+    if !config.etcd.endpoints.is_empty() {
+        return Ok(());
+    }
+    let engine = gateway::plugin::PluginEngine::new(&config.plugins)?;
+    let mut problems = Vec::new();
+    for pool in &config.pools {
+        let Some(binding) = &pool.policy else {
+            continue;
+        };
+        let shadow = binding.shadow_binding();
+        for (role, binding) in [("policy", Some(binding)), ("shadow", shadow.as_ref())] {
+            let Some(binding) = binding else { continue };
+            match gateway::plugin::check_in_dir(&engine, dir, &pool.name, binding) {
+                Ok(version) => println!(
+                    "pool {}: {role} {} {version} loads",
+                    pool.name, binding.plugin
+                ),
+                Err(e) => problems.push(format!(
+                    "pool {}: {role} {}: {e}",
+                    pool.name, binding.plugin
+                )),
+            }
+        }
+    }
+    if !problems.is_empty() {
+        anyhow::bail!("{}", problems.join("\n"));
+    }
+    Ok(())
 }
 
 /// The config file with the command line's overrides, checked whole, and

@@ -418,6 +418,68 @@ async fn ports_refuse_a_bad_config_naming_every_problem() {
 }
 
 #[tokio::test]
+async fn a_gateway_starts_on_the_highest_version_that_passes_its_checks() {
+    let dir = temp_dir();
+    install(&dir, "failover", "1.0.0");
+    // A newer "version" whose init refuses the pool's config.
+    std::fs::copy(
+        plugins_dir().join("hostile").join("0.1.0.wasm"),
+        dir.join("failover").join("2.0.0.wasm"),
+    )
+    .unwrap();
+    let w1 = spawn_worker("w1", "a", WorkerOpts::default()).await;
+    let gw = gateway(&[(&w1, "")], &dir, "failover", json!({})).await;
+    let status = policy_status(&gw).await;
+    assert_eq!(status["policy"]["version"], "1.0.0", "{status}");
+    assert_eq!(
+        status["policy"]["config"],
+        json!({}),
+        "the config in force: {status}"
+    );
+    assert_eq!(status["last_refusal"]["version"], "2.0.0", "{status}");
+    assert_eq!(served_by(&gw.api, &chat("x", false, 2)).await, "w1");
+}
+
+/// `gateway check` loads the bound plugins as the gateway would.
+#[tokio::test]
+async fn gateway_check_loads_the_bound_plugins() {
+    let dir = temp_dir();
+    install(&dir, "failover", "1.0.0");
+    let check = |plugin: &str, config: &str| {
+        let text = format!(
+            "[listeners]\napi = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n[plugins]\ndir = {:?}\n\
+             [[pools]]\nname = \"{POOL}\"\nmodels = [\"{MODEL}\"]\npolicy = {{ plugin = \"{plugin}\", config = {config} }}\n\
+             [[pools.workers]]\nid = \"w1\"\nurl = \"http://127.0.0.1:1\"\n",
+            dir.display().to_string()
+        );
+        let path = temp_dir().join("gateway.toml");
+        std::fs::write(&path, text).unwrap();
+        async move {
+            let out = tokio::process::Command::new(bin("gateway"))
+                .args(["--config", path.to_str().unwrap(), "check"])
+                .output()
+                .await
+                .unwrap();
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            (out.status.success(), text)
+        }
+    };
+    let (ok, text) = check("failover", "{}").await;
+    assert!(ok && text.contains("policy failover 1.0.0 loads"), "{text}");
+    let (ok, text) = check("failover", "{ max_workers = \"x\", colour = 1 }").await;
+    assert!(
+        !ok && text.contains("max_workers") && text.contains("colour"),
+        "{text}"
+    );
+    let (ok, text) = check("nowhere", "{}").await;
+    assert!(!ok && text.contains("pool sim: policy nowhere"), "{text}");
+}
+
+#[tokio::test]
 async fn a_plugins_own_limits_apply_to_it_alone() {
     let w1 = spawn_worker("w1", "a", WorkerOpts::default()).await;
     let dir = temp_dir();

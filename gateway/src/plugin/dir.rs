@@ -6,7 +6,9 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use super::config::PolicyBinding;
+use super::engine::{PluginEngine, Tier};
 use super::error::PluginError;
+use super::loaded::LoadedPolicy;
 
 /// The file a binding selects now.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,6 +39,56 @@ pub(crate) fn select(dir: &Path, binding: &PolicyBinding) -> Result<Selected, Pl
         )));
     }
     Ok(Selected { version, path })
+}
+
+/// Loads the version `binding` selects in `dir` for `pool` as the watcher
+/// would (compile, `init` with the pool's config, sample decisions): the
+/// version that would serve, or why none would.
+pub fn check(
+    engine: &PluginEngine,
+    dir: &Path,
+    pool: &str,
+    binding: &PolicyBinding,
+) -> Result<String, PluginError> {
+    let selected = select(dir, binding)?;
+    let config = config_text(dir, binding, pool)?;
+    let bytes = std::fs::read(&selected.path).map_err(|source| PluginError::Io {
+        path: selected.path.clone(),
+        source,
+    })?;
+    LoadedPolicy::load(
+        engine,
+        Tier::Baseline,
+        &binding.plugin,
+        &selected.version,
+        &bytes,
+        &config,
+    )?;
+    Ok(selected.version)
+}
+
+/// The versions of `binding`'s plugin below `version`, highest first: what
+/// an unpinned binding falls back on when its newest version is refused.
+pub(crate) fn older(dir: &Path, binding: &PolicyBinding, version: &str) -> Vec<Selected> {
+    let folder = dir.join(&binding.plugin);
+    let Ok(newest) = semver::Version::parse(version) else {
+        return Vec::new();
+    };
+    let mut below: Vec<_> = versions(&folder)
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|v| Some((semver::Version::parse(&v).ok()?, v)))
+        .filter(|(parsed, _)| *parsed < newest)
+        .collect();
+    below.sort();
+    below
+        .into_iter()
+        .rev()
+        .map(|(_, version)| Selected {
+            path: folder.join(format!("{version}.wasm")),
+            version,
+        })
+        .collect()
 }
 
 /// The config text for `pool`: its override file when present, else the inline config.

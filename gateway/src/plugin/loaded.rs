@@ -39,6 +39,8 @@ pub struct PolicyInfo {
     pub tier: Tier,
     /// It declared in `init` that its failures must fail closed.
     pub fail_closed: bool,
+    /// The config `init` got (the binding's, or `{pool}.json` over it).
+    pub config: serde_json::Value,
 }
 
 /// A plugin version ready to route. Requests hold it by `Arc`, so a request
@@ -141,6 +143,8 @@ impl LoadedPolicy {
                 loaded_at_ms: unix_ms(SystemTime::now()),
                 tier: code.tier,
                 fail_closed: first.fails_closed(),
+                config: serde_json::from_str(config)
+                    .unwrap_or_else(|_| serde_json::Value::String(config.to_string())),
             },
             config: config.to_string(),
             code,

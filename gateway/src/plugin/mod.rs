@@ -40,6 +40,7 @@ pub use bindings::llmgw::policy::types::{
 };
 pub use config::{OnError, PluginLimits, PluginsConfig, PolicyBinding, ShadowBinding};
 pub use decision::Decision;
+pub use dir::check as check_in_dir;
 pub use engine::{PluginEngine, Tier};
 pub use error::PluginError;
 pub use host::nobody;

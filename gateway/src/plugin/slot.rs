@@ -202,13 +202,17 @@ impl PolicySlot {
     /// Records (and logs) a version that was refused before `try_load` could
     /// read it, e.g. a missing file. The current version keeps serving.
     pub fn refuse(&self, plugin: &str, version: &str, sha256: Option<String>, error: &PluginError) {
+        let serving = match self.current() {
+            Some(_) => "policy refused; the version in force keeps serving",
+            None => "policy refused; no version serves, the built-in policy routes",
+        };
         tracing::warn!(
             pool = %self.pool,
             plugin,
             version,
             kind = error.kind(),
             error = %error,
-            "policy refused; the previous one keeps serving"
+            "{serving}"
         );
         let mut status = self.lock_status();
         status.refusals += 1;

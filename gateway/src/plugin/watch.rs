@@ -182,9 +182,27 @@ impl Watched {
             }
             return false;
         }
-        let result = self
+        let mut result = self
             .slot
             .try_load(engine, &plugin, &selected.version, &bytes, config);
+        // Nothing serving and no version pinned: the highest version that
+        // passes its checks serves rather than the built-in policy.
+        if result.is_err() && self.binding.version.is_none() && self.slot.current().is_none() {
+            for older in dir::older(dir, &self.binding, &selected.version) {
+                let Ok(bytes) = std::fs::read(&older.path) else {
+                    continue;
+                };
+                if let Ok(loaded) =
+                    self.slot
+                        .try_load(engine, &plugin, &older.version, &bytes, config)
+                {
+                    tracing::warn!(pool = %self.pool, plugin, refused = %selected.version,
+                        serving = %older.version, "the newest version was refused; the highest version that passes its checks serves");
+                    result = Ok(loaded);
+                    break;
+                }
+            }
+        }
         let transient_refusal = match &result {
             Err(error) if is_transient(error) => Some(Instant::now()),
             _ => None,
