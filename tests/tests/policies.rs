@@ -188,6 +188,20 @@ async fn blue_green_flip_moves_new_traffic_and_lets_streams_finish() {
         served_by(&gw.api, &chat("probe", false, 2)).await == "green1"
     })
     .await;
+    // `/status` says which config serves, and from where.
+    let status = policy_status(&gw).await;
+    assert_eq!(
+        status["policy"]["config"],
+        json!({"active": "green"}),
+        "{status}"
+    );
+    assert!(
+        status["config_source"]
+            .as_str()
+            .unwrap()
+            .ends_with("blue-green/sim.json"),
+        "{status}"
+    );
     for i in 0..4 {
         assert_eq!(
             served_by(&gw.api, &chat(&format!("g{i}"), false, 2)).await,
@@ -436,6 +450,7 @@ async fn a_gateway_starts_on_the_highest_version_that_passes_its_checks() {
         json!({}),
         "the config in force: {status}"
     );
+    assert_eq!(status["config_source"], "binding", "{status}");
     assert_eq!(status["last_refusal"]["version"], "2.0.0", "{status}");
     assert_eq!(served_by(&gw.api, &chat("x", false, 2)).await, "w1");
 }

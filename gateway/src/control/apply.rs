@@ -485,6 +485,7 @@ impl Applier {
         if let Some(engine) = &self.engine {
             for (slot, prepared) in plan.ready {
                 slot.commit(engine, prepared);
+                slot.set_config_source("binding".to_string());
             }
         }
         let live = self.live.load();

@@ -91,6 +91,15 @@ pub(crate) fn older(dir: &Path, binding: &PolicyBinding, version: &str) -> Vec<S
         .collect()
 }
 
+/// Where `config_text` finds `pool`'s config: its override file, or the binding.
+pub(crate) fn config_source(dir: &Path, binding: &PolicyBinding, pool: &str) -> String {
+    let path = dir.join(&binding.plugin).join(format!("{pool}.json"));
+    match path.is_file() {
+        true => path.display().to_string(),
+        false => "binding".to_string(),
+    }
+}
+
 /// The config text for `pool`: its override file when present, else the inline config.
 pub(crate) fn config_text(
     dir: &Path,

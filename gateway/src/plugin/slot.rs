@@ -42,6 +42,9 @@ pub struct SlotStatus {
     pub loads: u64,
     /// Versions (or configs) refused.
     pub refusals: u64,
+    /// Where the config in force came from: the binding, or the plugin
+    /// directory's `{pool}.json` over it.
+    pub config_source: Option<String>,
 }
 
 /// A version that passed every check and waits to be swapped in.
@@ -232,6 +235,11 @@ impl PolicySlot {
         self.previous.store(None);
         self.lock_status().policy = None;
         tracing::info!(pool = %self.pool, "policy removed; built-in policy serves");
+    }
+
+    /// Says where the config of the version in force came from.
+    pub fn set_config_source(&self, source: String) {
+        self.lock_status().config_source = Some(source);
     }
 
     pub fn status(&self) -> SlotStatus {

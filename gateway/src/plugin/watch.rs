@@ -203,6 +203,10 @@ impl Watched {
                 }
             }
         }
+        if result.is_ok() {
+            self.slot
+                .set_config_source(dir::config_source(dir, &self.binding, &self.pool));
+        }
         let transient_refusal = match &result {
             Err(error) if is_transient(error) => Some(Instant::now()),
             _ => None,
