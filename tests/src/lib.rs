@@ -55,6 +55,16 @@ pub fn plugins_dir() -> PathBuf {
 
 /// A fresh directory for one test's files, under a root of this process's
 /// own. Roots left by earlier test processes that have exited are deleted
+/// The component `scripts/build-plugins.sh` built for plugin `name`.
+pub fn plugin_file(name: &str) -> PathBuf {
+    let dir = plugins_dir().join(name);
+    std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "wasm"))
+        .unwrap_or_else(|| panic!("no component in {}", dir.display()))
+}
+
 /// first, so repeated runs do not fill the disk.
 pub fn temp_dir() -> PathBuf {
     static ROOT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use e2e::{
-    chat, etcdctl, etcdctl_with, eventually, gatewayctl, metric, plugins_dir, post_chat, served_by,
+    chat, etcdctl, etcdctl_with, eventually, gatewayctl, metric, plugin_file, post_chat, served_by,
     spawn_gateway, spawn_worker, status, temp_dir, EtcdServer, GatewayProc, Load, NatsServer,
     WorkerOpts, WorkerProc, MODEL, POOL,
 };
@@ -105,7 +105,6 @@ fn written_at(out: &str) -> i64 {
         .unwrap()
 }
 
-/// The component `scripts/build-plugins.sh` built for `name`.
 /// Publishes the example plugin `name` as version 1.0.0.
 async fn publish(etcd: &EtcdServer, name: &str) {
     let file = plugin_file(name);
@@ -114,15 +113,6 @@ async fn publish(etcd: &EtcdServer, name: &str) {
         &["plugin", "put", name, "1.0.0", file.to_str().unwrap()],
     )
     .await;
-}
-
-fn plugin_file(name: &str) -> PathBuf {
-    let dir = plugins_dir().join(name);
-    std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.extension().is_some_and(|e| e == "wasm"))
-        .unwrap_or_else(|| panic!("no component in {}", dir.display()))
 }
 
 async fn control(gw: &GatewayProc) -> Value {

@@ -17,15 +17,6 @@ async fn ctl_ok(etcd: &EtcdServer, args: &[&str]) -> String {
     out
 }
 
-fn component(name: &str) -> PathBuf {
-    let dir = plugins_dir().join(name);
-    std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.extension().is_some_and(|e| e == "wasm"))
-        .unwrap_or_else(|| panic!("no component in {}", dir.display()))
-}
-
 async fn put_doc(etcd: &EtcdServer, policy: &str) -> String {
     let path = temp_dir().join("routing.toml");
     let text = format!("[[pools]]\nname = \"{POOL}\"\nmodels = [\"{MODEL}\"]\n{policy}\n");
@@ -56,7 +47,7 @@ async fn a_shadow_decides_aside_and_is_promoted() {
         workers.push(spawn_worker(colour, "a", opts).await);
     }
     // The same component as two versions, and the hostile one as a third.
-    let blue_green = component("blue-green");
+    let blue_green = plugin_file("blue-green");
     for version in ["1.0.0", "1.1.0"] {
         ctl_ok(
             &etcd,
@@ -70,7 +61,7 @@ async fn a_shadow_decides_aside_and_is_promoted() {
         )
         .await;
     }
-    let hostile = component("hostile");
+    let hostile = plugin_file("hostile");
     ctl_ok(
         &etcd,
         &[
@@ -252,7 +243,7 @@ async fn decisions_are_logged_and_replayed_against_another_policy() {
         "no prompt text: {first}"
     );
 
-    let wasm = component("blue-green");
+    let wasm = plugin_file("blue-green");
     let (wasm, log) = (wasm.to_str().unwrap(), log.to_str().unwrap());
     let same = ctl_local(&[
         "plugin",
@@ -281,7 +272,7 @@ async fn decisions_are_logged_and_replayed_against_another_policy() {
         flipped.contains("logged route blue, now route green"),
         "{flipped}"
     );
-    let hostile = component("hostile");
+    let hostile = plugin_file("hostile");
     let json = ctl_local(&[
         "--json",
         "plugin",

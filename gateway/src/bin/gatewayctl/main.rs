@@ -563,15 +563,7 @@ async fn edit_binding(
     value: Value,
     force: bool,
 ) -> anyhow::Result<()> {
-    let got = client.get(keys.config(), None).await?;
-    let Some(kv) = got.kvs().first() else {
-        bail!("no routing config in etcd; put one with `gatewayctl config put` first");
-    };
-    let (old_text, revision) = (
-        String::from_utf8_lossy(kv.value()).into_owned(),
-        kv.mod_revision(),
-    );
-    let old = RoutingDoc::from_toml(&old_text).context("the routing config in etcd")?;
+    let (old_text, revision, old) = stored_doc(client, keys).await?;
     let plugin = match old.pools.iter().find(|p| p.name == pool) {
         None => bail!("no pool `{pool}` in the routing config"),
         Some(p) => match &p.policy {
@@ -590,6 +582,18 @@ async fn edit_binding(
         .with_context(|| format!("setting `{field}` of pool `{pool}`'s plugin {plugin}"))
 }
 
+/// The routing document in etcd: its text, revision and parse; an error
+/// when there is none or it does not parse.
+async fn stored_doc(client: &mut Client, keys: &Keys) -> anyhow::Result<(String, i64, RoutingDoc)> {
+    let got = client.get(keys.config(), None).await?;
+    let Some(kv) = got.kvs().first() else {
+        bail!("no routing config in etcd; put one with `gatewayctl config put` first");
+    };
+    let text = String::from_utf8_lossy(kv.value()).into_owned();
+    let doc = RoutingDoc::from_toml(&text).context("the routing config in etcd")?;
+    Ok((text, kv.mod_revision(), doc))
+}
+
 /// Writes back the routing document as `edit` changes its text, through
 /// the checks of any write.
 async fn edit_doc(
@@ -599,15 +603,7 @@ async fn edit_doc(
     edit: impl FnOnce(&str) -> anyhow::Result<String>,
     force: bool,
 ) -> anyhow::Result<()> {
-    let got = client.get(keys.config(), None).await?;
-    let Some(kv) = got.kvs().first() else {
-        bail!("no routing config in etcd; put one with `gatewayctl config put` first");
-    };
-    let (old_text, revision) = (
-        String::from_utf8_lossy(kv.value()).into_owned(),
-        kv.mod_revision(),
-    );
-    let old = RoutingDoc::from_toml(&old_text).context("the routing config in etcd")?;
+    let (old_text, revision, old) = stored_doc(client, keys).await?;
     let text = edit(&old_text)?;
     let doc = RoutingDoc::from_toml(&text)?;
     put_doc(client, keys, Some((old, revision)), &doc, text, force)
