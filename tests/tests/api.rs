@@ -252,6 +252,25 @@ async fn bad_input_gets_openai_errors() {
     let mut bad = chat("hi", false, 2);
     bad["messages"] = json!("not a list");
     expect_error(c.post(&url).json(&bad).send().await.unwrap(), 400, None).await;
+    // What the worker cannot honour is refused by name, never ignored; the
+    // gateway passes it through (an engine that honours it would answer).
+    for (param, value) in [
+        (
+            "response_format",
+            json!({"type": "json_schema", "json_schema": {"name": "x", "schema": {}}}),
+        ),
+        (
+            "tools",
+            json!([{"type": "function", "function": {"name": "f"}}]),
+        ),
+        ("logprobs", json!(true)),
+        ("presence_penalty", json!(0.7)),
+    ] {
+        let mut asked = chat("hi", false, 2);
+        asked[param] = value;
+        let v = expect_error(c.post(&url).json(&asked).send().await.unwrap(), 400, None).await;
+        assert_eq!(v["error"]["param"], param, "{v}");
+    }
 
     let mut unknown = chat("hi", false, 2);
     unknown["model"] = json!("gpt-imaginary");

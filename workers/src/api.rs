@@ -22,6 +22,7 @@ use crate::output::{engine_gone, Finish, TextOutput};
 use crate::respond::{self, Body};
 use crate::scheduler::{FinishReason, Sampling, TokenUsage};
 use crate::stream::{self, Chunker, Endpoint};
+use crate::unsupported;
 use prompt::Tokenizer;
 
 /// What every request handler shares.
@@ -59,6 +60,7 @@ pub async fn chat_completions(
 ) -> Result<Response<Body>, ApiError> {
     let request: ChatCompletionRequest = parse(&body)?;
     request.validate()?;
+    unsupported::refuse(&body)?;
     app.check_model(&request.model)?;
     let prompt = prompt::chat_tokens(&request.messages, &app.tokenizer)?;
     let generation = app.generation(
@@ -78,6 +80,7 @@ pub async fn completions(
 ) -> Result<Response<Body>, ApiError> {
     let request: CompletionRequest = parse(&body)?;
     request.validate()?;
+    unsupported::refuse(&body)?;
     app.check_model(&request.model)?;
     let prompt = prompt::completion_tokens(request.prompt()?, &app.tokenizer)?;
     let max_tokens = request.sampling.max_tokens;

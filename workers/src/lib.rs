@@ -21,6 +21,7 @@ mod server;
 pub mod sim;
 mod stop;
 mod stream;
+mod unsupported;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
