@@ -77,11 +77,26 @@ impl HostState {
 /// in part and the interpreters of other languages (componentize-py,
 /// componentize-js) import whole, over an empty sandbox: no files (nothing
 /// preopened), no network (no socket, no name lookup), no environment or
-/// arguments, stdin empty, stdout and stderr discarded.
+/// arguments, stdin empty, stdout and stderr discarded. Waiting is refused:
+/// a blocking poll runs inside the host, where no deadline can interrupt it,
+/// so `wasi:io/poll`'s `poll` and `pollable.block` trap instead.
 pub(crate) fn link(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     Policy::add_to_linker::<HostState, Own>(linker, |state| state)?;
-    wasmtime_wasi::p2::add_to_linker_sync(linker)
+    wasmtime_wasi::p2::add_to_linker_sync(linker)?;
+    linker.allow_shadowing(true);
+    let mut poll = linker.instance(WASI_POLL)?;
+    for name in ["poll", "[method]pollable.block"] {
+        poll.func_new(name, |_, _, _, _| {
+            wasmtime::bail!("a policy may not wait: `wasi:io/poll` is refused")
+        })?;
+    }
+    linker.allow_shadowing(false);
+    Ok(())
 }
+
+/// The `wasi:io/poll` the linked WASI defines (components importing an
+/// older 0.2 release are matched to it).
+const WASI_POLL: &str = "wasi:io/poll@0.2.12";
 
 impl HostState {
     pub fn tag(&self) -> &Tag {

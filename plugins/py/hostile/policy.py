@@ -1,6 +1,7 @@
 """A hostile policy in Python, for the host's tests: its config's `mode`
 picks how it misbehaves in `route`: `ok` (routes by score), `loop` (spins
-forever), `oom` (allocates until memory runs out), `trap` (raises); with
+forever), `oom` (allocates until memory runs out), `trap` (raises),
+`sleep` (waits an hour, which the host refuses as a trap); with
 `on_model`, only for requests of that model (so it passes the host's sample
 decisions at load time). Never ship it."""
 
@@ -36,4 +37,7 @@ class WitWorld(wit_world.WitWorld):
                     hoard.append(bytearray(1 << 20))
             if CONFIG.mode == "trap":
                 raise RuntimeError("hostile policy raised on purpose")
+            if CONFIG.mode == "sleep":
+                import time
+                time.sleep(3600)
         return route_to(request, by_score(WORKERS.join(candidates)))
