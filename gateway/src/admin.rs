@@ -26,11 +26,10 @@ pub struct Admin {
 pub async fn handle(admin: Arc<Admin>, req: http::Request<Incoming>) -> Response<Body> {
     let path = req.uri().path();
     let open = matches!(path, "/live" | "/ready");
-    if !open && !admin.gateway.tenancy.is_admin(req.headers()) {
-        return crate::error::response(&protocol::ApiError::new(
-            protocol::ErrorKind::InvalidApiKey,
-            "the admin listener needs an admin API key (`gatewayctl key create --admin`)",
-        ));
+    if !open {
+        if let Err(e) = admin.gateway.tenancy.admin(req.headers()) {
+            return crate::error::response(&e);
+        }
     }
     match path {
         "/metrics" => {

@@ -196,6 +196,7 @@ async fn route(
         pool: labels.pool.clone(),
         prompt_tokens: prompt.tokens as u64,
         cached_tokens: 0,
+        settled: false,
     };
     let reserve = prompt.tokens as u64 + req.parsed.max_tokens.unwrap_or(0);
     match gw.tenancy.charge(&req.caller, reserve) {

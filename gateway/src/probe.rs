@@ -145,6 +145,10 @@ async fn check(
                 }
             };
             if let Some(url) = &worker.engine.metrics_url {
+                // The engine's credential goes to the engine only, not to a
+                // metrics endpoint elsewhere.
+                let same_host = url.authority() == worker.url.authority();
+                let credential = credential.filter(|_| same_host);
                 // A failed scrape keeps no figure: the last one goes stale.
                 if let Some((_, text)) = get(upstream, url.clone(), credential).await {
                     let text = String::from_utf8_lossy(&text);

@@ -134,6 +134,7 @@ pub async fn start_on_bus(config: Config, bus: Option<Bus>) -> Result<Handle, St
     if let (AuthMode::Keys, Some(path)) = (config.auth_mode, &config.auth.keys_file) {
         background.push(tenancy.watch_file(path.clone()));
     }
+    background.push(tenancy.upkeep());
     if let Some(bus) = &bus {
         let subject = protocol::bus::Subjects::new(&config.bus.subject_prefix).limits();
         background.push(tenancy.share(bus.clone(), subject, config.limits.exchange));
@@ -146,7 +147,9 @@ pub async fn start_on_bus(config: Config, bus: Option<Bus>) -> Result<Handle, St
     let health_config = config.health.clone();
     let bus_config = config.bus.clone();
     let listeners = config.listeners.clone();
-    let backstop = config.retry.total_timeout + Duration::from_secs(1);
+    // A request may queue, then fail over until its total timeout.
+    let backstop =
+        config.admission.max_queue_wait + config.retry.total_timeout + Duration::from_secs(1);
     let gateway = Arc::new(Gateway {
         admit: Admit::new(config.listeners.max_concurrent_requests),
         tenancy,

@@ -9,6 +9,8 @@ pub enum ErrorKind {
     InvalidRequest,
     /// No API key, or one that is unknown, revoked or expired.
     InvalidApiKey,
+    /// A valid key that may not do this (the admin listener without an admin key).
+    PermissionDenied,
     PayloadTooLarge,
     ModelNotFound,
     NotFound,
@@ -28,6 +30,7 @@ impl ErrorKind {
         match self {
             ErrorKind::InvalidRequest => 400,
             ErrorKind::InvalidApiKey => 401,
+            ErrorKind::PermissionDenied => 403,
             ErrorKind::ModelNotFound | ErrorKind::NotFound => 404,
             ErrorKind::MethodNotAllowed => 405,
             ErrorKind::PayloadTooLarge => 413,
@@ -45,6 +48,7 @@ impl ErrorKind {
         match self {
             ErrorKind::InvalidRequest
             | ErrorKind::InvalidApiKey
+            | ErrorKind::PermissionDenied
             | ErrorKind::PayloadTooLarge
             | ErrorKind::ModelNotFound
             | ErrorKind::NotFound
@@ -61,6 +65,7 @@ impl ErrorKind {
     pub fn code(self) -> Option<&'static str> {
         match self {
             ErrorKind::InvalidApiKey => Some("invalid_api_key"),
+            ErrorKind::PermissionDenied => Some("permission_denied"),
             ErrorKind::ModelNotFound => Some("model_not_found"),
             ErrorKind::PayloadTooLarge => Some("payload_too_large"),
             ErrorKind::RateLimited => Some("rate_limit_exceeded"),

@@ -145,7 +145,7 @@ async fn api_keys_guard_the_api_and_the_admin_listener() {
     assert_eq!(admin_get("/live", None).await, 200);
     assert_eq!(admin_get("/ready", None).await, 200);
     assert_eq!(admin_get("/metrics", None).await, 401);
-    assert_eq!(admin_get("/status", Some(&user)).await, 401);
+    assert_eq!(admin_get("/status", Some(&user)).await, 403);
     assert_eq!(admin_get("/metrics", Some(&admin)).await, 200);
     assert_eq!(admin_get("/status", Some(&admin)).await, 200);
 

@@ -89,6 +89,17 @@ pub struct TenantRecord {
     pub tpm: Option<u64>,
 }
 
+impl TenantRecord {
+    pub fn check(&self, name: &str) -> Result<(), String> {
+        if self.rpm == Some(0) || self.tpm == Some(0) {
+            return Err(format!(
+                "tenant `{name}`: a limit of 0 allows nothing; revoke its keys instead"
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// The keys file: `[[keys]]` and `[tenants.NAME]`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -110,6 +121,9 @@ impl KeysFile {
 
     pub fn parse(text: &str) -> Result<KeysFile, String> {
         let file: KeysFile = toml::from_str(text).map_err(|e| e.to_string())?;
+        for (name, tenant) in &file.tenants {
+            tenant.check(name)?;
+        }
         let mut ids = std::collections::HashSet::new();
         for key in &file.keys {
             key.check()?;
@@ -238,7 +252,10 @@ impl KeySet {
                     Err(e) => bad.push(format!("{path}: {e}")),
                 }
             } else if let Some(name) = path.strip_prefix(tenants_prefix) {
-                match serde_json::from_slice::<TenantRecord>(value) {
+                match serde_json::from_slice::<TenantRecord>(value)
+                    .map_err(|e| e.to_string())
+                    .and_then(|r| r.check(name).map(|()| r))
+                {
                     Ok(record) => {
                         tenants.insert(name.to_string(), record);
                     }

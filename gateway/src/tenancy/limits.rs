@@ -11,7 +11,7 @@
 //! replicas admit within one exchange interval.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use protocol::{ApiError, ErrorKind};
@@ -32,12 +32,28 @@ struct Bucket {
     /// Per minute, before this replica's share.
     limit: u64,
     level: f64,
+    /// When `level` was last refilled.
     at: Instant,
+    /// When anything was last taken from it, here or by another replica.
+    used: Instant,
 }
 
 impl Bucket {
+    fn new(limit: u64, share: f64, now: Instant) -> Bucket {
+        let mut bucket = Bucket {
+            limit,
+            level: 0.0,
+            at: now,
+            used: now,
+        };
+        bucket.level = bucket.capacity(share);
+        bucket
+    }
+
+    /// A replica's share of the limit, never under one: a limit smaller than
+    /// the replicas sharing it still lets a request through now and then.
     fn capacity(&self, share: f64) -> f64 {
-        self.limit as f64 * share
+        (self.limit as f64 * share).max(1.0)
     }
 
     fn refill(&mut self, share: f64, now: Instant) {
@@ -51,7 +67,7 @@ impl Bucket {
     fn until(&self, amount: f64, share: f64) -> Duration {
         let per_sec = self.capacity(share) / 60.0;
         let missing = (amount.min(self.capacity(share)) - self.level).max(0.0);
-        Duration::from_secs_f64(missing / per_sec)
+        Duration::try_from_secs_f64(missing / per_sec).unwrap_or(Duration::from_secs(60))
     }
 }
 
@@ -163,14 +179,12 @@ impl Limits {
                 headers: RateHeaders::default(),
             });
         }
-        let mut buckets = self.buckets.lock().expect("limits lock");
+        let mut buckets = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
         let share = self.share;
         for (name, limit) in requests.iter().chain(&token_scopes) {
-            let bucket = buckets.entry(name.clone()).or_insert_with(|| Bucket {
-                limit: *limit,
-                level: *limit as f64 * share,
-                at: now,
-            });
+            let bucket = buckets
+                .entry(name.clone())
+                .or_insert_with(|| Bucket::new(*limit, share, now));
             if bucket.limit != *limit {
                 // The key's limit changed: the new one holds from now.
                 bucket.limit = *limit;
@@ -186,16 +200,17 @@ impl Limits {
         };
         let too_large = token_scopes
             .iter()
-            .find(|(_, limit)| tokens as f64 > *limit as f64 * share);
+            .map(|(name, _)| buckets[name].capacity(share))
+            .find(|capacity| tokens as f64 > *capacity);
         let wait = short(&requests, 1.0).max(short(&token_scopes, tokens as f64));
-        if let Some((_, limit)) = too_large {
+        if let Some(limit) = too_large {
             let headers = window_headers(&buckets, &requests, &token_scopes, share);
             return Err(Box::new(Refused {
                 error: ApiError::new(
                     ErrorKind::RateLimited,
                     format!(
                         "Request too large: it needs {tokens} tokens (prompt and max_tokens) and \
-                         the limit is {limit} tokens per minute"
+                         the limit is {limit:.0} tokens per minute"
                     ),
                 ),
                 headers,
@@ -223,6 +238,9 @@ impl Limits {
             }));
         }
         let mut taken = Vec::with_capacity(requests.len() + token_scopes.len());
+        for name in requests.iter().chain(&token_scopes).map(|(name, _)| name) {
+            buckets.get_mut(name).expect("made above").used = now;
+        }
         for (name, limit) in &requests {
             buckets.get_mut(name).expect("made above").level -= 1.0;
             taken.push(Spent(name.clone(), *limit, 1.0));
@@ -262,15 +280,14 @@ impl Limits {
     }
 
     fn take(&self, spent: &[Spent], now: Instant) {
-        let mut buckets = self.buckets.lock().expect("limits lock");
+        let mut buckets = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
         for Spent(name, limit, amount) in spent {
-            let bucket = buckets.entry(name.clone()).or_insert_with(|| Bucket {
-                limit: *limit,
-                level: *limit as f64 * self.share,
-                at: now,
-            });
+            let bucket = buckets
+                .entry(name.clone())
+                .or_insert_with(|| Bucket::new(*limit, self.share, now));
             bucket.refill(self.share, now);
             bucket.level = (bucket.level - amount).min(bucket.capacity(self.share));
+            bucket.used = now;
         }
     }
 
@@ -278,21 +295,27 @@ impl Limits {
         if !self.shared {
             return;
         }
-        let mut pending = self.pending.lock().expect("limits lock");
+        let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
         for Spent(name, limit, amount) in spent {
             let entry = pending.entry(name).or_insert((limit, 0.0));
             *entry = (limit, entry.1 + amount);
         }
     }
 
-    /// What this replica took since the last call, for the others; also
-    /// forgets buckets idle and full.
-    pub fn drain_pending(&self) -> Vec<Spent> {
+    /// Forgets buckets nobody took from for a while that are full again:
+    /// keys revoked or idle cost no memory.
+    pub fn prune(&self) {
         let now = Instant::now();
-        self.buckets.lock().expect("limits lock").retain(|_, b| {
+        let mut buckets = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
+        buckets.retain(|_, b| {
+            let idle = now.duration_since(b.used) >= IDLE;
             b.refill(self.share, now);
-            now.duration_since(b.at) < IDLE || b.level < b.capacity(self.share)
+            !idle || b.level < b.capacity(self.share)
         });
+    }
+
+    /// What this replica took since the last call, for the others.
+    pub fn drain_pending(&self) -> Vec<Spent> {
         self.pending
             .lock()
             .expect("limits lock")
@@ -427,6 +450,32 @@ mod tests {
             limits.admit(&key, 0, t0).unwrap();
         }
         assert!(limits.admit(&key, 0, t0).is_err());
+    }
+
+    #[test]
+    fn a_limit_under_the_replicas_still_lets_some_through() {
+        let limits = Limits::new(false, 4);
+        let key = key(Some(2), None, None);
+        let t0 = Instant::now();
+        assert!(limits.admit(&key, 0, t0).is_ok());
+        let refused = limits.admit(&key, 0, t0).unwrap_err();
+        assert_eq!(refused.retry_after, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn idle_full_buckets_are_forgotten() {
+        let limits = Limits::new(false, 1);
+        limits
+            .admit(&key(Some(60), None, None), 0, Instant::now())
+            .unwrap();
+        limits.prune();
+        assert_eq!(limits.buckets.lock().unwrap().len(), 1, "used just now");
+        for bucket in limits.buckets.lock().unwrap().values_mut() {
+            bucket.used -= IDLE;
+            bucket.at -= IDLE;
+        }
+        limits.prune();
+        assert!(limits.buckets.lock().unwrap().is_empty());
     }
 
     #[test]

@@ -135,12 +135,19 @@ impl Tenancy {
     }
 
     /// Whether a request may see the admin surface (without keys: anyone
-    /// who reaches the admin listener).
-    pub fn is_admin(&self, headers: &http::HeaderMap) -> bool {
-        self.mode == AuthMode::None
-            || self
-                .authenticate(headers)
-                .is_ok_and(|c| c.key.is_some_and(|k| k.record.admin))
+    /// who reaches the admin listener): 401 without a valid key, 403 with
+    /// one that is not an admin's.
+    pub fn admin(&self, headers: &http::HeaderMap) -> Result<(), ApiError> {
+        if self.mode == AuthMode::None {
+            return Ok(());
+        }
+        match self.authenticate(headers)?.key {
+            Some(key) if key.record.admin => Ok(()),
+            _ => Err(ApiError::new(
+                ErrorKind::PermissionDenied,
+                "the admin listener needs an admin API key (`gatewayctl key create --admin`)",
+            )),
+        }
     }
 
     /// A model outside the key's scope reads as one that does not exist.
@@ -285,6 +292,17 @@ impl Tenancy {
         self.keys.store(Arc::new(keys));
     }
 
+    /// Forgets idle rate-limit buckets every minute until the task is aborted.
+    pub fn upkeep(self: &Arc<Self>) -> JoinHandle<()> {
+        let tenancy = Arc::clone(self);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(60)).await;
+                tenancy.limits.prune();
+            }
+        })
+    }
+
     /// Exchanges what this replica admits with the others over `bus`.
     pub fn share(&self, bus: Bus, subject: String, every: Duration) -> JoinHandle<()> {
         tokio::spawn(share::run(bus, subject, self.limits.clone(), every))
@@ -320,6 +338,9 @@ pub struct Ticket {
     pub prompt_tokens: u64,
     /// The gateway's own estimate, for engines that do not report theirs.
     pub cached_tokens: u64,
+    /// Settled already: a ticket dropped unsettled (its request cancelled
+    /// before an answer) settles as used nothing.
+    pub settled: bool,
 }
 
 /// How an answer ended, as far as accounting goes.
@@ -342,7 +363,13 @@ impl Ticket {
     }
 
     /// Trues up the reservation, frees the slot, records the usage.
-    pub fn finish(self, outcome: Outcome) {
+    pub fn finish(mut self, outcome: Outcome) {
+        self.settle(outcome);
+    }
+
+    fn settle(&mut self, outcome: Outcome) {
+        self.settled = true;
+        self.slot = None;
         let (prompt, cached, completion) = match outcome.reported {
             Some((prompt, cached, completion)) => {
                 (prompt, cached.unwrap_or(self.cached_tokens), completion)
@@ -361,11 +388,11 @@ impl Ticket {
             .map_or(0, |d| d.as_millis() as u64);
         self.tenancy.usage.record(Record {
             ts_ms,
-            request_id: self.request_id,
+            request_id: std::mem::take(&mut self.request_id),
             key: key.map(|k| k.record.id.clone()),
             tenant: key.map(|k| k.record.tenant.clone()),
-            model: self.model,
-            pool: self.pool,
+            model: std::mem::take(&mut self.model),
+            pool: std::mem::take(&mut self.pool),
             worker: outcome.worker,
             status: outcome.status,
             prompt_tokens: prompt,
@@ -374,6 +401,19 @@ impl Ticket {
             ttft_ms: outcome.ttft.map(|d| d.as_millis() as u64),
             duration_ms: outcome.duration.as_millis() as u64,
         });
+    }
+}
+
+impl Drop for Ticket {
+    /// A request cancelled before its answer (the client gone while it
+    /// queued, the backstop timeout) gives its reservation back.
+    fn drop(&mut self) {
+        if !self.settled {
+            self.settle(Outcome {
+                status: 499,
+                ..Outcome::default()
+            });
+        }
     }
 }
 

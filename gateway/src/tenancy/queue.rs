@@ -96,6 +96,8 @@ impl Queue {
         let (order, granted) = {
             let mut state = self.state.lock().expect("queue lock");
             state.capacity = capacity;
+            // Room that came with new workers goes to those waiting first.
+            self.let_through(&mut state);
             let start = state
                 .clock
                 .max(state.tags.get(who.tenant).copied().unwrap_or(0));
