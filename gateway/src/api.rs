@@ -198,7 +198,9 @@ async fn route(
         cached_tokens: 0,
         settled: false,
     };
-    let reserve = prompt.tokens as u64 + req.parsed.max_tokens.unwrap_or(0);
+    let completion =
+        (req.parsed.max_tokens).unwrap_or(req.live.config.limits.reserve_completion_tokens);
+    let reserve = prompt.tokens as u64 + completion;
     match gw.tenancy.charge(&req.caller, reserve) {
         Ok(admitted) => ticket.admitted = admitted,
         Err(refused) => {

@@ -96,6 +96,7 @@ impl Instance {
             .limits_for(&self.store.data().tag().name)
             .call_timeout_ms;
         self.calls += 1;
+        self.store.data_mut().caller = caller.clone();
         if self.table != table.generation() {
             self.store.data_mut().engines = table.engines().to_vec();
             self.arm(timeout_ms);
@@ -106,7 +107,6 @@ impl Instance {
             // Only once the guest took it: after a failure the instance is dropped anyway.
             self.table = table.generation();
         }
-        self.store.data_mut().caller = caller.clone();
         self.arm(timeout_ms);
         let decided = self.policy.call_route(&mut self.store, request, candidates);
         decided.map_err(|error| self.failure(engine, (timeout_ms, "route"), error))

@@ -195,6 +195,12 @@ impl LoadedPolicy {
         decision::check(raw, candidates.worker.len())
     }
 
+    /// Drops its idle instances: a version kept only as a fallback makes
+    /// new ones when it is asked, rather than holding pooling slots.
+    pub(crate) fn release_idle(&self) {
+        self.lock_idle().clear();
+    }
+
     /// Linear memory an initialised instance holds (one that decided
     /// already, when there is one idle).
     pub fn instance_memory_bytes(&self) -> Option<usize> {

@@ -176,6 +176,7 @@ impl PolicySlot {
         if let Some(before) = before.filter(|b| {
             b.info().plugin == loaded.info().plugin && b.info().version != loaded.info().version
         }) {
+            before.release_idle();
             self.previous.store(Some(before));
         } else if self
             .previous()

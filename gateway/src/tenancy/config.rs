@@ -61,6 +61,9 @@ pub struct LimitsConfig {
     /// Replicas sharing each budget when they cannot exchange (no NATS):
     /// each enforces this share of it. Default 1.
     pub replicas: u32,
+    /// Completion tokens a request without `max_tokens` reserves against a
+    /// token limit (trued up to what it used when it ends). Default 256.
+    pub reserve_completion_tokens: u64,
 }
 
 impl Default for LimitsConfig {
@@ -68,6 +71,7 @@ impl Default for LimitsConfig {
         LimitsConfig {
             exchange: Duration::from_millis(100),
             replicas: 1,
+            reserve_completion_tokens: 256,
         }
     }
 }

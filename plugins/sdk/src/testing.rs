@@ -363,7 +363,12 @@ pub fn decision_log(text: &str) -> Result<Vec<LoggedDecision>, String> {
 #[cfg(not(target_arch = "wasm32"))]
 pub fn replay<P: Policy>(policy: &P, logged: &LoggedDecision) -> Result<Vec<String>, Rejection> {
     crate::host::set_request_caller(logged.caller.clone());
-    route(policy, &logged.request, &logged.candidates)
+    let routed = route(policy, &logged.request, &logged.candidates);
+    crate::host::set_request_caller(Caller {
+        tenant: None,
+        priority: Priority::Normal,
+    });
+    routed
 }
 
 impl Request {
