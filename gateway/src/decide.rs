@@ -21,6 +21,7 @@ use crate::candidates::Candidate;
 use crate::config::{Config, RoutingConfig};
 use crate::health::ProbeState;
 use crate::metrics;
+use crate::plugin::table::candidates_on;
 use crate::plugin::{
     record, CandidateState, Decision, LoadedPolicy, OnError, PluginError, PolicyCaller,
     PolicyCandidates, RouteRequest, WorkerTable,
@@ -341,18 +342,7 @@ fn policy_candidates(
     request: &policy::Request,
     routing: &RoutingConfig,
 ) -> PolicyCandidates {
-    let n = candidates.len();
-    let mut out = PolicyCandidates {
-        worker: workers,
-        state: Vec::with_capacity(n),
-        in_flight: Vec::with_capacity(n),
-        running: Vec::with_capacity(n),
-        waiting: Vec::with_capacity(n),
-        kv_blocks_used: Vec::with_capacity(n),
-        kv_blocks_total: Vec::with_capacity(n),
-        overlap_blocks: Vec::with_capacity(n),
-        score: Vec::with_capacity(n),
-    };
+    let mut out = candidates_on(workers);
     // Once per request: a clock read per candidate would cost more than the
     // rest of its figures.
     let now = Instant::now();

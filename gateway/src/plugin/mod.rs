@@ -25,7 +25,7 @@ mod loaded;
 pub mod record;
 mod sample;
 mod slot;
-mod table;
+pub(crate) mod table;
 mod upgrade;
 mod wake;
 mod watch;

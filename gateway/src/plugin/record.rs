@@ -197,18 +197,8 @@ impl Logged {
     /// in their order.
     pub fn inputs(&self) -> Result<Inputs, String> {
         let mut workers = Vec::with_capacity(self.candidates.len());
-        let n = self.candidates.len();
-        let mut candidates = PolicyCandidates {
-            worker: (0..n as u32).collect(),
-            state: Vec::with_capacity(n),
-            in_flight: Vec::with_capacity(n),
-            running: Vec::with_capacity(n),
-            waiting: Vec::with_capacity(n),
-            kv_blocks_used: Vec::with_capacity(n),
-            kv_blocks_total: Vec::with_capacity(n),
-            overlap_blocks: Vec::with_capacity(n),
-            score: Vec::with_capacity(n),
-        };
+        let mut candidates =
+            super::table::candidates_on((0..self.candidates.len() as u32).collect());
         for c in &self.candidates {
             let engine = ENGINES
                 .iter()

@@ -5,7 +5,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::{PolicyEngine, PolicyWorker};
+use super::{PolicyCandidates, PolicyEngine, PolicyWorker};
 
 /// Generations are unique in the process, so no two tables (of two pools,
 /// or one pool before and after a change) can be mistaken for each other.
@@ -40,5 +40,22 @@ impl WorkerTable {
 
     pub fn engines(&self) -> &[PolicyEngine] {
         &self.engines
+    }
+}
+
+/// Candidates on `workers` (indices into a table), their figures empty, to
+/// be pushed one candidate at a time.
+pub fn candidates_on(workers: Vec<u32>) -> PolicyCandidates {
+    let n = workers.len();
+    PolicyCandidates {
+        worker: workers,
+        state: Vec::with_capacity(n),
+        in_flight: Vec::with_capacity(n),
+        running: Vec::with_capacity(n),
+        waiting: Vec::with_capacity(n),
+        kv_blocks_used: Vec::with_capacity(n),
+        kv_blocks_total: Vec::with_capacity(n),
+        overlap_blocks: Vec::with_capacity(n),
+        score: Vec::with_capacity(n),
     }
 }
