@@ -332,6 +332,7 @@ impl Bench {
                     temperature: 0.0,
                     ..Sampling::default()
                 },
+                after: None,
             });
             ids.push(id);
         }

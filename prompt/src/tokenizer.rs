@@ -130,6 +130,28 @@ impl Tokenizer {
             .map_err(|e| TokenizerError::Codec(e.to_string()))
     }
 
+    /// The bytes token `id` stands for, special tokens spelled out. A
+    /// byte-level token may hold part of a character, which its decoded text
+    /// cannot carry: then its bytes come from the byte-level alphabet (or a
+    /// SentencePiece byte token's `<0xNN>`).
+    pub fn token_bytes(&self, id: u32) -> Vec<u8> {
+        let text = self.inner.decode(&[id], false).unwrap_or_default();
+        if !text.contains('\u{FFFD}') {
+            return text.into_bytes();
+        }
+        let piece = self.inner.id_to_token(id).unwrap_or_default();
+        if let Some(hex) = piece.strip_prefix("<0x").and_then(|p| p.strip_suffix('>')) {
+            if let Ok(byte) = u8::from_str_radix(hex, 16) {
+                return vec![byte];
+            }
+        }
+        piece
+            .chars()
+            .map(byte_level_byte)
+            .collect::<Option<Vec<u8>>>()
+            .unwrap_or_else(|| text.into_bytes())
+    }
+
     /// Number of token ids, special tokens included; valid ids are below it.
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)
@@ -141,9 +163,36 @@ impl Tokenizer {
     }
 }
 
+/// The byte a byte-level BPE character stands for (GPT-2's alphabet: printable
+/// bytes are themselves, the others shifted past 255 in byte order).
+fn byte_level_byte(c: char) -> Option<u8> {
+    let printable = |b: u32| matches!(b, 0x21..=0x7E | 0xA1..=0xAC | 0xAE..=0xFF);
+    let code = c as u32;
+    if printable(code) {
+        return u8::try_from(code).ok();
+    }
+    let nth = code.checked_sub(256)?;
+    (0u32..256)
+        .filter(|&b| !printable(b))
+        .nth(nth as usize)
+        .and_then(|b| u8::try_from(b).ok())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn token_bytes_rebuild_text_split_inside_characters() {
+        let tok = Tokenizer::builtin().unwrap();
+        for text in ["naïve café — 日本語 🌧", "plain words", "tab\tand\nnewline"] {
+            let ids = tok.encode(text).unwrap();
+            let bytes: Vec<u8> = ids.iter().flat_map(|&id| tok.token_bytes(id)).collect();
+            assert_eq!(String::from_utf8(bytes).unwrap(), text);
+        }
+        let eos = tok.inner.token_to_id(BUILTIN_EOS).unwrap();
+        assert_eq!(tok.token_bytes(eos), BUILTIN_EOS.as_bytes());
+    }
 
     #[test]
     fn builtin_round_trips_and_compresses() {

@@ -9,6 +9,13 @@ use crate::error::ApiError;
 /// The most stop sequences a request may carry (OpenAI's limit).
 pub const MAX_STOP_SEQUENCES: usize = 4;
 
+/// The most choices (`n`) a request may ask for (OpenAI's limit).
+pub const MAX_CHOICES: u32 = 128;
+
+/// The most alternatives `top_logprobs` (chat) or `logprobs` (completions)
+/// may ask for: OpenAI's for chat, and vLLM's default for both.
+pub const MAX_TOP_LOGPROBS: u32 = 20;
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct StreamOptions {
     #[serde(default)]
@@ -41,6 +48,12 @@ pub struct ChatCompletionRequest {
     /// The newer name of `max_tokens`; wins when both are set.
     #[serde(default)]
     pub max_completion_tokens: Option<u32>,
+    /// Return each generated token's log probability.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logprobs: Option<bool>,
+    /// With `logprobs`, also this many most likely tokens' at each position.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_logprobs: Option<u32>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -49,6 +62,9 @@ pub struct CompletionRequest {
     pub prompt: Prompt,
     #[serde(flatten)]
     pub sampling: SamplingFields,
+    /// Log probabilities of each token and of this many most likely ones.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logprobs: Option<u32>,
 }
 
 /// Fields chat and text completions share.
@@ -73,6 +89,13 @@ pub struct SamplingFields {
     pub stop: Option<Stop>,
     #[serde(default)]
     pub seed: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub presence_penalty: Option<f32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frequency_penalty: Option<f32>,
+    /// Token id (as a string) to a bias added to its logit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logit_bias: Option<std::collections::BTreeMap<String, f32>>,
     #[serde(default)]
     pub user: Option<String>,
     /// vLLM's: requests with different salts never share cached prefix
@@ -114,11 +137,34 @@ impl SamplingFields {
                 ));
             }
         }
-        if let Some(n) = self.n {
-            if n != 1 {
+        if let Some(n) = self.n.filter(|n| !(1..=MAX_CHOICES).contains(n)) {
+            return Err(ApiError::invalid(
+                "n",
+                format!("n must be between 1 and {MAX_CHOICES}, got {n}"),
+            ));
+        }
+        for (param, value) in [
+            ("presence_penalty", self.presence_penalty),
+            ("frequency_penalty", self.frequency_penalty),
+        ] {
+            if let Some(v) = value.filter(|v| !(-2.0..=2.0).contains(v)) {
                 return Err(ApiError::invalid(
-                    "n",
-                    format!("only n=1 is supported, got {n}"),
+                    param,
+                    format!("{param} must be between -2 and 2, got {v}"),
+                ));
+            }
+        }
+        for (token, bias) in self.logit_bias.iter().flatten() {
+            if token.parse::<u32>().is_err() {
+                return Err(ApiError::invalid(
+                    "logit_bias",
+                    format!("logit_bias keys must be token ids, got {token:?}"),
+                ));
+            }
+            if !(-100.0..=100.0).contains(bias) {
+                return Err(ApiError::invalid(
+                    "logit_bias",
+                    format!("logit_bias values must be between -100 and 100, got {bias}"),
                 ));
             }
         }
@@ -230,6 +276,20 @@ impl ChatCompletionRequest {
                 "max_completion_tokens must be at least 1",
             ));
         }
+        if let Some(n) = self.top_logprobs {
+            if n > MAX_TOP_LOGPROBS {
+                return Err(ApiError::invalid(
+                    "top_logprobs",
+                    format!("top_logprobs must be between 0 and {MAX_TOP_LOGPROBS}, got {n}"),
+                ));
+            }
+            if self.logprobs != Some(true) {
+                return Err(ApiError::invalid(
+                    "top_logprobs",
+                    "top_logprobs needs logprobs set to true",
+                ));
+            }
+        }
         self.sampling.validate()
     }
 
@@ -258,6 +318,12 @@ impl CompletionRequest {
     pub fn validate(&self) -> Result<(), ApiError> {
         validate_model(&self.model)?;
         self.prompt()?;
+        if let Some(n) = self.logprobs.filter(|n| *n > MAX_TOP_LOGPROBS) {
+            return Err(ApiError::invalid(
+                "logprobs",
+                format!("logprobs must be between 0 and {MAX_TOP_LOGPROBS}, got {n}"),
+            ));
+        }
         self.sampling.validate()
     }
 

@@ -18,9 +18,10 @@ use tokio::sync::mpsc::UnboundedReceiver;
 
 use crate::config::WorkerConfig;
 use crate::engine::{Engine, GenerateEvent, GenerateRequest};
+use crate::logprobs;
 use crate::output::{engine_gone, Finish, TextOutput};
 use crate::respond::{self, Body};
-use crate::scheduler::{FinishReason, Sampling, TokenUsage};
+use crate::scheduler::{FinishReason, Sampling, TokenLogprobs, TokenUsage};
 use crate::stream::{self, Chunker, Endpoint};
 use crate::unsupported;
 use prompt::Tokenizer;
@@ -30,6 +31,8 @@ pub struct App {
     pub config: WorkerConfig,
     pub engine: Arc<dyn Engine>,
     pub tokenizer: Arc<Tokenizer>,
+    /// Sampling for what a request leaves out (see `default_sampling`).
+    pub defaults: Sampling,
     /// Set when a drain begins; `/health` then answers 503.
     pub draining: Arc<AtomicBool>,
 }
@@ -39,6 +42,8 @@ struct Generation {
     endpoint: Endpoint,
     model: String,
     request: GenerateRequest,
+    /// Choices to generate (`n`).
+    choices: usize,
     stops: Vec<String>,
     stream: bool,
     include_usage: bool,
@@ -63,12 +68,13 @@ pub async fn chat_completions(
     unsupported::refuse(&body)?;
     app.check_model(&request.model)?;
     let prompt = prompt::chat_tokens(&request.messages, &app.tokenizer)?;
+    let logprobs = (request.logprobs == Some(true)).then(|| request.top_logprobs.unwrap_or(0));
     let generation = app.generation(
         Endpoint::Chat,
         &request.model,
         prompt,
         request.max_tokens(),
-        &request.sampling,
+        (&request.sampling, logprobs),
     )?;
     Ok(app.run(generation, ext).await)
 }
@@ -89,7 +95,7 @@ pub async fn completions(
         &request.model,
         prompt,
         max_tokens,
-        &request.sampling,
+        (&request.sampling, request.logprobs),
     )?;
     Ok(app.run(generation, ext).await)
 }
@@ -137,14 +143,15 @@ impl App {
     }
 
     /// Fits the request into `max_model_len`: an explicit `max_tokens` that does
-    /// not fit is refused, the default shrinks to fit.
+    /// not fit is refused, the default shrinks to fit. `logprobs`: how many
+    /// alternatives to report with each token's log probability, if any.
     fn generation(
         &self,
         endpoint: Endpoint,
         model: &str,
         prompt: Vec<u32>,
         max_tokens: Option<u32>,
-        sampling: &SamplingFields,
+        (sampling, logprobs): (&SamplingFields, Option<u32>),
     ) -> Result<Generation, ApiError> {
         let limit = self.config.engine.max_model_len;
         let prompt_param = if endpoint == Endpoint::Chat {
@@ -202,10 +209,18 @@ impl App {
             Some(n) => n,
             None => self.config.engine.default_max_tokens.min(room),
         };
-        let defaults = Sampling::default();
+        let choices = sampling.n.unwrap_or(1) as usize;
+        if choices > 1 && sampling.llmgw_resume.is_some() {
+            return Err(ApiError::invalid(
+                "llmgw_resume",
+                "a stream of more than one choice cannot be resumed",
+            ));
+        }
+        let defaults = &self.defaults;
         Ok(Generation {
             endpoint,
             model: model.to_string(),
+            choices,
             request: GenerateRequest {
                 prompt,
                 resumed: sampling
@@ -219,6 +234,11 @@ impl App {
                     temperature: sampling.temperature.unwrap_or(defaults.temperature),
                     top_p: sampling.top_p.unwrap_or(defaults.top_p),
                     top_k: sampling.top_k.unwrap_or(defaults.top_k),
+                    presence_penalty: sampling.presence_penalty.unwrap_or(0.0),
+                    frequency_penalty: sampling.frequency_penalty.unwrap_or(0.0),
+                    logit_bias: self.logit_bias(sampling)?,
+                    // Validated against MAX_TOP_LOGPROBS (20).
+                    logprobs: logprobs.map(|n| n as u8),
                 },
             },
             stops: sampling
@@ -232,20 +252,45 @@ impl App {
         })
     }
 
+    /// `logit_bias` as token ids, each checked against the vocabulary.
+    fn logit_bias(&self, sampling: &SamplingFields) -> Result<Arc<[(u32, f32)]>, ApiError> {
+        let vocab = self.tokenizer.vocab_size();
+        sampling
+            .logit_bias
+            .iter()
+            .flatten()
+            .map(|(token, &bias)| match token.parse::<u32>() {
+                Ok(id) if (id as usize) < vocab => Ok((id, bias)),
+                _ => Err(ApiError::invalid(
+                    "logit_bias",
+                    format!("token {token} is outside this model's vocabulary of {vocab}"),
+                )),
+            })
+            .collect()
+    }
+
     async fn run(&self, generation: Generation, ext: Extensions) -> Response<Body> {
         let prompt_tokens = generation.request.prompt.len();
         tracing::debug!(
             prompt_tokens,
             resumed = generation.request.resumed.len(),
             max_tokens = generation.request.max_tokens,
+            choices = generation.choices,
             "generate"
         );
-        let mut output =
-            TextOutput::new(Arc::clone(&self.tokenizer), generation.stops, prompt_tokens);
-        if let Err(e) = output.replay(&generation.request.resumed) {
-            return respond::error(&e);
+        let mut outputs = Vec::with_capacity(generation.choices);
+        for _ in 0..generation.choices {
+            let stops = generation.stops.clone();
+            let mut output = TextOutput::new(Arc::clone(&self.tokenizer), stops, prompt_tokens);
+            if let Err(e) = output.replay(&generation.request.resumed) {
+                return respond::error(&e);
+            }
+            outputs.push(output);
         }
-        let events = self.submit(generation.request);
+        let wants_logprobs = generation.request.sampling.logprobs.is_some();
+        // A resumed stream's client already has the role chunk.
+        let opening = generation.request.resumed.is_empty();
+        let events = self.submit(generation.request, generation.choices);
         let (endpoint, model) = (generation.endpoint, generation.model);
         let (id, created) = match generation.resume {
             Some(resume) => (resume.id, resume.created),
@@ -264,67 +309,89 @@ impl App {
                 created,
                 model,
                 include_usage: generation.include_usage,
+                tokenizer: wants_logprobs.then(|| Arc::clone(&self.tokenizer)),
             };
-            let opening = output.resumed() == 0;
+            let choices = events.into_iter().zip(outputs).collect();
             return respond::sse(stream::body(
-                events,
-                output,
+                choices,
                 chunker,
                 (opening, ext.stream_tokens),
             ));
         }
-        let (text, finish) = match collect(events, output).await {
-            Ok(done) => done,
+        let answers = futures_util::future::join_all(
+            events
+                .into_iter()
+                .zip(outputs)
+                .map(|(events, output)| collect(events, output)),
+        )
+        .await;
+        let answers = match answers.into_iter().collect::<Result<Vec<_>, _>>() {
+            Ok(answers) => answers,
             Err(e) => return respond::error(&e),
         };
-        let finish_reason = Some(finish.reason.as_str().to_string());
+        let usage = stream::total_usage(answers.iter().map(|a| a.finish.usage));
+        let tokenizer = &self.tokenizer;
         match endpoint {
-            Endpoint::Chat => respond::json(
-                StatusCode::OK,
-                &ChatCompletion {
-                    id,
-                    object: "chat.completion".to_string(),
-                    created,
-                    model,
-                    choices: vec![ChatChoice {
-                        index: 0,
-                        message: AssistantMessage {
-                            role: "assistant".to_string(),
-                            content: text,
-                        },
-                        finish_reason,
-                        logprobs: None,
-                    }],
-                    usage: finish.usage,
-                },
-            ),
-            Endpoint::Completions => respond::json(
-                StatusCode::OK,
-                &Completion {
-                    id,
-                    object: "text_completion".to_string(),
-                    created,
-                    model,
-                    choices: vec![CompletionChoice {
-                        index: 0,
-                        text,
-                        finish_reason,
-                        logprobs: None,
-                    }],
-                    usage: Some(Some(finish.usage)),
-                },
-            ),
+            Endpoint::Chat => {
+                let choices = answers.into_iter().enumerate().map(|(i, a)| ChatChoice {
+                    index: i as u32,
+                    message: AssistantMessage {
+                        role: "assistant".to_string(),
+                        content: a.text,
+                    },
+                    finish_reason: Some(a.finish.reason.as_str().to_string()),
+                    logprobs: wants_logprobs.then(|| logprobs::chat(tokenizer, &a.logprobs)),
+                });
+                respond::json(
+                    StatusCode::OK,
+                    &ChatCompletion {
+                        id,
+                        object: "chat.completion".to_string(),
+                        created,
+                        model,
+                        choices: choices.collect(),
+                        usage,
+                    },
+                )
+            }
+            Endpoint::Completions => {
+                let choices = answers.into_iter().enumerate().map(|(i, a)| {
+                    let offset = &mut 0;
+                    CompletionChoice {
+                        index: i as u32,
+                        finish_reason: Some(a.finish.reason.as_str().to_string()),
+                        logprobs: wants_logprobs
+                            .then(|| logprobs::completion(tokenizer, &a.logprobs, offset)),
+                        text: a.text,
+                    }
+                });
+                respond::json(
+                    StatusCode::OK,
+                    &Completion {
+                        id,
+                        object: "text_completion".to_string(),
+                        created,
+                        model,
+                        choices: choices.collect(),
+                        usage: Some(Some(usage)),
+                    },
+                )
+            }
         }
     }
 }
 
 impl App {
-    /// Starts generating, unless a resumed stream already holds all its
-    /// tokens (it broke between its last token and its finish): then it
-    /// finishes at once, as the engine would have.
-    fn submit(&self, request: GenerateRequest) -> UnboundedReceiver<GenerateEvent> {
+    /// Starts generating `choices` choices, unless a resumed stream (one
+    /// choice) already holds all its tokens (it broke between its last token
+    /// and its finish): then it finishes at once, as the engine would have.
+    fn submit(
+        &self,
+        request: GenerateRequest,
+        choices: usize,
+    ) -> Vec<UnboundedReceiver<GenerateEvent>> {
         if request.resumed.len() < request.max_tokens {
-            return self.engine.submit(request);
+            return self.engine.submit_choices(request, choices);
         }
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let usage = TokenUsage {
@@ -337,22 +404,34 @@ impl App {
             reason: FinishReason::Length,
             usage,
         });
-        rx
+        vec![rx]
     }
 }
 
-/// The whole completion. Returning drops `events`, cancelling the sequence if a
-/// stop string ended it before the engine did.
+/// One whole choice.
+struct Answer {
+    text: String,
+    logprobs: Vec<(u32, TokenLogprobs)>,
+    finish: Finish,
+}
+
+/// The whole of one choice. Returning drops `events`, cancelling the sequence
+/// if a stop string ended it before the engine did.
 async fn collect(
     mut events: UnboundedReceiver<GenerateEvent>,
     mut output: TextOutput,
-) -> Result<(String, Finish), ApiError> {
-    let mut text = String::new();
+) -> Result<Answer, ApiError> {
+    let (mut text, mut logprobs) = (String::new(), Vec::new());
     while let Some(event) = events.recv().await {
         let piece = output.on_event(event)?;
         text.push_str(&piece.text);
+        logprobs.extend(piece.logprobs);
         if let Some(finish) = piece.finish {
-            return Ok((text, finish));
+            return Ok(Answer {
+                text,
+                logprobs,
+                finish,
+            });
         }
     }
     Err(engine_gone())
@@ -384,6 +463,7 @@ mod tests {
             config,
             engine: Arc::new(engine),
             tokenizer: Arc::new(tokenizer),
+            defaults: Sampling::default(),
             draining: Arc::new(AtomicBool::new(false)),
         }
     }

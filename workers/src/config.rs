@@ -120,7 +120,62 @@ pub struct EngineConfig {
     /// head_dim` f32s (46 KB per token for SmolLM2), committed as blocks are
     /// first used. Default: none; required by `llama`.
     pub model_path: Option<PathBuf>,
+    /// Sampling for requests that leave it out, where the model does not say
+    /// (see [`DefaultSampling`]). Default: none, so OpenAI's (temperature 1,
+    /// top_p 1, no top_k).
+    pub default_sampling: DefaultSampling,
     pub sim: SimConfig,
+}
+
+/// Sampling values a request may leave out. Each comes, in order, from the
+/// request, the model (`generation_config.json` of a Hugging Face directory,
+/// `general.sampling.*` of a GGUF file), this table, and OpenAI's defaults.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DefaultSampling {
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    pub top_k: Option<u32>,
+}
+
+impl DefaultSampling {
+    /// Each value of `self`, else `fallback`'s.
+    pub fn or(self, fallback: DefaultSampling) -> DefaultSampling {
+        DefaultSampling {
+            temperature: self.temperature.or(fallback.temperature),
+            top_p: self.top_p.or(fallback.top_p),
+            top_k: self.top_k.or(fallback.top_k),
+        }
+    }
+
+    /// What is out of OpenAI's ranges, each problem prefixed with `at`.
+    pub fn problems(&self, at: &str) -> Vec<String> {
+        let mut problems = Vec::new();
+        if let Some(t) = self.temperature.filter(|t| !temperature_ok(*t)) {
+            problems.push(format!("{at}.temperature: {t} is not between 0 and 2"));
+        }
+        if let Some(p) = self.top_p.filter(|p| !top_p_ok(*p)) {
+            problems.push(format!("{at}.top_p: {p} is not in (0, 1]"));
+        }
+        problems
+    }
+
+    /// Without the values out of OpenAI's ranges.
+    pub fn in_range(self) -> DefaultSampling {
+        DefaultSampling {
+            temperature: self.temperature.filter(|t| temperature_ok(*t)),
+            top_p: self.top_p.filter(|p| top_p_ok(*p)),
+            top_k: self.top_k,
+        }
+    }
+}
+
+fn temperature_ok(t: f32) -> bool {
+    (0.0..=2.0).contains(&t)
+}
+
+fn top_p_ok(p: f32) -> bool {
+    p > 0.0 && p <= 1.0
 }
 
 /// The engines a worker can run.
@@ -200,6 +255,7 @@ impl Default for EngineConfig {
             default_max_tokens: 256,
             tokenizer_path: None,
             model_path: None,
+            default_sampling: DefaultSampling::default(),
             sim: SimConfig::default(),
         }
     }
@@ -321,6 +377,9 @@ impl WorkerConfig {
             e.default_max_tokens > 0,
             "engine.default_max_tokens: must be > 0",
         );
+        for problem in e.default_sampling.problems("engine.default_sampling") {
+            check(false, &problem);
+        }
         // A sequence that can never fit would wait forever; refuse the config instead.
         if e.block_size > 0 && e.num_blocks.saturating_mul(e.block_size) < e.max_model_len {
             problems.push(format!(

@@ -16,7 +16,8 @@ use crate::config::{EngineConfig, EngineKind};
 use crate::kv_cache::{KvCache, SeqId};
 use crate::model::{load_compute, ModelError};
 use crate::scheduler::{
-    Compute, FinishReason, NewSequence, Output, Sampling, Scheduler, SchedulerConfig, TokenUsage,
+    Compute, FinishReason, NewSequence, Output, Sampling, Scheduler, SchedulerConfig,
+    TokenLogprobs, TokenUsage,
 };
 use crate::sim::SimCompute;
 use prompt::{Tokenizer, TokenizerError};
@@ -34,15 +35,18 @@ pub struct GenerateRequest {
     pub sampling: Sampling,
 }
 
-/// What the engine reports about one request, in order: `Admitted`, `Token`s, `Finished`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What the engine reports about one choice of a request, in order:
+/// `Admitted`, `Token`s, `Finished`.
+#[derive(Debug, Clone, PartialEq)]
 pub enum GenerateEvent {
-    /// The request started running; `cached_tokens` of its prompt came from the prefix cache.
+    /// The choice started running; `cached_tokens` of its prompt came from the prefix cache.
     Admitted {
         cached_tokens: usize,
     },
     Token {
         id: u32,
+        /// When the request's sampling asked for them.
+        logprobs: Option<TokenLogprobs>,
     },
     Finished {
         reason: FinishReason,
@@ -62,8 +66,23 @@ pub struct EngineInfo {
 
 /// An inference engine as the HTTP server sees it.
 pub trait Engine: Send + Sync + 'static {
-    /// Starts a request. Dropping the receiver cancels it and frees its KV blocks.
-    fn submit(&self, request: GenerateRequest) -> UnboundedReceiver<GenerateEvent>;
+    /// Starts `n` choices of a request, sampled independently (the first
+    /// with the request's seed) over one computation of the prompt: one
+    /// receiver per choice. Dropping a receiver cancels that choice and frees
+    /// its KV blocks.
+    fn submit_choices(
+        &self,
+        request: GenerateRequest,
+        n: usize,
+    ) -> Vec<UnboundedReceiver<GenerateEvent>>;
+
+    /// Starts a request of one choice.
+    fn submit(&self, request: GenerateRequest) -> UnboundedReceiver<GenerateEvent> {
+        self.submit_choices(request, 1)
+            .pop()
+            .expect("one receiver per choice")
+    }
+
     fn load(&self) -> LoadReport;
     fn info(&self) -> EngineInfo;
     /// False once the engine can serve no more (its thread died, e.g. a
@@ -84,7 +103,8 @@ pub enum EngineError {
 
 struct Submission {
     request: GenerateRequest,
-    events: UnboundedSender<GenerateEvent>,
+    /// One per choice.
+    events: Vec<UnboundedSender<GenerateEvent>>,
 }
 
 /// A continuous-batching engine on its own thread. Dropping it lets the thread
@@ -176,14 +196,18 @@ impl BatchEngine {
 }
 
 impl Engine for BatchEngine {
-    fn submit(&self, request: GenerateRequest) -> UnboundedReceiver<GenerateEvent> {
-        let (events, rx) = unbounded_channel();
+    fn submit_choices(
+        &self,
+        request: GenerateRequest,
+        n: usize,
+    ) -> Vec<UnboundedReceiver<GenerateEvent>> {
+        let (events, receivers) = (0..n.max(1)).map(|_| unbounded_channel()).unzip();
         if let Some(submissions) = &self.submissions {
             // If the thread is gone the submission, and with it `events`, is dropped:
-            // the caller sees its stream end without `Finished`.
+            // the caller sees its streams end without `Finished`.
             let _ = submissions.send(Submission { request, events });
         }
-        rx
+        receivers
     }
 
     fn load(&self) -> LoadReport {
@@ -297,20 +321,25 @@ impl EngineLoop {
 
     fn add(&mut self, submission: Submission) {
         let Submission { request, events } = submission;
-        let id = SeqId(self.next_id);
-        self.next_id += 1;
         let seed = request
             .seed
             .unwrap_or_else(|| next_block_hash(None, &request.prompt).0);
-        self.scheduler.add(NewSequence {
-            id,
-            prompt: request.prompt,
-            resumed: request.resumed,
-            max_tokens: request.max_tokens,
-            seed,
-            sampling: request.sampling,
-        });
-        self.streams.insert(id, events);
+        let first = SeqId(self.next_id);
+        for (i, events) in events.into_iter().enumerate() {
+            let id = SeqId(self.next_id);
+            self.next_id += 1;
+            self.scheduler.add(NewSequence {
+                id,
+                prompt: request.prompt.clone(),
+                resumed: request.resumed.clone(),
+                max_tokens: request.max_tokens,
+                // Choice i's own stream of draws; choice 0's is the request's.
+                seed: seed.wrapping_add((i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)),
+                sampling: request.sampling.clone(),
+                after: (i > 0).then_some(first),
+            });
+            self.streams.insert(id, events);
+        }
     }
 
     /// A closed stream means the client left or has all it wants: free its blocks now.
@@ -331,7 +360,9 @@ impl EngineLoop {
                 Output::Admitted { seq, cached_tokens } => {
                     (seq, GenerateEvent::Admitted { cached_tokens })
                 }
-                Output::Token { seq, id } => (seq, GenerateEvent::Token { id }),
+                Output::Token { seq, id, logprobs } => {
+                    (seq, GenerateEvent::Token { id, logprobs })
+                }
                 Output::Finished { seq, reason, usage } => {
                     (seq, GenerateEvent::Finished { reason, usage })
                 }
@@ -446,7 +477,7 @@ mod tests {
     struct Broken;
 
     impl Compute for Broken {
-        fn step(&mut self, _: &crate::scheduler::StepPlan) -> Vec<u32> {
+        fn step(&mut self, _: &crate::scheduler::StepPlan) -> Vec<crate::scheduler::Sampled> {
             panic!("device lost")
         }
     }

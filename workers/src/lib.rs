@@ -11,6 +11,7 @@ pub mod config;
 pub mod detokenize;
 pub mod engine;
 pub mod kv_cache;
+mod logprobs;
 pub mod model;
 mod output;
 mod publish;
@@ -33,7 +34,8 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 pub use config::{
-    Backend, BusConfig, ConfigError, EngineConfig, EngineKind, EtcdConfig, SimConfig, WorkerConfig,
+    Backend, BusConfig, ConfigError, DefaultSampling, EngineConfig, EngineKind, EtcdConfig,
+    SimConfig, WorkerConfig,
 };
 
 use api::App;
@@ -92,6 +94,7 @@ pub async fn start_on_bus(
         (Some(path), _) | (None, Some(path)) => prompt::load(path)?,
         (None, None) => Tokenizer::builtin()?,
     };
+    let defaults = default_sampling(&config.engine)?;
     let mut engine = BatchEngine::start(&config.engine, &tokenizer)?;
     let kv_events = engine.take_kv_events();
     let engine: Arc<dyn Engine> = Arc::new(engine);
@@ -141,6 +144,7 @@ pub async fn start_on_bus(
         config,
         engine,
         tokenizer: Arc::new(tokenizer),
+        defaults,
         draining: Arc::clone(&draining),
     });
     let (shutdown, signal) = oneshot::channel();
@@ -152,6 +156,44 @@ pub async fn start_on_bus(
         serving,
         registered,
     })
+}
+
+/// The sampling of requests that leave it out: the model's recommendation,
+/// else `engine.default_sampling`, else OpenAI's. A model's value out of
+/// range is left out, with a warning, rather than refusing the model.
+fn default_sampling(engine: &EngineConfig) -> Result<scheduler::Sampling, EngineError> {
+    let model = match (engine.kind, &engine.model_path) {
+        (EngineKind::Llama, Some(path)) => model::sampling_defaults(path)?,
+        _ => DefaultSampling::default(),
+    };
+    for problem in model.problems("the model's sampling") {
+        tracing::warn!(problem, "ignoring the model's sampling default");
+    }
+    let model = model.in_range();
+    let chosen = model.or(engine.default_sampling);
+    let openai = scheduler::Sampling::default();
+    let sampling = scheduler::Sampling {
+        temperature: chosen.temperature.unwrap_or(openai.temperature),
+        top_p: chosen.top_p.unwrap_or(openai.top_p),
+        top_k: chosen.top_k.unwrap_or(openai.top_k),
+        ..openai
+    };
+    let source = |from_model: bool, from_config: bool| match (from_model, from_config) {
+        (true, _) => "model",
+        (false, true) => "engine.default_sampling",
+        _ => "OpenAI's",
+    };
+    let d = engine.default_sampling;
+    tracing::info!(
+        temperature = sampling.temperature,
+        temperature_from = source(model.temperature.is_some(), d.temperature.is_some()),
+        top_p = sampling.top_p,
+        top_p_from = source(model.top_p.is_some(), d.top_p.is_some()),
+        top_k = sampling.top_k,
+        top_k_from = source(model.top_k.is_some(), d.top_k.is_some()),
+        "sampling defaults"
+    );
+    Ok(sampling)
 }
 
 impl WorkerHandle {

@@ -1,5 +1,6 @@
 //! Engine events to client text: tokens detokenized incrementally, cut at the
-//! request's stop strings, and counted for usage.
+//! request's stop strings, and counted for usage; their log probabilities,
+//! when asked for, travel with the text they released.
 
 use std::sync::Arc;
 
@@ -8,7 +9,7 @@ use protocol::{ApiError, ErrorKind};
 
 use crate::detokenize::Detokenizer;
 use crate::engine::GenerateEvent;
-use crate::scheduler::{FinishReason, TokenUsage};
+use crate::scheduler::{FinishReason, TokenLogprobs, TokenUsage};
 use crate::stop::StopMatcher;
 use prompt::{Tokenizer, TokenizerError};
 
@@ -16,6 +17,8 @@ use prompt::{Tokenizer, TokenizerError};
 #[derive(Debug, Default, PartialEq)]
 pub struct Piece {
     pub text: String,
+    /// The log probabilities of the tokens this text (or finish) completes.
+    pub logprobs: Vec<(u32, TokenLogprobs)>,
     pub finish: Option<Finish>,
 }
 
@@ -33,8 +36,8 @@ pub struct TextOutput {
     prompt_tokens: usize,
     cached_tokens: usize,
     completion_tokens: usize,
-    /// Tokens replayed from a stream another worker began.
-    resumed: usize,
+    /// Log probabilities of tokens whose text is still held back.
+    logprobs: Vec<(u32, TokenLogprobs)>,
 }
 
 impl TextOutput {
@@ -46,7 +49,7 @@ impl TextOutput {
             prompt_tokens,
             cached_tokens: 0,
             completion_tokens: 0,
-            resumed: 0,
+            logprobs: Vec::new(),
         }
     }
 
@@ -68,13 +71,7 @@ impl TextOutput {
             }
         }
         self.completion_tokens += ids.len();
-        self.resumed += ids.len();
         Ok(())
-    }
-
-    /// How many tokens were replayed.
-    pub fn resumed(&self) -> usize {
-        self.resumed
     }
 
     /// The text `event` releases. After a piece with `finish` set, the caller
@@ -86,8 +83,9 @@ impl TextOutput {
                 self.cached_tokens = cached_tokens;
                 Ok(Piece::default())
             }
-            GenerateEvent::Token { id } => {
+            GenerateEvent::Token { id, logprobs } => {
                 self.completion_tokens += 1;
+                self.logprobs.extend(logprobs.map(|l| (id, l)));
                 let text = self
                     .detokenizer
                     .push(&self.tokenizer, id)
@@ -96,8 +94,14 @@ impl TextOutput {
                 let finish = matched
                     .stopped
                     .then(|| self.finish(FinishReason::Stop, None));
+                let released = !matched.text.is_empty() || finish.is_some();
                 Ok(Piece {
                     text: matched.text,
+                    logprobs: if released {
+                        std::mem::take(&mut self.logprobs)
+                    } else {
+                        Vec::new()
+                    },
                     finish,
                 })
             }
@@ -112,6 +116,7 @@ impl TextOutput {
                 };
                 Ok(Piece {
                     text: matched.text,
+                    logprobs: std::mem::take(&mut self.logprobs),
                     finish: Some(self.finish(reason, Some(usage))),
                 })
             }
@@ -161,7 +166,7 @@ mod tests {
             cached_tokens: 2,
         };
         std::iter::once(GenerateEvent::Admitted { cached_tokens: 2 })
-            .chain(ids.into_iter().map(|id| GenerateEvent::Token { id }))
+            .chain(ids.into_iter().map(|id| GenerateEvent::Token { id, logprobs: None }))
             .chain([GenerateEvent::Finished {
                 reason: FinishReason::Length,
                 usage,

@@ -3,6 +3,7 @@
 //! arithmetic, so the sim and a real model share every scheduling decision.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 use protocol::LoadReport;
 
@@ -33,10 +34,14 @@ pub struct NewSequence {
     /// Seeds the sequence's sampling, so a repeated request repeats its output.
     pub seed: u64,
     pub sampling: Sampling,
+    /// Another choice of the same request (`n` > 1): this one waits until
+    /// that one's prompt is computed, then shares its prompt's KV blocks
+    /// through the prefix cache instead of computing them again.
+    pub after: Option<SeqId>,
 }
 
 /// How a sequence's next token is drawn from the model's distribution.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Sampling {
     /// 0 takes the most likely token (greedy).
     pub temperature: f32,
@@ -44,17 +49,72 @@ pub struct Sampling {
     pub top_p: f32,
     /// Only the `top_k` most likely tokens; 0 keeps all.
     pub top_k: u32,
+    /// Subtracted from the logit of every token already generated.
+    pub presence_penalty: f32,
+    /// Subtracted from a token's logit once per time it was generated.
+    pub frequency_penalty: f32,
+    /// Added to these tokens' logits before anything else.
+    pub logit_bias: Arc<[(u32, f32)]>,
+    /// Report each token's log probability and this many most likely
+    /// alternatives'; `None` reports none.
+    pub logprobs: Option<u8>,
+}
+
+impl Sampling {
+    /// Whether the logits are changed before the draw.
+    pub fn adjusts(&self) -> bool {
+        !self.logit_bias.is_empty() || self.penalizes()
+    }
+
+    /// Whether the draw depends on the tokens generated so far.
+    pub fn penalizes(&self) -> bool {
+        self.presence_penalty != 0.0 || self.frequency_penalty != 0.0
+    }
 }
 
 impl Default for Sampling {
-    /// OpenAI's defaults: temperature 1, no truncation.
+    /// OpenAI's defaults: temperature 1, no truncation, no adjustment.
     fn default() -> Self {
         Sampling {
             temperature: 1.0,
             top_p: 1.0,
             top_k: 0,
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
+            logit_bias: Arc::new([]),
+            logprobs: None,
         }
     }
+}
+
+/// A token drawn for a sequence.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sampled {
+    pub token: u32,
+    /// When the sequence asked for them.
+    pub logprobs: Option<TokenLogprobs>,
+}
+
+impl Sampled {
+    /// `token`, as drawn from a distribution that holds nothing else (the
+    /// sim's): log probability 0, and no alternative.
+    pub fn certain(token: u32, sampling: &Sampling) -> Sampled {
+        Sampled {
+            token,
+            logprobs: sampling.logprobs.map(|top| TokenLogprobs {
+                logprob: 0.0,
+                top: (top > 0).then_some((token, 0.0)).into_iter().collect(),
+            }),
+        }
+    }
+}
+
+/// Log probabilities of a drawn token and of the most likely tokens.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenLogprobs {
+    pub logprob: f32,
+    /// Most likely first: `(token, logprob)`.
+    pub top: Vec<(u32, f32)>,
 }
 
 /// Work of one step: each item computes `tokens` of one sequence.
@@ -74,6 +134,8 @@ pub struct PlanItem {
     pub sample: bool,
     pub seed: u64,
     pub sampling: Sampling,
+    /// The tokens generated so far, when the sampling penalizes them (else empty).
+    pub generated: Vec<u32>,
     /// The sequence's block table: the physical blocks holding its positions
     /// `0..start + tokens.len()`, where a real compute reads and writes K/V.
     pub blocks: Vec<BlockId>,
@@ -90,7 +152,7 @@ pub enum Phase {
 /// The arithmetic of a step.
 pub trait Compute {
     /// Runs `plan`, returning one sampled token for each item with `sample` set, in order.
-    fn step(&mut self, plan: &StepPlan) -> Vec<u32>;
+    fn step(&mut self, plan: &StepPlan) -> Vec<Sampled>;
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,12 +182,16 @@ pub struct TokenUsage {
 }
 
 /// What happened to a sequence during a step.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Output {
     /// First admission; later readmissions after preemption are not reported.
     Admitted { seq: SeqId, cached_tokens: usize },
     /// A generated token (the end-of-sequence token is not reported).
-    Token { seq: SeqId, id: u32 },
+    Token {
+        seq: SeqId,
+        id: u32,
+        logprobs: Option<TokenLogprobs>,
+    },
     Finished {
         seq: SeqId,
         reason: FinishReason,
@@ -142,6 +208,7 @@ struct Sequence {
     max_tokens: usize,
     seed: u64,
     sampling: Sampling,
+    after: Option<SeqId>,
     /// Tokens with a KV cache slot; the last generated token has none until its decode step.
     slots: usize,
     /// Tokens whose KV is computed.
@@ -184,6 +251,7 @@ impl Scheduler {
             max_tokens: seq.max_tokens,
             seed: seq.seed,
             sampling: seq.sampling,
+            after: seq.after,
             slots: 0,
             computed: 0,
             cached_tokens: None,
@@ -256,7 +324,7 @@ impl Scheduler {
                 break;
             };
             // First come, first served: a big prompt at the head is not overtaken.
-            if !self.cache.can_allocate(&seq.tokens) {
+            if !self.cache.can_allocate(&seq.tokens) || self.computing_prompt(seq.after) {
                 break;
             }
             let mut seq = self.waiting.pop_front().expect("front exists");
@@ -289,6 +357,15 @@ impl Scheduler {
         plan
     }
 
+    /// Whether `seq` runs and has prompt tokens left to compute.
+    fn computing_prompt(&self, seq: Option<SeqId>) -> bool {
+        seq.is_some_and(|id| {
+            self.running
+                .iter()
+                .any(|s| s.id == id && s.computed < s.prompt_len)
+        })
+    }
+
     /// Gives every generating sequence a slot for its newest token, preempting
     /// the most recently admitted sequences while blocks run short. Returns whether
     /// any sequence was preempted.
@@ -317,7 +394,8 @@ impl Scheduler {
                 tokens: vec![token],
                 sample: true,
                 seed: seq.seed,
-                sampling: seq.sampling,
+                sampling: seq.sampling.clone(),
+                generated: seq.penalized_tokens(),
                 blocks: Vec::new(),
             });
             i += 1;
@@ -338,7 +416,7 @@ impl Scheduler {
         self.waiting.push_front(victim);
     }
 
-    fn apply(&mut self, plan: &StepPlan, sampled: Vec<u32>, out: &mut Vec<Output>) {
+    fn apply(&mut self, plan: &StepPlan, sampled: Vec<Sampled>, out: &mut Vec<Output>) {
         let mut sampled = sampled.into_iter();
         for item in &plan.items {
             let i = self
@@ -353,7 +431,7 @@ impl Scheduler {
             if !item.sample {
                 continue;
             }
-            let token = sampled
+            let Sampled { token, logprobs } = sampled
                 .next()
                 .expect("compute samples one token per sampling item");
             seq.tokens.push(token);
@@ -364,6 +442,7 @@ impl Scheduler {
                 out.push(Output::Token {
                     seq: seq.id,
                     id: token,
+                    logprobs,
                 });
                 (completion_tokens >= seq.max_tokens
                     || seq.tokens.len() >= self.config.max_model_len)
@@ -388,6 +467,16 @@ impl Scheduler {
     }
 }
 
+impl Sequence {
+    fn penalized_tokens(&self) -> Vec<u32> {
+        if self.sampling.penalizes() {
+            self.tokens[self.prompt_len..].to_vec()
+        } else {
+            Vec::new()
+        }
+    }
+}
+
 /// The next prefill chunk of `seq`, as much as `budget` allows.
 fn prefill_chunk(seq: &Sequence, budget: &mut usize) -> PlanItem {
     let n = (seq.slots - seq.computed).min(*budget);
@@ -400,7 +489,8 @@ fn prefill_chunk(seq: &Sequence, budget: &mut usize) -> PlanItem {
         tokens: seq.tokens[seq.computed..end].to_vec(),
         sample: end == seq.tokens.len(),
         seed: seq.seed,
-        sampling: seq.sampling,
+        sampling: seq.sampling.clone(),
+        generated: seq.penalized_tokens(),
         blocks: Vec::new(),
     }
 }
@@ -409,19 +499,22 @@ fn prefill_chunk(seq: &Sequence, budget: &mut usize) -> PlanItem {
 mod tests {
     use super::*;
 
-    /// Samples `1000 + position`, records every plan, and ends sequences on demand.
+    /// Samples `1000 + position + seed % 7`, records every plan, and ends sequences on demand.
     #[derive(Default)]
     struct Recorder {
         plans: Vec<StepPlan>,
     }
 
     impl Compute for Recorder {
-        fn step(&mut self, plan: &StepPlan) -> Vec<u32> {
+        fn step(&mut self, plan: &StepPlan) -> Vec<Sampled> {
             self.plans.push(plan.clone());
             plan.items
                 .iter()
                 .filter(|i| i.sample)
-                .map(|i| 1000 + (i.start + i.tokens.len()) as u32)
+                .map(|i| {
+                    let token = 1000 + (i.start + i.tokens.len()) as u32 + i.seed as u32 % 7;
+                    Sampled::certain(token, &i.sampling)
+                })
                 .collect()
         }
     }
@@ -448,8 +541,9 @@ mod tests {
             prompt: (first..first + prompt_len).collect(),
             resumed: Vec::new(),
             max_tokens,
-            seed: id,
+            seed: id * 7,
             sampling: Sampling::default(),
+            after: None,
         }
     }
 
@@ -474,7 +568,7 @@ mod tests {
     fn tokens_of(out: &[Output], id: u64) -> Vec<u32> {
         out.iter()
             .filter_map(|o| match o {
-                Output::Token { seq, id: t } if seq.0 == id => Some(*t),
+                Output::Token { seq, id: t, .. } if seq.0 == id => Some(*t),
                 _ => None,
             })
             .collect()
@@ -597,6 +691,46 @@ mod tests {
     }
 
     #[test]
+    fn choices_of_one_request_share_the_prompt_blocks() {
+        let mut s = scheduler(64, 8, 100);
+        let mut c = Recorder::default();
+        // Three choices of a 10-token prompt: two full blocks and two tokens.
+        s.add(seq(1, 10, 3));
+        for (id, seed) in [(2, 15), (3, 17)] {
+            s.add(NewSequence {
+                id: SeqId(id),
+                seed,
+                after: Some(SeqId(1)),
+                ..seq(1, 10, 3)
+            });
+        }
+        s.step(&mut c);
+        assert_eq!(summary(&c.plans[0]), [(1, Phase::Prefill, 10)]);
+        assert_eq!(s.load().kv_blocks_used, 3);
+        let out = s.step(&mut c);
+        // The others join once the prompt is computed, each computing only the
+        // tokens past the last full block; the blocks before are shared.
+        assert_eq!(
+            summary(&c.plans[1]),
+            [(1, Phase::Decode, 1), (2, Phase::Prefill, 2), (3, Phase::Prefill, 2)]
+        );
+        assert_eq!(s.load().kv_blocks_used, 2 + 3);
+        let cached: Vec<_> = out
+            .iter()
+            .filter_map(|o| match o {
+                Output::Admitted { cached_tokens, .. } => Some(*cached_tokens),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(cached, [8, 8]);
+        let out = [out, run_to_idle(&mut s, &mut c)].concat();
+        // Each choice draws its own tokens from its own seed.
+        let [a, b] = [tokens_of(&out, 2), tokens_of(&out, 3)];
+        assert!(a.len() == 3 && b.len() == 3 && a != b, "{a:?} {b:?}");
+        assert_eq!(s.load().kv_blocks_used, 0);
+    }
+
+    #[test]
     fn cancellation_frees_blocks_at_once() {
         let mut s = scheduler(64, 8, 100);
         let mut c = Recorder::default();
@@ -618,8 +752,9 @@ mod tests {
     fn eos_and_max_model_len_end_sequences() {
         struct Eos;
         impl Compute for Eos {
-            fn step(&mut self, plan: &StepPlan) -> Vec<u32> {
-                plan.items.iter().filter(|i| i.sample).map(|_| 7).collect()
+            fn step(&mut self, plan: &StepPlan) -> Vec<Sampled> {
+                let eos = Sampled::certain(7, &Sampling::default());
+                plan.items.iter().filter(|i| i.sample).map(|_| eos.clone()).collect()
             }
         }
         let mut s = scheduler(64, 8, 100);

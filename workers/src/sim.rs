@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use crate::config::SimConfig;
-use crate::scheduler::{Compute, Phase, StepPlan};
+use crate::scheduler::{Compute, Phase, Sampled, StepPlan};
 use prompt::{Tokenizer, TokenizerError, CORPUS};
 
 pub struct SimCompute {
@@ -47,7 +47,8 @@ impl SimCompute {
 }
 
 impl Compute for SimCompute {
-    fn step(&mut self, plan: &StepPlan) -> Vec<u32> {
+    /// The sim recites, so its next token is certain: log probability 0.
+    fn step(&mut self, plan: &StepPlan) -> Vec<Sampled> {
         let duration = self.duration(plan);
         if !duration.is_zero() {
             // The engine runs on its own OS thread, so blocking it is the point.
@@ -56,7 +57,10 @@ impl Compute for SimCompute {
         plan.items
             .iter()
             .filter(|item| item.sample)
-            .map(|item| self.token_at(item.seed, item.start + item.tokens.len()))
+            .map(|item| {
+                let token = self.token_at(item.seed, item.start + item.tokens.len());
+                Sampled::certain(token, &item.sampling)
+            })
             .collect()
     }
 }
@@ -76,6 +80,7 @@ mod tests {
             sample,
             seed,
             sampling: Default::default(),
+            generated: Vec::new(),
             blocks: Vec::new(),
         }
     }
@@ -105,9 +110,9 @@ mod tests {
             decode_step_us: 0,
             decode_us_per_seq: 0,
         };
-        let a = sim.step(&plan);
+        let a: Vec<u32> = sim.step(&plan).into_iter().map(|s| s.token).collect();
         assert_eq!(a.len(), 2);
-        assert_eq!(a, sim.step(&plan));
+        assert_eq!(a, sim.step(&plan).into_iter().map(|s| s.token).collect::<Vec<_>>());
         // Consecutive positions recite consecutive corpus text.
         let text: Vec<u32> = (0..20).map(|p| sim.token_at(7, p)).collect();
         let decoded = tok.decode(&text).unwrap();

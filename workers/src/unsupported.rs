@@ -1,8 +1,8 @@
 //! OpenAI parameters this worker cannot honour, refused by name with a 400
-//! rather than ignored: a client that asked for JSON output, tool calls,
-//! log probabilities or penalties must not believe it got them. Neutral
-//! values (`response_format: {"type": "text"}`, an empty `tools` list, a
-//! penalty of 0, ...) pass, as the OpenAI SDKs send some of them by default.
+//! rather than ignored: a client that asked for JSON output, tool calls or
+//! audio must not believe it got them. Neutral values (`response_format:
+//! {"type": "text"}`, an empty `tools` list, `echo: false`, ...) pass, as the
+//! OpenAI SDKs send some of them by default.
 //! The gateway passes every parameter through to engines that honour them.
 
 use protocol::ApiError;
@@ -33,11 +33,6 @@ fn unsupported(param: &str, value: &Value) -> Option<String> {
         "response_format" => value.is_null() || value.get("type") == Some(&Value::from("text")),
         "tools" | "functions" => is_empty(value),
         "tool_choice" | "function_call" => value.is_null() || value == "none",
-        "logprobs" => matches!(value, Value::Null | Value::Bool(false)) || value == 0,
-        "top_logprobs" | "presence_penalty" | "frequency_penalty" => {
-            value.is_null() || value.as_f64() == Some(0.0)
-        }
-        "logit_bias" => is_empty(value),
         "best_of" => value.is_null() || value == 1,
         "echo" => value.is_null() || value == false,
         "suffix" => value.is_null() || value == "",
@@ -112,12 +107,8 @@ mod tests {
                 "tools",
             ),
             (r#""tool_choice":"auto""#, "tool_choice"),
-            (r#""logprobs":true"#, "logprobs"),
-            (r#""top_logprobs":2"#, "top_logprobs"),
-            (r#""presence_penalty":0.5"#, "presence_penalty"),
-            (r#""frequency_penalty":-1"#, "frequency_penalty"),
-            (r#""logit_bias":{"50256":-100}"#, "logit_bias"),
             (r#""modalities":["text","audio"]"#, "modalities"),
+            (r#""audio":{"voice":"alloy"}"#, "audio"),
         ] {
             let body = format!("{{{base},{extra}}}");
             assert_eq!(param_of(&body).as_deref(), Some(param), "{body}");
@@ -129,12 +120,12 @@ mod tests {
     #[test]
     fn neutral_values_pass() {
         let body = r#"{"model":"m","messages":[{"role":"user","content":[{"type":"text","text":"a"}]}],
-            "response_format":{"type":"text"},"tools":[],"tool_choice":"none","logprobs":false,
-            "presence_penalty":0,"frequency_penalty":0.0,"logit_bias":{},"modalities":["text"],
+            "response_format":{"type":"text"},"tools":[],"tool_choice":"none","logprobs":true,
+            "top_logprobs":2,"presence_penalty":0.5,"logit_bias":{"5":1},"modalities":["text"],
             "user":"u","store":false}"#;
         assert_eq!(param_of(body), None);
         assert_eq!(
-            param_of(r#"{"model":"m","prompt":"x","echo":false,"best_of":1,"logprobs":0}"#),
+            param_of(r#"{"model":"m","prompt":"x","echo":false,"best_of":1,"logprobs":3}"#),
             None
         );
     }

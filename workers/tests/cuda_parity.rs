@@ -74,7 +74,7 @@ fn cuda_logits_match_the_cpu() {
     let tokens = cuda.step(&steps[1]);
     let vocab = trained.get_vocab_size(true) as u32;
     assert!(
-        tokens.len() == 2 && tokens.iter().all(|&t| t < vocab),
+        tokens.len() == 2 && tokens.iter().all(|t| t.token < vocab),
         "{tokens:?}"
     );
     std::fs::remove_file(path).unwrap();

@@ -69,7 +69,7 @@ async fn run(mut events: UnboundedReceiver<GenerateEvent>) -> (Vec<u32>, usize) 
     while let Some(event) = events.recv().await {
         match event {
             GenerateEvent::Admitted { cached_tokens } => cached = cached_tokens,
-            GenerateEvent::Token { id } => tokens.push(id),
+            GenerateEvent::Token { id, .. } => tokens.push(id),
             GenerateEvent::Finished { .. } => break,
         }
     }

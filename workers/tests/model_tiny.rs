@@ -94,7 +94,7 @@ async fn generate(engine: &BatchEngine, request: GenerateRequest) -> (Vec<u32>, 
     while let Some(event) = events.recv().await {
         match event {
             GenerateEvent::Admitted { cached_tokens } => cached = cached_tokens,
-            GenerateEvent::Token { id } => tokens.push(id),
+            GenerateEvent::Token { id, .. } => tokens.push(id),
             GenerateEvent::Finished { .. } => break,
         }
     }
@@ -126,6 +126,7 @@ async fn the_engine_serves_the_model_deterministically() {
             temperature,
             top_p: 0.9,
             top_k: 20,
+            ..Sampling::default()
         },
     };
     let texts = ["rain at noon", "the network is turning"];
@@ -152,7 +153,7 @@ async fn the_engine_serves_the_model_deterministically() {
     for (i, mut events) in batch.into_iter().enumerate() {
         let mut tokens = Vec::new();
         while let Some(event) = events.recv().await {
-            if let GenerateEvent::Token { id } = event {
+            if let GenerateEvent::Token { id, .. } = event {
                 tokens.push(id);
             }
         }

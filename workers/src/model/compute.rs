@@ -4,7 +4,7 @@
 use super::forward::Forward;
 use super::sample::sample;
 use super::weights::Weights;
-use crate::scheduler::{Compute, StepPlan};
+use crate::scheduler::{Compute, Sampled, StepPlan};
 
 pub struct LlamaCompute {
     forward: Forward,
@@ -19,15 +19,15 @@ impl LlamaCompute {
 }
 
 impl Compute for LlamaCompute {
-    fn step(&mut self, plan: &StepPlan) -> Vec<u32> {
+    fn step(&mut self, plan: &StepPlan) -> Vec<Sampled> {
         let logits = self.forward.run(plan);
         plan.items
             .iter()
             .filter(|item| item.sample)
             .zip(logits)
-            .map(|(item, logits)| {
+            .map(|(item, mut logits)| {
                 let position = item.start + item.tokens.len();
-                sample(&logits, &item.sampling, item.seed, position)
+                sample(&mut logits, &item.sampling, &item.generated, item.seed, position)
             })
             .collect()
     }

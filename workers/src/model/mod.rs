@@ -1,11 +1,13 @@
 //! A Llama-family model, served as the `llama` engine: loading from GGUF or a
 //! Hugging Face directory, the batched forward pass over the paged KV cache on
 //! the CPU (quantized weights computed in place, see `matrix`) or, with the
-//! `cuda` feature, on a GPU (`cuda`), and sampling. The tokenizer and chat
+//! `cuda` feature, on a GPU (`cuda`), sampling, and the sampling defaults the
+//! model's files recommend. The tokenizer and chat
 //! template that come with the model are read by the `prompt` crate.
 
 mod attention;
 mod compute;
+mod defaults;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 mod error;
@@ -28,6 +30,7 @@ use crate::config::Backend;
 use crate::scheduler::Compute;
 
 pub use compute::LlamaCompute;
+pub use defaults::sampling_defaults;
 pub use error::ModelError;
 pub use forward::Forward;
 pub use matrix::Matrix;

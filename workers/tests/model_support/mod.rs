@@ -529,6 +529,7 @@ pub fn plan_item(
             temperature,
             ..Sampling::default()
         },
+        generated: Vec::new(),
         blocks: blocks.iter().map(|&b| BlockId(b)).collect(),
     }
 }

@@ -8,9 +8,10 @@
 //! residual stream; the kernels in `kernels` (NVRTC) embed, normalize, rotate,
 //! store K/V into the paged cache, attend through block tables, and take the
 //! SiLU gate. The KV cache is f16 in the same paged layout the scheduler's
-//! block tables address. Greedy sampling is an argmax on the device, so only
-//! token ids come back; temperature, top-k and top-p copy that sequence's
-//! logits to the host and use the CPU sampler, so seeded draws match the CPU backend's.
+//! block tables address. Plain greedy sampling is an argmax on the device, so
+//! only token ids come back; anything more (temperature, top-k, top-p,
+//! penalties, bias, log probabilities) copies that sequence's logits to the
+//! host and uses the CPU sampler, so seeded draws match the CPU backend's.
 
 mod gemm;
 mod kernels;
@@ -25,9 +26,9 @@ use half::f16;
 use self::gemm::Gemm;
 use self::kernels::{AttentionShape, Kernels, ATTENTION_THREADS};
 use super::matrix::Matrix;
-use super::sample::{is_greedy, sample};
+use super::sample::{is_plain_argmax, sample};
 use super::weights::{Hyper, Weights};
-use crate::scheduler::{Compute, StepPlan};
+use crate::scheduler::{Compute, Sampled, StepPlan};
 
 /// Why the CUDA backend could not start or run.
 #[derive(Debug, thiserror::Error)]
@@ -188,7 +189,7 @@ impl CudaCompute {
             .collect())
     }
 
-    fn try_step(&mut self, plan: &StepPlan) -> Result<Vec<u32>, CudaError> {
+    fn try_step(&mut self, plan: &StepPlan) -> Result<Vec<Sampled>, CudaError> {
         let Some(logits) = self.forward(plan)? else {
             return Ok(Vec::new());
         };
@@ -202,14 +203,18 @@ impl CudaCompute {
             .zip(ids)
             .enumerate()
             .map(|(i, (item, id))| {
-                if is_greedy(&item.sampling) {
-                    return Ok(id as u32);
+                if is_plain_argmax(&item.sampling) {
+                    return Ok(Sampled {
+                        token: id as u32,
+                        logprobs: None,
+                    });
                 }
-                let row = self
+                let mut row = self
                     .stream
                     .clone_dtoh(&logits.slice(i * vocab..(i + 1) * vocab))?;
                 let position = item.start + item.tokens.len();
-                Ok(sample(&row, &item.sampling, item.seed, position))
+                let s = &item.sampling;
+                Ok(sample(&mut row, s, &item.generated, item.seed, position))
             })
             .collect()
     }
@@ -312,7 +317,7 @@ impl CudaCompute {
 }
 
 impl Compute for CudaCompute {
-    fn step(&mut self, plan: &StepPlan) -> Vec<u32> {
+    fn step(&mut self, plan: &StepPlan) -> Vec<Sampled> {
         // The trait has no error path, and a failed CUDA call leaves the device
         // in an unknown state: stop the engine loudly rather than serve from it.
         self.try_step(plan)
