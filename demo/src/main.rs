@@ -9,12 +9,12 @@ use std::path::{Path, PathBuf};
 use clap::Parser;
 use gateway::Config;
 use protocol::Bus;
-use workers::{EngineKind, WorkerConfig};
+use workers::WorkerConfig;
 
 /// The model name clients ask for from sim workers.
 const MODEL: &str = "sim-llama";
-/// The model name clients ask for when the demo serves the real model.
-const REAL_MODEL: &str = "smollm2-135m-instruct";
+/// The workers' configuration when the demo serves the real model (its model name included).
+const REAL_MODEL_CONFIG: &str = include_str!("../../config/worker-smollm2.toml");
 const POOL: &str = "demo";
 const POLICY: &str = "failover";
 
@@ -62,21 +62,25 @@ async fn run(
     let bus = Bus::local();
     let mut handles = Vec::new();
     let mut pool = String::new();
-    let (model_name, tokenizer) = match model {
-        Some(path) => (REAL_MODEL, path.display().to_string()),
-        None => (MODEL, "builtin".to_string()),
-    };
-    for (id, zone) in [("w1", "a"), ("w2", "a"), ("w3", "b")] {
-        let mut config = WorkerConfig::sim(id, ([127, 0, 0, 1], 0).into(), model_name, zone);
-        config.pool = POOL.to_string();
-        if let Some(path) = model {
-            config.engine.kind = EngineKind::Llama;
+    let (base, tokenizer) = match model {
+        Some(path) => {
+            let file = Path::new("config/worker-smollm2.toml");
+            let mut config = WorkerConfig::parse(REAL_MODEL_CONFIG, file)?;
             config.engine.model_path = Some(path.to_path_buf());
-            // KV cache memory is committed as blocks fill: 512 blocks of 16
-            // tokens is ~370 MB per worker for SmolLM2 at most.
-            config.engine.num_blocks = 512;
-            config.engine.max_model_len = 2048;
+            (config, path.display().to_string())
         }
+        None => (
+            WorkerConfig::sim("", ([127, 0, 0, 1], 0).into(), MODEL, ""),
+            "builtin".to_string(),
+        ),
+    };
+    let model_name = base.model.clone();
+    for (id, zone) in [("w1", "a"), ("w2", "a"), ("w3", "b")] {
+        let mut config = base.clone();
+        config.id = id.to_string();
+        config.listen = ([127, 0, 0, 1], 0).into();
+        config.zone = zone.to_string();
+        config.pool = POOL.to_string();
         let worker = workers::start_on_bus(config, Some(bus.clone())).await?;
         pool.push_str(&format!(
             "[[pools.workers]]\nid = \"{id}\"\nurl = \"{}\"\nzone = \"{zone}\"\n",

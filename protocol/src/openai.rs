@@ -536,8 +536,32 @@ mod tests {
                 "temperature",
             ),
             (
-                r#"{"model":"m","messages":[{"role":"user","content":"x"}],"n":2}"#,
+                r#"{"model":"m","messages":[{"role":"user","content":"x"}],"n":0}"#,
                 "n",
+            ),
+            (
+                r#"{"model":"m","messages":[{"role":"user","content":"x"}],"n":129}"#,
+                "n",
+            ),
+            (
+                r#"{"model":"m","messages":[{"role":"user","content":"x"}],"presence_penalty":2.5}"#,
+                "presence_penalty",
+            ),
+            (
+                r#"{"model":"m","messages":[{"role":"user","content":"x"}],"logit_bias":{"a":1}}"#,
+                "logit_bias",
+            ),
+            (
+                r#"{"model":"m","messages":[{"role":"user","content":"x"}],"logit_bias":{"7":101}}"#,
+                "logit_bias",
+            ),
+            (
+                r#"{"model":"m","messages":[{"role":"user","content":"x"}],"top_logprobs":2}"#,
+                "top_logprobs",
+            ),
+            (
+                r#"{"model":"m","messages":[{"role":"user","content":"x"}],"logprobs":true,"top_logprobs":21}"#,
+                "top_logprobs",
             ),
             (
                 r#"{"model":"m","messages":[{"role":"user","content":"x"}],"stop":["a","b","c","d","e"]}"#,
@@ -555,6 +579,9 @@ mod tests {
             );
         }
         assert!(chat(r#"{"messages":[]}"#).is_err());
+        let fine = r#"{"model":"m","messages":[{"role":"user","content":"x"}],"n":3,
+            "logprobs":true,"top_logprobs":20,"frequency_penalty":-2,"logit_bias":{"7":-100}}"#;
+        assert!(chat(fine).is_ok());
     }
 
     #[test]

@@ -312,11 +312,7 @@ impl App {
                 tokenizer: wants_logprobs.then(|| Arc::clone(&self.tokenizer)),
             };
             let choices = events.into_iter().zip(outputs).collect();
-            return respond::sse(stream::body(
-                choices,
-                chunker,
-                (opening, ext.stream_tokens),
-            ));
+            return respond::sse(stream::body(choices, chunker, (opening, ext.stream_tokens)));
         }
         let answers = futures_util::future::join_all(
             events

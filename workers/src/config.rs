@@ -306,7 +306,13 @@ impl WorkerConfig {
             path: path.to_path_buf(),
             source,
         })?;
-        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+        WorkerConfig::parse(&text, path)
+    }
+
+    /// Parses TOML read from `path` (named in errors); the result still
+    /// needs [`WorkerConfig::validate`].
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|source| ConfigError::Parse {
             path: path.to_path_buf(),
             source: Box::new(source),
         })

@@ -40,9 +40,7 @@ pub struct GenerateRequest {
 #[derive(Debug, Clone, PartialEq)]
 pub enum GenerateEvent {
     /// The choice started running; `cached_tokens` of its prompt came from the prefix cache.
-    Admitted {
-        cached_tokens: usize,
-    },
+    Admitted { cached_tokens: usize },
     Token {
         id: u32,
         /// When the request's sampling asked for them.
@@ -360,9 +358,7 @@ impl EngineLoop {
                 Output::Admitted { seq, cached_tokens } => {
                     (seq, GenerateEvent::Admitted { cached_tokens })
                 }
-                Output::Token { seq, id, logprobs } => {
-                    (seq, GenerateEvent::Token { id, logprobs })
-                }
+                Output::Token { seq, id, logprobs } => (seq, GenerateEvent::Token { id, logprobs }),
                 Output::Finished { seq, reason, usage } => {
                     (seq, GenerateEvent::Finished { reason, usage })
                 }

@@ -166,7 +166,10 @@ mod tests {
             cached_tokens: 2,
         };
         std::iter::once(GenerateEvent::Admitted { cached_tokens: 2 })
-            .chain(ids.into_iter().map(|id| GenerateEvent::Token { id, logprobs: None }))
+            .chain(
+                ids.into_iter()
+                    .map(|id| GenerateEvent::Token { id, logprobs: None }),
+            )
             .chain([GenerateEvent::Finished {
                 reason: FinishReason::Length,
                 usage,

@@ -712,7 +712,11 @@ mod tests {
         // tokens past the last full block; the blocks before are shared.
         assert_eq!(
             summary(&c.plans[1]),
-            [(1, Phase::Decode, 1), (2, Phase::Prefill, 2), (3, Phase::Prefill, 2)]
+            [
+                (1, Phase::Decode, 1),
+                (2, Phase::Prefill, 2),
+                (3, Phase::Prefill, 2)
+            ]
         );
         assert_eq!(s.load().kv_blocks_used, 2 + 3);
         let cached: Vec<_> = out
@@ -754,7 +758,11 @@ mod tests {
         impl Compute for Eos {
             fn step(&mut self, plan: &StepPlan) -> Vec<Sampled> {
                 let eos = Sampled::certain(7, &Sampling::default());
-                plan.items.iter().filter(|i| i.sample).map(|_| eos.clone()).collect()
+                plan.items
+                    .iter()
+                    .filter(|i| i.sample)
+                    .map(|_| eos.clone())
+                    .collect()
             }
         }
         let mut s = scheduler(64, 8, 100);

@@ -112,7 +112,13 @@ mod tests {
         };
         let a: Vec<u32> = sim.step(&plan).into_iter().map(|s| s.token).collect();
         assert_eq!(a.len(), 2);
-        assert_eq!(a, sim.step(&plan).into_iter().map(|s| s.token).collect::<Vec<_>>());
+        assert_eq!(
+            a,
+            sim.step(&plan)
+                .into_iter()
+                .map(|s| s.token)
+                .collect::<Vec<_>>()
+        );
         // Consecutive positions recite consecutive corpus text.
         let text: Vec<u32> = (0..20).map(|p| sim.token_at(7, p)).collect();
         let decoded = tok.decode(&text).unwrap();

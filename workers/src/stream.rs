@@ -57,7 +57,10 @@ impl Chunker {
     /// chunk if it finishes. `offset`: the choice's text so far, in characters.
     fn piece(&self, index: u32, piece: &Piece, offset: &mut usize) -> String {
         let mut data = String::new();
-        let logprobs = self.tokenizer.as_deref().filter(|_| !piece.logprobs.is_empty());
+        let logprobs = self
+            .tokenizer
+            .as_deref()
+            .filter(|_| !piece.logprobs.is_empty());
         if !piece.text.is_empty() || logprobs.is_some() {
             let logprobs = logprobs.map(|tokenizer| match self.endpoint {
                 Endpoint::Chat => logprobs::chat(tokenizer, &piece.logprobs),
@@ -182,17 +185,24 @@ pub fn body(
 ) -> Body {
     let chunker = Arc::new(chunker);
     let n = choices.len();
-    let parts = choices.into_iter().enumerate().map(|(i, (events, output))| {
-        let choice = Choice {
-            index: i as u32,
-            events,
-            output,
-            opening: if opening { chunker.opening(i as u32) } else { None },
-            tokens: stream_tokens.then(Vec::new),
-            offset: 0,
-        };
-        choice_parts(choice, Arc::clone(&chunker))
-    });
+    let parts = choices
+        .into_iter()
+        .enumerate()
+        .map(|(i, (events, output))| {
+            let choice = Choice {
+                index: i as u32,
+                events,
+                output,
+                opening: if opening {
+                    chunker.opening(i as u32)
+                } else {
+                    None
+                },
+                tokens: stream_tokens.then(Vec::new),
+                offset: 0,
+            };
+            choice_parts(choice, Arc::clone(&chunker))
+        });
     let merged = stream::select_all(parts);
     let finished = vec![None; n];
     let frames = stream::unfold(Some((merged, finished)), move |state| {
@@ -208,7 +218,9 @@ pub fn body(
                         if finished.iter().all(Option::is_some) {
                             let mut data = String::new();
                             if chunker.include_usage {
-                                data.push_str(&chunker.usage(total_usage(finished.into_iter().flatten())));
+                                data.push_str(
+                                    &chunker.usage(total_usage(finished.into_iter().flatten())),
+                                );
                             }
                             data.push_str(SSE_DONE);
                             return Some((frame(data), None));

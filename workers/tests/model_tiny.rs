@@ -284,3 +284,220 @@ async fn the_engine_serves_a_directory_like_the_file() {
     std::fs::remove_file(gguf).unwrap();
     std::fs::remove_dir_all(hf).unwrap();
 }
+
+/// Log probabilities of `generated` after `prompt` from
+/// `tests/reference/sampling_ref.py`: `(logprob, [(id, logprob)])` per token.
+fn reference_logprobs(
+    path: &Path,
+    prompt: &[u32],
+    generated: &[u32],
+    params: serde_json::Value,
+) -> Vec<(f64, Vec<(u32, f64)>)> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/reference/sampling_ref.py");
+    let list = |ids: &[u32]| ids.iter().map(u32::to_string).collect::<Vec<_>>().join(",");
+    let out = Command::new("python3")
+        .arg(script)
+        .arg(path)
+        .arg(list(prompt))
+        .arg(list(generated))
+        .arg(params.to_string())
+        .output()
+        .expect("python3 runs");
+    assert!(
+        out.status.success(),
+        "the NumPy reference failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    rows.iter()
+        .map(|r| {
+            let top = r["top"].as_array().unwrap().iter();
+            let top = top.map(|p| (p[0].as_u64().unwrap() as u32, p[1].as_f64().unwrap()));
+            (r["logprob"].as_f64().unwrap(), top.collect())
+        })
+        .collect()
+}
+
+/// Every token and its log probabilities, as the engine reports them.
+async fn generate_with_logprobs(
+    engine: &BatchEngine,
+    request: GenerateRequest,
+) -> Vec<(u32, workers::scheduler::TokenLogprobs)> {
+    let mut events = engine.submit(request);
+    let mut out = Vec::new();
+    while let Some(event) = events.recv().await {
+        match event {
+            GenerateEvent::Token { id, logprobs } => out.push((id, logprobs.unwrap())),
+            GenerateEvent::Finished { .. } => break,
+            GenerateEvent::Admitted { .. } => {}
+        }
+    }
+    out
+}
+
+/// The sampler's adjustments and its log probabilities, against an
+/// independent NumPy computation over the reference forward pass: greedy and
+/// sampled, with and without penalties and bias. Penalties that were not
+/// applied, or applied to the wrong tokens, would move the log probabilities.
+#[tokio::test(flavor = "multi_thread")]
+async fn logprobs_penalties_and_bias_match_the_numpy_reference() {
+    let trained = model_support::train_tokenizer();
+    let path = model_support::write_tiny_model(&trained, "tiny-logprobs");
+    let tok = prompt::load(&path).unwrap();
+    let config = EngineConfig {
+        kind: EngineKind::Llama,
+        model_path: Some(path.clone()),
+        block_size: 4,
+        num_blocks: 64,
+        max_model_len: 128,
+        ..EngineConfig::default()
+    };
+    let engine = BatchEngine::start(&config, &tok).unwrap();
+    let prompt = prompt::chat_tokens(&[message("user", "rain at noon")], &tok).unwrap();
+    let plain = || Sampling {
+        temperature: 0.0,
+        logprobs: Some(4),
+        ..Sampling::default()
+    };
+    let greedy = generate_with_logprobs(&engine, request(&prompt, plain())).await;
+    // A bias towards the greedy answer's first runner-up, which takes its place.
+    let favoured = greedy[0].1.top[1].0;
+    let cases = [
+        (plain(), serde_json::json!({"temperature": 0.0, "top": 4})),
+        (
+            Sampling {
+                presence_penalty: 1.5,
+                frequency_penalty: 0.7,
+                logit_bias: vec![(favoured, 2.5)].into(),
+                ..plain()
+            },
+            serde_json::json!({"temperature": 0.0, "top": 4, "presence_penalty": 1.5,
+                "frequency_penalty": 0.7, "logit_bias": {favoured.to_string(): 2.5}}),
+        ),
+        (
+            Sampling {
+                temperature: 0.7,
+                top_k: 5,
+                frequency_penalty: -0.5,
+                ..plain()
+            },
+            serde_json::json!({"temperature": 0.7, "top": 4, "frequency_penalty": -0.5}),
+        ),
+    ];
+    let mut answers = Vec::new();
+    for (sampling, params) in cases {
+        let greedy = sampling.temperature == 0.0;
+        let ours = generate_with_logprobs(&engine, request(&prompt, sampling)).await;
+        let ids: Vec<u32> = ours.iter().map(|t| t.0).collect();
+        let theirs = reference_logprobs(&path, &prompt, &ids, params.clone());
+        let mut worst = 0.0f64;
+        for (i, ((id, lp), (ref_lp, ref_top))) in ours.iter().zip(&theirs).enumerate() {
+            worst = worst.max((f64::from(lp.logprob) - ref_lp).abs());
+            assert_eq!(lp.top.len(), 4);
+            for ((t, l), (ref_t, ref_l)) in lp.top.iter().zip(ref_top) {
+                worst = worst.max((f64::from(*l) - ref_l).abs());
+                // Ids agree unless two alternatives are within rounding.
+                assert!(
+                    t == ref_t || (f64::from(*l) - ref_l).abs() < 1e-3,
+                    "{i}: {lp:?}"
+                );
+            }
+            if greedy {
+                // The draw is the most likely token of the adjusted distribution.
+                assert!(*id == ref_top[0].0 || (ref_lp - ref_top[0].1).abs() < 1e-3);
+            }
+            // The top alternatives are the most likely, so none beats them.
+            assert!(lp.logprob <= lp.top[0].1 + 1e-6);
+        }
+        eprintln!(
+            "{params}: {} tokens, max |logprob diff| {worst:.2e}",
+            ours.len()
+        );
+        assert!(
+            worst < 5e-3,
+            "{params}: log probabilities differ by {worst}"
+        );
+        answers.push(ids);
+    }
+    assert_ne!(answers[0], answers[1], "penalties and bias changed nothing");
+    drop(engine);
+    std::fs::remove_file(path).unwrap();
+}
+
+fn request(prompt: &[u32], sampling: Sampling) -> GenerateRequest {
+    GenerateRequest {
+        prompt: prompt.to_vec(),
+        resumed: Vec::new(),
+        max_tokens: 12,
+        seed: Some(5),
+        sampling,
+    }
+}
+
+/// A model's own sampling recommendation serves requests that leave sampling
+/// out, ahead of the worker's `engine.default_sampling`.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_model_recommends_the_default_sampling() {
+    let trained = model_support::train_tokenizer();
+    let gguf = model_support::write_tiny_model(&trained, "tiny-defaults-gguf");
+    let hf = model_support::write_tiny_hf(&trained, "tiny-defaults-hf", HfDtype::F32);
+    let (temperature, top_p, top_k) = model_support::SAMPLING;
+    let recommended = workers::DefaultSampling {
+        temperature: Some(temperature),
+        top_p: Some(top_p),
+        top_k: Some(top_k),
+    };
+    for path in [&gguf, &hf] {
+        assert_eq!(
+            workers::model::sampling_defaults(path).unwrap(),
+            recommended
+        );
+    }
+    let mut config = workers::WorkerConfig::default();
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    config.engine = EngineConfig {
+        kind: EngineKind::Llama,
+        model_path: Some(hf.clone()),
+        block_size: 4,
+        num_blocks: 64,
+        max_model_len: 128,
+        // Loses to the model's values.
+        default_sampling: workers::DefaultSampling {
+            temperature: Some(1.9),
+            top_p: Some(0.2),
+            top_k: None,
+        },
+        ..EngineConfig::default()
+    };
+    let worker = workers::start(config).await.unwrap();
+    let ask = |extra: serde_json::Value| {
+        let mut body = serde_json::json!({
+            "model": "sim-llama", "prompt": "rain at noon", "max_tokens": 16, "seed": 11,
+        });
+        body.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        body
+    };
+    // A blocking client is fine: the worker serves on the runtime's other threads.
+    let text = |body: serde_json::Value| {
+        let out = Command::new("curl")
+            .args(["-s", "-H", "content-type: application/json", "-d"])
+            .arg(body.to_string())
+            .arg(format!("{}/v1/completions", worker.url()))
+            .output()
+            .unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        json["choices"][0]["text"].as_str().unwrap().to_string()
+    };
+    let left_out = text(ask(serde_json::json!({})));
+    let explicit = text(ask(serde_json::json!({
+        "temperature": temperature, "top_p": top_p, "top_k": top_k,
+    })));
+    let greedy = text(ask(serde_json::json!({"temperature": 0})));
+    assert_eq!(left_out, explicit);
+    assert_ne!(left_out, greedy);
+    worker.shutdown(std::time::Duration::from_secs(1)).await;
+    std::fs::remove_file(gguf).unwrap();
+    std::fs::remove_dir_all(hf).unwrap();
+}

@@ -259,7 +259,8 @@ async fn bad_requests_get_openai_errors() {
         c.engine.max_model_len = 64;
     })
     .await;
-    let cases: Vec<(Method, &str, String, u16, Option<&str>)> = vec![
+    let cases: Vec<(Method, &str, String, u16, Option<&str>)> =
+        vec![
         (
             Method::POST,
             "/v1/chat/completions",
@@ -315,6 +316,33 @@ async fn bad_requests_get_openai_errors() {
             json!({"model": "sim-llama", "prompt": "word ".repeat(70)}).to_string(),
             400,
             Some("prompt"),
+        ),
+        (
+            Method::POST,
+            "/v1/chat/completions",
+            chat("x", json!({"logit_bias": {"99999": 5}})).to_string(),
+            400,
+            Some("logit_bias"),
+        ),
+        (
+            Method::POST,
+            "/v1/chat/completions",
+            chat(
+                "x",
+                json!({"response_format": {"type": "json_schema", "json_schema": {"name": "a"}}}),
+            )
+            .to_string(),
+            400,
+            Some("response_format"),
+        ),
+        (
+            Method::POST,
+            "/v1/chat/completions",
+            chat("x", json!({"n": 2, "stream": true, "llmgw_resume": {
+                "token_ids": [5], "id": "chatcmpl-x", "created": 1}}))
+            .to_string(),
+            400,
+            Some("llmgw_resume"),
         ),
         (Method::POST, "/v1/nothing", "{}".into(), 404, None),
         (
@@ -469,4 +497,142 @@ async fn drain_cuts_off_what_outlives_the_grace() {
         Err(_) => true,
     };
     assert!(cut);
+}
+
+#[tokio::test]
+async fn several_choices_share_one_prompt() {
+    let w = worker(|_| {}).await;
+    let body = chat("tell me about the rain", json!({"max_tokens": 6, "n": 3}));
+    let (status, one) = post(&w, "/v1/chat/completions", body.clone()).await;
+    assert_eq!(status, StatusCode::OK);
+    let choices = one["choices"].as_array().unwrap();
+    let indexes: Vec<u64> = choices
+        .iter()
+        .map(|c| c["index"].as_u64().unwrap())
+        .collect();
+    assert_eq!(indexes, [0, 1, 2]);
+    let texts: Vec<&str> = choices
+        .iter()
+        .map(|c| c["message"]["content"].as_str().unwrap())
+        .collect();
+    // Each choice draws from its own seed: the sim recites from its own offset.
+    assert!(texts[0] != texts[1] && texts[1] != texts[2], "{texts:?}");
+    // The prompt counts once; completion tokens are every choice's.
+    let (_, single) = post(
+        &w,
+        "/v1/chat/completions",
+        chat("tell me about the rain", json!({"max_tokens": 6})),
+    )
+    .await;
+    assert_eq!(
+        one["usage"]["prompt_tokens"],
+        single["usage"]["prompt_tokens"]
+    );
+    assert_eq!(one["usage"]["completion_tokens"], 18);
+    // Streamed: every choice opens with its role, finishes once, and the
+    // usage follows the last finish.
+    let mut body = body;
+    body["stream"] = json!(true);
+    body["stream_options"] = json!({"include_usage": true});
+    let events = sse(&w, "/v1/chat/completions", body).await;
+    assert_eq!(events.last().unwrap(), "[DONE]");
+    let chunks: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
+    let usage = chunks.last().unwrap();
+    assert_eq!(usage["choices"].as_array().unwrap().len(), 0);
+    assert_eq!(usage["usage"]["completion_tokens"], 18);
+    let mut streamed = vec![String::new(); 3];
+    let (mut roles, mut finishes) = ([0; 3], [0; 3]);
+    for chunk in &chunks[..chunks.len() - 1] {
+        let choice = &chunk["choices"][0];
+        let i = choice["index"].as_u64().unwrap() as usize;
+        roles[i] += usize::from(choice["delta"]["role"] == "assistant");
+        finishes[i] += usize::from(choice["finish_reason"].is_string());
+        streamed[i].push_str(choice["delta"]["content"].as_str().unwrap_or_default());
+    }
+    assert_eq!((roles, finishes), ([1; 3], [1; 3]));
+    assert_eq!(streamed, texts);
+    w.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn logprobs_come_in_openai_shapes() {
+    let w = worker(|_| {}).await;
+    // The sim recites, so its every token is certain: log probability 0.
+    let body = chat(
+        "rain",
+        json!({"max_tokens": 4, "logprobs": true, "top_logprobs": 2}),
+    );
+    let (_, answer) = post(&w, "/v1/chat/completions", body.clone()).await;
+    let choice = &answer["choices"][0];
+    let content = choice["logprobs"]["content"].as_array().unwrap();
+    assert_eq!(content.len(), 4);
+    let mut bytes = Vec::new();
+    for entry in content {
+        assert_eq!(entry["logprob"], 0.0);
+        let top = entry["top_logprobs"].as_array().unwrap();
+        assert_eq!(top[0]["token"], entry["token"]);
+        bytes.extend(
+            entry["bytes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|b| b.as_u64().unwrap() as u8),
+        );
+    }
+    assert_eq!(
+        String::from_utf8(bytes).unwrap(),
+        choice["message"]["content"]
+    );
+    // Without logprobs asked for, none.
+    let (_, plain) = post(
+        &w,
+        "/v1/chat/completions",
+        chat("rain", json!({"max_tokens": 4})),
+    )
+    .await;
+    assert!(plain["choices"][0]["logprobs"].is_null());
+    // Streamed, each chunk carries its tokens'.
+    let mut stream = body;
+    stream["stream"] = json!(true);
+    let events = sse(&w, "/v1/chat/completions", stream).await;
+    let streamed: usize = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str::<Value>(e).unwrap())
+        .map(|c| {
+            c["choices"][0]["logprobs"]["content"]
+                .as_array()
+                .map_or(0, Vec::len)
+        })
+        .sum();
+    assert_eq!(streamed, 4);
+    // Text completions: tokens, their log probabilities and offsets.
+    let (_, text) = post(
+        &w,
+        "/v1/completions",
+        json!({"model": "sim-llama", "prompt": "rain", "max_tokens": 5, "logprobs": 1}),
+    )
+    .await;
+    let choice = &text["choices"][0];
+    let logprobs = &choice["logprobs"];
+    let tokens: Vec<&str> = logprobs["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap())
+        .collect();
+    assert_eq!(tokens.concat(), choice["text"].as_str().unwrap());
+    let offsets: Vec<u64> = logprobs["text_offset"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o.as_u64().unwrap())
+        .collect();
+    assert_eq!(offsets[0], 0);
+    assert_eq!(offsets[1], tokens[0].chars().count() as u64);
+    assert_eq!(logprobs["token_logprobs"].as_array().unwrap().len(), 5);
+    assert_eq!(logprobs["top_logprobs"][0][tokens[0]], 0.0);
+    w.shutdown(Duration::from_secs(1)).await;
 }

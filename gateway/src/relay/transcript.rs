@@ -212,7 +212,9 @@ impl Transcript {
         if let Some(usage) = &chunk.usage {
             self.usage = Some(usage.reported());
         }
-        // Only n = 1 is followed, so the first choice is the answer.
+        // Only an answer of one choice is continued (`resume` refuses
+        // others), so the first choice is the answer; every choice counts.
+        self.text_events += chunk.choices.iter().skip(1).filter(|c| has_text(c)).count() as u32;
         let Some(choice) = chunk.choices.first() else {
             return;
         };
@@ -234,6 +236,14 @@ impl Transcript {
             self.finished = true;
         }
     }
+}
+
+fn has_text(choice: &Choice<'_>) -> bool {
+    let delta = choice.delta.as_ref().and_then(|d| d.content.as_deref());
+    !delta
+        .or(choice.text.as_deref())
+        .unwrap_or_default()
+        .is_empty()
 }
 
 /// `event` without the token comment starting at byte `at`.

@@ -27,7 +27,13 @@ impl Compute for LlamaCompute {
             .zip(logits)
             .map(|(item, mut logits)| {
                 let position = item.start + item.tokens.len();
-                sample(&mut logits, &item.sampling, &item.generated, item.seed, position)
+                sample(
+                    &mut logits,
+                    &item.sampling,
+                    &item.generated,
+                    item.seed,
+                    position,
+                )
             })
             .collect()
     }

@@ -7,9 +7,9 @@
 
 mod attention;
 mod compute;
-mod defaults;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+mod defaults;
 mod error;
 mod exp;
 mod forward;

@@ -125,11 +125,7 @@ fn logprobs(logits: &[f32], temperature: f32, token: u32, top: usize) -> TokenLo
     let t = f64::from(temperature);
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let scaled = |l: f32| (f64::from(l) - f64::from(max)) / t;
-    let log_total = logits
-        .iter()
-        .map(|&l| scaled(l).exp())
-        .sum::<f64>()
-        .ln();
+    let log_total = logits.iter().map(|&l| scaled(l).exp()).sum::<f64>().ln();
     let logprob = |id: u32| (scaled(logits[id as usize]) - log_total) as f32;
     let mut best: Vec<(u32, f32)> = logits
         .iter()

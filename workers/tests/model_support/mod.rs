@@ -23,6 +23,9 @@ pub const KV_HEADS: usize = 2;
 pub const FFN: usize = 96;
 pub const LAYERS: usize = 2;
 
+/// The tiny model's recommended temperature, top_p and top_k, in both formats.
+pub const SAMPLING: (f32, f32, u32) = (0.6, 0.95, 20);
+
 pub const CHAT_TEMPLATE: &str = "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
 const SPECIALS: [&str; 3] = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"];
 
@@ -334,6 +337,10 @@ pub fn write_tiny_model(tokenizer: &tokenizers::Tokenizer, name: &str) -> PathBu
     w.meta("tokenizer.ggml.bos_token_id", Meta::U32(1));
     w.meta("tokenizer.ggml.eos_token_id", Meta::U32(2));
     w.meta("tokenizer.chat_template", Meta::Str(CHAT_TEMPLATE.into()));
+    // The sampling its authors recommend, as llama.cpp's converter records it.
+    w.meta("general.sampling.temp", Meta::F32(SAMPLING.0));
+    w.meta("general.sampling.top_p", Meta::F32(SAMPLING.1));
+    w.meta("general.sampling.top_k", Meta::U32(SAMPLING.2));
     for t in tiny_tensors(vocab) {
         w.tensor(&t.name, t.rows, t.cols, t.kind, &t.values);
     }
@@ -426,6 +433,12 @@ pub fn write_tiny_hf(tokenizer: &tokenizers::Tokenizer, name: &str, dtype: HfDty
     };
     write("config.json", &config);
     write("tokenizer_config.json", &tokenizer_config);
+    let (temperature, top_p, top_k) = SAMPLING;
+    let generation = serde_json::json!({
+        "bos_token_id": 1, "eos_token_id": 2, "do_sample": true,
+        "temperature": temperature, "top_p": top_p, "top_k": top_k,
+    });
+    write("generation_config.json", &generation);
     tokenizer.save(dir.join("tokenizer.json"), false).unwrap();
     dir
 }
