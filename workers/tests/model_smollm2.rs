@@ -171,3 +171,34 @@ async fn decode_rate_at_batch_1() {
         stamps.len()
     );
 }
+
+/// A new user's first requests with the official `openai` client
+/// (`tests/clients/openai_first_requests.py`), against a worker configured as
+/// the demo's (`config/worker-smollm2.toml`): a plain question about France
+/// answers about Paris, log probabilities are real, `n = 2` gives two
+/// choices, penalties act, and `response_format` or `tools` get a 400 naming them.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs the real model (scripts/fetch-model.sh) and --release"]
+async fn the_demo_configuration_answers_a_new_users_first_requests() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut config = workers::WorkerConfig::load(&root.join("config/worker-smollm2.toml")).unwrap();
+    config.engine.model_path = Some(model());
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    let model_name = config.model.clone();
+    let worker = workers::start(config).await.unwrap();
+    let script = root.join("workers/tests/clients/openai_first_requests.py");
+    let out = tokio::process::Command::new("python3")
+        .arg(script)
+        .arg(format!("{}/v1", worker.url()))
+        .arg(model_name)
+        .output()
+        .await
+        .expect("python3 runs");
+    eprintln!("{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        out.status.success(),
+        "the openai client's requests failed (it needs `pip install openai`): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    worker.shutdown(std::time::Duration::from_secs(1)).await;
+}
