@@ -385,3 +385,59 @@ async fn embedded_demo_serves_and_stops_cleanly() {
     demo.sigterm();
     assert!(demo.wait().await.success());
 }
+
+/// `n`, log probabilities and penalties pass through the gateway untouched,
+/// and a request of several choices goes whole to one worker, which computes
+/// its prompt once: streamed (the gateway follows the stream) and not.
+#[tokio::test]
+async fn several_choices_go_whole_to_one_worker() {
+    let w1 = spawn_worker("w1", "a", WorkerOpts::default()).await;
+    let w2 = spawn_worker("w2", "a", WorkerOpts::default()).await;
+    let gw = spawn_gateway("a", &[&w1, &w2], "").await;
+    let c = client();
+    let url = format!("{}/v1/chat/completions", gw.api);
+    let mut body = chat("Tell me about the weather.", false, 6);
+    body["n"] = json!(3);
+    body["logprobs"] = json!(true);
+    body["top_logprobs"] = json!(1);
+    body["presence_penalty"] = json!(0.5);
+    let resp = c.post(&url).json(&body).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let v: Value = resp.json().await.unwrap();
+    let choices = v["choices"].as_array().unwrap();
+    assert_eq!(choices.len(), 3, "{v}");
+    for (i, choice) in choices.iter().enumerate() {
+        assert_eq!(choice["index"], i);
+        assert_eq!(choice["logprobs"]["content"].as_array().unwrap().len(), 6);
+    }
+    assert_eq!(v["usage"]["completion_tokens"], 18);
+    let single = chat("Tell me about the weather.", false, 6);
+    let one: Value = c
+        .post(&url)
+        .json(&single)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["usage"]["prompt_tokens"], one["usage"]["prompt_tokens"]);
+
+    body["stream"] = json!(true);
+    body["stream_options"] = json!({"include_usage": true});
+    let resp = c.post(&url).json(&body).send().await.unwrap();
+    // One worker answers all three choices: the gateway forwards the request as it came.
+    assert!(resp.headers().contains_key("x-worker-id"));
+    let (events, done) = sse_events(&resp.text().await.unwrap());
+    assert!(done);
+    let mut finishes = [0; 3];
+    for event in &events {
+        if let Some(choice) = event["choices"].get(0) {
+            if choice["finish_reason"].is_string() {
+                finishes[choice["index"].as_u64().unwrap() as usize] += 1;
+            }
+        }
+    }
+    assert_eq!(finishes, [1; 3], "{events:?}");
+    assert_eq!(events.last().unwrap()["usage"]["completion_tokens"], 18);
+}
