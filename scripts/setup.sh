@@ -23,6 +23,8 @@ command -v promtool >/dev/null || need_apt+=(prometheus)
 [ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || need_apt+=(fonts-dejavu-core)
 # llama.cpp's server is built from source for the engine tests (scripts/llama-server.sh).
 command -v g++ >/dev/null || need_apt+=(g++)
+# `strip`, for the GPU kit (scripts/gpu-check.sh pack).
+command -v strip >/dev/null || need_apt+=(binutils)
 command -v make >/dev/null || need_apt+=(make)
 # The JavaScript policy ports are built with componentize-js, an npm package.
 command -v node >/dev/null || need_apt+=(nodejs)

@@ -169,7 +169,7 @@ fn q4_1(block: &[f32]) -> Vec<u8> {
 }
 
 /// Deterministic normal-ish noise (sum of uniforms), scaled by `std`.
-pub struct Noise(u64);
+pub struct Noise(pub u64);
 
 impl Noise {
     fn uniform(&mut self) -> f32 {
