@@ -453,9 +453,7 @@ async fn the_model_recommends_the_default_sampling() {
             recommended
         );
     }
-    let mut config = workers::WorkerConfig::default();
-    config.listen = "127.0.0.1:0".parse().unwrap();
-    config.engine = EngineConfig {
+    let engine = EngineConfig {
         kind: EngineKind::Llama,
         model_path: Some(hf.clone()),
         block_size: 4,
@@ -468,6 +466,11 @@ async fn the_model_recommends_the_default_sampling() {
             top_k: None,
         },
         ..EngineConfig::default()
+    };
+    let config = workers::WorkerConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        engine,
+        ..workers::WorkerConfig::default()
     };
     let worker = workers::start(config).await.unwrap();
     let ask = |extra: serde_json::Value| {
