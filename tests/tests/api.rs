@@ -263,8 +263,7 @@ async fn bad_input_gets_openai_errors() {
             "tools",
             json!([{"type": "function", "function": {"name": "f"}}]),
         ),
-        ("logprobs", json!(true)),
-        ("presence_penalty", json!(0.7)),
+        ("modalities", json!(["text", "audio"])),
     ] {
         let mut asked = chat("hi", false, 2);
         asked[param] = value;
