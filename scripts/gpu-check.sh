@@ -27,6 +27,10 @@ for line in sys.stdin:
     m = json.loads(line)
     if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "gpu_check" and m.get("executable"):
         print(m["executable"])')
+    if [[ $(wc -l <<<"$built") -ne 1 || ! -x "$built" ]]; then
+        echo "cannot tell which binary cargo built: '$built'" >&2
+        exit 1
+    fi
     rm -rf "$kit"
     mkdir -p "$kit"
     strip -o "$kit/gpu_check" "$built"
@@ -47,7 +51,9 @@ run() {
         echo "no kit at $kit: run scripts/gpu-check.sh pack first (where Rust is)" >&2
         exit 1
     fi
-    if ! ldconfig -p 2>/dev/null | grep -q "libcuda\.so" && ! command -v nvidia-smi >/dev/null; then
+    local libraries
+    libraries=$(ldconfig -p 2>/dev/null || true)
+    if [[ $libraries != *libcuda.so* ]] && ! command -v nvidia-smi >/dev/null; then
         echo "no CUDA driver present (libcuda.so is not among the system's libraries): run this on a CUDA machine" >&2
         exit 2
     fi

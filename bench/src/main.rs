@@ -2,6 +2,7 @@
 //! same run. Each subcommand prints a Markdown table and writes JSON and a PNG
 //! chart into `--out`.
 
+mod canned;
 mod chaos;
 mod control;
 mod engine;

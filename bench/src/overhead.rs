@@ -1,7 +1,9 @@
 //! `bench overhead`: what the gateway adds. The same small chat request goes
-//! straight to a sim worker, through nginx's `proxy_pass` in front of it (the
+//! straight to an upstream, through nginx's `proxy_pass` in front of it (the
 //! baseline a proxy is measured against), and through an in-process gateway,
 //! in interleaved rounds so drift on a shared machine hits every path alike.
+//! The upstream is canned by default (the same answer at once, so the
+//! proxies' own cost is all there is), or a sim worker (`--upstream sim`).
 
 use std::path::Path;
 use std::time::Duration;
@@ -9,6 +11,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde_json::json;
 
+use crate::canned;
 use crate::load::{self, Run};
 use crate::report;
 
@@ -26,32 +29,53 @@ pub struct Args {
     /// Interleaved rounds per phase.
     #[arg(long, default_value_t = 4)]
     rounds: usize,
-    /// The sim worker's decode step; 0 leaves only HTTP and scheduling, so the gateway's cost shows in full.
+    /// What answers: `canned` (a fixed answer at once) or `sim` (a sim worker).
+    #[arg(long, default_value = "canned")]
+    upstream: Upstream,
+    /// The sim worker's decode step; 0 leaves only HTTP and scheduling.
     #[arg(long, default_value_t = 0)]
     decode_step_us: u64,
 }
 
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Upstream {
+    Canned,
+    Sim,
+}
+
 pub async fn run(args: Args, out: &Path) -> anyhow::Result<()> {
-    let mut worker_config =
-        workers::WorkerConfig::sim("bench-w1", ([127, 0, 0, 1], 0).into(), "sim-llama", "a");
-    worker_config.engine.sim.prefill_us_per_token = 0;
-    worker_config.engine.sim.decode_step_us = args.decode_step_us;
-    worker_config.engine.sim.decode_us_per_seq = 0;
-    let worker = workers::start(worker_config).await?;
+    let (mut worker, mut fixed) = (None, None);
+    let port = match args.upstream {
+        Upstream::Canned => {
+            let upstream = canned::start().await?;
+            let port = upstream.port;
+            fixed = Some(upstream);
+            port
+        }
+        Upstream::Sim => {
+            let mut config = workers::WorkerConfig::sim(
+                "bench-w1",
+                ([127, 0, 0, 1], 0).into(),
+                "sim-llama",
+                "a",
+            );
+            config.engine.sim.prefill_us_per_token = 0;
+            config.engine.sim.decode_step_us = args.decode_step_us;
+            config.engine.sim.decode_us_per_seq = 0;
+            let started = workers::start(config).await?;
+            let port = started.local_addr().port();
+            worker = Some(started);
+            port
+        }
+    };
+    let upstream = format!("http://127.0.0.1:{port}");
     let gateway = gateway::start(gateway::Config::from_toml(&format!(
         "zone = \"a\"\n[listeners]\napi = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\nworker_id_header = true\n\
          [[pools]]\nname = \"bench\"\nmodels = [\"sim-llama\"]\n\
-         [[pools.workers]]\nid = \"bench-w1\"\nurl = \"{}\"\nzone = \"a\"\n",
-        worker.url()
+         [[pools.workers]]\nid = \"bench-w1\"\nurl = \"{upstream}\"\nzone = \"a\"\n"
     ))?)
     .await?;
-    let direct = format!("{}/v1/chat/completions", worker.url());
-    let port: u16 = worker
-        .url()
-        .rsplit(':')
-        .next()
-        .unwrap_or_default()
-        .parse()?;
+    let direct = format!("{upstream}/v1/chat/completions");
     let nginx = e2e::nginx(&e2e::temp_dir(), &[port]).await;
     let proxied = format!("{}/v1/chat/completions", nginx.url);
     let via = format!("http://{}/v1/chat/completions", gateway.api_addr());
@@ -76,11 +100,13 @@ pub async fn run(args: Args, out: &Path) -> anyhow::Result<()> {
     )
     .await?;
     gateway.shutdown().await;
-    worker.shutdown(Duration::from_secs(1)).await;
-    drop(nginx);
+    if let Some(worker) = worker {
+        worker.shutdown(Duration::from_secs(1)).await;
+    }
+    drop((nginx, fixed));
 
     let us = |d: Duration| d.as_secs_f64() * 1e6;
-    let names = ["direct to worker", "through nginx", "through gateway"];
+    let names = ["direct to upstream", "through nginx", "through gateway"];
     let (ld, td) = (&latency[0], &throughput[0]);
     let (tn, ln) = (&throughput[1], &latency[1]);
     let rows: Vec<Vec<String>> = names
@@ -99,9 +125,10 @@ pub async fn run(args: Args, out: &Path) -> anyhow::Result<()> {
         .collect();
     let (lg, tg) = (&latency[2], &throughput[2]);
     println!(
-        "## bench overhead\n\n{} latency requests per path (one at a time), {} throughput requests per path at concurrency {}, \
-         {} interleaved rounds, sim decode step {} µs\n\n{}\n\
+        "## bench overhead\n\n{} upstream, {} latency requests per path (one at a time), {} throughput requests per path at \
+         concurrency {}, {} interleaved rounds, sim decode step {} µs\n\n{}\n\
          the gateway adds {:.1}x nginx's p50 latency and serves {:.2}x its throughput",
+        args.upstream.name(),
         args.latency_requests,
         args.throughput_requests,
         args.concurrency,
@@ -121,6 +148,7 @@ pub async fn run(args: Args, out: &Path) -> anyhow::Result<()> {
             "added_p99_us": us(l.percentile(0.99)) - us(ld.percentile(0.99))})
     };
     let json = json!({
+        "upstream": args.upstream.name(),
         "latency_requests": args.latency_requests,
         "throughput_requests": args.throughput_requests,
         "concurrency": args.concurrency,
@@ -148,6 +176,15 @@ pub async fn run(args: Args, out: &Path) -> anyhow::Result<()> {
         out.join("overhead.png").display()
     );
     Ok(())
+}
+
+impl Upstream {
+    fn name(self) -> &'static str {
+        match self {
+            Upstream::Canned => "canned",
+            Upstream::Sim => "sim worker",
+        }
+    }
 }
 
 fn row(name: &str, latency: &Run, throughput: &Run) -> Vec<String> {

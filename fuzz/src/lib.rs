@@ -31,8 +31,8 @@ pub fn sse_relay(data: &[u8]) {
     };
     let cut = usize::from(cut).min(stream.len());
     let mut events = Events::default();
-    let mut plain = Transcript::new(true);
-    let mut rewritten = Transcript::new(false);
+    let mut plain = Transcript::new(true, 1);
+    let mut rewritten = Transcript::new(false, 1);
     let mut rewrite = Rewrite {
         id: "c".into(),
         created: 1,

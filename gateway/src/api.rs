@@ -198,8 +198,8 @@ async fn route(
         cached_tokens: 0,
         settled: false,
     };
-    let completion =
-        (req.parsed.max_tokens).unwrap_or(req.live.config.limits.reserve_completion_tokens);
+    let unsaid = req.live.config.limits.reserve_completion_tokens * u64::from(req.parsed.choices);
+    let completion = req.parsed.max_tokens.unwrap_or(unsaid);
     let reserve = prompt.tokens as u64 + completion;
     match gw.tenancy.charge(&req.caller, reserve) {
         Ok(admitted) => ticket.admitted = admitted,
@@ -320,6 +320,7 @@ async fn send(
         remaining: targets,
         body: body.clone(),
         endpoint: *endpoint,
+        choices: parsed.choices,
         request_id: request_id.to_string(),
         trace: protocol::traces::headers_for(&tracing::Span::current(), headers),
         hashes: prompt.hashes.clone(),

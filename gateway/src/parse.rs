@@ -33,6 +33,8 @@ pub struct Parsed {
     /// Completion tokens the request may generate in all (`max_tokens`
     /// times `n`), when it says.
     pub max_tokens: Option<u64>,
+    /// Choices asked for (`n`).
+    pub choices: u32,
     pub prompt: Prompt,
 }
 
@@ -87,6 +89,7 @@ pub fn parse(endpoint: Endpoint, body: &[u8]) -> Result<Parsed, ApiError> {
             Ok(Parsed {
                 stream: req.sampling.is_stream(),
                 max_tokens: max_tokens(max, req.sampling.n),
+                choices: req.sampling.n.unwrap_or(1),
                 user: req.sampling.user,
                 cache_salt: req.sampling.cache_salt,
                 model: req.model,
@@ -100,6 +103,7 @@ pub fn parse(endpoint: Endpoint, body: &[u8]) -> Result<Parsed, ApiError> {
             Ok(Parsed {
                 stream: req.sampling.is_stream(),
                 max_tokens: max_tokens(req.sampling.max_tokens, req.sampling.n),
+                choices: req.sampling.n.unwrap_or(1),
                 user: req.sampling.user,
                 cache_salt: req.sampling.cache_salt,
                 model: req.model,

@@ -130,20 +130,25 @@ impl Tokenizer {
             .map_err(|e| TokenizerError::Codec(e.to_string()))
     }
 
-    /// The bytes token `id` stands for, special tokens spelled out. A
-    /// byte-level token may hold part of a character, which its decoded text
-    /// cannot carry: then its bytes come from the byte-level alphabet (or a
-    /// SentencePiece byte token's `<0xNN>`).
+    /// The bytes token `id` stands for, special tokens spelled out. Decoded
+    /// alone, a token can lose what it means in a sequence: a SentencePiece
+    /// piece its leading space (`▁`), a byte-level token the half character
+    /// it holds. So pieces are read from the vocabulary: `▁` is a space,
+    /// `<0xNN>` a byte, and a byte-level piece's characters its bytes.
     pub fn token_bytes(&self, id: u32) -> Vec<u8> {
         let text = self.inner.decode(&[id], false).unwrap_or_default();
-        if !text.contains('\u{FFFD}') {
-            return text.into_bytes();
-        }
         let piece = self.inner.id_to_token(id).unwrap_or_default();
         if let Some(hex) = piece.strip_prefix("<0x").and_then(|p| p.strip_suffix('>')) {
             if let Ok(byte) = u8::from_str_radix(hex, 16) {
                 return vec![byte];
             }
+        }
+        // Not a byte-level character: that alphabet stops at U+0143.
+        if piece.contains('\u{2581}') {
+            return piece.replace('\u{2581}', " ").into_bytes();
+        }
+        if !text.contains('\u{FFFD}') {
+            return text.into_bytes();
         }
         piece
             .chars()
@@ -192,6 +197,30 @@ mod tests {
         }
         let eos = tok.inner.token_to_id(BUILTIN_EOS).unwrap();
         assert_eq!(tok.token_bytes(eos), BUILTIN_EOS.as_bytes());
+    }
+
+    #[test]
+    fn sentencepiece_tokens_keep_their_leading_space() {
+        use tokenizers::decoders::metaspace::Metaspace;
+        use tokenizers::models::unigram::Unigram;
+        let vocab = [
+            ("<unk>", 0.0),
+            ("▁Paris", -1.0),
+            ("▁is", -1.0),
+            ("<0xE2>", -2.0),
+        ];
+        let model = Unigram::from(
+            vocab.iter().map(|(p, s)| (p.to_string(), *s)).collect(),
+            Some(0),
+            true,
+        )
+        .unwrap();
+        let mut inner = tokenizers::Tokenizer::new(model);
+        inner.with_decoder(Some(Metaspace::default()));
+        let tok = Tokenizer::new(inner);
+        let bytes: Vec<u8> = [2, 1].iter().flat_map(|&id| tok.token_bytes(id)).collect();
+        assert_eq!(bytes, b" is Paris");
+        assert_eq!(tok.token_bytes(3), [0xE2]);
     }
 
     #[test]

@@ -402,7 +402,8 @@ pub struct ChatChoice {
     pub index: u32,
     pub message: AssistantMessage,
     pub finish_reason: Option<String>,
-    pub logprobs: Option<serde_json::Value>,
+    /// As the engine wrote it (key order included: completions' `top_logprobs` is most likely first).
+    pub logprobs: Option<Box<serde_json::value::RawValue>>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -428,7 +429,8 @@ pub struct ChunkChoice {
     pub index: u32,
     pub delta: Delta,
     pub finish_reason: Option<String>,
-    pub logprobs: Option<serde_json::Value>,
+    /// As the engine wrote it (key order included: completions' `top_logprobs` is most likely first).
+    pub logprobs: Option<Box<serde_json::value::RawValue>>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -455,7 +457,8 @@ pub struct CompletionChoice {
     pub index: u32,
     pub text: String,
     pub finish_reason: Option<String>,
-    pub logprobs: Option<serde_json::Value>,
+    /// As the engine wrote it (key order included: completions' `top_logprobs` is most likely first).
+    pub logprobs: Option<Box<serde_json::value::RawValue>>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

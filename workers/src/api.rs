@@ -352,12 +352,12 @@ impl App {
             }
             Endpoint::Completions => {
                 let choices = answers.into_iter().enumerate().map(|(i, a)| {
-                    let offset = &mut 0;
+                    let offsets = &mut logprobs::TextOffsets::default();
                     CompletionChoice {
                         index: i as u32,
                         finish_reason: Some(a.finish.reason.as_str().to_string()),
                         logprobs: wants_logprobs
-                            .then(|| logprobs::completion(tokenizer, &a.logprobs, offset)),
+                            .then(|| logprobs::completion(tokenizer, &a.logprobs, offsets)),
                         text: a.text,
                     }
                 });

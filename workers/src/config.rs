@@ -129,13 +129,17 @@ pub struct EngineConfig {
 
 /// Sampling values a request may leave out. Each comes, in order, from the
 /// request, the model (`generation_config.json` of a Hugging Face directory,
-/// `general.sampling.*` of a GGUF file), this table, and OpenAI's defaults.
+/// `general.sampling.*` of a GGUF file), this table, and OpenAI's defaults;
+/// with `over_model`, this table comes before the model.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DefaultSampling {
     pub temperature: Option<f32>,
     pub top_p: Option<f32>,
     pub top_k: Option<u32>,
+    /// These values win over the model's recommendation (as vLLM's
+    /// `--override-generation-config`). Default: false.
+    pub over_model: bool,
 }
 
 impl DefaultSampling {
@@ -145,6 +149,7 @@ impl DefaultSampling {
             temperature: self.temperature.or(fallback.temperature),
             top_p: self.top_p.or(fallback.top_p),
             top_k: self.top_k.or(fallback.top_k),
+            over_model: self.over_model,
         }
     }
 
@@ -166,6 +171,7 @@ impl DefaultSampling {
             temperature: self.temperature.filter(|t| temperature_ok(*t)),
             top_p: self.top_p.filter(|p| top_p_ok(*p)),
             top_k: self.top_k,
+            over_model: self.over_model,
         }
     }
 }

@@ -94,7 +94,7 @@ pub async fn start_on_bus(
         (Some(path), _) | (None, Some(path)) => prompt::load(path)?,
         (None, None) => Tokenizer::builtin()?,
     };
-    let defaults = default_sampling(&config.engine)?;
+    let defaults = default_sampling(&config.engine);
     let mut engine = BatchEngine::start(&config.engine, &tokenizer)?;
     let kv_events = engine.take_kv_events();
     let engine: Arc<dyn Engine> = Arc::new(engine);
@@ -159,18 +159,28 @@ pub async fn start_on_bus(
 }
 
 /// The sampling of requests that leave it out: the model's recommendation,
-/// else `engine.default_sampling`, else OpenAI's. A model's value out of
-/// range is left out, with a warning, rather than refusing the model.
-fn default_sampling(engine: &EngineConfig) -> Result<scheduler::Sampling, EngineError> {
+/// else `engine.default_sampling`, else OpenAI's (the table first with
+/// `over_model`). A recommendation that cannot be read, or a value of it out
+/// of range, is left out with a warning rather than refusing the model.
+fn default_sampling(engine: &EngineConfig) -> scheduler::Sampling {
     let model = match (engine.kind, &engine.model_path) {
-        (EngineKind::Llama, Some(path)) => model::sampling_defaults(path)?,
+        (EngineKind::Llama, Some(path)) => model::sampling_defaults(path).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "ignoring the model's sampling recommendation");
+            DefaultSampling::default()
+        }),
         _ => DefaultSampling::default(),
     };
     for problem in model.problems("the model's sampling") {
         tracing::warn!(problem, "ignoring the model's sampling default");
     }
     let model = model.in_range();
-    let chosen = model.or(engine.default_sampling);
+    let table = engine.default_sampling;
+    let (first, second, names) = if table.over_model {
+        (table, model, ["engine.default_sampling", "model"])
+    } else {
+        (model, table, ["model", "engine.default_sampling"])
+    };
+    let chosen = first.or(second);
     let openai = scheduler::Sampling::default();
     let sampling = scheduler::Sampling {
         temperature: chosen.temperature.unwrap_or(openai.temperature),
@@ -178,22 +188,21 @@ fn default_sampling(engine: &EngineConfig) -> Result<scheduler::Sampling, Engine
         top_k: chosen.top_k.unwrap_or(openai.top_k),
         ..openai
     };
-    let source = |from_model: bool, from_config: bool| match (from_model, from_config) {
-        (true, _) => "model",
-        (false, true) => "engine.default_sampling",
+    let source = |in_first: bool, in_second: bool| match (in_first, in_second) {
+        (true, _) => names[0],
+        (false, true) => names[1],
         _ => "OpenAI's",
     };
-    let d = engine.default_sampling;
     tracing::info!(
         temperature = sampling.temperature,
-        temperature_from = source(model.temperature.is_some(), d.temperature.is_some()),
+        temperature_from = source(first.temperature.is_some(), second.temperature.is_some()),
         top_p = sampling.top_p,
-        top_p_from = source(model.top_p.is_some(), d.top_p.is_some()),
+        top_p_from = source(first.top_p.is_some(), second.top_p.is_some()),
         top_k = sampling.top_k,
-        top_k_from = source(model.top_k.is_some(), d.top_k.is_some()),
+        top_k_from = source(first.top_k.is_some(), second.top_k.is_some()),
         "sampling defaults"
     );
-    Ok(sampling)
+    sampling
 }
 
 impl WorkerHandle {

@@ -283,7 +283,9 @@ impl Scheduler {
                 .running
                 .iter()
                 .map(|s| s.prompt_len.saturating_sub(s.computed))
-                .chain(self.waiting.iter().map(|s| {
+                // Another choice of a request computes only what its first
+                // choice leaves, less than a block: not counted.
+                .chain(self.waiting.iter().filter(|s| s.after.is_none()).map(|s| {
                     let cached = self.cache.cached_prefix_tokens(&s.tokens[..s.prompt_len]);
                     s.prompt_len.saturating_sub(s.computed.max(cached))
                 }))
@@ -395,7 +397,7 @@ impl Scheduler {
                 sample: true,
                 seed: seq.seed,
                 sampling: seq.sampling.clone(),
-                generated: seq.penalized_tokens(),
+                generated: seq.penalized_tokens(true),
                 blocks: Vec::new(),
             });
             i += 1;
@@ -468,8 +470,9 @@ impl Scheduler {
 }
 
 impl Sequence {
-    fn penalized_tokens(&self) -> Vec<u32> {
-        if self.sampling.penalizes() {
+    /// What penalties need of a step that samples: the tokens generated so far.
+    fn penalized_tokens(&self, samples: bool) -> Vec<u32> {
+        if samples && self.sampling.penalizes() {
             self.tokens[self.prompt_len..].to_vec()
         } else {
             Vec::new()
@@ -482,15 +485,16 @@ fn prefill_chunk(seq: &Sequence, budget: &mut usize) -> PlanItem {
     let n = (seq.slots - seq.computed).min(*budget);
     *budget -= n;
     let end = seq.computed + n;
+    let sample = end == seq.tokens.len();
     PlanItem {
         seq: seq.id,
         phase: Phase::Prefill,
         start: seq.computed,
         tokens: seq.tokens[seq.computed..end].to_vec(),
-        sample: end == seq.tokens.len(),
+        sample,
         seed: seq.seed,
         sampling: seq.sampling.clone(),
-        generated: seq.penalized_tokens(),
+        generated: seq.penalized_tokens(sample),
         blocks: Vec::new(),
     }
 }
@@ -731,6 +735,27 @@ mod tests {
         // Each choice draws its own tokens from its own seed.
         let [a, b] = [tokens_of(&out, 2), tokens_of(&out, 3)];
         assert!(a.len() == 3 && b.len() == 3 && a != b, "{a:?} {b:?}");
+        assert_eq!(s.load().kv_blocks_used, 0);
+    }
+
+    #[test]
+    fn other_choices_go_on_when_the_first_is_cancelled() {
+        let mut s = scheduler(64, 8, 4);
+        let mut c = Recorder::default();
+        // The first choice's 10 prompt tokens take three steps at 4 a step.
+        s.add(seq(1, 10, 3));
+        s.add(NewSequence {
+            id: SeqId(2),
+            after: Some(SeqId(1)),
+            ..seq(1, 10, 3)
+        });
+        s.step(&mut c);
+        assert_eq!(s.load().waiting, 1);
+        s.cancel(SeqId(1));
+        // Nothing holds the second back now: it computes the prompt itself
+        // (the one block the first finished is in the prefix cache).
+        let out = run_to_idle(&mut s, &mut c);
+        assert_eq!(tokens_of(&out, 2).len(), 3);
         assert_eq!(s.load().kv_blocks_used, 0);
     }
 

@@ -19,7 +19,7 @@ use protocol::resume::tokens_comment;
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use crate::engine::GenerateEvent;
-use crate::logprobs;
+use crate::logprobs::{self, TextOffsets};
 use crate::output::{engine_gone, Finish, Piece, TextOutput};
 use crate::respond::{sse_error, Body};
 use crate::scheduler::FinishReason;
@@ -54,8 +54,8 @@ impl Chunker {
     }
 
     /// The chunk of `piece`'s text and log probabilities, and the finish
-    /// chunk if it finishes. `offset`: the choice's text so far, in characters.
-    fn piece(&self, index: u32, piece: &Piece, offset: &mut usize) -> String {
+    /// chunk if it finishes. `offsets`: where the choice's text so far ends.
+    fn piece(&self, index: u32, piece: &Piece, offsets: &mut TextOffsets) -> String {
         let mut data = String::new();
         let logprobs = self
             .tokenizer
@@ -64,7 +64,7 @@ impl Chunker {
         if !piece.text.is_empty() || logprobs.is_some() {
             let logprobs = logprobs.map(|tokenizer| match self.endpoint {
                 Endpoint::Chat => logprobs::chat(tokenizer, &piece.logprobs),
-                Endpoint::Completions => logprobs::completion(tokenizer, &piece.logprobs, offset),
+                Endpoint::Completions => logprobs::completion(tokenizer, &piece.logprobs, offsets),
             });
             let delta = Delta {
                 role: None,
@@ -105,7 +105,7 @@ impl Chunker {
         index: u32,
         delta: Delta,
         finish: Option<FinishReason>,
-        logprobs: Option<serde_json::Value>,
+        logprobs: Option<Box<serde_json::value::RawValue>>,
     ) -> String {
         // With usage requested, every chunk but the last carries `"usage": null`.
         let usage = self.include_usage.then_some(None);
@@ -169,8 +169,8 @@ struct Choice {
     /// Token ids not yet named in a frame, when the gateway asked for them
     /// (see `protocol::resume`).
     tokens: Option<Vec<u32>>,
-    /// Characters of text sent so far (completions' `text_offset`).
-    offset: usize,
+    /// Where the text sent so far ends (completions' `text_offset`).
+    offsets: TextOffsets,
 }
 
 /// The SSE body of one generation, each receiver with its output being one
@@ -199,7 +199,7 @@ pub fn body(
                     None
                 },
                 tokens: stream_tokens.then(Vec::new),
-                offset: 0,
+                offsets: TextOffsets::default(),
             };
             choice_parts(choice, Arc::clone(&chunker))
         });
@@ -236,7 +236,7 @@ pub fn body(
 
 /// Where one choice's stream is.
 enum ChoiceState {
-    Running(Choice),
+    Running(Box<Choice>),
     /// Its last data is out; `Done` follows.
     Finished(u32, Finish),
     Over,
@@ -246,7 +246,7 @@ enum ChoiceState {
 /// The choice (and its receiver) is dropped as its finish goes out: after a
 /// stop string that is what cancels the sequence.
 fn choice_parts(choice: Choice, chunker: Arc<Chunker>) -> BoxStream<'static, Part> {
-    stream::unfold(ChoiceState::Running(choice), move |state| {
+    stream::unfold(ChoiceState::Running(Box::new(choice)), move |state| {
         let chunker = Arc::clone(&chunker);
         async move {
             let mut c = match state {
@@ -280,7 +280,7 @@ fn choice_parts(choice: Choice, chunker: Arc<Chunker>) -> BoxStream<'static, Par
                     data.push_str(&tokens_comment(ids));
                     ids.clear();
                 }
-                data.push_str(&chunker.piece(c.index, &piece, &mut c.offset));
+                data.push_str(&chunker.piece(c.index, &piece, &mut c.offsets));
                 let next = match piece.finish {
                     Some(finish) => ChoiceState::Finished(c.index, finish),
                     None => ChoiceState::Running(c),

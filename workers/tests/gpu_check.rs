@@ -246,62 +246,83 @@ fn parity(path: &Path, name: &str) {
     assert!(twin.worst < 2e-2, "{name}: logits differ by {}", twin.worst);
 }
 
-/// The engine on each backend answers the same chat prompts, greedily, with the same text.
+/// The engine on each backend answers the same chat prompts, greedily, with
+/// the same text: plainly (an argmax on the device), and with penalties, a
+/// bias and log probabilities (the logits copied to the host's sampler).
 fn greedy_text(path: &Path, name: &str) {
     let tok = prompt::load(path).unwrap();
-    let answers = |backend: Backend| {
-        let config = EngineConfig {
-            kind: EngineKind::Llama,
-            backend,
-            model_path: Some(path.to_path_buf()),
-            num_blocks: 128,
-            max_model_len: 512,
-            ..EngineConfig::default()
-        };
-        let engine = BatchEngine::start(&config, &tok).unwrap();
-        let runtime = tokio::runtime::Runtime::new().unwrap();
-        let receivers: Vec<_> = [
-            "rain at noon",
-            "the network is turning",
-            "a quiet town",
-            "2024",
-        ]
-        .iter()
-        .map(|q| {
-            let message = serde_json::json!({"role": "user", "content": q});
-            let prompt =
-                prompt::chat_tokens(&[serde_json::from_value(message).unwrap()], &tok).unwrap();
-            engine.submit(GenerateRequest {
-                prompt,
-                resumed: Vec::new(),
-                max_tokens: 32,
-                seed: None,
-                sampling: greedy(),
-            })
-        })
-        .collect();
-        runtime.block_on(async {
-            let mut texts = Vec::new();
-            for mut events in receivers {
-                let mut ids = Vec::new();
-                while let Some(event) = events.recv().await {
-                    if let GenerateEvent::Token { id, .. } = event {
-                        ids.push(id);
-                    }
-                }
-                texts.push(tok.decode(&ids).unwrap());
-            }
-            texts
-        })
+    let adjusted = Sampling {
+        presence_penalty: 0.5,
+        frequency_penalty: 0.3,
+        logit_bias: vec![(40, 1.5)].into(),
+        logprobs: Some(4),
+        ..greedy()
     };
-    let (cpu, gpu) = (answers(Backend::Cpu), answers(Backend::Cuda));
-    let same = cpu.iter().zip(&gpu).filter(|(a, b)| a == b).count();
-    row(
-        "greedy text equal to the CPU's",
-        name,
-        format!("{same} of {}", cpu.len()),
-    );
-    assert_eq!(cpu, gpu, "{name}: greedy answers differ");
+    for (how, sampling) in [("plain", greedy()), ("penalties, bias, logprobs", adjusted)] {
+        let answers = |backend: Backend| {
+            let config = EngineConfig {
+                kind: EngineKind::Llama,
+                backend,
+                model_path: Some(path.to_path_buf()),
+                num_blocks: 128,
+                max_model_len: 512,
+                ..EngineConfig::default()
+            };
+            let engine = BatchEngine::start(&config, &tok).unwrap();
+            let runtime = tokio::runtime::Runtime::new().unwrap();
+            let questions = [
+                "rain at noon",
+                "the network is turning",
+                "a quiet town",
+                "2024",
+            ];
+            let receivers: Vec<_> = questions
+                .iter()
+                .map(|q| {
+                    let message = serde_json::json!({"role": "user", "content": q});
+                    let message = serde_json::from_value(message).unwrap();
+                    engine.submit(GenerateRequest {
+                        prompt: prompt::chat_tokens(&[message], &tok).unwrap(),
+                        resumed: Vec::new(),
+                        max_tokens: 32,
+                        seed: None,
+                        sampling: sampling.clone(),
+                    })
+                })
+                .collect();
+            runtime.block_on(async {
+                let mut out = Vec::new();
+                for mut events in receivers {
+                    let (mut ids, mut logprobs) = (Vec::new(), Vec::new());
+                    while let Some(event) = events.recv().await {
+                        if let GenerateEvent::Token { id, logprobs: lp } = event {
+                            ids.push(id);
+                            logprobs.extend(lp.map(|lp| lp.logprob));
+                        }
+                    }
+                    out.push((tok.decode(&ids).unwrap(), logprobs));
+                }
+                out
+            })
+        };
+        let (cpu, gpu) = (answers(Backend::Cpu), answers(Backend::Cuda));
+        let same = cpu.iter().zip(&gpu).filter(|(a, b)| a.0 == b.0).count();
+        let worst = cpu
+            .iter()
+            .zip(&gpu)
+            .flat_map(|(a, b)| a.1.iter().zip(&b.1).map(|(x, y)| (x - y).abs()))
+            .fold(0.0f32, f32::max);
+        row(
+            &format!("greedy text ({how}) equal to the CPU's"),
+            name,
+            format!("{same} of {}; max abs logprob diff {worst:.1e}", cpu.len()),
+        );
+        assert_eq!(same, cpu.len(), "{name} ({how}): greedy answers differ");
+        assert!(
+            worst < 2e-2,
+            "{name} ({how}): log probabilities differ by {worst}"
+        );
+    }
 }
 
 /// A random model of SmolLM2-135M's shape as an f16 Hugging Face directory

@@ -435,7 +435,8 @@ fn request(prompt: &[u32], sampling: Sampling) -> GenerateRequest {
 }
 
 /// A model's own sampling recommendation serves requests that leave sampling
-/// out, ahead of the worker's `engine.default_sampling`.
+/// out, ahead of the worker's `engine.default_sampling`, unless that says
+/// `over_model`.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_model_recommends_the_default_sampling() {
     let trained = model_support::train_tokenizer();
@@ -446,6 +447,7 @@ async fn the_model_recommends_the_default_sampling() {
         temperature: Some(temperature),
         top_p: Some(top_p),
         top_k: Some(top_k),
+        over_model: false,
     };
     for path in [&gguf, &hf] {
         assert_eq!(
@@ -453,54 +455,56 @@ async fn the_model_recommends_the_default_sampling() {
             recommended
         );
     }
-    let engine = EngineConfig {
-        kind: EngineKind::Llama,
-        model_path: Some(hf.clone()),
-        block_size: 4,
-        num_blocks: 64,
-        max_model_len: 128,
-        // Loses to the model's values.
-        default_sampling: workers::DefaultSampling {
-            temperature: Some(1.9),
-            top_p: Some(0.2),
-            top_k: None,
-        },
-        ..EngineConfig::default()
-    };
-    let config = workers::WorkerConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        engine,
-        ..workers::WorkerConfig::default()
-    };
-    let worker = workers::start(config).await.unwrap();
-    let ask = |extra: serde_json::Value| {
-        let mut body = serde_json::json!({
-            "model": "sim-llama", "prompt": "rain at noon", "max_tokens": 16, "seed": 11,
-        });
-        body.as_object_mut()
-            .unwrap()
-            .extend(extra.as_object().unwrap().clone());
-        body
-    };
-    // A blocking client is fine: the worker serves on the runtime's other threads.
-    let text = |body: serde_json::Value| {
-        let out = Command::new("curl")
-            .args(["-s", "-H", "content-type: application/json", "-d"])
-            .arg(body.to_string())
-            .arg(format!("{}/v1/completions", worker.url()))
-            .output()
-            .unwrap();
-        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        json["choices"][0]["text"].as_str().unwrap().to_string()
-    };
-    let left_out = text(ask(serde_json::json!({})));
-    let explicit = text(ask(serde_json::json!({
-        "temperature": temperature, "top_p": top_p, "top_k": top_k,
-    })));
-    let greedy = text(ask(serde_json::json!({"temperature": 0})));
-    assert_eq!(left_out, explicit);
-    assert_ne!(left_out, greedy);
-    worker.shutdown(std::time::Duration::from_secs(1)).await;
+    let table = serde_json::json!({"temperature": 1.9, "top_p": 0.7});
+    let model = serde_json::json!({"temperature": temperature, "top_p": top_p, "top_k": top_k});
+    for (over_model, expected) in [(false, &model), (true, &table)] {
+        let engine = EngineConfig {
+            kind: EngineKind::Llama,
+            model_path: Some(hf.clone()),
+            block_size: 4,
+            num_blocks: 64,
+            max_model_len: 128,
+            default_sampling: workers::DefaultSampling {
+                temperature: Some(1.9),
+                top_p: Some(0.7),
+                top_k: None,
+                over_model,
+            },
+            ..EngineConfig::default()
+        };
+        let config = workers::WorkerConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            engine,
+            ..workers::WorkerConfig::default()
+        };
+        let worker = workers::start(config).await.unwrap();
+        let ask = |extra: &serde_json::Value| {
+            let mut body = serde_json::json!({
+                "model": "sim-llama", "prompt": "rain at noon", "max_tokens": 16, "seed": 11,
+            });
+            body.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            body
+        };
+        // A blocking client is fine: the worker serves on the runtime's other threads.
+        let text = |body: serde_json::Value| {
+            let out = Command::new("curl")
+                .args(["-s", "-H", "content-type: application/json", "-d"])
+                .arg(body.to_string())
+                .arg(format!("{}/v1/completions", worker.url()))
+                .output()
+                .unwrap();
+            let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            json["choices"][0]["text"].as_str().unwrap().to_string()
+        };
+        let left_out = text(ask(&serde_json::json!({})));
+        let explicit = text(ask(expected));
+        let greedy = text(ask(&serde_json::json!({"temperature": 0})));
+        assert_eq!(left_out, explicit, "over_model = {over_model}");
+        assert_ne!(left_out, greedy, "over_model = {over_model}");
+        worker.shutdown(std::time::Duration::from_secs(1)).await;
+    }
     std::fs::remove_file(gguf).unwrap();
     std::fs::remove_dir_all(hf).unwrap();
 }

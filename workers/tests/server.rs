@@ -636,3 +636,90 @@ async fn logprobs_come_in_openai_shapes() {
     assert_eq!(logprobs["top_logprobs"][0][tokens[0]], 0.0);
     w.shutdown(Duration::from_secs(1)).await;
 }
+
+#[tokio::test]
+async fn a_stop_string_ends_only_its_own_choice() {
+    let w = worker(|_| {}).await;
+    let body = chat("rain over the hills", json!({"max_tokens": 12, "n": 3}));
+    let (_, whole) = post(&w, "/v1/chat/completions", body.clone()).await;
+    let texts: Vec<String> = whole["choices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["message"]["content"].as_str().unwrap().to_string())
+        .collect();
+    // A word of the first choice that the others never say.
+    let word = texts[0]
+        .split_whitespace()
+        .skip(1)
+        .find(|w| w.len() > 2 && !texts[1].contains(*w) && !texts[2].contains(*w))
+        .expect("the choices recite different text")
+        .to_string();
+    let mut stopped = body;
+    stopped["stop"] = json!([word]);
+    for stream in [false, true] {
+        stopped["stream"] = json!(stream);
+        let (mut got, mut finish) = (vec![String::new(); 3], vec![String::new(); 3]);
+        if stream {
+            let events = sse(&w, "/v1/chat/completions", stopped.clone()).await;
+            for e in &events[..events.len() - 1] {
+                let chunk: Value = serde_json::from_str(e).unwrap();
+                let choice = &chunk["choices"][0];
+                let i = choice["index"].as_u64().unwrap() as usize;
+                got[i].push_str(choice["delta"]["content"].as_str().unwrap_or_default());
+                if let Some(reason) = choice["finish_reason"].as_str() {
+                    finish[i] = reason.to_string();
+                }
+            }
+        } else {
+            let (_, answer) = post(&w, "/v1/chat/completions", stopped.clone()).await;
+            for (i, c) in answer["choices"].as_array().unwrap().iter().enumerate() {
+                got[i] = c["message"]["content"].as_str().unwrap().to_string();
+                finish[i] = c["finish_reason"].as_str().unwrap().to_string();
+            }
+        }
+        let cut = texts[0].find(&word).unwrap();
+        assert_eq!(got[0], texts[0][..cut], "stream {stream}");
+        assert_eq!(finish, ["stop", "length", "length"], "stream {stream}");
+        assert_eq!(got[1..], texts[1..], "stream {stream}");
+    }
+    w.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn streamed_completions_carry_logprobs_and_offsets() {
+    let w = worker(|_| {}).await;
+    let body = json!({"model": "sim-llama", "prompt": "rain", "max_tokens": 6, "logprobs": 2, "stream": true});
+    let events = sse(&w, "/v1/completions", body).await;
+    let (mut text, mut tokens, mut offsets) = (String::new(), Vec::new(), Vec::new());
+    for e in &events[..events.len() - 1] {
+        let chunk: Value = serde_json::from_str(e).unwrap();
+        let choice = &chunk["choices"][0];
+        text.push_str(choice["text"].as_str().unwrap_or_default());
+        if let Some(lp) = choice["logprobs"].as_object() {
+            tokens.extend(
+                lp["tokens"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|t| t.as_str().unwrap().to_string()),
+            );
+            offsets.extend(
+                lp["text_offset"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|o| o.as_u64().unwrap()),
+            );
+        }
+    }
+    assert_eq!(tokens.len(), 6);
+    assert_eq!(tokens.concat(), text);
+    // Offsets run on across chunks.
+    let mut at = 0;
+    for (token, offset) in tokens.iter().zip(&offsets) {
+        assert_eq!(*offset, at);
+        at += token.chars().count() as u64;
+    }
+    w.shutdown(Duration::from_secs(1)).await;
+}

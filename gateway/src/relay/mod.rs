@@ -86,6 +86,8 @@ pub struct Continue {
     /// The client's request.
     pub body: Bytes,
     pub endpoint: Endpoint,
+    /// Choices the request asked for (`n`).
+    pub choices: u32,
     pub request_id: String,
     /// The request's trace context: continuations belong to its trace.
     pub trace: http::HeaderMap,
@@ -158,7 +160,7 @@ impl Relay {
             rest,
             follow: follow.map(|next| Follow {
                 events: sse::Events::default(),
-                transcript: Transcript::new(with_tokens),
+                transcript: Transcript::new(with_tokens, next.choices),
                 rewrite: None,
                 next,
                 migrations: 0,

@@ -111,14 +111,13 @@ mod tests {
     use super::*;
 
     fn transcript() -> Transcript {
-        Transcript {
-            id: Some("c1".into()),
-            created: Some(9),
-            text: "The sky".into(),
-            tokens: Some(vec![5, 6]),
-            text_events: 2,
-            ..Transcript::default()
-        }
+        let mut t = Transcript::new(true, 1);
+        t.id = Some("c1".into());
+        t.created = Some(9);
+        t.text = "The sky".into();
+        t.tokens = Some(vec![5, 6]);
+        t.text_events = 2;
+        t
     }
 
     fn chat() -> Value {

@@ -29,8 +29,11 @@ pub struct Transcript {
     /// Events that carried text: a token count where ids are unknown, as
     /// engines send one token per event.
     pub text_events: u32,
-    /// The stream said how it finished.
+    /// The stream said how it finished (every choice of it).
     pub finished: bool,
+    /// Choices the request asked for (`n`), and how many said how they finished.
+    choices: u32,
+    finishes: u32,
     /// The answer carries more than text (tool calls, reasoning, logprobs),
     /// which a continuation from its text would lose.
     pub beyond_text: bool,
@@ -116,6 +119,8 @@ struct Chunk<'a> {
 
 #[derive(Deserialize)]
 struct Choice<'a> {
+    #[serde(default)]
+    index: u32,
     #[serde(borrow, default)]
     delta: Option<Delta<'a>>,
     /// Text completions' field.
@@ -140,10 +145,12 @@ struct Delta<'a> {
 }
 
 impl Transcript {
-    /// A transcript that learns token ids when the worker names them.
-    pub fn new(with_tokens: bool) -> Self {
+    /// A transcript of an answer of `choices` choices that learns token ids
+    /// when the worker names them.
+    pub fn new(with_tokens: bool, choices: u32) -> Self {
         Transcript {
             tokens: with_tokens.then(Vec::new),
+            choices: choices.max(1),
             ..Transcript::default()
         }
     }
@@ -213,37 +220,30 @@ impl Transcript {
             self.usage = Some(usage.reported());
         }
         // Only an answer of one choice is continued (`resume` refuses
-        // others), so the first choice is the answer; every choice counts.
-        self.text_events += chunk.choices.iter().skip(1).filter(|c| has_text(c)).count() as u32;
-        let Some(choice) = chunk.choices.first() else {
-            return;
-        };
-        let more = choice.delta.as_ref().is_some_and(|d| {
-            d.tool_calls.is_some() || d.function_call.is_some() || d.reasoning_content.is_some()
-        });
-        self.beyond_text |= more || choice.logprobs.is_some();
-        let text = choice
-            .delta
-            .as_ref()
-            .and_then(|d| d.content.as_deref())
-            .or(choice.text.as_deref())
-            .unwrap_or_default();
-        if !text.is_empty() {
-            self.text.push_str(text);
-            self.text_events += 1;
+        // others), so choice 0 is the text to continue; every choice counts.
+        for choice in &chunk.choices {
+            let more = choice.delta.as_ref().is_some_and(|d| {
+                d.tool_calls.is_some() || d.function_call.is_some() || d.reasoning_content.is_some()
+            });
+            self.beyond_text |= more || choice.logprobs.is_some();
+            let text = choice
+                .delta
+                .as_ref()
+                .and_then(|d| d.content.as_deref())
+                .or(choice.text.as_deref())
+                .unwrap_or_default();
+            if !text.is_empty() {
+                if choice.index == 0 {
+                    self.text.push_str(text);
+                }
+                self.text_events += 1;
+            }
+            if choice.finish_reason.is_some() {
+                self.finishes += 1;
+            }
         }
-        if choice.finish_reason.is_some() {
-            self.finished = true;
-        }
+        self.finished = self.finishes >= self.choices.max(1);
     }
-}
-
-fn has_text(choice: &Choice<'_>) -> bool {
-    let delta = choice.delta.as_ref().and_then(|d| d.content.as_deref());
-    !delta
-        .or(choice.text.as_deref())
-        .unwrap_or_default()
-        .is_empty()
 }
 
 /// `event` without the token comment starting at byte `at`.
@@ -342,7 +342,7 @@ mod tests {
 
     #[test]
     fn learns_identity_text_tokens_and_the_end() {
-        let mut t = Transcript::new(true);
+        let mut t = Transcript::new(true, 1);
         let opening = ": tokens 5 6\ndata: {\"id\":\"c1\",\"created\":9,\"choices\":[{\"delta\":{\"role\":\"assistant\",\"content\":\"\"}}]}\n\n";
         let Seen::Forward(out) = t.see(event(opening), None) else {
             panic!()
@@ -371,8 +371,25 @@ mod tests {
     }
 
     #[test]
+    fn an_answer_of_several_choices_finishes_with_its_last() {
+        let mut t = Transcript::new(false, 2);
+        let chunk = |i: u32, text: &str, finish: &str| {
+            event(&format!(
+                "data: {{\"id\":\"c\",\"choices\":[{{\"index\":{i},\"delta\":{{\"content\":\"{text}\"}},\"finish_reason\":{finish}}}]}}\n\n"
+            ))
+        };
+        t.see(chunk(1, "b", "null"), None);
+        t.see(chunk(0, "a", "null"), None);
+        t.see(chunk(1, "", "\"stop\""), None);
+        assert!(!t.finished, "one of two choices finished");
+        t.see(chunk(0, "", "\"length\""), None);
+        assert!(t.finished);
+        assert_eq!((t.text.as_str(), t.text_events), ("a", 2));
+    }
+
+    #[test]
     fn an_error_event_breaks_the_answer_and_is_not_forwarded() {
-        let mut t = Transcript::new(false);
+        let mut t = Transcript::new(false, 1);
         let seen = t.see(
             event("data: {\"error\":{\"message\":\"engine died\"}}\n\n"),
             None,
@@ -385,7 +402,7 @@ mod tests {
 
     #[test]
     fn an_answer_with_more_than_text_is_marked() {
-        let mut t = Transcript::new(false);
+        let mut t = Transcript::new(false, 1);
         t.see(event("data: {\"id\":\"c\",\"choices\":[{\"delta\":{\"content\":\"a\"},\"logprobs\":null}]}\n\n"), None);
         assert!(!t.beyond_text);
         t.see(event("data: {\"id\":\"c\",\"choices\":[{\"delta\":{\"tool_calls\":[{\"index\":0}]}}]}\n\n"), None);
@@ -406,7 +423,7 @@ mod tests {
             before: 4,
             echo: String::new(),
         };
-        let mut t = Transcript::new(false);
+        let mut t = Transcript::new(false, 1);
         let role = "data: {\"id\":\"x\",\"created\":1,\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"},\"finish_reason\":null}]}\n\n";
         assert_eq!(
             t.see(event(role), Some(&mut rewrite)),
@@ -442,7 +459,7 @@ mod tests {
             before: 2,
             echo: "The sky is".into(),
         };
-        let mut t = Transcript::new(false);
+        let mut t = Transcript::new(false, 1);
         let mut text = String::new();
         for piece in ["The sky", " is blue", " today"] {
             let event = format!(

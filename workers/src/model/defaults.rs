@@ -22,6 +22,7 @@ pub fn sampling_defaults(path: &Path) -> Result<DefaultSampling, ModelError> {
             temperature: get("general.sampling.temp").map(|t| t as f32),
             top_p: get("general.sampling.top_p").map(|p| p as f32),
             top_k: get("general.sampling.top_k").map(top_k),
+            over_model: false,
         })
     }
 }
@@ -52,6 +53,7 @@ fn from_generation_config(path: &Path) -> Result<DefaultSampling, ModelError> {
         temperature: c.temperature,
         top_p: c.top_p,
         top_k: c.top_k.map(top_k),
+        over_model: false,
     })
 }
 
