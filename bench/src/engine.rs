@@ -217,7 +217,7 @@ pub fn run(args: Args, out: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn default_model() -> anyhow::Result<PathBuf> {
+pub fn default_model() -> anyhow::Result<PathBuf> {
     let cache = match std::env::var_os("LLMGW_MODELS") {
         Some(dir) => PathBuf::from(dir),
         None => PathBuf::from(std::env::var_os("HOME").context("HOME is not set")?)

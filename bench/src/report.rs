@@ -2,6 +2,7 @@
 
 use std::path::Path;
 
+use plotters::coord::ranged1d::{AsRangedCoord, ValueFormatter};
 use plotters::prelude::*;
 
 /// A Markdown table.
@@ -22,7 +23,9 @@ pub fn write_json(path: &Path, value: &serde_json::Value) -> anyhow::Result<()> 
     Ok(())
 }
 
-/// A grouped bar chart: one group per category, one bar per series.
+/// A grouped bar chart: one group per category, one bar per series. When
+/// the values span more than 20x, the axis is logarithmic, so the small bars
+/// stay readable beside the large ones.
 pub fn bar_chart(
     path: &Path,
     title: &str,
@@ -30,20 +33,50 @@ pub fn bar_chart(
     categories: &[&str],
     series: &[(&str, Vec<f64>)],
 ) -> anyhow::Result<()> {
+    let values = || series.iter().flat_map(|(_, v)| v.iter().copied());
+    let max = values().fold(0.0, f64::max);
+    let min = values().filter(|v| *v > 0.0).fold(f64::INFINITY, f64::min);
+    if min.is_finite() && max / min > 20.0 {
+        let floor = min / 2.0;
+        let y_desc = format!("{y_desc} (log scale)");
+        let axis = (floor..max * 2.0).log_scale();
+        draw_bars(path, title, &y_desc, categories, series, axis, floor)
+    } else {
+        draw_bars(
+            path,
+            title,
+            y_desc,
+            categories,
+            series,
+            0.0..(max * 1.15).max(1e-9),
+            0.0,
+        )
+    }
+}
+
+/// The chart on a `y` axis, bars standing on `bottom`.
+fn draw_bars<Y>(
+    path: &Path,
+    title: &str,
+    y_desc: &str,
+    categories: &[&str],
+    series: &[(&str, Vec<f64>)],
+    y: Y,
+    bottom: f64,
+) -> anyhow::Result<()>
+where
+    Y: AsRangedCoord<Value = f64>,
+    Y::CoordDescType: ValueFormatter<f64>,
+{
     register_font()?;
     let root = BitMapBackend::new(path, (900, 520)).into_drawing_area();
     root.fill(&WHITE)?;
-    let y_max = series
-        .iter()
-        .flat_map(|(_, v)| v.iter().copied())
-        .fold(0.0, f64::max)
-        * 1.15;
     let mut chart = ChartBuilder::on(&root)
         .caption(title, ("sans-serif", 24))
         .margin(16)
         .x_label_area_size(40)
         .y_label_area_size(70)
-        .build_cartesian_2d(0.0..categories.len() as f64, 0.0..y_max.max(1e-9))?;
+        .build_cartesian_2d(0.0..categories.len() as f64, y)?;
     chart
         .configure_mesh()
         .disable_x_mesh()
@@ -64,7 +97,10 @@ pub fn bar_chart(
         chart
             .draw_series(values.iter().enumerate().map(|(c, v)| {
                 let x0 = c as f64 + 0.1 + s as f64 * width;
-                Rectangle::new([(x0, 0.0), (x0 + width * 0.95, *v)], color.filled())
+                Rectangle::new(
+                    [(x0, bottom), (x0 + width * 0.95, v.max(bottom))],
+                    color.filled(),
+                )
             }))?
             .label(*name)
             .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], color.filled()));

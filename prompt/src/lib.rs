@@ -7,17 +7,20 @@
 //! model carries, with its `chat_template`; `gguf` reads GGUF files for both
 //! this crate and the worker's weights; `render` turns requests into ids.
 
+mod byte_level;
 pub mod chat_template;
 pub mod gguf;
 mod gguf_vocab;
 mod hf;
+mod pieces;
 pub mod render;
+pub mod testing;
 pub mod tokenizer;
 
 use std::path::Path;
 
 pub use chat_template::ChatTemplate;
-pub use render::{chat_tokens, completion_tokens, render_chat};
+pub use render::{chat_pieces, chat_tokens, completion_tokens};
 pub use tokenizer::{Tokenizer, TokenizerError, BUILTIN_EOS, CORPUS};
 
 /// The tokenizer at `path`: a model's GGUF file or Hugging Face directory

@@ -7,33 +7,41 @@ use protocol::{ApiError, ErrorKind};
 
 use crate::tokenizer::Tokenizer;
 
-/// The sim's chat template: `<|role|>\ncontent\n` per message, then
-/// `<|assistant|>\n` to cue the reply. The gateway renders prompts with the
-/// same function so its block hashes match the worker's.
-pub fn render_chat(messages: &[ChatMessage]) -> String {
-    let mut text = String::new();
+/// The sim's chat template, `<|role|>\ncontent\n` per message, then
+/// `<|assistant|>\n` to cue the reply, as pieces of one message each. A
+/// piece ends with its content and the next begins with the newline: byte-
+/// level pre-tokenizers split whitespace before a newline differently at the
+/// end of a text, so a piece ending in `"  \n"` would not tokenize as it does
+/// within the prompt. The gateway renders prompts with the same function so
+/// its block hashes match the worker's.
+pub fn chat_pieces(messages: &[ChatMessage]) -> Vec<String> {
+    let mut pieces = Vec::with_capacity(messages.len() + 1);
+    let mut open = "";
     for m in messages {
-        text.push_str("<|");
-        text.push_str(&m.role);
-        text.push_str("|>\n");
-        text.push_str(&m.text().unwrap_or_default());
-        text.push('\n');
+        pieces.push(format!(
+            "{open}<|{}|>\n{}",
+            m.role,
+            m.text().unwrap_or_default()
+        ));
+        open = "\n";
     }
-    text.push_str("<|assistant|>\n");
-    text
+    pieces.push(format!("{open}<|assistant|>\n"));
+    pieces
 }
 
 /// Token ids of a chat request's prompt. The gateway calls this with the same
-/// tokenizer as the worker, so both render and hash the same tokens.
+/// tokenizer as the worker, so both render and hash the same tokens. A
+/// message seen before is tokenized once (`Tokenizer::encode_pieces`).
 pub fn chat_tokens(messages: &[ChatMessage], tokenizer: &Tokenizer) -> Result<Vec<u32>, ApiError> {
-    let text = match tokenizer.chat_template() {
+    let pieces = match tokenizer.chat_template() {
         // A template refusing a conversation (`raise_exception`) is the client's to fix.
-        Some(template) => template
+        Some(template) => vec![template
             .render(messages)
-            .map_err(|e| ApiError::invalid("messages", e.to_string()))?,
-        None => render_chat(messages),
+            .map_err(|e| ApiError::invalid("messages", e.to_string()))?],
+        None => chat_pieces(messages),
     };
-    encode(tokenizer, &text)
+    let pieces: Vec<&str> = pieces.iter().map(String::as_str).collect();
+    encode(tokenizer, &pieces)
 }
 
 /// Token ids of a text completion's prompt: text is tokenized, ids are taken as
@@ -43,7 +51,7 @@ pub fn completion_tokens(
     tokenizer: &Tokenizer,
 ) -> Result<Vec<u32>, ApiError> {
     match prompt {
-        PromptInput::Text(text) => encode(tokenizer, text),
+        PromptInput::Text(text) => encode(tokenizer, &[text]),
         PromptInput::Tokens(ids) => {
             let vocab = tokenizer.vocab_size();
             match ids.iter().find(|&&id| id as usize >= vocab) {
@@ -57,9 +65,9 @@ pub fn completion_tokens(
     }
 }
 
-fn encode(tokenizer: &Tokenizer, text: &str) -> Result<Vec<u32>, ApiError> {
+fn encode(tokenizer: &Tokenizer, pieces: &[&str]) -> Result<Vec<u32>, ApiError> {
     let ids = tokenizer
-        .encode(text)
+        .encode_pieces(pieces)
         .map_err(|e| ApiError::new(ErrorKind::Internal, e.to_string()))?;
     if ids.is_empty() {
         return Err(ApiError::invalid("prompt", "prompt must not be empty"));
@@ -77,8 +85,25 @@ mod tests {
 
     #[test]
     fn chat_template() {
-        let text = render_chat(&[message("system", "be brief"), message("user", "hi")]);
+        let text = chat_pieces(&[message("system", "be brief"), message("user", "hi")]).concat();
         assert_eq!(text, "<|system|>\nbe brief\n<|user|>\nhi\n<|assistant|>\n");
+    }
+
+    #[test]
+    fn pieces_tokenize_as_the_whole_prompt() {
+        let tok = Tokenizer::builtin().unwrap();
+        assert!(tok.caches_pieces() && tok.has_fast_path());
+        // Twice: the second pass comes from the cache.
+        for pass in 0..2 {
+            for messages in crate::testing::conversations(7, 300) {
+                let whole = tok.encode(&chat_pieces(&messages).concat()).unwrap();
+                assert_eq!(
+                    chat_tokens(&messages, &tok).unwrap(),
+                    whole,
+                    "pass {pass}: {messages:?}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -4,7 +4,9 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::byte_level::ByteLevelBpe;
 use crate::chat_template::ChatTemplate;
+use crate::pieces::Pieces;
 
 use tokenizers::models::bpe::{BpeTrainer, BPE};
 use tokenizers::models::TrainerWrapper;
@@ -39,6 +41,10 @@ pub struct Tokenizer {
     eos: Option<u32>,
     /// The model's own chat template; without one, prompts use the sim's fixed template.
     chat_template: Option<ChatTemplate>,
+    /// Set when prompts can be tokenized piece by piece (see `pieces`).
+    pieces: Option<Pieces>,
+    /// Set when it gives the same tokens as `inner` (see `byte_level`).
+    fast: Option<ByteLevelBpe>,
 }
 
 impl Tokenizer {
@@ -90,11 +96,7 @@ impl Tokenizer {
         let eos = ["<|endoftext|>", "</s>", "<|end_of_text|>", "<|eot_id|>"]
             .into_iter()
             .find_map(|t| inner.token_to_id(t));
-        Tokenizer {
-            inner,
-            eos,
-            chat_template: None,
-        }
+        Tokenizer::from_model(inner, eos, None)
     }
 
     /// A model's tokenizer, with the end-of-sequence token and chat template its file names.
@@ -103,11 +105,21 @@ impl Tokenizer {
         eos: Option<u32>,
         chat_template: Option<ChatTemplate>,
     ) -> Self {
-        Tokenizer {
+        let fast = [false, true]
+            .into_iter()
+            .filter_map(|digits| ByteLevelBpe::of(&inner, digits))
+            .find(|fast| agrees(fast, &inner));
+        let mut tokenizer = Tokenizer {
             inner,
             eos,
             chat_template,
-        }
+            pieces: None,
+            fast,
+        };
+        tokenizer.pieces = Pieces::of(&tokenizer.inner, &|text, special| {
+            tokenizer.encode_with(text, special)
+        });
+        tokenizer
     }
 
     pub fn chat_template(&self) -> Option<&ChatTemplate> {
@@ -116,10 +128,44 @@ impl Tokenizer {
 
     /// Token ids of `text`, with the tokenizer's own special tokens (e.g. BOS) added.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>, TokenizerError> {
+        self.encode_with(text, true).map_err(TokenizerError::Codec)
+    }
+
+    /// Token ids of the text `pieces` make together, as [`Tokenizer::encode`]
+    /// gives them, each distinct piece tokenized once while it stays in the
+    /// cache (see `pieces`): a prompt's system prompt and earlier turns come
+    /// back from the cache. Tokenizers for which that would change the
+    /// tokens tokenize the text whole.
+    pub fn encode_pieces(&self, pieces: &[&str]) -> Result<Vec<u32>, TokenizerError> {
+        match &self.pieces {
+            Some(cache) => cache.tokens(pieces, &|text, special| self.encode_with(text, special)),
+            None => self.encode_with(&pieces.concat(), true),
+        }
+        .map_err(TokenizerError::Codec)
+    }
+
+    /// Whether [`Tokenizer::encode_pieces`] caches pieces with this tokenizer.
+    pub fn caches_pieces(&self) -> bool {
+        self.pieces.is_some()
+    }
+
+    /// Whether text between added tokens takes the faster byte-level path.
+    pub fn has_fast_path(&self) -> bool {
+        self.fast.is_some()
+    }
+
+    /// `text`'s tokens, with the post-processor's special tokens or without:
+    /// text without them (what lies between added tokens) takes the faster
+    /// path where there is one.
+    fn encode_with(&self, text: &str, special: bool) -> Result<Vec<u32>, String> {
+        if let (Some(fast), false) = (&self.fast, special) {
+            return fast.encode(text);
+        }
+        // Without offsets: only the ids are wanted.
         let encoding = self
             .inner
-            .encode(text, true)
-            .map_err(|e| TokenizerError::Codec(e.to_string()))?;
+            .encode_fast(text, special)
+            .map_err(|e| e.to_string())?;
         Ok(encoding.get_ids().to_vec())
     }
 
@@ -166,6 +212,29 @@ impl Tokenizer {
     pub fn eos_token(&self) -> Option<u32> {
         self.eos
     }
+}
+
+/// Whether `fast` tokenizes as `inner` does, on texts of every kind its
+/// split of words must get right (spaces before words, runs of whitespace
+/// and newlines, digits, punctuation, contractions, characters of several
+/// bytes), added tokens left out (the fast path never sees them).
+fn agrees(fast: &ByteLevelBpe, inner: &tokenizers::Tokenizer) -> bool {
+    let added: Vec<String> = inner
+        .get_added_tokens_decoder()
+        .into_values()
+        .map(|t| t.content)
+        .collect();
+    let texts = crate::testing::conversations(3, 120)
+        .into_iter()
+        .flatten()
+        .filter_map(|m| m.text())
+        .chain(CORPUS.lines().take(40).map(str::to_string));
+    texts
+        .filter(|t| !added.iter().any(|a| t.contains(a.as_str())))
+        .all(|text| {
+            let theirs = inner.encode_fast(text.as_str(), false);
+            theirs.is_ok_and(|e| fast.encode(&text).is_ok_and(|ours| ours == e.get_ids()))
+        })
 }
 
 /// The byte a byte-level BPE character stands for (GPT-2's alphabet: printable

@@ -202,3 +202,20 @@ async fn the_demo_configuration_answers_a_new_users_first_requests() {
     );
     worker.shutdown(std::time::Duration::from_secs(1)).await;
 }
+
+/// SmolLM2's tokenizer and template: prompts tokenized piece by piece (each
+/// distinct piece once, from a cache) are the prompts tokenized whole.
+#[test]
+#[ignore = "needs the real model (scripts/fetch-model.sh) and --release"]
+fn pieces_tokenize_as_the_whole_prompt() {
+    let tok = prompt::load(&model()).unwrap();
+    assert!(tok.caches_pieces() && tok.has_fast_path());
+    let template = tok.chat_template().unwrap();
+    for pass in 0..2 {
+        for messages in prompt::testing::conversations(13, 2000) {
+            let whole = tok.encode(&template.render(&messages).unwrap()).unwrap();
+            let pieces = prompt::chat_tokens(&messages, &tok).unwrap();
+            assert_eq!(pieces, whole, "pass {pass}: {messages:?}");
+        }
+    }
+}

@@ -508,3 +508,31 @@ async fn the_model_recommends_the_default_sampling() {
     std::fs::remove_file(gguf).unwrap();
     std::fs::remove_dir_all(hf).unwrap();
 }
+
+/// Prompts tokenized piece by piece (each distinct piece once, from a
+/// cache) are the prompts tokenized whole, with the tiny model's ChatML
+/// template and tokenizer from either format, over random conversations.
+#[test]
+fn pieces_tokenize_as_the_whole_prompt() {
+    let trained = model_support::train_tokenizer();
+    let gguf = model_support::write_tiny_model(&trained, "tiny-pieces-gguf");
+    let hf = model_support::write_tiny_hf(&trained, "tiny-pieces-hf", HfDtype::F32);
+    for path in [&gguf, &hf] {
+        let tok = prompt::load(path).unwrap();
+        assert!(
+            tok.caches_pieces() && tok.has_fast_path(),
+            "{}",
+            path.display()
+        );
+        let template = tok.chat_template().unwrap();
+        for pass in 0..2 {
+            for messages in prompt::testing::conversations(11, 300) {
+                let whole = tok.encode(&template.render(&messages).unwrap()).unwrap();
+                let pieces = prompt::chat_tokens(&messages, &tok).unwrap();
+                assert_eq!(pieces, whole, "pass {pass}: {messages:?}");
+            }
+        }
+    }
+    std::fs::remove_file(gguf).unwrap();
+    std::fs::remove_dir_all(hf).unwrap();
+}

@@ -1,0 +1,167 @@
+//! Tokenizing a prompt piece by piece, each distinct piece once.
+//!
+//! A tokenizer cuts its input at its added tokens (`<|im_start|>` and the
+//! like) before anything else and tokenizes what lies between them alone,
+//! and a byte-level BPE never merges across a newline that opens a chat
+//! message. So a prompt's tokens are the concatenation of its pieces'
+//! tokens, and a piece seen before (a system prompt, an earlier turn of the
+//! conversation) costs a hash and a lookup instead of a pass through the
+//! tokenizer. Whether that holds for a tokenizer is checked when it loads,
+//! by tokenizing probe prompts both ways; where it does not, prompts are
+//! tokenized whole.
+
+use std::sync::Arc;
+
+use aho_corasick::{AhoCorasick, MatchKind};
+use quick_cache::sync::Cache;
+use quick_cache::Weighter;
+use xxhash_rust::xxh3::xxh3_128;
+
+/// Most tokens the cache holds (16 MiB of ids), least recently used out first.
+const CACHE_TOKENS: u64 = 1 << 22;
+
+/// A tokenizer's pieces: how to find its added tokens, what its
+/// post-processor puts around a sequence, and the tokens of pieces seen.
+pub struct Pieces {
+    /// The added tokens, longest match first (as the tokenizer matches them), and their ids.
+    added: Option<(AhoCorasick, Vec<u32>)>,
+    /// Tokens the post-processor adds before and after a sequence (BOS, EOS).
+    prefix: Vec<u32>,
+    suffix: Vec<u32>,
+    cache: Cache<u128, Arc<[u32]>, ByTokens>,
+}
+
+#[derive(Clone)]
+struct ByTokens;
+
+impl Weighter<u128, Arc<[u32]>> for ByTokens {
+    fn weight(&self, _: &u128, tokens: &Arc<[u32]>) -> u64 {
+        // At least 1, so an empty piece is still evicted in its turn.
+        tokens.len().max(1) as u64
+    }
+}
+
+/// Tokenizes a text, with the post-processor's special tokens or without.
+pub type Encode<'a> = dyn Fn(&str, bool) -> Result<Vec<u32>, String> + 'a;
+
+impl Pieces {
+    /// The pieces of `inner`, if prompts tokenized piece by piece with
+    /// `encode` come out as `encode` gives them whole; `None` otherwise.
+    pub fn of(inner: &tokenizers::Tokenizer, encode: &Encode<'_>) -> Option<Pieces> {
+        let mut added: Vec<(u32, tokenizers::AddedToken)> =
+            inner.get_added_tokens_decoder().into_iter().collect();
+        added.sort_by_key(|(id, _)| *id);
+        // Tokens matched with stripping, word bounds or on normalized text
+        // reach into their neighbours: not cut here as the tokenizer cuts.
+        let normalizes = inner.get_normalizer().is_some();
+        if added
+            .iter()
+            .any(|(_, t)| t.lstrip || t.rstrip || t.single_word || (t.normalized && normalizes))
+        {
+            return None;
+        }
+        let plain = encode("a", false).ok()?;
+        let framed = encode("a", true).ok()?;
+        let at = framed.windows(plain.len()).position(|w| w == plain)?;
+        let matcher = (!added.is_empty()).then(|| {
+            let contents = added.iter().map(|(_, t)| t.content.as_str());
+            AhoCorasick::builder()
+                .match_kind(MatchKind::LeftmostLongest)
+                .build(contents)
+                .expect("added tokens make an automaton")
+        });
+        let pieces = Pieces {
+            added: matcher.map(|m| (m, added.iter().map(|(id, _)| *id).collect())),
+            prefix: framed[..at].to_vec(),
+            suffix: framed[at + plain.len()..].to_vec(),
+            cache: Cache::with_weighter(1 << 14, CACHE_TOKENS, ByTokens),
+        };
+        let specials: Vec<&str> = added
+            .iter()
+            .take(3)
+            .map(|(_, t)| t.content.as_str())
+            .collect();
+        probes(&specials)
+            .iter()
+            .all(|probe| {
+                let refs: Vec<&str> = probe.iter().map(String::as_str).collect();
+                let whole = encode(&probe.concat(), true);
+                whole.is_ok() && whole == pieces.tokens(&refs, encode)
+            })
+            .then_some(pieces)
+    }
+
+    /// The tokens of the text `pieces` make together, each piece's text
+    /// between added tokens from the cache when seen before.
+    pub fn tokens(&self, pieces: &[&str], encode: &Encode<'_>) -> Result<Vec<u32>, String> {
+        let mut ids = self.prefix.clone();
+        for piece in pieces {
+            let mut from = 0;
+            if let Some((matcher, added)) = &self.added {
+                for m in matcher.find_iter(*piece) {
+                    self.text(&piece[from..m.start()], &mut ids, encode)?;
+                    ids.push(added[m.pattern().as_usize()]);
+                    from = m.end();
+                }
+            }
+            self.text(&piece[from..], &mut ids, encode)?;
+        }
+        ids.extend(&self.suffix);
+        Ok(ids)
+    }
+
+    fn text(&self, text: &str, ids: &mut Vec<u32>, encode: &Encode<'_>) -> Result<(), String> {
+        if text.is_empty() {
+            return Ok(());
+        }
+        let key = xxh3_128(text.as_bytes());
+        if let Some(tokens) = self.cache.get(&key) {
+            ids.extend_from_slice(&tokens);
+            return Ok(());
+        }
+        let tokens: Arc<[u32]> = encode(text, false)?.into();
+        ids.extend_from_slice(&tokens);
+        self.cache.insert(key, tokens);
+        Ok(())
+    }
+}
+
+/// Prompts, as pieces, that tell whether cutting changes the tokens: chat
+/// messages cut as the sim's template cuts them, and text around added
+/// tokens, with the whitespace, digits, punctuation and characters that
+/// tokenizers treat apart.
+fn probes(specials: &[&str]) -> Vec<Vec<String>> {
+    let texts = [
+        "Hello world",
+        " leading space",
+        "trailing spaces  ",
+        "trailing newline\n",
+        "\n\nnew lines\n",
+        "naïve café — 日本語 🌧",
+        "digits 12345 and 3.14",
+        "x",
+        "",
+    ];
+    let message = |role: &str, text: &str| {
+        serde_json::from_value(serde_json::json!({"role": role, "content": text}))
+            .expect("a chat message")
+    };
+    let mut probes = Vec::new();
+    for (i, text) in texts.iter().enumerate() {
+        let next = texts[(i + 1) % texts.len()];
+        probes.push(crate::render::chat_pieces(&[
+            message("system", text),
+            message("user", next),
+        ]));
+        for special in specials {
+            probes.push(vec![format!(
+                "{special}user\n{text}{special}\n{special}{next}"
+            )]);
+            probes.push(vec![
+                format!("{text}{special}"),
+                format!("{special} {next}"),
+            ]);
+        }
+    }
+    probes
+}

@@ -1,0 +1,59 @@
+//! Random conversations, for the tests (here and in the workers) that check
+//! that tokenizing a prompt piece by piece gives its tokens.
+
+use protocol::openai::ChatMessage;
+
+/// `count` conversations of one to five messages: corpus words, runs of
+/// spaces and newlines, digits, punctuation, characters of several bytes,
+/// and strings that look like chat templates' markers. The same for a seed.
+pub fn conversations(seed: u64, count: usize) -> Vec<Vec<ChatMessage>> {
+    let words: Vec<&str> = crate::CORPUS.split_whitespace().take(2000).collect();
+    let odd = [
+        " ",
+        "  ",
+        "\n",
+        "\n\n",
+        "\t",
+        "42",
+        "3.14",
+        "!?",
+        "naïve",
+        "日本語",
+        "🌧",
+        "<|user|>",
+        "<|im_end|>",
+        "<|im_start|>",
+        "\n<|",
+        "'s",
+        "---",
+        "",
+    ];
+    let mut state = seed | 1;
+    let mut next = move |n: usize| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state % n as u64) as usize
+    };
+    (0..count)
+        .map(|_| {
+            (0..1 + next(5))
+                .map(|i| {
+                    let role = ["system", "user", "assistant"][(i + next(2)) % 3];
+                    let mut text = String::new();
+                    for _ in 0..next(40) {
+                        match next(4) {
+                            0 => text.push_str(odd[next(odd.len())]),
+                            _ => text.push_str(words[next(words.len())]),
+                        }
+                        if next(3) > 0 {
+                            text.push(' ');
+                        }
+                    }
+                    let message = serde_json::json!({"role": role, "content": text});
+                    serde_json::from_value(message).expect("a chat message")
+                })
+                .collect()
+        })
+        .collect()
+}
