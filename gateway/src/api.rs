@@ -123,6 +123,7 @@ impl Accepted {
         Labels {
             model: self.parsed.model.clone(),
             pool: self.pool.name.clone(),
+            metrics: self.pool.metrics.model(&self.parsed.model),
         }
     }
 }
@@ -312,7 +313,8 @@ async fn send(
     tracing::info!(worker = %worker.id, pool = %pool.name, attempts = served.attempts,
         prompt_blocks = prompt.hashes.len(), overlap_blocks = served.overlap_blocks,
         status = served.head.status.as_u16(), "routed");
-    metrics::prompt_blocks(&pool.name, prompt.hashes.len(), served.overlap_blocks);
+    pool.metrics
+        .prompt_blocks(prompt.hashes.len(), served.overlap_blocks);
     ticket.cached_tokens =
         (served.overlap_blocks as usize * pool.block_size).min(prompt.tokens) as u64;
     let follow = (follow && served.head.status.is_success()).then(|| relay::Continue {

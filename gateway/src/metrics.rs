@@ -2,10 +2,11 @@
 //! unit suffixes), with labels from a small fixed set: model, pool, worker,
 //! status, reason. Never request or user ids.
 
-use std::sync::OnceLock;
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use metrics::{counter, gauge, histogram};
+use metrics::{counter, gauge, histogram, Counter, Gauge, Histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 pub const REQUESTS: &str = "llmgw_requests_total";
@@ -126,21 +127,72 @@ pub fn request_done(model: &str, pool: &str, status: u16) {
         .increment(1);
 }
 
-pub fn request_duration(model: &str, pool: &str, elapsed: Duration) {
-    histogram!(REQUEST_DURATION, "model" => model.to_string(), "pool" => pool.to_string())
-        .record(elapsed);
+/// The histograms of one model's requests in one pool, resolved once (see
+/// [`PoolMetrics`]) rather than looked up by their labels per request.
+#[derive(Debug)]
+pub struct ModelMetrics {
+    duration: Histogram,
+    ttft: Histogram,
+    inter_token: Histogram,
 }
 
-pub fn ttft(model: &str, pool: &str, elapsed: Duration) {
-    histogram!(TTFT, "model" => model.to_string(), "pool" => pool.to_string()).record(elapsed);
+impl ModelMetrics {
+    fn new(model: &str, pool: &str) -> ModelMetrics {
+        let labels = [("model", model.to_string()), ("pool", pool.to_string())];
+        ModelMetrics {
+            duration: histogram!(REQUEST_DURATION, &labels),
+            ttft: histogram!(TTFT, &labels),
+            inter_token: histogram!(ITL, &labels),
+        }
+    }
+
+    pub fn duration(&self, elapsed: Duration) {
+        self.duration.record(elapsed);
+    }
+
+    pub fn ttft(&self, elapsed: Duration) {
+        self.ttft.record(elapsed);
+    }
+
+    pub fn inter_token(&self, elapsed: Duration) {
+        self.inter_token.record(elapsed);
+    }
 }
 
-pub fn inter_token(model: &str, pool: &str, elapsed: Duration) {
-    histogram!(ITL, "model" => model.to_string(), "pool" => pool.to_string()).record(elapsed);
+/// A pool's per-request metrics, resolved when the pool is built.
+pub struct PoolMetrics {
+    prompt_blocks: Counter,
+    prompt_blocks_cached: Counter,
+    models: HashMap<String, Arc<ModelMetrics>>,
 }
 
-pub fn worker_in_flight(pool: &str, worker: &str, n: u32) {
-    gauge!(WORKER_IN_FLIGHT, "pool" => pool.to_string(), "worker" => worker.to_string()).set(n);
+impl PoolMetrics {
+    pub fn new(pool: &str, models: &[String]) -> PoolMetrics {
+        PoolMetrics {
+            prompt_blocks: counter!(PROMPT_BLOCKS, "pool" => pool.to_string()),
+            prompt_blocks_cached: counter!(PROMPT_BLOCKS_CACHED, "pool" => pool.to_string()),
+            models: models
+                .iter()
+                .map(|m| (m.clone(), Arc::new(ModelMetrics::new(m, pool))))
+                .collect(),
+        }
+    }
+
+    /// A routed prompt's full blocks, and how many the chosen worker was expected to hold.
+    pub fn prompt_blocks(&self, blocks: usize, cached: u32) {
+        self.prompt_blocks.increment(blocks as u64);
+        self.prompt_blocks_cached.increment(u64::from(cached));
+    }
+
+    /// The histograms of `model`, one of the pool's.
+    pub fn model(&self, model: &str) -> Option<Arc<ModelMetrics>> {
+        self.models.get(model).cloned()
+    }
+}
+
+/// A worker's in-flight gauge, resolved once with the worker.
+pub fn worker_in_flight(pool: &str, worker: &str) -> Gauge {
+    gauge!(WORKER_IN_FLIGHT, "pool" => pool.to_string(), "worker" => worker.to_string())
 }
 
 pub fn worker_healthy(pool: &str, worker: &str, healthy: bool) {
@@ -269,12 +321,6 @@ pub fn index_entries(pool: &str, exact: usize, approx: usize) {
 pub fn block_size_mismatch(pool: &str, worker: &str) {
     counter!(BLOCK_SIZE_MISMATCH, "pool" => pool.to_string(), "worker" => worker.to_string())
         .increment(1);
-}
-
-/// A routed prompt's full blocks, and how many the chosen worker was expected to hold.
-pub fn prompt_blocks(pool: &str, blocks: usize, cached: u32) {
-    counter!(PROMPT_BLOCKS, "pool" => pool.to_string()).increment(blocks as u64);
-    counter!(PROMPT_BLOCKS_CACHED, "pool" => pool.to_string()).increment(u64::from(cached));
 }
 
 /// A WASM policy's decision: `route` or `reject`.

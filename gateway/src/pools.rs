@@ -9,6 +9,7 @@ use std::sync::Arc;
 use prompt::{Tokenizer, TokenizerError};
 use protocol::control::Registration;
 
+use crate::metrics::PoolMetrics;
 use crate::config::{registered_engine, worker_url, Config};
 use crate::plugin::PolicySlot;
 use crate::plugin_table::PluginTable;
@@ -44,6 +45,7 @@ pub struct Pool {
     /// it decides too (0: none).
     pub shadow: Arc<Shadow>,
     pub shadow_sample: f64,
+    pub metrics: PoolMetrics,
 }
 
 impl Pool {
@@ -158,6 +160,7 @@ impl Registry {
                 credential: p.credential.clone(),
                 shadow,
                 shadow_sample,
+                metrics: PoolMetrics::new(&p.name, &p.models),
                 workers,
             }));
         }

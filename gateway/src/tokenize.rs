@@ -24,7 +24,15 @@ pub struct PromptBlocks {
 pub fn load(spec: &str) -> Result<Arc<Tokenizer>, TokenizerError> {
     static BUILTIN: OnceLock<Arc<Tokenizer>> = OnceLock::new();
     if spec != "builtin" {
-        return prompt::load(spec.as_ref()).map(Arc::new);
+        let tokenizer = prompt::load(spec.as_ref())?;
+        // Either off costs every request: say so once.
+        tracing::info!(
+            tokenizer = spec,
+            caches_pieces = tokenizer.caches_pieces(),
+            fast_path = tokenizer.has_fast_path(),
+            "tokenizer loaded"
+        );
+        return Ok(Arc::new(tokenizer));
     }
     if let Some(t) = BUILTIN.get() {
         return Ok(t.clone());

@@ -15,7 +15,6 @@ use crate::canary::Canary;
 use crate::config::BreakerConfig;
 use crate::engine::Engine;
 use crate::health::{Breaker, ProbeState};
-use crate::metrics;
 
 pub struct Worker {
     pub id: WorkerId,
@@ -26,6 +25,7 @@ pub struct Worker {
     pub labels: BTreeMap<String, String>,
     pub engine: Engine,
     in_flight: AtomicU32,
+    in_flight_gauge: metrics::Gauge,
     /// Prompt tokens this gateway sent the worker to prefill that have not
     /// produced a first byte yet: known at once, unlike the worker's report.
     pending_prefill: AtomicUsize,
@@ -58,6 +58,7 @@ impl Worker {
         breaker: &BreakerConfig,
     ) -> Worker {
         Worker {
+            in_flight_gauge: crate::metrics::worker_in_flight(&pool, &id),
             id,
             pool,
             url,
@@ -119,7 +120,7 @@ impl Worker {
     /// Counts a request against this worker until the guard drops.
     pub fn start_request(self: &Arc<Self>) -> InFlight {
         let n = self.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
-        metrics::worker_in_flight(&self.pool, &self.id, n);
+        self.in_flight_gauge.set(n);
         InFlight(self.clone())
     }
 }
@@ -136,7 +137,7 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         let n = self.0.in_flight.fetch_sub(1, Ordering::Relaxed) - 1;
-        metrics::worker_in_flight(&self.0.pool, &self.0.id, n);
+        self.0.in_flight_gauge.set(n);
     }
 }
 

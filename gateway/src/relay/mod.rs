@@ -46,6 +46,8 @@ use transcript::{Rewrite, Seen, Transcript};
 pub struct Labels {
     pub model: String,
     pub pool: String,
+    /// The model's histograms in its pool, once the pool is known.
+    pub metrics: Option<Arc<metrics::ModelMetrics>>,
 }
 
 /// Every `reason` and `outcome` of `llmgw_migrations_total`.
@@ -126,8 +128,8 @@ pub struct Relay {
 
 /// Labels and clocks of one relayed response.
 struct Observer {
-    model: String,
     pool: String,
+    metrics: Option<Arc<metrics::ModelMetrics>>,
     stream: bool,
     started: Instant,
     first_frame: Option<Instant>,
@@ -169,8 +171,8 @@ impl Relay {
             ended: false,
             stall,
             observer: Observer {
-                model: labels.model.clone(),
                 pool: labels.pool.clone(),
+                metrics: labels.metrics.clone(),
                 stream,
                 started,
                 first_frame: None,
@@ -451,12 +453,13 @@ impl Observer {
             return;
         }
         let now = Instant::now();
-        match self.last_frame {
-            None => {
+        match (self.last_frame, &self.metrics) {
+            (None, m) => {
                 self.first_frame = Some(now);
-                metrics::ttft(&self.model, &self.pool, now - self.started);
+                m.iter().for_each(|m| m.ttft(now - self.started));
             }
-            Some(last) => metrics::inter_token(&self.model, &self.pool, now - last),
+            (Some(last), Some(m)) => m.inter_token(now - last),
+            (Some(_), None) => {}
         }
         self.last_frame = Some(now);
     }
@@ -486,7 +489,9 @@ impl Drop for Relay {
 
 impl Drop for Observer {
     fn drop(&mut self) {
-        metrics::request_duration(&self.model, &self.pool, self.started.elapsed());
+        if let Some(m) = &self.metrics {
+            m.duration(self.started.elapsed());
+        }
     }
 }
 
