@@ -74,19 +74,20 @@ pub fn run(args: Args, out: &Path) -> anyhow::Result<()> {
             let mut i = 0;
             // Every request's user message is new; a new number makes the
             // system prompt new too, for first sight.
-            let mut per_call = |fresh_system: bool, work: fn(&prompt::Tokenizer, &[u8]) -> usize| {
-                let bodies: Vec<Bytes> = (0..args.iterations)
-                    .map(|_| {
-                        i += 1;
-                        body(&system, &user, if fresh_system { i } else { 0 }, i)
-                    })
-                    .collect();
-                let start = Instant::now();
-                for b in &bodies {
-                    black_box(work(tokenizer, black_box(b)));
-                }
-                start.elapsed() / args.iterations as u32
-            };
+            let mut per_call =
+                |fresh_system: bool, work: fn(&prompt::Tokenizer, &[u8]) -> usize| {
+                    let bodies: Vec<Bytes> = (0..args.iterations)
+                        .map(|_| {
+                            i += 1;
+                            body(&system, &user, if fresh_system { i } else { 0 }, i)
+                        })
+                        .collect();
+                    let start = Instant::now();
+                    for b in &bodies {
+                        black_box(work(tokenizer, black_box(b)));
+                    }
+                    start.elapsed() / args.iterations as u32
+                };
             let whole = per_call(true, whole_prompt_work);
             let first_sight = per_call(true, prompt_work);
             per_call(false, prompt_work); // the system prompt is seen once

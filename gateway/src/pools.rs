@@ -9,8 +9,8 @@ use std::sync::Arc;
 use prompt::{Tokenizer, TokenizerError};
 use protocol::control::Registration;
 
-use crate::metrics::PoolMetrics;
 use crate::config::{registered_engine, worker_url, Config};
+use crate::metrics::PoolMetrics;
 use crate::plugin::PolicySlot;
 use crate::plugin_table::PluginTable;
 use crate::prefix::PrefixState;
