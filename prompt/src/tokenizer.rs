@@ -149,6 +149,12 @@ impl Tokenizer {
         self.pieces.is_some()
     }
 
+    /// The `tokenizers` pipeline underneath, for benchmarks that measure
+    /// other implementations against it.
+    pub fn pipeline(&self) -> &tokenizers::Tokenizer {
+        &self.inner
+    }
+
     /// Whether text between added tokens takes the faster byte-level path.
     pub fn has_fast_path(&self) -> bool {
         self.fast.is_some()
