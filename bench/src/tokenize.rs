@@ -184,7 +184,7 @@ fn bpe_engines(name: &str, tokenizer: &prompt::Tokenizer) -> anyhow::Result<Vec<
     let mut seen = std::collections::HashSet::new();
     // Each word as the model sees it (GPT-2's alphabet) and as bytes.
     let mut words: Vec<(String, Vec<u8>)> = Vec::new();
-    for message in prompt::testing::conversations(5, 2000)
+    for message in prompt::samples::conversations(5, 2000)
         .into_iter()
         .flatten()
     {

@@ -14,7 +14,7 @@ mod gguf_vocab;
 mod hf;
 mod pieces;
 pub mod render;
-pub mod testing;
+pub mod samples;
 pub mod tokenizer;
 
 use std::path::Path;

@@ -95,7 +95,7 @@ mod tests {
         assert!(tok.caches_pieces() && tok.has_fast_path());
         // Twice: the second pass comes from the cache.
         for pass in 0..2 {
-            for messages in crate::testing::conversations(7, 300) {
+            for messages in crate::samples::conversations(7, 300) {
                 let whole = tok.encode(&chat_pieces(&messages).concat()).unwrap();
                 assert_eq!(
                     chat_tokens(&messages, &tok).unwrap(),

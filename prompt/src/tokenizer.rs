@@ -230,7 +230,7 @@ fn agrees(fast: &ByteLevelBpe, inner: &tokenizers::Tokenizer) -> bool {
         .into_values()
         .map(|t| t.content)
         .collect();
-    let texts = crate::testing::conversations(3, 120)
+    let texts = crate::samples::conversations(3, 120)
         .into_iter()
         .flatten()
         .filter_map(|m| m.text())

@@ -212,7 +212,7 @@ fn pieces_tokenize_as_the_whole_prompt() {
     assert!(tok.caches_pieces() && tok.has_fast_path());
     let template = tok.chat_template().unwrap();
     for pass in 0..2 {
-        for messages in prompt::testing::conversations(13, 2000) {
+        for messages in prompt::samples::conversations(13, 2000) {
             let whole = tok.encode(&template.render(&messages).unwrap()).unwrap();
             let pieces = prompt::chat_tokens(&messages, &tok).unwrap();
             assert_eq!(pieces, whole, "pass {pass}: {messages:?}");

@@ -526,7 +526,7 @@ fn pieces_tokenize_as_the_whole_prompt() {
         );
         let template = tok.chat_template().unwrap();
         for pass in 0..2 {
-            for messages in prompt::testing::conversations(11, 300) {
+            for messages in prompt::samples::conversations(11, 300) {
                 let whole = tok.encode(&template.render(&messages).unwrap()).unwrap();
                 let pieces = prompt::chat_tokens(&messages, &tok).unwrap();
                 assert_eq!(pieces, whole, "pass {pass}: {messages:?}");

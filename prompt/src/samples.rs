@@ -1,5 +1,6 @@
-//! Random conversations, for the tests (here and in the workers) that check
-//! that tokenizing a prompt piece by piece gives its tokens.
+//! Random conversations of every kind of text a tokenizer's word split must
+//! get right: what a tokenizer's faster path is checked on when it loads,
+//! and what the tests (here and in the workers) tokenize both ways.
 
 use protocol::openai::ChatMessage;
 
