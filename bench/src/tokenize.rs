@@ -209,7 +209,8 @@ fn bpe_engines(name: &str, tokenizer: &prompt::Tokenizer) -> anyhow::Result<Vec<
     let vocab: Vec<Vec<u8>> = ids.iter().map(|&id| tokenizer.token_bytes(id)).collect();
     let factor = bpe::byte_pair_encoding::find_hash_factor_for_dictionary(vocab.clone());
     let fast = bpe::byte_pair_encoding::BytePairEncoding::from_dictionary(vocab, Some(factor));
-    let model = pipeline.get_model();
+    // A clone starts with an empty word cache: merges, not lookups.
+    let model = pipeline.get_model().clone();
     let start = Instant::now();
     let theirs: Vec<Vec<u32>> = words
         .iter()

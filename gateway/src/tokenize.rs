@@ -42,8 +42,9 @@ pub fn load(spec: &str) -> Result<Arc<Tokenizer>, TokenizerError> {
 }
 
 /// Prompts in bodies above this size are tokenized on the blocking pool: a
-/// 4k-token prompt takes milliseconds (`bench tokenize`), too long to hold one
-/// of the few runtime threads every connection shares.
+/// 4k-token prompt seen for the first time takes hundreds of microseconds
+/// (`bench tokenize`), too long to hold one of the few runtime threads every
+/// connection shares.
 const INLINE_MAX_BYTES: usize = 4096;
 
 /// [`prompt_blocks`], off the runtime's threads when the body is large.

@@ -2,10 +2,16 @@
 //! SmolLM2's and the built-in one belong to): the same split of text into
 //! words and the same BPE model, without the general pipeline's bookkeeping
 //! (normalized strings with alignments and offsets for every split), which
-//! costs more than the merges themselves. It is used only where it gives the
-//! tokenizer's own tokens, checked when the tokenizer loads.
+//! costs more than the merges themselves. It is taken only for a tokenizer
+//! built exactly so (no normalizer; GPT-2's byte-level split, with or
+//! without single digits first; a BPE model), and only where it gives that
+//! tokenizer's own tokens on sample texts when it loads
+//! (`tokenizer::agrees`).
+
+use std::sync::LazyLock;
 
 use regex::Regex;
+use serde_json::Value;
 use tokenizers::models::bpe::BPE;
 use tokenizers::{Model, ModelWrapper};
 
@@ -19,22 +25,42 @@ pub struct ByteLevelBpe {
     words: Regex,
     /// Numbers are split into single characters before the words (SmolLM2's `Digits` step).
     single_digits: bool,
-    /// GPT-2's alphabet: the character each byte stands for in the vocabulary.
-    chars: [char; 256],
 }
 
 impl ByteLevelBpe {
-    /// The fast path for `inner`, if its model is BPE; whether it gives
-    /// `inner`'s tokens is for the caller to check (see `pieces`).
-    pub fn of(inner: &tokenizers::Tokenizer, single_digits: bool) -> Option<ByteLevelBpe> {
+    /// The fast path for `inner`, if it is built as this path assumes;
+    /// whether it gives `inner`'s tokens is for the caller to check.
+    pub fn of(inner: &tokenizers::Tokenizer) -> Option<ByteLevelBpe> {
+        if inner.get_normalizer().is_some() {
+            return None;
+        }
         let ModelWrapper::BPE(model) = inner.get_model() else {
             return None;
         };
+        // The pre-tokenizer's own description says what it is made of.
+        let pre = serde_json::to_value(inner.get_pre_tokenizer()?).ok()?;
+        let gpt2 = |p: &Value| {
+            p["type"] == "ByteLevel" && p["add_prefix_space"] == false && p["use_regex"] == true
+        };
+        let single_digits = match pre["type"].as_str()? {
+            "ByteLevel" if gpt2(&pre) => false,
+            "Sequence" => match pre["pretokenizers"].as_array()?.as_slice() {
+                [digits, words]
+                    if digits["type"] == "Digits"
+                        && digits["individual_digits"] == true
+                        && gpt2(words) =>
+                {
+                    true
+                }
+                _ => return None,
+            },
+            _ => return None,
+        };
+        // Its own copy: a word cache apart from the pipeline's.
         Some(ByteLevelBpe {
             model: model.clone(),
             words: Regex::new(WORDS).expect("a valid pattern"),
             single_digits,
-            chars: alphabet(),
         })
     }
 
@@ -44,7 +70,7 @@ impl ByteLevelBpe {
         let mut word = String::new();
         let mut push = |w: &str| -> Result<(), String> {
             word.clear();
-            word.extend(w.bytes().map(|b| self.chars[b as usize]));
+            word.extend(w.bytes().map(|b| ALPHABET[b as usize]));
             let tokens = self.model.tokenize(&word).map_err(|e| e.to_string())?;
             ids.extend(tokens.iter().map(|t| t.id));
             Ok(())
@@ -86,10 +112,10 @@ impl ByteLevelBpe {
     }
 }
 
-/// GPT-2's bytes-to-characters map: printable bytes stand for themselves,
-/// the others for the characters from U+0100 on, in byte order.
-fn alphabet() -> [char; 256] {
-    let printable = |b: u32| matches!(b, 0x21..=0x7E | 0xA1..=0xAC | 0xAE..=0xFF);
+/// GPT-2's alphabet: the character each byte stands for in a byte-level
+/// vocabulary. Printable bytes stand for themselves, the others for the
+/// characters from U+0100 on, in byte order.
+static ALPHABET: LazyLock<[char; 256]> = LazyLock::new(|| {
     let mut chars = ['\0'; 256];
     let mut next = 256;
     for (b, c) in chars.iter_mut().enumerate() {
@@ -103,4 +129,13 @@ fn alphabet() -> [char; 256] {
         .expect("valid characters");
     }
     chars
+});
+
+fn printable(b: u32) -> bool {
+    matches!(b, 0x21..=0x7E | 0xA1..=0xAC | 0xAE..=0xFF)
+}
+
+/// The byte a character of GPT-2's alphabet stands for.
+pub fn byte_of(c: char) -> Option<u8> {
+    ALPHABET.iter().position(|&a| a == c).map(|b| b as u8)
 }

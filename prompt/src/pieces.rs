@@ -10,15 +10,30 @@
 //! by tokenizing probe prompts both ways; where it does not, prompts are
 //! tokenized whole.
 
-use std::sync::Arc;
+use std::collections::hash_map::RandomState;
+use std::hash::BuildHasher;
+use std::sync::{Arc, LazyLock};
 
 use aho_corasick::{AhoCorasick, MatchKind};
-use quick_cache::sync::Cache;
-use quick_cache::Weighter;
-use xxhash_rust::xxh3::xxh3_128;
+use quick_cache::sync::{Cache, DefaultLifecycle};
+use quick_cache::{DefaultHashBuilder, OptionsBuilder, Weighter};
+use xxhash_rust::xxh3::xxh3_128_with_seed;
 
-/// Most tokens the cache holds (16 MiB of ids), least recently used out first.
-const CACHE_TOKENS: u64 = 1 << 22;
+/// What the cache holds, in 4-byte units: a piece's ids plus
+/// [`ENTRY_UNITS`] for its entry. 16 MiB in all; the least used go first
+/// (quick_cache's CLOCK-PRO-like policy).
+const CACHE_UNITS: u64 = 1 << 22;
+
+/// An entry's key, pointer and bookkeeping, about 128 bytes, in 4-byte units.
+const ENTRY_UNITS: u64 = 32;
+
+/// Shards of the cache: a piece larger than a shard's share (256k tokens)
+/// is tokenized every time.
+const SHARDS: usize = 16;
+
+/// Keys hash the piece's text with a seed of this process, so no one can
+/// write a text whose key another's has.
+static SEED: LazyLock<u64> = LazyLock::new(|| RandomState::new().hash_one(0u64));
 
 /// A tokenizer's pieces: how to find its added tokens, what its
 /// post-processor puts around a sequence, and the tokens of pieces seen.
@@ -28,16 +43,15 @@ pub struct Pieces {
     /// Tokens the post-processor adds before and after a sequence (BOS, EOS).
     prefix: Vec<u32>,
     suffix: Vec<u32>,
-    cache: Cache<u128, Arc<[u32]>, ByTokens>,
+    cache: Cache<u128, Arc<[u32]>, BySize>,
 }
 
 #[derive(Clone)]
-struct ByTokens;
+struct BySize;
 
-impl Weighter<u128, Arc<[u32]>> for ByTokens {
+impl Weighter<u128, Arc<[u32]>> for BySize {
     fn weight(&self, _: &u128, tokens: &Arc<[u32]>) -> u64 {
-        // At least 1, so an empty piece is still evicted in its turn.
-        tokens.len().max(1) as u64
+        tokens.len() as u64 + ENTRY_UNITS
     }
 }
 
@@ -54,13 +68,17 @@ impl Pieces {
         // Tokens matched with stripping, word bounds or on normalized text
         // reach into their neighbours: not cut here as the tokenizer cuts.
         let normalizes = inner.get_normalizer().is_some();
+        // Truncation or padding would apply to each piece alone.
+        if inner.get_truncation().is_some() || inner.get_padding().is_some() {
+            return None;
+        }
         if added
             .iter()
             .any(|(_, t)| t.lstrip || t.rstrip || t.single_word || (t.normalized && normalizes))
         {
             return None;
         }
-        let plain = encode("a", false).ok()?;
+        let plain = encode("a", false).ok().filter(|p| !p.is_empty())?;
         let framed = encode("a", true).ok()?;
         let at = framed.windows(plain.len()).position(|w| w == plain)?;
         let matcher = (!added.is_empty()).then(|| {
@@ -74,7 +92,17 @@ impl Pieces {
             added: matcher.map(|m| (m, added.iter().map(|(id, _)| *id).collect())),
             prefix: framed[..at].to_vec(),
             suffix: framed[at + plain.len()..].to_vec(),
-            cache: Cache::with_weighter(1 << 14, CACHE_TOKENS, ByTokens),
+            cache: Cache::with_options(
+                OptionsBuilder::new()
+                    .estimated_items_capacity(1 << 14)
+                    .weight_capacity(CACHE_UNITS)
+                    .shards(SHARDS)
+                    .build()
+                    .expect("valid cache options"),
+                BySize,
+                DefaultHashBuilder::default(),
+                DefaultLifecycle::default(),
+            ),
         };
         let specials: Vec<&str> = added
             .iter()
@@ -114,7 +142,7 @@ impl Pieces {
         if text.is_empty() {
             return Ok(());
         }
-        let key = xxh3_128(text.as_bytes());
+        let key = xxh3_128_with_seed(text.as_bytes(), *SEED);
         if let Some(tokens) = self.cache.get(&key) {
             ids.extend_from_slice(&tokens);
             return Ok(());

@@ -105,10 +105,7 @@ impl Tokenizer {
         eos: Option<u32>,
         chat_template: Option<ChatTemplate>,
     ) -> Self {
-        let fast = [false, true]
-            .into_iter()
-            .filter_map(|digits| ByteLevelBpe::of(&inner, digits))
-            .find(|fast| agrees(fast, &inner));
+        let fast = ByteLevelBpe::of(&inner).filter(|fast| agrees(fast, &inner));
         let mut tokenizer = Tokenizer {
             inner,
             eos,
@@ -155,9 +152,10 @@ impl Tokenizer {
         &self.inner
     }
 
-    /// Whether text between added tokens takes the faster byte-level path.
+    /// Whether text between added tokens takes the faster byte-level path
+    /// (which only pieces take).
     pub fn has_fast_path(&self) -> bool {
-        self.fast.is_some()
+        self.fast.is_some() && self.pieces.is_some()
     }
 
     /// `text`'s tokens, with the post-processor's special tokens or without:
@@ -204,7 +202,7 @@ impl Tokenizer {
         }
         piece
             .chars()
-            .map(byte_level_byte)
+            .map(crate::byte_level::byte_of)
             .collect::<Option<Vec<u8>>>()
             .unwrap_or_else(|| text.into_bytes())
     }
@@ -220,42 +218,34 @@ impl Tokenizer {
     }
 }
 
-/// Whether `fast` tokenizes as `inner` does, on texts of every kind its
-/// split of words must get right (spaces before words, runs of whitespace
-/// and newlines, digits, punctuation, contractions, characters of several
-/// bytes), added tokens left out (the fast path never sees them).
+/// Whether `fast` tokenizes as `inner` does on sample texts (spaces before
+/// words, runs and kinds of whitespace, digits of several scripts,
+/// punctuation, contractions, characters of several bytes and forms a
+/// normalizer would change), cut at added tokens as `pieces` cuts prompts
+/// (the fast path never sees them).
 fn agrees(fast: &ByteLevelBpe, inner: &tokenizers::Tokenizer) -> bool {
     let added: Vec<String> = inner
         .get_added_tokens_decoder()
         .into_values()
         .map(|t| t.content)
         .collect();
-    let texts = crate::samples::conversations(3, 120)
+    let texts: Vec<String> = crate::samples::conversations(3, 150)
         .into_iter()
         .flatten()
         .filter_map(|m| m.text())
-        .chain(CORPUS.lines().take(40).map(str::to_string));
-    texts
-        .filter(|t| !added.iter().any(|a| t.contains(a.as_str())))
-        .all(|text| {
-            let theirs = inner.encode_fast(text.as_str(), false);
-            theirs.is_ok_and(|e| fast.encode(&text).is_ok_and(|ours| ours == e.get_ids()))
-        })
-}
-
-/// The byte a byte-level BPE character stands for (GPT-2's alphabet: printable
-/// bytes are themselves, the others shifted past 255 in byte order).
-fn byte_level_byte(c: char) -> Option<u8> {
-    let printable = |b: u32| matches!(b, 0x21..=0x7E | 0xA1..=0xAC | 0xAE..=0xFF);
-    let code = c as u32;
-    if printable(code) {
-        return u8::try_from(code).ok();
+        .chain(CORPUS.lines().take(40).map(str::to_string))
+        .collect();
+    let mut parts: Vec<&str> = texts.iter().map(String::as_str).collect();
+    for token in &added {
+        parts = parts.iter().flat_map(|p| p.split(token.as_str())).collect();
     }
-    let nth = code.checked_sub(256)?;
-    (0u32..256)
-        .filter(|&b| !printable(b))
-        .nth(nth as usize)
-        .and_then(|b| u8::try_from(b).ok())
+    parts.retain(|p| !p.is_empty());
+    // Enough compared that agreement means something.
+    parts.len() >= 200
+        && parts.iter().all(|text| {
+            let theirs = inner.encode_fast(*text, false);
+            theirs.is_ok_and(|e| fast.encode(text).is_ok_and(|ours| ours == e.get_ids()))
+        })
 }
 
 #[cfg(test)]
@@ -272,6 +262,20 @@ mod tests {
         }
         let eos = tok.inner.token_to_id(BUILTIN_EOS).unwrap();
         assert_eq!(tok.token_bytes(eos), BUILTIN_EOS.as_bytes());
+    }
+
+    #[test]
+    fn a_pipeline_the_fast_path_does_not_match_keeps_its_own_path() {
+        let Tokenizer { mut inner, .. } = Tokenizer::builtin().unwrap();
+        inner.with_normalizer(Some(tokenizers::normalizers::unicode::NFKC));
+        let tok = Tokenizer::new(inner);
+        assert!(!tok.has_fast_path());
+        for text in ["ﬁne １２３", "cafe\u{301}", "plain"] {
+            assert_eq!(
+                tok.encode_pieces(&[text]).unwrap(),
+                tok.encode(text).unwrap()
+            );
+        }
     }
 
     #[test]

@@ -158,6 +158,15 @@ async fn chat_and_completions_through_the_gateway() {
         assert!(metrics.contains(name), "/metrics lacks {name}:\n{metrics}");
     }
     assert!(metrics.contains(r#"status="200""#));
+    // Series exist from the start; these counted the requests above.
+    for count in [
+        "llmgw_time_to_first_token_seconds_count",
+        "llmgw_inter_token_latency_seconds_count",
+        "llmgw_request_duration_seconds_count",
+        "llmgw_prompt_blocks_total",
+    ] {
+        assert!(metric(&gw, count).await > 0.0, "{count} counted nothing");
+    }
 
     // Probes and status.
     assert_eq!(
