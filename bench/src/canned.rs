@@ -1,6 +1,8 @@
 //! A canned upstream: answers every chat completion at once with the same
 //! bytes, `/health` and `/v1/models` like a worker. In front of it, a proxy's
-//! own cost per request is all there is to see.
+//! own cost per request is all there is to see. Not the test harness's fake
+//! worker: that one serializes its answer and records every request's
+//! credentials, a cost and a growing list that would weigh on 100k requests.
 
 use std::convert::Infallible;
 
