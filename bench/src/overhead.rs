@@ -13,6 +13,7 @@ use serde_json::json;
 
 use crate::canned;
 use crate::load::{self, Run};
+use crate::memory;
 use crate::report;
 
 #[derive(clap::Args)]
@@ -99,6 +100,7 @@ pub async fn run(args: Args, out: &Path) -> anyhow::Result<()> {
         args.rounds,
     )
     .await?;
+    let allocations = allocations_per_request(&client, paths, &body, args.latency_requests).await?;
     gateway.shutdown().await;
     if let Some(worker) = worker {
         worker.shutdown(Duration::from_secs(1)).await;
@@ -127,7 +129,8 @@ pub async fn run(args: Args, out: &Path) -> anyhow::Result<()> {
     println!(
         "## bench overhead\n\n{} upstream, {} latency requests per path (one at a time), {} throughput requests per path at \
          concurrency {}, {} interleaved rounds, sim decode step {} µs\n\n{}\n\
-         the gateway adds {:.1}x nginx's p50 latency and serves {:.2}x its throughput",
+         the gateway adds {:.1}x nginx's p50 latency and serves {:.2}x its throughput; it allocates {:.1} times \
+         per request (its path's allocations less the direct path's, {:.1} − {:.1}, one request at a time)",
         args.upstream.name(),
         args.latency_requests,
         args.throughput_requests,
@@ -141,6 +144,9 @@ pub async fn run(args: Args, out: &Path) -> anyhow::Result<()> {
         (us(lg.percentile(0.5)) - us(ld.percentile(0.5)))
             / (us(ln.percentile(0.5)) - us(ld.percentile(0.5))).max(1.0),
         tg.throughput() / tn.throughput(),
+        allocations[2] - allocations[0],
+        allocations[2],
+        allocations[0],
     );
     let figures = |l: &Run, t: &Run| {
         json!({"p50_us": us(l.percentile(0.5)), "p99_us": us(l.percentile(0.99)), "rps": t.throughput(),
@@ -157,6 +163,7 @@ pub async fn run(args: Args, out: &Path) -> anyhow::Result<()> {
         "nginx": figures(ln, tn),
         "gateway": figures(lg, tg),
         "gateway_throughput_vs_nginx": tg.throughput() / tn.throughput(),
+        "gateway_allocations_per_request": allocations[2] - allocations[0],
     });
     report::write_json(&out.join("overhead.json"), &json)?;
     report::bar_chart(
@@ -194,6 +201,24 @@ fn row(name: &str, latency: &Run, throughput: &Run) -> Vec<String> {
         format!("{:.0} µs", latency.percentile(0.99).as_secs_f64() * 1e6),
         format!("{:.0}", throughput.throughput()),
     ]
+}
+
+/// Heap allocations per request on each path, one request at a time. The
+/// client and the upstream run in this process on every path, so what a proxy
+/// in this process adds is its path's count less the direct path's.
+async fn allocations_per_request<const N: usize>(
+    client: &load::HttpClient,
+    urls: [&str; N],
+    body: &Bytes,
+    count: usize,
+) -> anyhow::Result<[f64; N]> {
+    let mut per_request = [0.0; N];
+    for (slot, url) in per_request.iter_mut().zip(urls) {
+        let before = memory::allocations();
+        load::run(client, url, body, count, 1).await?;
+        *slot = (memory::allocations() - before) as f64 / count as f64;
+    }
+    Ok(per_request)
 }
 
 /// Runs each URL `count` times in total, alternating between them in `rounds`.

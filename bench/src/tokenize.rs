@@ -44,7 +44,7 @@ fn whole_prompt_work(tokenizer: &prompt::Tokenizer, body: &[u8]) -> usize {
     };
     let text = match tokenizer.chat_template() {
         Some(template) => template.render(messages).expect("a template that renders"),
-        None => prompt::chat_pieces(messages).concat(),
+        None => prompt::chat_pieces(messages).text().to_string(),
     };
     let tokens = tokenizer.encode(&text).expect("a prompt that tokenizes");
     protocol::block_hashes(&tokens, 16).len()
@@ -189,7 +189,7 @@ fn bpe_engines(name: &str, tokenizer: &prompt::Tokenizer) -> anyhow::Result<Vec<
         .flatten()
     {
         let text = message.text().unwrap_or_default();
-        let mut split = PreTokenizedString::from(text.as_str());
+        let mut split = PreTokenizedString::from(&*text);
         pre.pre_tokenize(&mut split)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         for (word, (start, end), _) in

@@ -16,12 +16,13 @@ use crate::admit::{Admit, Permit};
 use crate::body::{self, Body};
 use crate::failover::{self, Learn, Target, UpstreamRequest};
 use crate::live::{Live, Shared};
-use crate::parse::{self, Endpoint, Parsed, Prompt};
+use crate::metrics::ModelMetrics;
+use crate::parse::{self, Endpoint, Parsed};
 use crate::pools::Pool;
-use crate::relay::{self, Labels, Relay};
+use crate::relay::{self, Relay};
 use crate::tenancy::{self, Caller, Outcome, Tenancy, Ticket};
 use crate::upstream::Upstream;
-use crate::{candidates, decide, error, metrics, tokenize};
+use crate::{candidates, context, decide, error, metrics, tokenize};
 
 /// `/v1/models`' `owned_by` for every model the gateway routes.
 const OWNED_BY: &str = "llmgw";
@@ -93,48 +94,53 @@ async fn complete(
     endpoint: Endpoint,
 ) -> Response<Body> {
     let started = Instant::now();
-    let (labels, response) = match accept(gw, req, endpoint).await {
-        Ok(accepted) => {
-            let labels = accepted.labels();
-            let response = route(gw, accepted, &labels, started).await;
-            (labels, response)
-        }
-        Err(e) => (Labels::default(), error::response(&e)),
+    let refused = |e: ApiError| {
+        metrics::request_refused(e.status());
+        error::response(&e)
     };
-    metrics::request_done(&labels.model, &labels.pool, response.status().as_u16());
+    let received = match receive(gw, req).await {
+        Ok(received) => received,
+        Err(e) => return refused(e),
+    };
+    // The model and prompt are read in place from this handle on the body;
+    // the request keeps its own, to forward.
+    let body = received.body.clone();
+    let accepted = match accept(gw, received, &body, endpoint) {
+        Ok(accepted) => accepted,
+        Err(e) => return refused(e),
+    };
+    let metrics = Arc::clone(&accepted.metrics);
+    let response = route(gw, accepted, started).await;
+    metrics.request_done(response.status().as_u16());
     response
 }
 
-/// A request admitted, read, parsed and matched to its model's pool.
-struct Accepted {
+/// A request admitted, its caller known and its body read.
+struct Received {
     permit: Permit,
     caller: Caller,
     headers: http::HeaderMap,
     body: Bytes,
-    parsed: Parsed,
     /// Config and workers as they were on arrival, kept to the request's end.
     live: Arc<Live>,
+}
+
+/// A request parsed and matched to its model's pool.
+struct Accepted<'a> {
+    permit: Permit,
+    caller: Caller,
+    headers: http::HeaderMap,
+    body: Bytes,
+    parsed: Parsed<'a>,
+    live: Arc<Live>,
     pool: Arc<Pool>,
+    /// The model's metrics in its pool.
+    metrics: Arc<ModelMetrics>,
     endpoint: Endpoint,
 }
 
-impl Accepted {
-    fn labels(&self) -> Labels {
-        Labels {
-            model: self.parsed.model.clone(),
-            pool: self.pool.name.clone(),
-            metrics: self.pool.metrics.model(&self.parsed.model),
-        }
-    }
-}
-
-/// Admit → the caller's key → read the body → parse → find the model's
-/// pool, if the key may use it.
-async fn accept(
-    gw: &Gateway,
-    req: http::Request<Incoming>,
-    endpoint: Endpoint,
-) -> Result<Accepted, ApiError> {
+/// Admit → the caller's key → read the body.
+async fn receive(gw: &Gateway, req: http::Request<Incoming>) -> Result<Received, ApiError> {
     let permit = gw.admit.try_admit()?;
     let caller = gw.tenancy.authenticate(req.headers())?;
     let (head, body) = req.into_parts();
@@ -144,21 +150,41 @@ async fn accept(
         .and_then(|v| v.to_str().ok()?.parse().ok());
     let live = gw.live();
     let body = parse::read_body(body, declared_len, live.config.listeners.max_body_bytes).await?;
-    let parsed = parse::parse(endpoint, &body)?;
-    gw.tenancy.may_use(&caller, &parsed.model)?;
+    Ok(Received {
+        permit,
+        caller,
+        headers: head.headers,
+        body,
+        live,
+    })
+}
+
+/// Parse `body` (the received body's bytes) → find the model's pool, if
+/// the key may use it.
+fn accept<'a>(
+    gw: &Gateway,
+    received: Received,
+    body: &'a Bytes,
+    endpoint: Endpoint,
+) -> Result<Accepted<'a>, ApiError> {
+    let parsed = parse::parse(endpoint, body)?;
+    gw.tenancy.may_use(&received.caller, &parsed.model)?;
+    let live = received.live;
     let pool = live
         .registry
         .pool_for(&parsed.model)
         .ok_or_else(|| ApiError::model_not_found(&parsed.model))?
         .clone();
+    let metrics = pool.metrics.model(&parsed.model);
     Ok(Accepted {
-        permit,
-        caller,
-        headers: head.headers,
-        body,
+        permit: received.permit,
+        caller: received.caller,
+        headers: received.headers,
+        body: received.body,
         parsed,
         live,
         pool,
+        metrics,
         endpoint,
     })
 }
@@ -166,19 +192,12 @@ async fn accept(
 /// Tokenize → the caller's limits → the pool's queue → send → relay. Every
 /// answer from here on carries the caller's rate-limit headers, and its
 /// ticket records what it used.
-async fn route(
-    gw: &Gateway,
-    mut req: Accepted,
-    labels: &Labels,
-    started: Instant,
-) -> Response<Body> {
-    // The prompt goes to the tokenizer; the body forwarded is the client's bytes.
-    let text = std::mem::replace(&mut req.parsed.prompt, Prompt::Chat(Vec::new()));
+async fn route(gw: &Gateway, req: Accepted<'_>, started: Instant) -> Response<Body> {
     let prompt = match tokenize::prompt_blocks_of(
         &req.pool.tokenizer,
         req.pool.block_size,
-        text,
-        req.parsed.cache_salt.clone(),
+        &req.parsed.prompt,
+        req.parsed.cache_salt.as_deref(),
         req.body.len(),
     )
     .await
@@ -191,10 +210,9 @@ async fn route(
         caller: req.caller.clone(),
         admitted: None,
         slot: None,
-        // Set by the request-id layer before this handler runs.
-        request_id: header(&req.headers, "x-request-id").to_string(),
-        model: labels.model.clone(),
-        pool: labels.pool.clone(),
+        request_id: request_id(&req.headers),
+        model: Arc::clone(&req.metrics.model),
+        pool: Arc::clone(&req.metrics.pool),
         prompt_tokens: prompt.tokens as u64,
         cached_tokens: 0,
         settled: false,
@@ -214,7 +232,7 @@ async fn route(
         }
     }
     match send(gw, &req, &prompt, &mut ticket, reserve).await {
-        Ok((served, follow)) => respond(served, follow, labels, req, started, ticket),
+        Ok((served, follow)) => respond(served, follow, req, started, ticket),
         Err(e) => {
             let mut response = error::response(&e);
             if let Some(headers) = ticket.headers() {
@@ -234,7 +252,7 @@ async fn route(
 /// upstream with failover; what a stream needs to go on elsewhere.
 async fn send(
     gw: &Gateway,
-    req: &Accepted,
+    req: &Accepted<'_>,
     prompt: &tokenize::PromptBlocks,
     ticket: &mut Ticket,
     reserve: u64,
@@ -289,14 +307,14 @@ async fn send(
         })
         .collect::<Vec<_>>()
         .into_iter();
-    let request_id = header(headers, "x-request-id");
+    let request_id = request_id(headers);
     // Followed to continue it elsewhere, and to count what it generates.
     let follow = parsed.stream && (config.retry.max_migrations > 0 || gw.tenancy.meters());
     let body_for = |_: &crate::worker::Worker| Some(body.clone());
     let upstream_req = UpstreamRequest {
-        path: endpoint.path(),
+        endpoint: *endpoint,
         body: &body_for,
-        request_id,
+        request_id: &request_id,
         stream: parsed.stream,
         stream_tokens: follow,
         incoming: headers,
@@ -323,7 +341,7 @@ async fn send(
         body: body.clone(),
         endpoint: *endpoint,
         choices: parsed.choices,
-        request_id: request_id.to_string(),
+        request_id,
         trace: protocol::traces::headers_for(&tracing::Span::current(), headers),
         hashes: prompt.hashes.clone(),
         pool: Arc::clone(pool),
@@ -338,17 +356,15 @@ async fn send(
 fn respond(
     served: failover::Served,
     follow: Option<relay::Continue>,
-    labels: &Labels,
-    req: Accepted,
+    req: Accepted<'_>,
     started: Instant,
     ticket: Ticket,
 ) -> Response<Body> {
-    let worker_id = served.in_flight.worker().id.clone();
     let mut parts = served.head;
     strip_hop_by_hop(&mut parts.headers);
     if req.live.config.listeners.worker_id_header || req.caller.is_admin() {
-        if let Ok(id) = http::HeaderValue::from_str(&worker_id) {
-            parts.headers.insert("x-worker-id", id);
+        if let Some(id) = &served.in_flight.worker().id_header {
+            parts.headers.insert("x-worker-id", id.clone());
         }
     }
     if let Some(headers) = ticket.headers() {
@@ -358,7 +374,7 @@ fn respond(
     let body = Relay::new(
         (served.in_flight, served.first, served.rest),
         follow,
-        labels,
+        &req.metrics,
         (req.parsed.stream, stall),
         started,
         (req.permit, ticket, parts.status.as_u16()),
@@ -366,11 +382,12 @@ fn respond(
     Response::from_parts(parts, body.into_body())
 }
 
-fn header<'a>(headers: &'a http::HeaderMap, name: &str) -> &'a str {
+/// Set by `context` before the handler runs.
+fn request_id(headers: &http::HeaderMap) -> http::HeaderValue {
     headers
-        .get(name)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
+        .get(context::REQUEST_ID)
+        .cloned()
+        .unwrap_or_else(|| http::HeaderValue::from_static(""))
 }
 
 /// Keys sticky routing: the `x-session-id` header, else the request's `user`.

@@ -3,7 +3,7 @@
 
 use protocol::{ApiError, ErrorKind};
 
-use crate::body::{self, Body, BoxError};
+use crate::body::{self, Body};
 
 pub fn response(error: &ApiError) -> http::Response<Body> {
     let mut resp = body::json(error.status(), error.to_json());
@@ -15,18 +15,4 @@ pub fn response(error: &ApiError) -> http::Response<Body> {
         );
     }
     resp
-}
-
-/// Errors raised by tower layers (shedding, timeouts) rather than by the handler.
-pub fn from_layer(error: BoxError) -> ApiError {
-    if error.is::<tower::timeout::error::Elapsed>() {
-        ApiError::new(
-            ErrorKind::Timeout,
-            "the request timed out before a worker answered",
-        )
-    } else if let Ok(api) = error.downcast::<ApiError>() {
-        *api
-    } else {
-        ApiError::new(ErrorKind::Internal, "internal error")
-    }
 }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::StatusCode;
+use http::{HeaderValue, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use protocol::resume::STREAM_TOKENS;
@@ -18,10 +18,12 @@ use tracing::Instrument;
 
 use crate::body;
 use crate::config::{RetryConfig, Strategy};
+use crate::context;
 use crate::engine::EngineKind;
 use crate::metrics;
+use crate::parse::Endpoint;
 use crate::prefix::PrefixState;
-use crate::upstream::{self, Upstream};
+use crate::upstream::Upstream;
 use crate::worker::{InFlight, Worker};
 
 /// One worker to try, with what it already holds of the prompt.
@@ -39,11 +41,11 @@ const MAX_ANSWER_BYTES: usize = 64 << 20;
 
 /// What is sent to the workers tried.
 pub struct UpstreamRequest<'a> {
-    pub path: &'static str,
+    pub endpoint: Endpoint,
     /// The body for each worker; `None` passes over a worker that cannot
     /// take it (one whose engine cannot continue a stream, say).
     pub body: &'a (dyn Fn(&Worker) -> Option<Bytes> + Sync),
-    pub request_id: &'a str,
+    pub request_id: &'a http::HeaderValue,
     pub stream: bool,
     /// Ask our workers to name each frame's tokens, so that the stream can be
     /// continued elsewhere (`protocol::resume`).
@@ -239,9 +241,12 @@ async fn attempt(
     req: &UpstreamRequest<'_>,
     body: Bytes,
 ) -> Result<Answer, Failure> {
-    let mut request = http::Request::post(upstream::uri(&worker.url, req.path))
-        .header(http::header::CONTENT_TYPE, "application/json")
-        .header("x-request-id", req.request_id);
+    let mut request = http::Request::post(worker.endpoint(req.endpoint).clone())
+        .header(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )
+        .header(context::REQUEST_ID, req.request_id);
     // This attempt's span is the worker's parent.
     let trace = protocol::traces::headers_for(&tracing::Span::current(), req.incoming);
     for (name, value) in &trace {
@@ -251,7 +256,7 @@ async fn attempt(
         request = request.header(http::header::AUTHORIZATION, credential);
     }
     if req.stream_tokens && worker.engine.kind == EngineKind::Llmgw {
-        request = request.header(STREAM_TOKENS, "1");
+        request = request.header(STREAM_TOKENS, HeaderValue::from_static("1"));
     }
     let request = request
         .body(body::full(body))

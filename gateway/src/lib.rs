@@ -1,8 +1,8 @@
 //! The gateway: an OpenAI-compatible proxy that routes each request to a
 //! worker of the model's pool by health, zone and load, with failover.
 //!
-//! A request flows through the modules in this order: `server` (listeners,
-//! tower layers) → `api` → `admit` → `parse` → `tokenize` → `prefix` →
+//! A request flows through the modules in this order: `server` (listeners)
+//! → `context` (request id, span, backstop) → `api` → `admit` → `parse` → `tokenize` → `prefix` →
 //! `candidates` → `decide` (a WASM `plugin`, or the built-in `policy` over
 //! `score`) → `failover` (over `upstream`) → `relay` (back to the client,
 //! continuing a broken stream elsewhere through `failover` again). Each
@@ -21,6 +21,7 @@ mod body;
 mod canary;
 pub mod candidates;
 pub mod config;
+mod context;
 pub mod control;
 pub mod decide;
 pub mod engine;

@@ -3,7 +3,7 @@
 //! status, reason. Never request or user ids.
 
 use std::collections::HashMap;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
 use metrics::{counter, gauge, histogram, Counter, Gauge, Histogram};
@@ -122,27 +122,54 @@ pub fn queue_wait(pool: &str, priority: &'static str, waited: Duration) {
     histogram!(QUEUE_WAIT, "pool" => pool.to_string(), "priority" => priority).record(waited);
 }
 
-pub fn request_done(model: &str, pool: &str, status: u16) {
-    counter!(REQUESTS, "model" => model.to_string(), "pool" => pool.to_string(), "status" => status.to_string())
-        .increment(1);
+/// A request answered before its model's pool was known (a bad body, an
+/// unknown model): counted under empty labels.
+pub fn request_refused(status: u16) {
+    counter!(REQUESTS, "model" => "", "pool" => "", "status" => status.to_string()).increment(1);
 }
 
-/// The histograms of one model's requests in one pool, resolved once (see
+/// The metrics of one model's requests in one pool, resolved once (see
 /// [`PoolMetrics`]) rather than looked up by their labels per request.
 #[derive(Debug)]
 pub struct ModelMetrics {
+    pub model: Arc<str>,
+    pub pool: Arc<str>,
     duration: Histogram,
     ttft: Histogram,
     inter_token: Histogram,
+    /// `llmgw_requests_total` by status, each resolved at its first answer.
+    requests: RwLock<Vec<(u16, Counter)>>,
 }
 
 impl ModelMetrics {
     fn new(model: &str, pool: &str) -> ModelMetrics {
         let labels = [("model", model.to_string()), ("pool", pool.to_string())];
         ModelMetrics {
+            model: model.into(),
+            pool: pool.into(),
             duration: histogram!(REQUEST_DURATION, &labels),
             ttft: histogram!(TTFT, &labels),
             inter_token: histogram!(ITL, &labels),
+            requests: RwLock::default(),
+        }
+    }
+
+    /// Counts a request answered with `status`.
+    pub fn request_done(&self, status: u16) {
+        let known = |requests: &[(u16, Counter)]| {
+            let counter = requests.iter().find(|(s, _)| *s == status)?;
+            counter.1.increment(1);
+            Some(())
+        };
+        if known(&self.requests.read().expect("never poisoned")).is_some() {
+            return;
+        }
+        let mut requests = self.requests.write().expect("never poisoned");
+        if known(&requests).is_none() {
+            let counter = counter!(REQUESTS, "model" => self.model.to_string(),
+                "pool" => self.pool.to_string(), "status" => status.to_string());
+            counter.increment(1);
+            requests.push((status, counter));
         }
     }
 
@@ -161,6 +188,7 @@ impl ModelMetrics {
 
 /// A pool's per-request metrics, resolved when the pool is built.
 pub struct PoolMetrics {
+    pool: String,
     prompt_blocks: Counter,
     prompt_blocks_cached: Counter,
     models: HashMap<String, Arc<ModelMetrics>>,
@@ -169,6 +197,7 @@ pub struct PoolMetrics {
 impl PoolMetrics {
     pub fn new(pool: &str, models: &[String]) -> PoolMetrics {
         PoolMetrics {
+            pool: pool.to_string(),
             prompt_blocks: counter!(PROMPT_BLOCKS, "pool" => pool.to_string()),
             prompt_blocks_cached: counter!(PROMPT_BLOCKS_CACHED, "pool" => pool.to_string()),
             models: models
@@ -185,8 +214,12 @@ impl PoolMetrics {
     }
 
     /// The histograms of `model`, one of the pool's.
-    pub fn model(&self, model: &str) -> Option<Arc<ModelMetrics>> {
-        self.models.get(model).cloned()
+    pub fn model(&self, model: &str) -> Arc<ModelMetrics> {
+        match self.models.get(model) {
+            Some(metrics) => Arc::clone(metrics),
+            // Pools route only the models they list; this is for the unforeseen.
+            None => Arc::new(ModelMetrics::new(model, &self.pool)),
+        }
     }
 }
 

@@ -1,6 +1,9 @@
 //! Parse: read the body within its size limit and check it is a valid OpenAI
 //! request, learning the model and whether to stream. The bytes themselves are
-//! forwarded unchanged, so fields we do not model pass through to workers.
+//! forwarded unchanged, so fields we do not model pass through to workers,
+//! and the model and prompt are read in place, borrowed from them.
+
+use std::borrow::Cow;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
@@ -24,8 +27,8 @@ impl Endpoint {
 }
 
 #[derive(Debug)]
-pub struct Parsed {
-    pub model: String,
+pub struct Parsed<'a> {
+    pub model: Cow<'a, str>,
     pub stream: bool,
     pub user: Option<String>,
     /// vLLM's `cache_salt`: the prompt's blocks are hashed apart.
@@ -35,14 +38,26 @@ pub struct Parsed {
     pub max_tokens: Option<u64>,
     /// Choices asked for (`n`).
     pub choices: u32,
-    pub prompt: Prompt,
+    pub prompt: Prompt<'a>,
 }
 
 /// What the worker will tokenize, so the gateway can tokenize it the same way.
-#[derive(Debug)]
-pub enum Prompt {
-    Chat(Vec<ChatMessage>),
-    Completion(openai::Prompt),
+#[derive(Debug, Clone)]
+pub enum Prompt<'a> {
+    Chat(Vec<ChatMessage<'a>>),
+    Completion(openai::Prompt<'a>),
+}
+
+impl Prompt<'_> {
+    /// The prompt with its text copied out of the body, to outlive it.
+    pub fn into_owned(self) -> Prompt<'static> {
+        match self {
+            Prompt::Chat(messages) => {
+                Prompt::Chat(messages.into_iter().map(ChatMessage::into_owned).collect())
+            }
+            Prompt::Completion(prompt) => Prompt::Completion(prompt.into_owned()),
+        }
+    }
 }
 
 pub async fn read_body(
@@ -69,7 +84,7 @@ pub async fn read_body(
     }
 }
 
-pub fn parse(endpoint: Endpoint, body: &[u8]) -> Result<Parsed, ApiError> {
+pub fn parse(endpoint: Endpoint, body: &[u8]) -> Result<Parsed<'_>, ApiError> {
     let invalid =
         |e: serde_json::Error| ApiError::invalid("body", format!("invalid JSON body: {e}"));
     // Only the gateway continues a stream on a worker (`relay::resume`).

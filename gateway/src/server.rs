@@ -1,5 +1,5 @@
 //! Listeners and connections: the API socket (HTTP/1.1 and h2c, or TLS with
-//! ALPN) behind the tower layers every request crosses, the admin socket, the
+//! ALPN), each request in its context (`context`), the admin socket, the
 //! health probes, and graceful drain.
 
 use std::convert::Infallible;
@@ -18,15 +18,11 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Notify, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
-use tower::{Service, ServiceBuilder, ServiceExt};
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::trace::TraceLayer;
-use tracing::Span;
 
 use crate::admin::{self, Admin};
 use crate::admit::Admit;
 use crate::api::{self, Gateway};
-use crate::body::{Body, BoxError};
+use crate::body::Body;
 use crate::config::{Config, Listeners};
 use crate::plugin::{PluginEngine, PluginWatcher, WatchHandle};
 use crate::pools::Registry;
@@ -34,7 +30,7 @@ use crate::tenancy::config::AuthMode;
 use crate::tenancy::Tenancy;
 use crate::tls::{self, TlsError};
 use crate::upstream::Upstream;
-use crate::{control, error, kv_zmq, live, metrics, mirror, probe};
+use crate::{context, control, kv_zmq, live, metrics, mirror, probe};
 use protocol::{ApiError, Bus, ErrorKind};
 
 #[derive(Debug, thiserror::Error)]
@@ -67,10 +63,6 @@ pub struct Handle {
     background: Vec<JoinHandle<()>>,
     plugins: Option<WatchHandle>,
 }
-
-/// The peer of a connection, for logs when no `X-Forwarded-For` names the client.
-#[derive(Clone, Copy)]
-struct Peer(SocketAddr);
 
 pub async fn start(config: Config) -> Result<Handle, StartError> {
     let bus = match &config.bus.nats_url {
@@ -293,7 +285,6 @@ async fn serve_api(
 ) {
     let builder = connection_builder(listeners.idle_timeout);
     let graceful = GracefulShutdown::new();
-    let service = api_service(gateway, backstop);
     let open = Arc::new(Semaphore::new(listeners.max_connections));
     let first_head = listeners.header_read_timeout;
     loop {
@@ -315,13 +306,12 @@ async fn serve_api(
             continue;
         };
         let _ = tcp.set_nodelay(true);
-        let service = service.clone();
         let requested = Arc::new(Notify::new());
         let head = requested.clone();
-        let hyper_service = hyper::service::service_fn(move |mut req: http::Request<Incoming>| {
+        let gateway = gateway.clone();
+        let hyper_service = hyper::service::service_fn(move |req: http::Request<Incoming>| {
             head.notify_one();
-            req.extensions_mut().insert(Peer(peer));
-            service.clone().oneshot(req)
+            serve_request(gateway.clone(), req, peer, backstop)
         });
         let builder = builder.clone();
         let watcher = graceful.watcher();
@@ -354,6 +344,16 @@ async fn serve_api(
     }
     drop(listener);
     graceful.shutdown().await;
+}
+
+async fn serve_request(
+    gateway: Arc<Gateway>,
+    req: http::Request<Incoming>,
+    peer: SocketAddr,
+    backstop: Duration,
+) -> Result<http::Response<Body>, Infallible> {
+    let handle = |req| api::handle(gateway, req);
+    Ok(context::within(req, peer, backstop, handle).await)
 }
 
 /// Serves `conn` on, once a first request head arrived (`requested`) within
@@ -394,68 +394,6 @@ async fn refuse(mut tcp: tokio::net::TcpStream, plain: bool) {
         let _ = tokio::time::timeout(Duration::from_secs(1), write).await;
     }
     let _ = tcp.shutdown().await;
-}
-
-/// The tower layers every API request crosses, outermost first: request id
-/// (kept from the client or made), its echo on the response, a tracing span,
-/// the mapping of layer errors to OpenAI errors, and a backstop timeout.
-fn api_service(
-    gateway: Arc<Gateway>,
-    backstop: Duration,
-) -> impl Service<
-    http::Request<Incoming>,
-    Response = http::Response<
-        impl http_body::Body<Data = bytes::Bytes, Error = BoxError> + Send + 'static,
-    >,
-    Error = BoxError,
-    Future = impl Send,
-> + Clone
-       + Send
-       + 'static {
-    // The failover loop owns the real deadline; `backstop` only catches a
-    // handler stuck past it (a client trickling its body, say).
-    ServiceBuilder::new()
-        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
-        .layer(PropagateRequestIdLayer::x_request_id())
-        .layer(
-            TraceLayer::new_for_http()
-                .make_span_with(request_span)
-                .on_request(())
-                .on_response(())
-                .on_failure(()),
-        )
-        .map_result(|result: Result<http::Response<Body>, BoxError>| {
-            // Always Ok: the error type stays BoxError only because tower's
-            // `map_result` needs `From` for errors of `poll_ready`, which never fails here.
-            Ok::<_, BoxError>(result.unwrap_or_else(|e| error::response(&error::from_layer(e))))
-        })
-        .timeout(backstop)
-        .service_fn(move |req| {
-            let gateway = gateway.clone();
-            async move { Ok::<_, Infallible>(api::handle(gateway, req).await) }
-        })
-}
-
-fn request_span(req: &http::Request<Incoming>) -> Span {
-    let request_id = req
-        .headers()
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    // Behind a load balancer the peer is the balancer; the first forwarded address is the client.
-    let forwarded = req
-        .headers()
-        .get("x-forwarded-for")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(',').next())
-        .map(|s| s.trim().to_string());
-    let client = forwarded
-        .or_else(|| req.extensions().get::<Peer>().map(|p| p.0.ip().to_string()))
-        .unwrap_or_default();
-    let span = tracing::info_span!("request", method = %req.method(), path = %req.uri().path(),
-        request_id, client, trace_id = tracing::field::Empty, span_id = tracing::field::Empty);
-    protocol::traces::continue_trace(&span, req.headers());
-    span
 }
 
 fn connection_builder(idle_timeout: Duration) -> auto::Builder<TokioExecutor> {

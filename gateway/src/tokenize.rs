@@ -47,18 +47,20 @@ pub fn load(spec: &str) -> Result<Arc<Tokenizer>, TokenizerError> {
 /// connection shares.
 const INLINE_MAX_BYTES: usize = 4096;
 
-/// [`prompt_blocks`], off the runtime's threads when the body is large.
+/// [`prompt_blocks`], off the runtime's threads when the body is large (its
+/// prompt then copied out of the body, a small cost next to tokenizing it).
 pub async fn prompt_blocks_of(
     tokenizer: &Arc<Tokenizer>,
     block_size: usize,
-    prompt: Prompt,
-    cache_salt: Option<String>,
+    prompt: &Prompt<'_>,
+    cache_salt: Option<&str>,
     body_bytes: usize,
 ) -> Result<PromptBlocks, ApiError> {
     if body_bytes <= INLINE_MAX_BYTES {
-        return prompt_blocks(tokenizer, block_size, &prompt, cache_salt.as_deref());
+        return prompt_blocks(tokenizer, block_size, prompt, cache_salt);
     }
-    let tokenizer = tokenizer.clone();
+    let (tokenizer, prompt) = (tokenizer.clone(), prompt.clone().into_owned());
+    let cache_salt = cache_salt.map(str::to_string);
     tokio::task::spawn_blocking(move || {
         prompt_blocks(&tokenizer, block_size, &prompt, cache_salt.as_deref())
     })
@@ -101,10 +103,10 @@ mod tests {
     #[test]
     fn chat_hashes_match_the_workers() {
         let tok = load("builtin").unwrap();
-        let messages: Vec<ChatMessage> = serde_json::from_str(
-            r#"[{"role":"system","content":"Be brief."},{"role":"user","content":"The weather is changing over the hills tonight."}]"#,
-        )
-        .unwrap();
+        let messages = vec![
+            ChatMessage::new("system", "Be brief."),
+            ChatMessage::new("user", "The weather is changing over the hills tonight."),
+        ];
         let ours = prompt_blocks(&tok, 4, &Prompt::Chat(messages.clone()), None).unwrap();
         let theirs = prompt::chat_tokens(&messages, &tok).unwrap();
         assert_eq!(ours.tokens, theirs.len());

@@ -15,12 +15,17 @@ use crate::canary::Canary;
 use crate::config::BreakerConfig;
 use crate::engine::Engine;
 use crate::health::{Breaker, ProbeState};
+use crate::parse::Endpoint;
 
 pub struct Worker {
     pub id: WorkerId,
     pub pool: String,
     /// Base URL, no path.
     pub url: Uri,
+    /// The completion endpoints on `url`: chat's, then text's.
+    endpoints: [Uri; 2],
+    /// Its id as the `x-worker-id` header of the answers it serves.
+    pub id_header: Option<http::HeaderValue>,
     pub zone: String,
     pub labels: BTreeMap<String, String>,
     pub engine: Engine,
@@ -49,6 +54,14 @@ pub struct Worker {
 }
 
 impl Worker {
+    /// The URL of `endpoint` on the worker.
+    pub fn endpoint(&self, endpoint: Endpoint) -> &Uri {
+        match endpoint {
+            Endpoint::Chat => &self.endpoints[0],
+            Endpoint::Completion => &self.endpoints[1],
+        }
+    }
+
     pub fn new(
         id: WorkerId,
         pool: String,
@@ -59,6 +72,9 @@ impl Worker {
     ) -> Worker {
         Worker {
             in_flight_gauge: crate::metrics::worker_in_flight(&pool, &id),
+            endpoints: [Endpoint::Chat, Endpoint::Completion]
+                .map(|endpoint| crate::upstream::uri(&url, endpoint.path())),
+            id_header: http::HeaderValue::from_str(&id).ok(),
             id,
             pool,
             url,

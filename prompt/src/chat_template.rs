@@ -2,6 +2,8 @@
 //! and rendered with minijinja the way Hugging Face's `apply_chat_template` does:
 //! `messages`, `add_generation_prompt`, `bos_token`, `eos_token`.
 
+use std::borrow::Cow;
+
 use minijinja::{Environment, Error, ErrorKind};
 use protocol::openai::ChatMessage;
 use serde::Serialize;
@@ -17,7 +19,7 @@ pub struct ChatTemplate {
 #[derive(Serialize)]
 struct Message<'a> {
     role: &'a str,
-    content: String,
+    content: Cow<'a, str>,
 }
 
 impl ChatTemplate {
@@ -61,8 +63,8 @@ mod tests {
     /// SmolLM2-135M-Instruct's template, as stored in its GGUF file.
     const SMOLLM2: &str = "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
 
-    fn message(role: &str, content: &str) -> ChatMessage {
-        serde_json::from_value(serde_json::json!({"role": role, "content": content})).unwrap()
+    fn message(role: &str, content: &str) -> ChatMessage<'static> {
+        ChatMessage::new(role, content)
     }
 
     #[test]

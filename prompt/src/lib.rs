@@ -20,7 +20,7 @@ pub mod tokenizer;
 use std::path::Path;
 
 pub use chat_template::ChatTemplate;
-pub use render::{chat_pieces, chat_tokens, completion_tokens};
+pub use render::{chat_pieces, chat_tokens, completion_tokens, Rendered};
 pub use tokenizer::{Tokenizer, TokenizerError, BUILTIN_EOS, CORPUS};
 
 /// The tokenizer at `path`: a model's GGUF file or Hugging Face directory

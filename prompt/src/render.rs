@@ -7,41 +7,83 @@ use protocol::{ApiError, ErrorKind};
 
 use crate::tokenizer::Tokenizer;
 
+/// A rendered prompt: one text, cut where its pieces tokenize apart (at
+/// messages, for the sim's template; nowhere, for a model's own template,
+/// whose added tokens the tokenizer cuts at).
+pub struct Rendered {
+    text: String,
+    /// Where each piece but the last ends.
+    cuts: Vec<usize>,
+}
+
+impl Rendered {
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
+    pub fn pieces(&self) -> Vec<&str> {
+        let mut pieces = Vec::with_capacity(self.cuts.len() + 1);
+        let mut from = 0;
+        for &cut in &self.cuts {
+            pieces.push(&self.text[from..cut]);
+            from = cut;
+        }
+        pieces.push(&self.text[from..]);
+        pieces
+    }
+}
+
 /// The sim's chat template, `<|role|>\ncontent\n` per message, then
-/// `<|assistant|>\n` to cue the reply, as pieces of one message each. A
+/// `<|assistant|>\n` to cue the reply, cut into pieces of one message each. A
 /// piece ends with its content and the next begins with the newline: byte-
 /// level pre-tokenizers split whitespace before a newline differently at the
 /// end of a text, so a piece ending in `"  \n"` would not tokenize as it does
 /// within the prompt. The gateway renders prompts with the same function so
 /// its block hashes match the worker's.
-pub fn chat_pieces(messages: &[ChatMessage]) -> Vec<String> {
-    let mut pieces = Vec::with_capacity(messages.len() + 1);
+pub fn chat_pieces(messages: &[ChatMessage]) -> Rendered {
+    let texts: Vec<_> = messages
+        .iter()
+        .map(|m| m.text().unwrap_or_default())
+        .collect();
+    // Each message's markup with the newline that opens the next piece.
+    let markup = "<||>\n\n".len();
+    let size = messages
+        .iter()
+        .zip(&texts)
+        .map(|(m, text)| markup + m.role.len() + text.len())
+        .sum::<usize>();
+    let mut rendered = Rendered {
+        text: String::with_capacity(size + "<|assistant|>\n".len()),
+        cuts: Vec::with_capacity(messages.len()),
+    };
     let mut open = "";
-    for m in messages {
-        pieces.push(format!(
-            "{open}<|{}|>\n{}",
-            m.role,
-            m.text().unwrap_or_default()
-        ));
+    for (m, text) in messages.iter().zip(&texts) {
+        for part in [open, "<|", &m.role, "|>\n", text] {
+            rendered.text.push_str(part);
+        }
+        rendered.cuts.push(rendered.text.len());
         open = "\n";
     }
-    pieces.push(format!("{open}<|assistant|>\n"));
-    pieces
+    rendered.text.push_str(open);
+    rendered.text.push_str("<|assistant|>\n");
+    rendered
 }
 
 /// Token ids of a chat request's prompt. The gateway calls this with the same
 /// tokenizer as the worker, so both render and hash the same tokens. A
 /// message seen before is tokenized once (`Tokenizer::encode_pieces`).
 pub fn chat_tokens(messages: &[ChatMessage], tokenizer: &Tokenizer) -> Result<Vec<u32>, ApiError> {
-    let pieces = match tokenizer.chat_template() {
+    let rendered = match tokenizer.chat_template() {
         // A template refusing a conversation (`raise_exception`) is the client's to fix.
-        Some(template) => vec![template
-            .render(messages)
-            .map_err(|e| ApiError::invalid("messages", e.to_string()))?],
+        Some(template) => Rendered {
+            text: template
+                .render(messages)
+                .map_err(|e| ApiError::invalid("messages", e.to_string()))?,
+            cuts: Vec::new(),
+        },
         None => chat_pieces(messages),
     };
-    let pieces: Vec<&str> = pieces.iter().map(String::as_str).collect();
-    encode(tokenizer, &pieces)
+    encode(tokenizer, &rendered.pieces())
 }
 
 /// Token ids of a text completion's prompt: text is tokenized, ids are taken as
@@ -79,14 +121,24 @@ fn encode(tokenizer: &Tokenizer, pieces: &[&str]) -> Result<Vec<u32>, ApiError> 
 mod tests {
     use super::*;
 
-    fn message(role: &str, content: &str) -> ChatMessage {
-        serde_json::from_value(serde_json::json!({"role": role, "content": content})).unwrap()
+    fn message(role: &str, content: &str) -> ChatMessage<'static> {
+        ChatMessage::new(role, content)
     }
 
     #[test]
     fn chat_template() {
-        let text = chat_pieces(&[message("system", "be brief"), message("user", "hi")]).concat();
-        assert_eq!(text, "<|system|>\nbe brief\n<|user|>\nhi\n<|assistant|>\n");
+        let rendered = chat_pieces(&[message("system", "be brief"), message("user", "hi")]);
+        let text = "<|system|>\nbe brief\n<|user|>\nhi\n<|assistant|>\n";
+        assert_eq!(rendered.text(), text);
+        assert_eq!(rendered.text.capacity(), text.len());
+        assert_eq!(
+            rendered.pieces(),
+            [
+                "<|system|>\nbe brief",
+                "\n<|user|>\nhi",
+                "\n<|assistant|>\n"
+            ]
+        );
     }
 
     #[test]
@@ -96,7 +148,7 @@ mod tests {
         // Twice: the second pass comes from the cache.
         for pass in 0..2 {
             for messages in crate::samples::conversations(7, 300) {
-                let whole = tok.encode(&chat_pieces(&messages).concat()).unwrap();
+                let whole = tok.encode(chat_pieces(&messages).text()).unwrap();
                 assert_eq!(
                     chat_tokens(&messages, &tok).unwrap(),
                     whole,

@@ -7,7 +7,7 @@ use protocol::openai::ChatMessage;
 /// `count` conversations of one to five messages: corpus words, runs of
 /// spaces and newlines, digits, punctuation, characters of several bytes,
 /// and strings that look like chat templates' markers. The same for a seed.
-pub fn conversations(seed: u64, count: usize) -> Vec<Vec<ChatMessage>> {
+pub fn conversations(seed: u64, count: usize) -> Vec<Vec<ChatMessage<'static>>> {
     let words: Vec<&str> = crate::CORPUS.split_whitespace().take(2000).collect();
     let odd = [
         " ",
@@ -66,8 +66,7 @@ pub fn conversations(seed: u64, count: usize) -> Vec<Vec<ChatMessage>> {
                             text.push(' ');
                         }
                     }
-                    let message = serde_json::json!({"role": role, "content": text});
-                    serde_json::from_value(message).expect("a chat message")
+                    ChatMessage::new(role, text)
                 })
                 .collect()
         })

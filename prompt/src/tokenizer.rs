@@ -2,6 +2,7 @@
 //! model file carries, otherwise a small byte-level BPE trained at startup on
 //! the embedded corpus.
 
+use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 
 use crate::byte_level::ByteLevelBpe;
@@ -234,7 +235,7 @@ fn agrees(fast: &ByteLevelBpe, inner: &tokenizers::Tokenizer) -> bool {
     let texts: Vec<String> = crate::samples::conversations(3, 40)
         .into_iter()
         .flatten()
-        .filter_map(|m| m.text())
+        .filter_map(|m| m.text().map(Cow::into_owned))
         .chain(CORPUS.lines().take(10).map(str::to_string))
         .collect();
     let mut parts: Vec<&str> = texts.iter().map(String::as_str).collect();

@@ -1,8 +1,15 @@
 //! The OpenAI wire format: chat and text completion requests, their responses
 //! and stream chunks, usage, and the model list. Unknown request fields are
 //! ignored, as OpenAI-compatible servers do, so any client's extras pass.
+//! A request's texts borrow from the body they are parsed from where JSON
+//! escapes allow: prompts are the bulk of a body, and the gateway forwards
+//! the body itself, so copying them would only cost.
 
-use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::de::{self, SeqAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::error::ApiError;
 
@@ -40,9 +47,11 @@ impl Stop {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ChatCompletionRequest {
-    pub model: String,
-    pub messages: Vec<ChatMessage>,
+pub struct ChatCompletionRequest<'a> {
+    #[serde(borrow)]
+    pub model: Cow<'a, str>,
+    #[serde(borrow)]
+    pub messages: Vec<ChatMessage<'a>>,
     #[serde(flatten)]
     pub sampling: SamplingFields,
     /// The newer name of `max_tokens`; wins when both are set.
@@ -57,9 +66,11 @@ pub struct ChatCompletionRequest {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct CompletionRequest {
-    pub model: String,
-    pub prompt: Prompt,
+pub struct CompletionRequest<'a> {
+    #[serde(borrow)]
+    pub model: Cow<'a, str>,
+    #[serde(borrow)]
+    pub prompt: Prompt<'a>,
     #[serde(flatten)]
     pub sampling: SamplingFields,
     /// Log probabilities of each token and of this many most likely ones.
@@ -206,54 +217,125 @@ impl SamplingFields {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ChatMessage {
-    pub role: String,
-    #[serde(default)]
-    pub content: Option<MessageContent>,
+pub struct ChatMessage<'a> {
+    #[serde(borrow)]
+    pub role: Cow<'a, str>,
+    #[serde(default, borrow)]
+    pub content: Option<MessageContent<'a>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
 }
 
 /// A message's content: a string, or a list of typed parts of which we read the text ones.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize)]
 #[serde(untagged)]
-pub enum MessageContent {
-    Text(String),
-    Parts(Vec<ContentPart>),
+pub enum MessageContent<'a> {
+    Text(Cow<'a, str>),
+    Parts(Vec<ContentPart<'a>>),
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ContentPart {
-    pub r#type: String,
+pub struct ContentPart<'a> {
+    #[serde(borrow)]
+    pub r#type: Cow<'a, str>,
     #[serde(default)]
     pub text: Option<String>,
 }
 
-impl ChatMessage {
+/// By the JSON type, not by trying each variant in turn as `untagged` does,
+/// which would first copy the content into a buffer.
+impl<'de: 'a, 'a> Deserialize<'de> for MessageContent<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Content<'a>(std::marker::PhantomData<&'a ()>);
+
+        impl<'de: 'a, 'a> Visitor<'de> for Content<'a> {
+            type Value = MessageContent<'a>;
+
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string or a list of content parts")
+            }
+
+            fn visit_borrowed_str<E: de::Error>(self, text: &'de str) -> Result<Self::Value, E> {
+                Ok(MessageContent::Text(Cow::Borrowed(text)))
+            }
+
+            fn visit_str<E: de::Error>(self, text: &str) -> Result<Self::Value, E> {
+                Ok(MessageContent::Text(Cow::Owned(text.to_string())))
+            }
+
+            fn visit_string<E: de::Error>(self, text: String) -> Result<Self::Value, E> {
+                Ok(MessageContent::Text(Cow::Owned(text)))
+            }
+
+            fn visit_seq<A: SeqAccess<'de>>(self, parts: A) -> Result<Self::Value, A::Error> {
+                Vec::deserialize(de::value::SeqAccessDeserializer::new(parts))
+                    .map(MessageContent::Parts)
+            }
+        }
+
+        deserializer.deserialize_any(Content(std::marker::PhantomData))
+    }
+}
+
+impl ChatMessage<'_> {
+    /// A message of `text` from `role`.
+    pub fn new(role: impl Into<String>, text: impl Into<String>) -> ChatMessage<'static> {
+        ChatMessage {
+            role: Cow::Owned(role.into()),
+            content: Some(MessageContent::Text(Cow::Owned(text.into()))),
+            name: None,
+        }
+    }
+
     /// The message's text, parts joined; `None` if a part is not text.
-    pub fn text(&self) -> Option<String> {
+    pub fn text(&self) -> Option<Cow<'_, str>> {
         match &self.content {
-            None => Some(String::new()),
-            Some(MessageContent::Text(s)) => Some(s.clone()),
-            Some(MessageContent::Parts(parts)) => parts
-                .iter()
-                .map(|p| (p.r#type == "text").then(|| p.text.clone().unwrap_or_default()))
-                .collect::<Option<Vec<_>>>()
-                .map(|v| v.concat()),
+            None => Some(Cow::Borrowed("")),
+            Some(MessageContent::Text(text)) => Some(Cow::Borrowed(text)),
+            Some(MessageContent::Parts(parts)) => {
+                if parts.iter().any(|p| p.r#type != "text") {
+                    return None;
+                }
+                let mut texts = parts.iter().map(|p| p.text.as_deref().unwrap_or_default());
+                Some(match parts.as_slice() {
+                    [_] => Cow::Borrowed(texts.next().unwrap_or_default()),
+                    _ => Cow::Owned(texts.collect()),
+                })
+            }
+        }
+    }
+
+    /// The message with its texts copied out of the body it was parsed from.
+    pub fn into_owned(self) -> ChatMessage<'static> {
+        ChatMessage {
+            role: Cow::Owned(self.role.into_owned()),
+            content: self.content.map(|content| match content {
+                MessageContent::Text(text) => MessageContent::Text(Cow::Owned(text.into_owned())),
+                MessageContent::Parts(parts) => MessageContent::Parts(
+                    parts
+                        .into_iter()
+                        .map(|p| ContentPart {
+                            r#type: Cow::Owned(p.r#type.into_owned()),
+                            text: p.text,
+                        })
+                        .collect(),
+                ),
+            }),
+            name: self.name,
         }
     }
 }
 
 const ROLES: [&str; 5] = ["system", "developer", "user", "assistant", "tool"];
 
-impl ChatCompletionRequest {
+impl ChatCompletionRequest<'_> {
     pub fn validate(&self) -> Result<(), ApiError> {
         validate_model(&self.model)?;
         if self.messages.is_empty() {
             return Err(ApiError::invalid("messages", "messages must not be empty"));
         }
         for (i, m) in self.messages.iter().enumerate() {
-            if !ROLES.contains(&m.role.as_str()) {
+            if !ROLES.contains(&&*m.role) {
                 return Err(ApiError::invalid(
                     &format!("messages[{i}].role"),
                     format!(
@@ -301,8 +383,8 @@ impl ChatCompletionRequest {
 /// `prompt`: a string, a one-string list, or token ids.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(untagged)]
-pub enum Prompt {
-    Text(String),
+pub enum Prompt<'a> {
+    Text(#[serde(borrow)] Cow<'a, str>),
     Texts(Vec<String>),
     Tokens(Vec<u32>),
     TokenLists(Vec<Vec<u32>>),
@@ -314,7 +396,7 @@ pub enum PromptInput<'a> {
     Tokens(&'a [u32]),
 }
 
-impl CompletionRequest {
+impl CompletionRequest<'_> {
     pub fn validate(&self) -> Result<(), ApiError> {
         validate_model(&self.model)?;
         self.prompt()?;
@@ -333,7 +415,17 @@ impl CompletionRequest {
     }
 }
 
-impl Prompt {
+impl Prompt<'_> {
+    /// The prompt with its text copied out of the body it was parsed from.
+    pub fn into_owned(self) -> Prompt<'static> {
+        match self {
+            Prompt::Text(text) => Prompt::Text(Cow::Owned(text.into_owned())),
+            Prompt::Texts(texts) => Prompt::Texts(texts),
+            Prompt::Tokens(ids) => Prompt::Tokens(ids),
+            Prompt::TokenLists(lists) => Prompt::TokenLists(lists),
+        }
+    }
+
     /// The one prompt; batched prompts are refused.
     pub fn single(&self) -> Result<PromptInput<'_>, ApiError> {
         let batched = || {
@@ -507,7 +599,7 @@ pub fn sse_event<T: Serialize>(value: &T) -> String {
 mod tests {
     use super::*;
 
-    fn chat(json: &str) -> Result<ChatCompletionRequest, ApiError> {
+    fn chat(json: &str) -> Result<ChatCompletionRequest<'_>, ApiError> {
         let r: ChatCompletionRequest =
             serde_json::from_str(json).map_err(|e| ApiError::invalid("body", e.to_string()))?;
         r.validate()?;
@@ -588,10 +680,35 @@ mod tests {
     }
 
     #[test]
+    fn texts_borrow_from_the_body_unless_escaped() {
+        let body = r#"{"model":"m","messages":[{"role":"system","content":"plain"},
+            {"role":"user","content":"line\nbreak"},
+            {"role":"user","content":[{"type":"text","text":"a"},{"type":"text","text":"b"}]}]}"#;
+        let r: ChatCompletionRequest = serde_json::from_str(body).unwrap();
+        assert!(matches!(r.model, Cow::Borrowed("m")));
+        assert!(matches!(r.messages[0].role, Cow::Borrowed("system")));
+        assert!(matches!(r.messages[0].text(), Some(Cow::Borrowed("plain"))));
+        assert_eq!(r.messages[1].text().unwrap(), "line\nbreak");
+        assert_eq!(r.messages[2].text().unwrap(), "ab");
+        let owned = r.messages[1].clone().into_owned();
+        assert_eq!(owned.text().unwrap(), "line\nbreak");
+        let r: CompletionRequest = serde_json::from_str(r#"{"model":"m","prompt":"p"}"#).unwrap();
+        assert!(matches!(r.prompt, Prompt::Text(Cow::Borrowed("p"))));
+
+        let wrong = r#"{"model":"m","messages":[{"role":"user","content":5}]}"#;
+        let e = serde_json::from_str::<ChatCompletionRequest>(wrong).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("a string or a list of content parts"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn completion_prompt_forms() {
         let ok = |p: &str| {
-            let r: CompletionRequest =
-                serde_json::from_str(&format!(r#"{{"model":"m","prompt":{p}}}"#)).unwrap();
+            let body = format!(r#"{{"model":"m","prompt":{p}}}"#);
+            let r: CompletionRequest = serde_json::from_str(&body).unwrap();
             r.validate()
         };
         assert!(ok(r#""hello""#).is_ok());

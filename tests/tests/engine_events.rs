@@ -111,8 +111,7 @@ fn body(content: &str) -> Value {
 
 /// The tokens the gateway (and so the engine) makes of `content` as a chat.
 fn tokens(content: &str) -> Vec<u32> {
-    let messages: Vec<ChatMessage> =
-        serde_json::from_value(body(content)["messages"].clone()).unwrap();
+    let messages = [ChatMessage::new("user", content)];
     let tokenizer = prompt::Tokenizer::builtin().unwrap();
     prompt::chat_tokens(&messages, &tokenizer).unwrap()
 }

@@ -13,7 +13,7 @@ use protocol::openai::{
 };
 use protocol::resume::Resume;
 use protocol::{ApiError, HealthReport};
-use serde::de::DeserializeOwned;
+use serde::Deserialize;
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use crate::config::WorkerConfig;
@@ -433,7 +433,7 @@ async fn collect(
     Err(engine_gone())
 }
 
-fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+fn parse<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(|e| respond::parse_error(&e))
 }
 

@@ -46,8 +46,8 @@ fn engine(path: PathBuf, max_running: usize) -> (BatchEngine, Tokenizer) {
     (BatchEngine::start(&config, &tokenizer).unwrap(), tokenizer)
 }
 
-fn user(text: &str) -> ChatMessage {
-    serde_json::from_value(serde_json::json!({"role": "user", "content": text})).unwrap()
+fn user(text: &str) -> ChatMessage<'static> {
+    ChatMessage::new("user", text)
 }
 
 fn greedy(tokenizer: &Tokenizer, question: &str, max_tokens: usize) -> GenerateRequest {

@@ -15,8 +15,8 @@ use workers::model::{load_weights, Forward};
 use workers::scheduler::{Phase, Sampling, StepPlan};
 use workers::{EngineConfig, EngineKind};
 
-fn message(role: &str, content: &str) -> ChatMessage {
-    serde_json::from_value(serde_json::json!({"role": role, "content": content})).unwrap()
+fn message(role: &str, content: &str) -> ChatMessage<'static> {
+    ChatMessage::new(role, content)
 }
 
 #[test]

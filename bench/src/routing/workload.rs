@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use prompt::{Tokenizer, CORPUS};
-use protocol::openai::{ChatMessage, MessageContent};
+use protocol::openai::ChatMessage;
 use protocol::{block_hashes, BlockHash};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -118,16 +118,12 @@ pub fn build(
 }
 
 struct Session {
-    history: Vec<ChatMessage>,
+    history: Vec<ChatMessage<'static>>,
     turns_left: usize,
 }
 
-fn message(role: &str, text: &str) -> ChatMessage {
-    ChatMessage {
-        role: role.to_string(),
-        content: Some(MessageContent::Text(text.to_string())),
-        name: None,
-    }
+fn message(role: &str, text: &str) -> ChatMessage<'static> {
+    ChatMessage::new(role, text)
 }
 
 fn body(history: &[ChatMessage], max_tokens: usize) -> Bytes {

@@ -40,16 +40,6 @@ use crate::worker::InFlight;
 use tracing::Instrument;
 use transcript::{Rewrite, Seen, Transcript};
 
-/// A request's metric labels: empty until known, and only ever configured
-/// names, so a client cannot grow the label set.
-#[derive(Debug, Default, Clone)]
-pub struct Labels {
-    pub model: String,
-    pub pool: String,
-    /// The model's histograms in its pool, once the pool is known.
-    pub metrics: Option<Arc<metrics::ModelMetrics>>,
-}
-
 /// Every `reason` and `outcome` of `llmgw_migrations_total`.
 pub const BREAK_REASONS: [&str; 4] = ["reset", "closed", "error_event", "stall"];
 pub const MIGRATION_OUTCOMES: [&str; 3] = ["continued", "failed", "exhausted"];
@@ -90,7 +80,7 @@ pub struct Continue {
     pub endpoint: Endpoint,
     /// Choices the request asked for (`n`).
     pub choices: u32,
-    pub request_id: String,
+    pub request_id: http::HeaderValue,
     /// The request's trace context: continuations belong to its trace.
     pub trace: http::HeaderMap,
     pub hashes: Vec<BlockHash>,
@@ -126,10 +116,9 @@ pub struct Relay {
     reported: Option<transcript::Reported>,
 }
 
-/// Labels and clocks of one relayed response.
+/// Metrics and clocks of one relayed response.
 struct Observer {
-    pool: String,
-    metrics: Option<Arc<metrics::ModelMetrics>>,
+    metrics: Arc<metrics::ModelMetrics>,
     stream: bool,
     started: Instant,
     first_frame: Option<Instant>,
@@ -143,7 +132,7 @@ impl Relay {
     pub fn new(
         served: (InFlight, Bytes, Option<Incoming>),
         follow: Option<Continue>,
-        labels: &Labels,
+        metrics: &Arc<metrics::ModelMetrics>,
         (stream, stall): (bool, Duration),
         started: Instant,
         (permit, ticket, status): (Permit, Ticket, u16),
@@ -171,8 +160,7 @@ impl Relay {
             ended: false,
             stall,
             observer: Observer {
-                pool: labels.pool.clone(),
-                metrics: labels.metrics.clone(),
+                metrics: Arc::clone(metrics),
                 stream,
                 started,
                 first_frame: None,
@@ -185,9 +173,16 @@ impl Relay {
 
     /// The response body.
     pub fn into_body(self) -> Body {
-        let frames = futures_util::stream::unfold(self, |mut relay| async move {
-            let frame = relay.next().await?;
-            Some((frame, relay))
+        // Hyper polls the body after the handler returned: its logs still
+        // belong to the request's span.
+        let span = tracing::Span::current();
+        let frames = futures_util::stream::unfold(self, move |mut relay| {
+            let span = span.clone();
+            async move {
+                let frame = relay.next().await?;
+                Some((frame, relay))
+            }
+            .instrument(span)
         });
         StreamBody::new(frames).boxed()
     }
@@ -199,7 +194,7 @@ impl Relay {
             }
             if let Some(why) = self.broken.take() {
                 if why == Break::Stall {
-                    metrics::stalled(&self.observer.pool);
+                    metrics::stalled(&self.observer.metrics.pool);
                 }
                 if let Some(end) = self.end_if_answered() {
                     return end;
@@ -293,7 +288,7 @@ impl Relay {
         // The broken worker's request is cancelled now, not when a
         // continuation is found.
         self.rest = None;
-        let pool = self.observer.pool.as_str();
+        let pool = &*self.observer.metrics.pool;
         let Some(follow) = &mut self.follow else {
             return Err(gone("the answer cannot be continued elsewhere"));
         };
@@ -346,7 +341,7 @@ impl Relay {
     /// gets an OpenAI error event and `[DONE]`, another body an error.
     fn end_with(&mut self, why: Break, error: ApiError) -> Option<Result<Frame<Bytes>, BoxError>> {
         self.ended = true;
-        tracing::warn!(pool = %self.observer.pool, worker = %self.in_flight.worker().id,
+        tracing::warn!(pool = %self.observer.metrics.pool, worker = %self.in_flight.worker().id,
             reason = why.reason(), error = %error.message, "answer broke mid-response; ended it");
         if !self.observer.stream {
             return Some(Err(error.message.into()));
@@ -409,7 +404,7 @@ impl Follow {
             .ok()
         };
         let request = UpstreamRequest {
-            path: next.endpoint.path(),
+            endpoint: next.endpoint,
             body: &body_for,
             request_id: &next.request_id,
             stream: true,
@@ -453,13 +448,12 @@ impl Observer {
             return;
         }
         let now = Instant::now();
-        match (self.last_frame, &self.metrics) {
-            (None, m) => {
+        match self.last_frame {
+            None => {
                 self.first_frame = Some(now);
-                m.iter().for_each(|m| m.ttft(now - self.started));
+                self.metrics.ttft(now - self.started);
             }
-            (Some(last), Some(m)) => m.inter_token(now - last),
-            (Some(_), None) => {}
+            Some(last) => self.metrics.inter_token(now - last),
         }
         self.last_frame = Some(now);
     }
@@ -478,7 +472,7 @@ impl Drop for Relay {
         let started = self.observer.started;
         ticket.finish(Outcome {
             status: self.status,
-            worker: Some(self.in_flight.worker().id.to_string()),
+            worker: Some(self.in_flight.worker().id.clone()),
             reported,
             generated: generated.into(),
             ttft: self.observer.first_frame.map(|t| t - started),
@@ -489,9 +483,7 @@ impl Drop for Relay {
 
 impl Drop for Observer {
     fn drop(&mut self) {
-        if let Some(m) = &self.metrics {
-            m.duration(self.started.elapsed());
-        }
+        self.metrics.duration(self.started.elapsed());
     }
 }
 

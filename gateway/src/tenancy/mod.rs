@@ -332,9 +332,9 @@ pub struct Ticket {
     pub caller: Caller,
     pub admitted: Option<Admitted>,
     pub slot: Option<Slot>,
-    pub request_id: String,
-    pub model: String,
-    pub pool: String,
+    pub request_id: http::HeaderValue,
+    pub model: Arc<str>,
+    pub pool: Arc<str>,
     pub prompt_tokens: u64,
     /// The gateway's own estimate, for engines that do not report theirs.
     pub cached_tokens: u64,
@@ -347,7 +347,7 @@ pub struct Ticket {
 #[derive(Debug, Default)]
 pub struct Outcome {
     pub status: u16,
-    pub worker: Option<String>,
+    pub worker: Option<protocol::WorkerId>,
     /// What the engine reported, where it did: prompt, cached, completion.
     pub reported: Option<(u64, Option<u64>, u64)>,
     /// Completion tokens counted from the stream, where not reported.
@@ -383,17 +383,20 @@ impl Ticket {
             self.tenancy.limits.settle(admitted, prompt + completion);
         }
         let key = self.caller.key.as_ref();
+        if key.is_none() && !self.tenancy.usage.logs() {
+            return; // nothing counts a request of no key but the log
+        }
         let ts_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
         self.tenancy.usage.record(Record {
             ts_ms,
-            request_id: std::mem::take(&mut self.request_id),
+            request_id: self.request_id.to_str().unwrap_or_default().to_string(),
             key: key.map(|k| k.record.id.clone()),
             tenant: key.map(|k| k.record.tenant.clone()),
-            model: std::mem::take(&mut self.model),
-            pool: std::mem::take(&mut self.pool),
-            worker: outcome.worker,
+            model: self.model.to_string(),
+            pool: self.pool.to_string(),
+            worker: outcome.worker.map(|w| w.to_string()),
             status: outcome.status,
             prompt_tokens: prompt,
             cached_tokens: cached,
