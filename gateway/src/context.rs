@@ -51,10 +51,13 @@ where
     response
 }
 
+/// A new UUID, in one allocation its clones share (a header value copied
+/// from a string would be copied again at its first clone).
 fn new_id() -> HeaderValue {
     let mut text = [0; uuid::fmt::Hyphenated::LENGTH];
-    let id = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut text);
-    HeaderValue::from_str(id).expect("a UUID is a valid header value")
+    uuid::Uuid::new_v4().hyphenated().encode_lower(&mut text);
+    HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(text))
+        .expect("a UUID is a valid header value")
 }
 
 /// The request's span: method, path, id, and the client (behind a load

@@ -41,24 +41,23 @@ impl Rendered {
 /// within the prompt. The gateway renders prompts with the same function so
 /// its block hashes match the worker's.
 pub fn chat_pieces(messages: &[ChatMessage]) -> Rendered {
-    let texts: Vec<_> = messages
-        .iter()
-        .map(|m| m.text().unwrap_or_default())
-        .collect();
+    // Borrowed, unless the message is in several parts (rare).
+    fn text<'a>(m: &'a ChatMessage) -> std::borrow::Cow<'a, str> {
+        m.text().unwrap_or_default()
+    }
     // Each message's markup with the newline that opens the next piece.
     let markup = "<||>\n\n".len();
     let size = messages
         .iter()
-        .zip(&texts)
-        .map(|(m, text)| markup + m.role.len() + text.len())
+        .map(|m| markup + m.role.len() + text(m).len())
         .sum::<usize>();
     let mut rendered = Rendered {
         text: String::with_capacity(size + "<|assistant|>\n".len()),
         cuts: Vec::with_capacity(messages.len()),
     };
     let mut open = "";
-    for (m, text) in messages.iter().zip(&texts) {
-        for part in [open, "<|", &m.role, "|>\n", text] {
+    for m in messages {
+        for part in [open, "<|", &m.role, "|>\n", &text(m)] {
             rendered.text.push_str(part);
         }
         rendered.cuts.push(rendered.text.len());
