@@ -100,7 +100,13 @@ pub async fn run(args: Args, out: &Path) -> anyhow::Result<()> {
         args.rounds,
     )
     .await?;
-    let allocations = allocations_per_request(&client, paths, &body, args.latency_requests).await?;
+    let allocations = allocations_per_request(
+        &client,
+        [direct.as_str(), via.as_str()],
+        &body,
+        args.latency_requests,
+    )
+    .await?;
     gateway.shutdown().await;
     if let Some(worker) = worker {
         worker.shutdown(Duration::from_secs(1)).await;
@@ -144,8 +150,8 @@ pub async fn run(args: Args, out: &Path) -> anyhow::Result<()> {
         (us(lg.percentile(0.5)) - us(ld.percentile(0.5)))
             / (us(ln.percentile(0.5)) - us(ld.percentile(0.5))).max(1.0),
         tg.throughput() / tn.throughput(),
-        allocations[2] - allocations[0],
-        allocations[2],
+        allocations[1] - allocations[0],
+        allocations[1],
         allocations[0],
     );
     let figures = |l: &Run, t: &Run| {
@@ -163,7 +169,7 @@ pub async fn run(args: Args, out: &Path) -> anyhow::Result<()> {
         "nginx": figures(ln, tn),
         "gateway": figures(lg, tg),
         "gateway_throughput_vs_nginx": tg.throughput() / tn.throughput(),
-        "gateway_allocations_per_request": allocations[2] - allocations[0],
+        "gateway_allocations_per_request": allocations[1] - allocations[0],
     });
     report::write_json(&out.join("overhead.json"), &json)?;
     report::bar_chart(

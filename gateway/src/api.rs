@@ -1,7 +1,7 @@
-//! The OpenAI API. A completion goes `accept` (admit → read → parse → the
-//! model's pool), then `route` (tokenize → candidates with their prefix
-//! overlap → decide, by WASM or built-in policy → upstream with failover →
-//! relay), each reading top-down.
+//! The OpenAI API. A completion goes `receive` (admit → the caller's key →
+//! read), `accept` (parse → the model's pool), then `route` (tokenize →
+//! candidates with their prefix overlap → decide, by WASM or built-in policy
+//! → upstream with failover → relay), each reading top-down.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -95,7 +95,7 @@ async fn complete(
 ) -> Response<Body> {
     let started = Instant::now();
     let refused = |e: ApiError| {
-        metrics::request_refused(e.status());
+        metrics::request_unplaced(e.status());
         error::response(&e)
     };
     let received = match receive(gw, req).await {
@@ -109,9 +109,9 @@ async fn complete(
         Ok(accepted) => accepted,
         Err(e) => return refused(e),
     };
-    let metrics = Arc::clone(&accepted.metrics);
+    let counted = Arc::clone(&accepted.metrics);
     let response = route(gw, accepted, started).await;
-    metrics.request_done(response.status().as_u16());
+    counted.request_done(response.status().as_u16());
     response
 }
 
@@ -307,14 +307,14 @@ async fn send(
         })
         .collect::<Vec<_>>()
         .into_iter();
-    let request_id = request_id(headers);
+    let id = request_id(headers);
     // Followed to continue it elsewhere, and to count what it generates.
     let follow = parsed.stream && (config.retry.max_migrations > 0 || gw.tenancy.meters());
     let body_for = |_: &crate::worker::Worker| Some(body.clone());
     let upstream_req = UpstreamRequest {
         endpoint: *endpoint,
         body: &body_for,
-        request_id: &request_id,
+        request_id: &id,
         stream: parsed.stream,
         stream_tokens: follow,
         incoming: headers,
@@ -341,7 +341,7 @@ async fn send(
         body: body.clone(),
         endpoint: *endpoint,
         choices: parsed.choices,
-        request_id,
+        request_id: id,
         trace: protocol::traces::headers_for(&tracing::Span::current(), headers),
         hashes: prompt.hashes.clone(),
         pool: Arc::clone(pool),

@@ -14,7 +14,7 @@ use protocol::{ApiError, ErrorKind};
 use tracing::{Instrument, Span};
 
 use crate::body::Body;
-use crate::error;
+use crate::{error, metrics};
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -42,17 +42,21 @@ where
     let span = span(&req, &id, peer);
     let handled = tokio::time::timeout(backstop, handle(req).instrument(span)).await;
     let mut response = handled.unwrap_or_else(|_| {
+        // The handler, which would have counted it under its pool, is gone.
+        metrics::request_unplaced(504);
         error::response(&ApiError::new(
             ErrorKind::Timeout,
             "the request timed out before a worker answered",
         ))
     });
+    // The gateway's id wins over one a worker may have answered with: it
+    // is the one the client and the gateway's logs know.
     response.headers_mut().insert(REQUEST_ID, id);
     response
 }
 
-/// A new UUID, in one allocation its clones share (a header value copied
-/// from a string would be copied again at its first clone).
+/// A new UUID, in one allocation its clones share (a header value made
+/// from a string allocates again at its first clone).
 fn new_id() -> HeaderValue {
     let mut text = [0; uuid::fmt::Hyphenated::LENGTH];
     uuid::Uuid::new_v4().hyphenated().encode_lower(&mut text);

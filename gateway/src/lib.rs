@@ -2,8 +2,8 @@
 //! worker of the model's pool by health, zone and load, with failover.
 //!
 //! A request flows through the modules in this order: `server` (listeners)
-//! → `context` (request id, span, backstop) → `api` → `admit` → `parse` → `tokenize` → `prefix` →
-//! `candidates` → `decide` (a WASM `plugin`, or the built-in `policy` over
+//! → `context` (request id, span, backstop) → `api` → `admit` → `parse` →
+//! `tokenize` → `prefix` → `candidates` → `decide` (a WASM `plugin`, or the built-in `policy` over
 //! `score`) → `failover` (over `upstream`) → `relay` (back to the client,
 //! continuing a broken stream elsewhere through `failover` again). Each
 //! `worker` carries its `health` state machines, which `probe` (by the

@@ -122,9 +122,9 @@ pub fn queue_wait(pool: &str, priority: &'static str, waited: Duration) {
     histogram!(QUEUE_WAIT, "pool" => pool.to_string(), "priority" => priority).record(waited);
 }
 
-/// A request answered before its model's pool was known (a bad body, an
-/// unknown model): counted under empty labels.
-pub fn request_refused(status: u16) {
+/// A request answered without its model's pool (a bad body, an unknown
+/// model, the backstop): counted under empty labels.
+pub fn request_unplaced(status: u16) {
     counter!(REQUESTS, "model" => "", "pool" => "", "status" => status.to_string()).increment(1);
 }
 
@@ -188,7 +188,6 @@ impl ModelMetrics {
 
 /// A pool's per-request metrics, resolved when the pool is built.
 pub struct PoolMetrics {
-    pool: String,
     prompt_blocks: Counter,
     prompt_blocks_cached: Counter,
     models: HashMap<String, Arc<ModelMetrics>>,
@@ -197,7 +196,6 @@ pub struct PoolMetrics {
 impl PoolMetrics {
     pub fn new(pool: &str, models: &[String]) -> PoolMetrics {
         PoolMetrics {
-            pool: pool.to_string(),
             prompt_blocks: counter!(PROMPT_BLOCKS, "pool" => pool.to_string()),
             prompt_blocks_cached: counter!(PROMPT_BLOCKS_CACHED, "pool" => pool.to_string()),
             models: models
@@ -213,13 +211,10 @@ impl PoolMetrics {
         self.prompt_blocks_cached.increment(u64::from(cached));
     }
 
-    /// The histograms of `model`, one of the pool's.
+    /// The metrics of `model`, one of the pool's: the registry routes a
+    /// pool only the models it lists, from which these were made.
     pub fn model(&self, model: &str) -> Arc<ModelMetrics> {
-        match self.models.get(model) {
-            Some(metrics) => Arc::clone(metrics),
-            // Pools route only the models they list; this is for the unforeseen.
-            None => Arc::new(ModelMetrics::new(model, &self.pool)),
-        }
+        Arc::clone(self.models.get(model).expect("one of the pool's models"))
     }
 }
 

@@ -123,7 +123,8 @@ impl Pieces {
     /// The tokens of the text `pieces` make together, each piece's text
     /// between added tokens from the cache when seen before.
     pub fn tokens(&self, pieces: &[&str], encode: &Encode<'_>) -> Result<Vec<u32>, String> {
-        // Text runs three to four bytes a token; half the bytes rarely grows.
+        // Text runs three to four bytes a token; half the bytes (and a few
+        // for short pieces of added tokens) rarely grows.
         let bytes: usize = pieces.iter().map(|p| p.len()).sum();
         let mut ids = Vec::with_capacity(self.prefix.len() + bytes / 2 + self.suffix.len() + 8);
         ids.extend_from_slice(&self.prefix);

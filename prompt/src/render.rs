@@ -129,7 +129,6 @@ mod tests {
         let rendered = chat_pieces(&[message("system", "be brief"), message("user", "hi")]);
         let text = "<|system|>\nbe brief\n<|user|>\nhi\n<|assistant|>\n";
         assert_eq!(rendered.text(), text);
-        assert_eq!(rendered.text.capacity(), text.len());
         assert_eq!(
             rendered.pieces(),
             [

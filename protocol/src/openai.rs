@@ -1,9 +1,11 @@
 //! The OpenAI wire format: chat and text completion requests, their responses
 //! and stream chunks, usage, and the model list. Unknown request fields are
 //! ignored, as OpenAI-compatible servers do, so any client's extras pass.
-//! A request's texts borrow from the body they are parsed from where JSON
-//! escapes allow: prompts are the bulk of a body, and the gateway forwards
-//! the body itself, so copying them would only cost.
+//! A request's model, roles, message texts and text prompt borrow from the
+//! body they are parsed from where JSON escapes allow: prompts are the bulk
+//! of a body, and the gateway forwards the body itself, so copying them
+//! would only cost. The rarer forms (content parts, lists of prompts) own
+//! their strings.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -242,8 +244,9 @@ pub struct ContentPart<'a> {
     pub text: Option<String>,
 }
 
-/// By the JSON type, not by trying each variant in turn as `untagged` does,
-/// which would first copy the content into a buffer.
+/// By the JSON type, not by trying each variant in turn as `untagged` does:
+/// a list of parts is read once rather than buffered first, and a wrong
+/// type gets an error that says what was expected.
 impl<'de: 'a, 'a> Deserialize<'de> for MessageContent<'a> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         struct Content<'a>(std::marker::PhantomData<&'a ()>);

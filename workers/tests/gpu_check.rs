@@ -279,8 +279,7 @@ fn greedy_text(path: &Path, name: &str) {
             let receivers: Vec<_> = questions
                 .iter()
                 .map(|q| {
-                    let message = serde_json::json!({"role": "user", "content": q});
-                    let message = serde_json::from_value(message).unwrap();
+                    let message = protocol::openai::ChatMessage::new("user", *q);
                     engine.submit(GenerateRequest {
                         prompt: prompt::chat_tokens(&[message], &tok).unwrap(),
                         resumed: Vec::new(),
