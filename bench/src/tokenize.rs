@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use gateway::parse::{parse, Endpoint};
+use rand::{Rng, SeedableRng};
 use serde_json::json;
 
 use crate::report;
@@ -51,11 +52,15 @@ fn whole_prompt_work(tokenizer: &prompt::Tokenizer, body: &[u8]) -> usize {
 }
 
 pub fn run(args: Args, out: &Path) -> anyhow::Result<()> {
-    let mut tokenizers = vec![("built-in", gateway::tokenize::load("builtin")?)];
+    let mut specs = vec![("built-in", "builtin".to_string())];
     match crate::engine::default_model() {
-        Ok(path) => tokenizers.push(("SmolLM2", gateway::tokenize::load(&path.to_string_lossy())?)),
+        Ok(path) => specs.push(("SmolLM2", path.to_string_lossy().into_owned())),
         Err(e) => println!("SmolLM2's tokenizer left out: {e}"),
     }
+    let tokenizers = specs
+        .iter()
+        .map(|(name, spec)| Ok((*name, gateway::tokenize::load(spec)?)))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let words = "the network carries packets across the wide valley while the weather turns ";
     let (mut rows, mut figures) = (Vec::new(), Vec::new());
     let mut chart: Vec<(String, Vec<f64>)> = Vec::new();
@@ -136,13 +141,15 @@ pub fn run(args: Args, out: &Path) -> anyhow::Result<()> {
     );
     let engines: Vec<Vec<String>> = tokenizers
         .iter()
-        .map(|(name, tokenizer)| bpe_engines(name, tokenizer))
+        .zip(&specs)
+        .map(|((name, tokenizer), (_, spec))| bpe_engines(name, tokenizer, spec))
         .collect::<anyhow::Result<_>>()?;
     println!(
         "\nBPE merges alone, on the words of 2,000 random conversations (each distinct word once, caches cold), against the gateway's whole path (split, merges, cache lookups) on the same messages\n\n{}",
         report::table(
             &["tokenizer", "words", "tokens", "tokenizers crate's BPE", "GitHub's bpe (backtracking)", "identical tokens",
-                "the gateway's path, every message first seen", "bpe's tables built in"],
+                "the gateway's path, every message first seen", "the same, word cache full of other words",
+                "bpe's tables built in"],
             &engines
         )
     );
@@ -178,7 +185,11 @@ fn body(system: &str, user: &str, system_tag: usize, user_tag: usize) -> Bytes {
 /// The `tokenizers` crate's BPE model against GitHub's linear-time `bpe`
 /// crate, built from the same vocabulary, on the same words: time per token
 /// and whether they agree.
-fn bpe_engines(name: &str, tokenizer: &prompt::Tokenizer) -> anyhow::Result<Vec<String>> {
+fn bpe_engines(
+    name: &str,
+    tokenizer: &prompt::Tokenizer,
+    spec: &str,
+) -> anyhow::Result<Vec<String>> {
     use tokenizers::{Model, OffsetReferential, OffsetType, PreTokenizedString, PreTokenizer};
     let pipeline = tokenizer.pipeline();
     let pre = pipeline.get_pre_tokenizer().context("no pre-tokenizer")?;
@@ -196,6 +207,30 @@ fn bpe_engines(name: &str, tokenizer: &prompt::Tokenizer) -> anyhow::Result<Vec<
         path_tokens += black_box(tokenizer.encode_pieces(&[text])?).len();
     }
     let path = start.elapsed();
+    // The same on a tokenizer whose word cache other words filled first, as
+    // a long-running gateway's does: the `tokenizers` BPE model stops
+    // caching at 10,000 words rather than evicting.
+    let full = match spec {
+        "builtin" => prompt::Tokenizer::builtin()?,
+        path => prompt::load(Path::new(path))?,
+    };
+    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    for _ in 0..150 {
+        let other: String = (0..100)
+            .map(|_| {
+                let len = rng.random_range(3..9);
+                let word: String = (0..len).map(|_| rng.random_range('a'..='z')).collect();
+                format!(" {word}")
+            })
+            .collect();
+        full.encode_pieces(&[&other])?;
+    }
+    let start = Instant::now();
+    let mut full_tokens = 0;
+    for text in &texts {
+        full_tokens += black_box(full.encode_pieces(&[text])?).len();
+    }
+    let path_full = start.elapsed();
     let mut seen = std::collections::HashSet::new();
     // Each word as the model sees it (GPT-2's alphabet) and as bytes.
     let mut words: Vec<(String, Vec<u8>)> = Vec::new();
@@ -252,6 +287,7 @@ fn bpe_engines(name: &str, tokenizer: &prompt::Tokenizer) -> anyhow::Result<Vec<
         format!("{:.3} µs/token", per(github, tokens)),
         format!("{same} of {} words", words.len()),
         format!("{:.3} µs/token", per(path, path_tokens)),
+        format!("{:.3} µs/token", per(path_full, full_tokens)),
         format!("{:.0} ms", built.as_secs_f64() * 1e3),
     ])
 }
