@@ -366,6 +366,10 @@ impl Fleet {
                         *gateway = Some(gateway_on(*port, &self.gateway_extra).await);
                     }
                 }
+                // nginx routes to the gateway started again only once its
+                // fail timeout has run out: until then a fault on the other
+                // gateway would leave nginx none to send to.
+                tokio::time::sleep(crate::nginx::FAIL_TIMEOUT).await;
             }
         }
     }

@@ -13,6 +13,10 @@ pub struct Nginx {
     pub url: String,
 }
 
+/// How long nginx leaves a gateway out of its rotation after a failed
+/// request to it.
+pub const FAIL_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// nginx on a port of its own, balancing over the gateways at `ports`: a
 /// connect error or a 502/503 moves a request to the other. One process,
 /// without a master: killing it on drop then leaves no worker behind.
@@ -20,7 +24,10 @@ pub async fn nginx(dir: &Path, ports: &[u16]) -> Nginx {
     let port = free_port();
     let servers: String = ports
         .iter()
-        .map(|p| format!("server 127.0.0.1:{p} max_fails=1 fail_timeout=2s;\n"))
+        .map(|p| {
+            let fail = FAIL_TIMEOUT.as_secs();
+            format!("server 127.0.0.1:{p} max_fails=1 fail_timeout={fail}s;\n")
+        })
         .collect();
     let d = dir.display();
     let conf = format!(
