@@ -112,7 +112,8 @@ impl ApproxIndex {
     /// How many leading blocks of `hashes` each worker was sent within `ttl` of `now`.
     pub fn overlaps(&self, hashes: &[BlockHash], now: Instant) -> Overlaps {
         let words = self.workers.words();
-        let mut live = vec![0u64; words];
+        // Only for a block with expired holders; most lookups meet none.
+        let mut live = Vec::new();
         overlap::leading(
             hashes,
             words,
@@ -121,7 +122,8 @@ impl ApproxIndex {
                 None => active.fill(0),
                 Some(holding) if self.alive(holding.oldest, now) => holding.holders.narrow(active),
                 Some(holding) => {
-                    live.fill(0);
+                    live.clear();
+                    live.resize(words, 0u64);
                     for entry in holding.entries.iter().filter(|e| self.alive(e.at, now)) {
                         live[entry.slot.index() / 64] |= 1 << (entry.slot.0 % 64);
                     }

@@ -53,9 +53,10 @@ pub(crate) fn leading(
     if words == 0 {
         return Overlaps { by_worker };
     }
-    // Free slots start in the set too; nothing holds them, so they leave at block 0 unrecorded.
-    let mut active = vec![u64::MAX; words];
-    let mut before = vec![0u64; words];
+    // Free slots start in the set too; nothing holds them, so they leave at
+    // block 0 unrecorded. One allocation for both sets, on every request.
+    let mut sets = vec![u64::MAX; 2 * words];
+    let (active, before) = sets.split_at_mut(words);
     let mut report = |gone: &[u64], after: &[u64], blocks: usize| {
         for (w, (g, a)) in gone.iter().zip(after).enumerate() {
             let mut left = g & !a;
@@ -67,17 +68,18 @@ pub(crate) fn leading(
         }
     };
     for (i, hash) in hashes.iter().enumerate() {
-        before.copy_from_slice(&active);
-        narrow(*hash, &mut active);
+        before.copy_from_slice(active);
+        narrow(*hash, active);
         if i > 0 {
-            report(&before, &active, i);
+            report(before, active, i);
         }
         if active.iter().all(|&w| w == 0) {
             return Overlaps { by_worker };
         }
     }
     if !hashes.is_empty() {
-        report(&active, &vec![0; words], hashes.len());
+        before.fill(0);
+        report(active, before, hashes.len());
     }
     Overlaps { by_worker }
 }
