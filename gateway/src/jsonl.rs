@@ -1,7 +1,11 @@
 //! Appends records to a JSON-lines file from a thread of its own, so the
 //! request path never waits on the disk (the usage log, the decision log).
+//! A file moved away or deleted (by logrotate, say) is followed by a new one
+//! at the same path, so rotation needs no signal and no `copytruncate`.
 
+use std::fs::{File, OpenOptions};
 use std::io::Write;
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::sync::mpsc;
 
@@ -15,17 +19,19 @@ impl<T: Serialize + Send + 'static> Appender<T> {
     /// Opens `path` for appending (created if missing); its thread lives
     /// as long as the appender.
     pub fn open(path: &Path) -> std::io::Result<Appender<T>> {
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)?;
+        let file = open(path)?;
         let (tx, rx) = mpsc::channel::<T>();
+        let path = path.to_path_buf();
         let name = path.display().to_string();
         std::thread::Builder::new()
             .name("jsonl-append".into())
             .spawn(move || {
                 let mut out = std::io::BufWriter::new(file);
                 while let Ok(first) = rx.recv() {
+                    // Each batch ends flushed: nothing is left for the old file.
+                    if let Some(file) = reopened(&path, out.get_ref()) {
+                        out = std::io::BufWriter::new(file);
+                    }
                     // Whatever queued meanwhile goes in the same write.
                     for record in std::iter::once(first).chain(rx.try_iter()) {
                         let mut line = serde_json::to_vec(&record).expect("a record serializes");
@@ -44,5 +50,63 @@ impl<T: Serialize + Send + 'static> Appender<T> {
 
     pub fn append(&self, record: T) {
         let _ = self.tx.send(record);
+    }
+}
+
+fn open(path: &Path) -> std::io::Result<File> {
+    OpenOptions::new().create(true).append(true).open(path)
+}
+
+/// A new file at `path` when `current` is no longer the file there (a stat
+/// per batch of records); `None` while it is, or when no new one opens (the
+/// records then go on to `current`).
+fn reopened(path: &Path, current: &File) -> Option<File> {
+    let now = std::fs::metadata(path).ok();
+    let was = current.metadata().ok()?;
+    if now.is_some_and(|now| now.dev() == was.dev() && now.ino() == was.ino()) {
+        return None;
+    }
+    match open(path) {
+        Ok(file) => Some(file),
+        Err(e) => {
+            tracing::error!(path = %path.display(), error = %e, "cannot open the log again after it moved");
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The file's text once it holds `lines` lines.
+    fn lines_of(path: &Path, lines: usize) -> String {
+        for _ in 0..500 {
+            let text = std::fs::read_to_string(path).unwrap_or_default();
+            if text.lines().count() >= lines {
+                return text;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        panic!("{} never held {lines} lines", path.display());
+    }
+
+    #[test]
+    fn a_log_moved_away_is_followed_by_a_new_one() {
+        let dir = std::env::temp_dir().join(format!("llmgw-jsonl-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (path, rotated) = (dir.join("usage.jsonl"), dir.join("usage.jsonl.1"));
+        let log = Appender::open(&path).unwrap();
+        log.append(1);
+        assert_eq!(lines_of(&path, 1), "1\n");
+        std::fs::rename(&path, &rotated).unwrap();
+        log.append(2);
+        log.append(3);
+        assert_eq!(lines_of(&path, 2), "2\n3\n");
+        std::fs::remove_file(&path).unwrap();
+        log.append(4);
+        assert_eq!(lines_of(&path, 1), "4\n");
+        assert_eq!(std::fs::read_to_string(&rotated).unwrap(), "1\n");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

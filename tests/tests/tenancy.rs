@@ -611,4 +611,22 @@ async fn a_saturated_pool_queues_by_priority_and_usage_is_logged() {
     let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(summary["usage"][0]["requests"], 4);
     assert_eq!(summary["usage"][0]["completion_tokens"], 80);
+
+    // Rotated as logrotate does (moved away): the next line starts a new file.
+    let rotated = dir.join("usage.jsonl.1");
+    std::fs::rename(&usage, &rotated).unwrap();
+    let resp = post(&gw.api, Some(&high), &chat("after", false, 2)).await;
+    assert_eq!(resp.status(), 200);
+    eventually(Duration::from_secs(5), "a new usage log", || async {
+        std::fs::read_to_string(&usage)
+            .unwrap_or_default()
+            .lines()
+            .count()
+            == 1
+    })
+    .await;
+    assert_eq!(
+        std::fs::read_to_string(&rotated).unwrap().lines().count(),
+        5
+    );
 }
