@@ -5,7 +5,8 @@
 # etcd-client crate compiles etcd's protobuf API when built), DejaVu fonts (bench charts), the `openai` Python client (its
 # end-to-end test), numpy (the model's reference forward pass), pyzmq and
 # msgspec (the vLLM/SGLang KV-event publisher of the tests), nginx (the load
-# balancer in front of gateway replicas in a test), promtool (Debian's
+# balancer in front of gateway replicas in a test, and `bench overhead`'s
+# baseline), wrk (`bench overhead`'s client), promtool (Debian's
 # prometheus package: the alert rules' tests), g++ and make
 # (llama.cpp's server, built by scripts/llama-server.sh), the
 # wasm32-wasip2 Rust target (plugins), and componentize-py and
@@ -18,6 +19,7 @@ command -v etcdctl >/dev/null || need_apt+=(etcd-client)
 command -v nats-server >/dev/null || need_apt+=(nats-server)
 command -v protoc >/dev/null || need_apt+=(protobuf-compiler)
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need_apt+=(nginx)
+command -v wrk >/dev/null || need_apt+=(wrk)
 command -v promtool >/dev/null || need_apt+=(prometheus)
 [ -f /usr/include/google/protobuf/descriptor.proto ] || need_apt+=(libprotobuf-dev)
 [ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || need_apt+=(fonts-dejavu-core)

@@ -15,6 +15,7 @@ mod policy;
 mod report;
 mod routing;
 mod tokenize;
+mod wrk;
 
 use std::path::PathBuf;
 

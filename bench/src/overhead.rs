@@ -4,6 +4,8 @@
 //! in interleaved rounds so drift on a shared machine hits every path alike.
 //! The upstream is canned by default (the same answer at once, so the
 //! proxies' own cost is all there is), or a sim worker (`--upstream sim`).
+//! The client is wrk by default, outside this process; `--client in-process`
+//! uses the bench's own hyper client, whose cost every path then shares.
 
 use std::path::Path;
 use std::time::Duration;
@@ -13,15 +15,22 @@ use serde_json::json;
 
 use crate::canned;
 use crate::load::{self, Run};
-use crate::memory;
 use crate::report;
+use crate::{memory, wrk};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Requests per path sent one at a time, for latency.
+    /// What sends the requests: `wrk`, or `in-process` (the bench's client).
+    #[arg(long, default_value = "wrk")]
+    client: Client,
+    /// With wrk: seconds per path and phase, split across the rounds.
+    #[arg(long, default_value_t = 8)]
+    seconds: u64,
+    /// In process: requests per path sent one at a time, for latency (and,
+    /// with either client, to count allocations).
     #[arg(long, default_value_t = 3000)]
     latency_requests: usize,
-    /// Requests per path for throughput.
+    /// In process: requests per path for throughput.
     #[arg(long, default_value_t = 20000)]
     throughput_requests: usize,
     /// Clients in flight during the throughput phase.
@@ -36,6 +45,19 @@ pub struct Args {
     /// The sim worker's decode step; 0 leaves only HTTP and scheduling.
     #[arg(long, default_value_t = 0)]
     decode_step_us: u64,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Client {
+    Wrk,
+    InProcess,
+}
+
+/// One path's figures in one phase.
+struct Measured {
+    p50: Duration,
+    p99: Duration,
+    rps: f64,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -90,16 +112,30 @@ pub async fn run(args: Args, out: &Path) -> anyhow::Result<()> {
     for url in paths {
         load::run(&client, url, &body, 500, 4).await?;
     }
-    let latency = interleave(&client, paths, &body, args.latency_requests, 1, args.rounds).await?;
-    let throughput = interleave(
-        &client,
-        paths,
-        &body,
-        args.throughput_requests,
-        args.concurrency,
-        args.rounds,
-    )
-    .await?;
+    let (latency, throughput) = match args.client {
+        Client::InProcess => {
+            let latency = interleave(&client, paths, &body, args.latency_requests, 1, args.rounds);
+            let latency = latency.await?.map(Measured::from);
+            let throughput = interleave(
+                &client,
+                paths,
+                &body,
+                args.throughput_requests,
+                args.concurrency,
+                args.rounds,
+            );
+            (latency, throughput.await?.map(Measured::from))
+        }
+        Client::Wrk => {
+            let dir = e2e::temp_dir();
+            let text = std::str::from_utf8(&body)?;
+            let each = (args.seconds / args.rounds as u64).max(1);
+            let latency = interleave_wrk(&dir, paths, text, 1, each, args.rounds).await?;
+            let throughput =
+                interleave_wrk(&dir, paths, text, args.concurrency, each, args.rounds).await?;
+            (latency, throughput)
+        }
+    };
     let allocations = allocations_per_request(
         &client,
         [direct.as_str(), via.as_str()],
@@ -121,25 +157,35 @@ pub async fn run(args: Args, out: &Path) -> anyhow::Result<()> {
         .iter()
         .zip(latency.iter().zip(&throughput))
         .map(|(name, (l, t))| {
-            let mut row = row(name, l, t);
-            row.push(format!(
-                "{:+.0} / {:+.0} µs",
-                us(l.percentile(0.5)) - us(ld.percentile(0.5)),
-                us(l.percentile(0.99)) - us(ld.percentile(0.99))
-            ));
-            row.push(format!("{:.2}x", t.throughput() / tn.throughput()));
-            row
+            vec![
+                name.to_string(),
+                format!("{:.0} µs", us(l.p50)),
+                format!("{:.0} µs", us(l.p99)),
+                format!("{:.0}", t.rps),
+                format!(
+                    "{:+.0} / {:+.0} µs",
+                    us(l.p50) - us(ld.p50),
+                    us(l.p99) - us(ld.p99)
+                ),
+                format!("{:.2}x", t.rps / tn.rps),
+            ]
         })
         .collect();
     let (lg, tg) = (&latency[2], &throughput[2]);
+    let volume = match args.client {
+        Client::Wrk => format!("wrk, {} s per path and phase", args.seconds),
+        Client::InProcess => format!(
+            "the bench's own client, {} latency requests per path (one at a time), {} throughput requests per path",
+            args.latency_requests, args.throughput_requests
+        ),
+    };
     println!(
-        "## bench overhead\n\n{} upstream, {} latency requests per path (one at a time), {} throughput requests per path at \
-         concurrency {}, {} interleaved rounds, sim decode step {} µs\n\n{}\n\
-         the gateway adds {:.1}x nginx's p50 latency and serves {:.2}x its throughput; it allocates {:.1} times \
-         per request (its path's allocations less the direct path's, {:.1} − {:.1}, one request at a time)",
+        "## bench overhead\n\n{} upstream; {volume}; latency at one connection, throughput at \
+         {}; {} interleaved rounds, sim decode step {} µs\n\n{}\n\
+         the gateway adds {:+.0} µs at p50 to nginx's {:+.0} (at most 2x nginx's + 20 µs: {:.0}) and serves {:.2}x \
+         nginx's throughput (at least 0.5x); it allocates {:.1} times per request (its path's allocations less the \
+         direct path's, {:.1} − {:.1}, one request at a time)",
         args.upstream.name(),
-        args.latency_requests,
-        args.throughput_requests,
         args.concurrency,
         args.rounds,
         args.decode_step_us,
@@ -147,19 +193,20 @@ pub async fn run(args: Args, out: &Path) -> anyhow::Result<()> {
             &["path", "p50", "p99", "throughput (req/s)", "added p50 / p99", "throughput vs nginx"],
             &rows
         ),
-        (us(lg.percentile(0.5)) - us(ld.percentile(0.5)))
-            / (us(ln.percentile(0.5)) - us(ld.percentile(0.5))).max(1.0),
-        tg.throughput() / tn.throughput(),
+        us(lg.p50) - us(ld.p50),
+        us(ln.p50) - us(ld.p50),
+        2.0 * (us(ln.p50) - us(ld.p50)) + 20.0,
+        tg.rps / tn.rps,
         allocations[1] - allocations[0],
         allocations[1],
         allocations[0],
     );
-    let figures = |l: &Run, t: &Run| {
-        json!({"p50_us": us(l.percentile(0.5)), "p99_us": us(l.percentile(0.99)), "rps": t.throughput(),
-            "added_p50_us": us(l.percentile(0.5)) - us(ld.percentile(0.5)),
-            "added_p99_us": us(l.percentile(0.99)) - us(ld.percentile(0.99))})
+    let figures = |l: &Measured, t: &Measured| {
+        json!({"p50_us": us(l.p50), "p99_us": us(l.p99), "rps": t.rps,
+            "added_p50_us": us(l.p50) - us(ld.p50), "added_p99_us": us(l.p99) - us(ld.p99)})
     };
     let json = json!({
+        "client": match args.client { Client::Wrk => "wrk", Client::InProcess => "in-process" },
         "upstream": args.upstream.name(),
         "latency_requests": args.latency_requests,
         "throughput_requests": args.throughput_requests,
@@ -168,7 +215,7 @@ pub async fn run(args: Args, out: &Path) -> anyhow::Result<()> {
         "direct": figures(ld, td),
         "nginx": figures(ln, tn),
         "gateway": figures(lg, tg),
-        "gateway_throughput_vs_nginx": tg.throughput() / tn.throughput(),
+        "gateway_throughput_vs_nginx": tg.rps / tn.rps,
         "gateway_allocations_per_request": allocations[1] - allocations[0],
     });
     report::write_json(&out.join("overhead.json"), &json)?;
@@ -180,7 +227,7 @@ pub async fn run(args: Args, out: &Path) -> anyhow::Result<()> {
         &names
             .iter()
             .zip(&latency)
-            .map(|(name, l)| (*name, vec![us(l.percentile(0.5)), us(l.percentile(0.99))]))
+            .map(|(name, l)| (*name, vec![us(l.p50), us(l.p99)]))
             .collect::<Vec<_>>(),
     )?;
     println!(
@@ -200,13 +247,14 @@ impl Upstream {
     }
 }
 
-fn row(name: &str, latency: &Run, throughput: &Run) -> Vec<String> {
-    vec![
-        name.to_string(),
-        format!("{:.0} µs", latency.percentile(0.5).as_secs_f64() * 1e6),
-        format!("{:.0} µs", latency.percentile(0.99).as_secs_f64() * 1e6),
-        format!("{:.0}", throughput.throughput()),
-    ]
+impl From<Run> for Measured {
+    fn from(run: Run) -> Measured {
+        Measured {
+            p50: run.percentile(0.5),
+            p99: run.percentile(0.99),
+            rps: run.throughput(),
+        }
+    }
 }
 
 /// Heap allocations per request on each path, one request at a time. The
@@ -225,6 +273,36 @@ async fn allocations_per_request<const N: usize>(
         *slot = (memory::allocations() - before) as f64 / count as f64;
     }
     Ok(per_request)
+}
+
+/// wrk on each URL for `seconds` a round, alternating between them in
+/// `rounds`: requests over time for throughput, each round's percentiles
+/// averaged.
+async fn interleave_wrk<const N: usize>(
+    dir: &Path,
+    urls: [&str; N],
+    body: &str,
+    connections: usize,
+    seconds: u64,
+    rounds: usize,
+) -> anyhow::Result<[Measured; N]> {
+    let mut runs: [Vec<wrk::Summary>; N] = std::array::from_fn(|_| Vec::new());
+    for _ in 0..rounds {
+        for (run, url) in runs.iter_mut().zip(urls) {
+            run.push(wrk::run(dir, url, body, connections, seconds).await?);
+        }
+    }
+    Ok(runs.map(|rounds| {
+        let mean = |f: fn(&wrk::Summary) -> u64| {
+            Duration::from_micros(rounds.iter().map(f).sum::<u64>() / rounds.len() as u64)
+        };
+        let elapsed: Duration = rounds.iter().map(wrk::Summary::duration).sum();
+        Measured {
+            p50: mean(|s| s.p50_us),
+            p99: mean(|s| s.p99_us),
+            rps: rounds.iter().map(|s| s.requests).sum::<u64>() as f64 / elapsed.as_secs_f64(),
+        }
+    }))
 }
 
 /// Runs each URL `count` times in total, alternating between them in `rounds`.
