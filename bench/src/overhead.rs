@@ -37,8 +37,8 @@ pub struct Args {
     #[arg(long, default_value_t = 16)]
     concurrency: usize,
     /// Interleaved rounds per phase.
-    #[arg(long, default_value_t = 4)]
-    rounds: usize,
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..))]
+    rounds: u64,
     /// What answers: `canned` (a fixed answer at once) or `sim` (a sim worker).
     #[arg(long, default_value = "canned")]
     upstream: Upstream,
@@ -129,7 +129,7 @@ pub async fn run(args: Args, out: &Path) -> anyhow::Result<()> {
         Client::Wrk => {
             let dir = e2e::temp_dir();
             let text = std::str::from_utf8(&body)?;
-            let each = (args.seconds / args.rounds as u64).max(1);
+            let each = (args.seconds / args.rounds).max(1);
             let latency = interleave_wrk(&dir, paths, text, 1, each, args.rounds).await?;
             let throughput =
                 interleave_wrk(&dir, paths, text, args.concurrency, each, args.rounds).await?;
@@ -173,7 +173,10 @@ pub async fn run(args: Args, out: &Path) -> anyhow::Result<()> {
         .collect();
     let (lg, tg) = (&latency[2], &throughput[2]);
     let volume = match args.client {
-        Client::Wrk => format!("wrk, {} s per path and phase", args.seconds),
+        Client::Wrk => format!(
+            "wrk, {} s per path and phase (each round's percentiles averaged)",
+            (args.seconds / args.rounds).max(1) * args.rounds
+        ),
         Client::InProcess => format!(
             "the bench's own client, {} latency requests per path (one at a time), {} throughput requests per path",
             args.latency_requests, args.throughput_requests
@@ -181,7 +184,7 @@ pub async fn run(args: Args, out: &Path) -> anyhow::Result<()> {
     };
     println!(
         "## bench overhead\n\n{} upstream; {volume}; latency at one connection, throughput at \
-         {}; {} interleaved rounds, sim decode step {} µs\n\n{}\n\
+         {} connections; {} interleaved rounds, sim decode step {} µs\n\n{}\n\
          the gateway adds {:+.0} µs at p50 to nginx's {:+.0} (at most 2x nginx's + 20 µs: {:.0}) and serves {:.2}x \
          nginx's throughput (at least 0.5x); it allocates {:.1} times per request (its path's allocations less the \
          direct path's, {:.1} − {:.1}, one request at a time)",
@@ -208,14 +211,17 @@ pub async fn run(args: Args, out: &Path) -> anyhow::Result<()> {
     let json = json!({
         "client": match args.client { Client::Wrk => "wrk", Client::InProcess => "in-process" },
         "upstream": args.upstream.name(),
+        "seconds": matches!(args.client, Client::Wrk).then_some(args.seconds),
         "latency_requests": args.latency_requests,
-        "throughput_requests": args.throughput_requests,
+        "throughput_requests": matches!(args.client, Client::InProcess).then_some(args.throughput_requests),
         "concurrency": args.concurrency,
+        "rounds": args.rounds,
         "decode_step_us": args.decode_step_us,
         "direct": figures(ld, td),
         "nginx": figures(ln, tn),
         "gateway": figures(lg, tg),
         "gateway_throughput_vs_nginx": tg.rps / tn.rps,
+        "gateway_added_p50_bound_us": 2.0 * (us(ln.p50) - us(ld.p50)) + 20.0,
         "gateway_allocations_per_request": allocations[1] - allocations[0],
     });
     report::write_json(&out.join("overhead.json"), &json)?;
@@ -284,7 +290,7 @@ async fn interleave_wrk<const N: usize>(
     body: &str,
     connections: usize,
     seconds: u64,
-    rounds: usize,
+    rounds: u64,
 ) -> anyhow::Result<[Measured; N]> {
     let mut runs: [Vec<wrk::Summary>; N] = std::array::from_fn(|_| Vec::new());
     for _ in 0..rounds {
@@ -292,15 +298,15 @@ async fn interleave_wrk<const N: usize>(
             run.push(wrk::run(dir, url, body, connections, seconds).await?);
         }
     }
-    Ok(runs.map(|rounds| {
+    Ok(runs.map(|summaries| {
         let mean = |f: fn(&wrk::Summary) -> u64| {
-            Duration::from_micros(rounds.iter().map(f).sum::<u64>() / rounds.len() as u64)
+            Duration::from_micros(summaries.iter().map(f).sum::<u64>() / summaries.len() as u64)
         };
-        let elapsed: Duration = rounds.iter().map(wrk::Summary::duration).sum();
+        let elapsed: Duration = summaries.iter().map(wrk::Summary::duration).sum();
         Measured {
             p50: mean(|s| s.p50_us),
             p99: mean(|s| s.p99_us),
-            rps: rounds.iter().map(|s| s.requests).sum::<u64>() as f64 / elapsed.as_secs_f64(),
+            rps: summaries.iter().map(|s| s.requests).sum::<u64>() as f64 / elapsed.as_secs_f64(),
         }
     }))
 }
@@ -312,12 +318,12 @@ async fn interleave<const N: usize>(
     body: &Bytes,
     count: usize,
     concurrency: usize,
-    rounds: usize,
+    rounds: u64,
 ) -> anyhow::Result<[Run; N]> {
     let mut runs: [Run; N] = std::array::from_fn(|_| Run::default());
     for _ in 0..rounds {
         for (run, url) in runs.iter_mut().zip(urls) {
-            let r = load::run(client, url, body, count / rounds, concurrency).await?;
+            let r = load::run(client, url, body, count / rounds as usize, concurrency).await?;
             run.latencies.extend(r.latencies);
             run.elapsed += r.elapsed;
         }

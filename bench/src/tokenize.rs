@@ -210,6 +210,7 @@ fn bpe_engines(
     // The same on a tokenizer whose word cache other words filled first, as
     // a long-running gateway's does: the `tokenizers` BPE model stops
     // caching at 10,000 words rather than evicting.
+    // Loaded afresh: `gateway::tokenize::load("builtin")` shares one instance.
     let full = match spec {
         "builtin" => prompt::Tokenizer::builtin()?,
         path => prompt::load(Path::new(path))?,

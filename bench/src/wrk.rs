@@ -49,7 +49,8 @@ end
 "#
         ),
     )?;
-    // Two threads at most: the machine has two cores, shared with the paths.
+    // Two threads at most keep wrk's share of the CPUs small, and the same
+    // on every path it measures.
     let threads = connections.clamp(1, 2);
     let out = tokio::process::Command::new("wrk")
         .args(["-t", &threads.to_string(), "-c", &connections.to_string()])

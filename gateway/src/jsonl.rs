@@ -4,9 +4,9 @@
 //! at the same path, so rotation needs no signal and no `copytruncate`.
 
 use std::fs::{File, OpenOptions};
-use std::io::Write;
+use std::io::{BufWriter, Write};
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 
 use serde::Serialize;
@@ -19,28 +19,24 @@ impl<T: Serialize + Send + 'static> Appender<T> {
     /// Opens `path` for appending (created if missing); its thread lives
     /// as long as the appender.
     pub fn open(path: &Path) -> std::io::Result<Appender<T>> {
-        let file = open(path)?;
+        let mut log = Log::open(path)?;
         let (tx, rx) = mpsc::channel::<T>();
-        let path = path.to_path_buf();
         let name = path.display().to_string();
         std::thread::Builder::new()
             .name("jsonl-append".into())
             .spawn(move || {
-                let mut out = std::io::BufWriter::new(file);
                 while let Ok(first) = rx.recv() {
                     // Each batch ends flushed: nothing is left for the old file.
-                    if let Some(file) = reopened(&path, out.get_ref()) {
-                        out = std::io::BufWriter::new(file);
-                    }
+                    log.follow();
                     // Whatever queued meanwhile goes in the same write.
                     for record in std::iter::once(first).chain(rx.try_iter()) {
                         let mut line = serde_json::to_vec(&record).expect("a record serializes");
                         line.push(b'\n');
-                        if let Err(e) = out.write_all(&line) {
+                        if let Err(e) = log.out.write_all(&line) {
                             tracing::error!(path = name, error = %e, "cannot append to the log");
                         }
                     }
-                    if let Err(e) = out.flush() {
+                    if let Err(e) = log.out.flush() {
                         tracing::error!(path = name, error = %e, "cannot append to the log");
                     }
                 }
@@ -53,24 +49,44 @@ impl<T: Serialize + Send + 'static> Appender<T> {
     }
 }
 
-fn open(path: &Path) -> std::io::Result<File> {
-    OpenOptions::new().create(true).append(true).open(path)
+/// The file open at a path, and which file it is.
+struct Log {
+    path: PathBuf,
+    out: BufWriter<File>,
+    /// Device and inode of the open file.
+    id: (u64, u64),
+    /// A new file could not be opened (said once, until one opens).
+    stuck: bool,
 }
 
-/// A new file at `path` when `current` is no longer the file there (a stat
-/// per batch of records); `None` while it is, or when no new one opens (the
-/// records then go on to `current`).
-fn reopened(path: &Path, current: &File) -> Option<File> {
-    let now = std::fs::metadata(path).ok();
-    let was = current.metadata().ok()?;
-    if now.is_some_and(|now| now.dev() == was.dev() && now.ino() == was.ino()) {
-        return None;
+impl Log {
+    fn open(path: &Path) -> std::io::Result<Log> {
+        let file = OpenOptions::new().create(true).append(true).open(path)?;
+        let meta = file.metadata()?;
+        Ok(Log {
+            path: path.to_path_buf(),
+            out: BufWriter::new(file),
+            id: (meta.dev(), meta.ino()),
+            stuck: false,
+        })
     }
-    match open(path) {
-        Ok(file) => Some(file),
-        Err(e) => {
-            tracing::error!(path = %path.display(), error = %e, "cannot open the log again after it moved");
-            None
+
+    /// Opens the file now at the path when the open one is no longer there
+    /// (a `stat` per batch of records). Until a new one opens, records go on
+    /// to the old file.
+    fn follow(&mut self) {
+        let here = std::fs::metadata(&self.path).ok();
+        if here.is_some_and(|m| (m.dev(), m.ino()) == self.id) {
+            return;
+        }
+        match Log::open(&self.path) {
+            Ok(log) => *self = log,
+            Err(e) if !self.stuck => {
+                self.stuck = true;
+                tracing::error!(path = %self.path.display(), error = %e,
+                    "cannot open the log again after it moved; appending to the old file");
+            }
+            Err(_) => {}
         }
     }
 }

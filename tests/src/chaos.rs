@@ -367,9 +367,10 @@ impl Fleet {
                     }
                 }
                 // nginx routes to the gateway started again only once its
-                // fail timeout has run out: until then a fault on the other
-                // gateway would leave nginx none to send to.
-                tokio::time::sleep(crate::nginx::FAIL_TIMEOUT).await;
+                // fail timeout has run out (on a clock of whole seconds):
+                // until then a fault on the other gateway would leave nginx
+                // none to send to.
+                tokio::time::sleep(crate::nginx::FAIL_TIMEOUT + Duration::from_secs(1)).await;
             }
         }
     }

@@ -13,8 +13,9 @@ pub struct Nginx {
     pub url: String,
 }
 
-/// How long nginx leaves a gateway out of its rotation after a failed
-/// request to it.
+/// nginx leaves a gateway out of its rotation after a failed request to it
+/// for this long (whole seconds, as nginx takes it), counted on its clock of
+/// whole seconds: up to a second more.
 pub const FAIL_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// nginx on a port of its own, balancing over the gateways at `ports`: a
